@@ -1,0 +1,1 @@
+//! Pure classification: frame in, decision (class, queue, rule) out.

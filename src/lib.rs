@@ -1,0 +1,10 @@
+//! prism-vnic: a vhost-user-net backend that emulates a multi-queue 100G NIC with hardware
+//! priority classification, its ports joined by an emulated switch.
+//!
+//! A frame follows the modules in this order: `port` (a guest's TX ring, virtio-net header)
+//! -> `switch` (learn, look up) -> `nic` (class, queue, buffering) -> `port` (the destination
+//! guest's RX ring). `packet` (views, checksums, segmentation) and `classify` (pure decisions)
+//! know nothing of devices; `stats` is a leaf; `control` reads counters and swaps settings.
+
+pub mod classify;
+pub mod packet;

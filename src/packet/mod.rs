@@ -1,0 +1,1 @@
+//! Typed views over frame bytes, checksums and software segmentation.
