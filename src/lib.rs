@@ -2,9 +2,14 @@
 //! priority classification, its ports joined by an emulated switch.
 //!
 //! A frame follows the modules in this order: `port` (a guest's TX ring, virtio-net header)
-//! -> `switch` (learn, look up) -> `nic` (class, queue, buffering) -> `port` (the destination
-//! guest's RX ring). `packet` (views, checksums, segmentation) and `classify` (pure decisions)
-//! know nothing of devices; `stats` is a leaf; `control` reads counters and swaps settings.
+//! -> `switch` (learn, look up) -> `nic` (queue choice, buffering, offload adaptation) ->
+//! `port` (the destination guest's RX ring). `wire` holds the other kinds of ports (tap,
+//! sink). `packet` (views, checksums, segmentation) and `classify` (pure decisions) know
+//! nothing of devices; `stats` is a leaf; `control` reads counters over a socket.
 
 pub mod classify;
+pub mod nic;
 pub mod packet;
+pub mod port;
+pub mod stats;
+pub mod switch;

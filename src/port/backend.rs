@@ -1,0 +1,271 @@
+//! The `VhostUserBackend` implementation of one connection of a vhost-user port.
+//!
+//! One backend lives as long as one frontend connection; a reconnect gets a fresh one (with
+//! fresh guest memory and fresh exit events), see `server`. Each queue pair has its own worker
+//! thread and its own scratch state, so queues never share a lock on the data path.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use log::{debug, info};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringT};
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use super::ring::{GuestMemory_, RateLimitedLog, VhostRxRing, Vring};
+use super::tx::{self, TxProgress, TxScratch, TxSender};
+use super::virtio_net::{self, Negotiated};
+use crate::switch::PortId;
+use crate::switch::fabric::Fabric;
+
+/// Local vring index within a worker (each worker owns one pair).
+const RX: u16 = 0;
+const TX: u16 = 1;
+
+/// Settings of a vhost-user port.
+#[derive(Debug, Clone)]
+pub struct PortConfig {
+    pub queue_pairs: u16,
+    pub max_queue_size: u16,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+/// State of one worker (queue pair), touched only by that worker's thread.
+#[derive(Default)]
+struct Worker {
+    tx: TxScratch,
+    rx_attached: bool,
+}
+
+pub struct NetBackend {
+    fabric: Arc<Fabric>,
+    port: PortId,
+    config: PortConfig,
+    mem: GuestMemory_,
+    acked_features: Arc<AtomicU64>,
+    event_idx: AtomicBool,
+    workers: Vec<Mutex<Worker>>,
+    exit_notifiers: Mutex<Vec<EventNotifier>>,
+    log: RateLimitedLog,
+}
+
+impl NetBackend {
+    pub fn new(fabric: Arc<Fabric>, port: PortId, config: PortConfig, mem: GuestMemory_) -> Self {
+        let pairs = usize::from(config.queue_pairs);
+        NetBackend {
+            fabric,
+            port,
+            config,
+            mem,
+            acked_features: Arc::new(AtomicU64::new(0)),
+            event_idx: AtomicBool::new(false),
+            workers: (0..pairs).map(|_| Mutex::new(Worker::default())).collect(),
+            exit_notifiers: Mutex::new(Vec::new()),
+            log: RateLimitedLog::new(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.fabric.ports[self.port].name
+    }
+
+    /// Stops the worker threads of this connection.
+    pub fn stop_workers(&self) {
+        for notifier in self
+            .exit_notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = notifier.notify();
+        }
+    }
+
+    /// Disconnects this connection's RX rings from the NIC (the frontend went away).
+    pub fn detach(&self) {
+        let nic = &self.fabric.ports[self.port].nic;
+        for pair in 0..self.workers.len() {
+            nic.attach_ring(pair, None);
+        }
+    }
+
+    /// Makes the pair's RX vring the NIC queue's ring, once per connection.
+    fn attach_rx(&self, pair: usize, worker: &mut Worker, rx: &Vring) {
+        if worker.rx_attached {
+            return;
+        }
+        let port = &self.fabric.ports[self.port];
+        let Some(counters) = port.queue_counters.get(pair) else {
+            return;
+        };
+        let ring = VhostRxRing::new(
+            rx.clone(),
+            self.mem.clone(),
+            self.acked_features.clone(),
+            counters.clone(),
+        );
+        port.nic.attach_ring(pair, Some(Box::new(ring)));
+        worker.rx_attached = true;
+        debug!("{}: RX queue {pair} attached", self.name());
+    }
+
+    fn run_tx(&self, pair: usize, worker: &mut Worker, vring: &Vring) {
+        let port = &self.fabric.ports[self.port];
+        let Some(counters) = port.queue_counters.get(pair) else {
+            return;
+        };
+        let sender = TxSender {
+            fabric: &self.fabric,
+            port: self.port,
+            counters,
+            log: &self.log,
+        };
+        loop {
+            let progress = {
+                let mut state = vring.get_mut();
+                let mem = self.mem.memory();
+                let _ = state.disable_notification();
+                let progress = tx::process_batch(&mut state, &*mem, &mut worker.tx, &sender);
+                if state.needs_notification().unwrap_or(true) {
+                    let _ = state.signal_used_queue();
+                }
+                progress
+            };
+            self.fabric.flush(&mut worker.tx.forward);
+            match progress {
+                TxProgress::More => continue,
+                TxProgress::Broken => return,
+                TxProgress::Drained => {
+                    // Re-enable notifications, then look again: the guest may have added
+                    // chains after our last look and before it saw notifications on.
+                    let more = vring.get_mut().enable_notification().unwrap_or(false);
+                    if !more {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        // RX and TX of each pair; QEMU keeps the control queue for itself.
+        usize::from(self.config.queue_pairs) * 2
+    }
+
+    fn queue_num(&self) -> u64 {
+        // QEMU's vhost-user netdev reads GET_QUEUE_NUM as queue pairs; answering pairs makes
+        // `queues=` larger than ours fail with QEMU's own clear message.
+        u64::from(self.config.queue_pairs)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.config.max_queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        virtio_net::offered_features()
+    }
+
+    fn acked_features(&self, features: u64) {
+        // QEMU sends SET_FEATURES once per queue pair: this must be idempotent.
+        self.acked_features.store(features, Ordering::Relaxed);
+        let negotiated = Negotiated::from_bits(features);
+        debug!(
+            "{}: features acked {features:#x}: {negotiated:?}",
+            self.name()
+        );
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        virtio_net::offered_protocol_features()
+    }
+
+    fn reset_device(&self) {
+        info!("{}: device reset", self.name());
+        crate::stats::inc(&self.fabric.ports[self.port].nic.port_counters.resets);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config =
+            virtio_net::config_space(self.config.mac, self.config.queue_pairs, self.config.mtu);
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        let mut out = config[start..end].to_vec();
+        // Bytes beyond what we define read as zero, as on a device with a shorter config.
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(
+        &self,
+        _mem: vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap<()>>,
+    ) -> io::Result<()> {
+        // The handler swaps the regions inside the GuestMemoryAtomic we share with it.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.config.queue_pairs)
+            .map(|pair| 0b11u64 << (2 * pair))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // A fresh pair per worker and per connection: a reused, already signalled eventfd
+        // would stop the next connection's workers at once.
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        let ours = notifier.try_clone().ok()?;
+        self.exit_notifiers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ours);
+        Some((consumer, notifier))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(worker), [rx, tx]) = (self.workers.get(thread_id), vrings) else {
+            return Ok(());
+        };
+        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
+        self.attach_rx(thread_id, &mut worker, rx);
+        let nic = &self.fabric.ports[self.port].nic;
+        match device_event {
+            RX => {
+                // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
+                // buffer go now, without waiting for traffic to push them.
+                nic.refresh_active();
+                if let Some(queue) = nic.queue(thread_id) {
+                    queue.drain();
+                }
+            }
+            TX => {
+                nic.refresh_active();
+                self.run_tx(thread_id, &mut worker, tx);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

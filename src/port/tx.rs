@@ -1,0 +1,164 @@
+//! The TX path of a vhost-user port: read a chain from the guest's TX ring, check the
+//! virtio-net header and the frame, and hand the frame to the switch.
+
+use vhost_user_backend::VringState;
+use virtio_queue::QueueT;
+use vm_memory::GuestMemory;
+
+use super::chain::{self, Direction, Segment};
+use super::ring::{GuestMemory_, NextHead, RateLimitedLog, next_head, walk_chain};
+use super::virtio_net::VIRTIO_NET_HDR_LEN;
+use crate::packet::offload::Offload;
+use crate::stats::{self, QueueCounters};
+use crate::switch::PortId;
+use crate::switch::fabric::{Fabric, ForwardScratch};
+
+/// Largest TX chain we accept: the header and a 64 KiB GSO frame with Ethernet, two VLAN
+/// tags and an IPv6 header in front of the 65535-byte IP payload.
+pub const MAX_TX_CHAIN: usize = VIRTIO_NET_HDR_LEN + 14 + 8 + 40 + 65535;
+
+/// Smallest frame: an Ethernet header.
+const MIN_FRAME: usize = 14;
+
+/// Chains handled before the worker lets go of the TX ring and flushes notifications, so a
+/// guest that keeps its ring full cannot hold the ring lock (or its receivers) indefinitely.
+pub const TX_BATCH: usize = 256;
+
+/// The reusable buffers of one TX worker (no allocation per frame).
+pub struct TxScratch {
+    pub chain: Vec<u8>,
+    pub segments: Vec<Segment>,
+    pub forward: ForwardScratch,
+}
+
+impl Default for TxScratch {
+    fn default() -> Self {
+        TxScratch {
+            chain: vec![0; MAX_TX_CHAIN],
+            segments: Vec::with_capacity(64),
+            forward: ForwardScratch::default(),
+        }
+    }
+}
+
+/// Whether the ring has more to do after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxProgress {
+    /// The ring is empty.
+    Drained,
+    /// The batch budget ran out with chains still available.
+    More,
+    /// The guest corrupted the ring; stop until it is set up again.
+    Broken,
+}
+
+/// Who is sending: the port, its queue counters and the fabric to forward into.
+pub struct TxSender<'a> {
+    pub fabric: &'a Fabric,
+    pub port: PortId,
+    pub counters: &'a QueueCounters,
+    pub log: &'a RateLimitedLog,
+}
+
+/// Processes up to [`TX_BATCH`] chains. Every chain is completed (with length 0, as TX chains
+/// are), good or bad, so a bad chain never blocks the ring.
+pub fn process_batch<M: GuestMemory>(
+    state: &mut VringState<GuestMemory_>,
+    mem: &M,
+    scratch: &mut TxScratch,
+    sender: &TxSender<'_>,
+) -> TxProgress {
+    for _ in 0..TX_BATCH {
+        let head = match next_head(state, mem) {
+            NextHead::Head(head) => head,
+            NextHead::Empty => return TxProgress::Drained,
+            NextHead::Broken { avail, next } => {
+                stats::inc(&sender.counters.tx_errors_ring);
+                sender
+                    .log
+                    .warn(|| format!("TX ring broken: guest avail index {avail}, ours {next}"));
+                return TxProgress::Broken;
+            }
+        };
+        read_and_forward(state, mem, head, scratch, sender);
+        if state.get_queue_mut().add_used(mem, head, 0).is_err() {
+            // The head index itself is out of range: nothing valid can go to the used ring.
+            stats::inc(&sender.counters.tx_errors_chain);
+            sender
+                .log
+                .warn(|| format!("TX head index {head} out of range"));
+        }
+    }
+    TxProgress::More
+}
+
+fn read_and_forward<M: GuestMemory>(
+    state: &mut VringState<GuestMemory_>,
+    mem: &M,
+    head: u16,
+    scratch: &mut TxScratch,
+    sender: &TxSender<'_>,
+) {
+    let counters = sender.counters;
+    let len = match walk_chain(
+        state,
+        mem,
+        head,
+        Direction::DeviceReads,
+        &mut scratch.segments,
+    ) {
+        Ok(len) => len as usize,
+        Err(error) => {
+            stats::inc(&counters.tx_errors_chain);
+            sender
+                .log
+                .warn(|| format!("TX chain {head} rejected: {error}"));
+            return;
+        }
+    };
+    if len > MAX_TX_CHAIN {
+        stats::inc(&counters.tx_errors_frame);
+        sender
+            .log
+            .warn(|| format!("TX chain {head} of {len} bytes is larger than any frame"));
+        return;
+    }
+    if chain::gather(mem, &scratch.segments, &mut scratch.chain[..len]).is_err() {
+        stats::inc(&counters.tx_errors_chain);
+        return;
+    }
+    if len < VIRTIO_NET_HDR_LEN {
+        stats::inc(&counters.tx_errors_header);
+        sender
+            .log
+            .warn(|| format!("TX chain {head} of {len} bytes has no virtio-net header"));
+        return;
+    }
+    let (header, frame) = scratch.chain[..len].split_at_mut(VIRTIO_NET_HDR_LEN);
+    if frame.len() < MIN_FRAME {
+        stats::inc(&counters.tx_errors_frame);
+        sender
+            .log
+            .warn(|| format!("TX frame of {} bytes is a runt", frame.len()));
+        return;
+    }
+    let mut offload = match Offload::from_virtio_hdr(header, frame) {
+        Ok(offload) => offload,
+        Err(error) => {
+            stats::inc(&counters.tx_errors_header);
+            sender
+                .log
+                .warn(|| format!("TX virtio-net header rejected: {error}"));
+            return;
+        }
+    };
+    stats::inc(&counters.tx_packets);
+    stats::add(&counters.tx_bytes, frame.len() as u64);
+    sender.fabric.forward(
+        sender.port,
+        frame,
+        &mut offload,
+        &mut scratch.forward,
+        counters,
+    );
+}

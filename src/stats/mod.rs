@@ -1,0 +1,171 @@
+//! Counters as plain atomics, named in `ethtool -S` vocabulary.
+//!
+//! Names are from the point of view of the guest's NIC, as `ethtool -S eth0` in the guest would
+//! show them: `tx_*` counts what the guest sent (read from its TX ring), `rx_*` what was delivered
+//! into its RX ring. Every drop or error has a counter of its own, so a test (or a user) can tell
+//! a full ring from a malformed descriptor from a MAC-limit violation.
+//!
+//! Writers use relaxed `fetch_add`: several ports' TX workers may deliver into one RX queue, and
+//! readers (the control socket) only need eventually consistent values.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Declares a struct of `AtomicU64` counters with a `snapshot` that lists them by name, so the
+/// list of names cannot drift from the fields.
+macro_rules! counters {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Default, Debug)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: AtomicU64,)*
+        }
+
+        impl $name {
+            /// Every counter's name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// The current values, in the order of [`Self::NAMES`].
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(Ordering::Relaxed))),*]
+            }
+
+            /// Resets every counter to zero (a new connection starts counting from zero
+            /// for its queues; port totals are kept separately).
+            pub fn clear(&self) {
+                $(self.$field.store(0, Ordering::Relaxed);)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// Counters of one queue pair of a port.
+    QueueCounters {
+        /// Frames the guest sent on this TX queue (after software segmentation: one per frame read).
+        tx_packets,
+        tx_bytes,
+        /// TX descriptor chains rejected: loop, longer than the queue, outside guest memory,
+        /// device-writable descriptor, bad indirect table.
+        tx_errors_chain,
+        /// TX frames whose virtio-net header is short or asks for nonsense offloads.
+        tx_errors_header,
+        /// TX frames shorter than an Ethernet header or longer than the largest GSO frame.
+        tx_errors_frame,
+        /// The guest moved the avail index by more than the queue size: the queue stops until
+        /// it is set up again.
+        tx_errors_ring,
+        /// GSO frames cut into segments in software for a receiver without the offload.
+        tx_gso_segmented,
+        /// Partial checksums completed in software for a receiver without GUEST_CSUM.
+        tx_csum_completed,
+        /// Frames dropped because the port's MAC limit was reached for a new source address.
+        tx_drops_mac_limit,
+        /// Frames with a multicast source address or addressed to the sender itself.
+        tx_drops_invalid_address,
+        /// Frames delivered to the guest on this RX queue.
+        rx_packets,
+        rx_bytes,
+        /// RX descriptor chains rejected (same reasons as `tx_errors_chain`, or read-only).
+        rx_errors_chain,
+        /// The guest moved the RX avail index by more than the queue size.
+        rx_errors_ring,
+        /// Frames dropped: the RX ring had no room and the NIC buffer for the queue was full.
+        rx_drops_no_buffer,
+        /// Frames dropped: larger than the guest's buffers (no MRG_RXBUF).
+        rx_drops_too_big,
+        /// Frames that waited in the NIC buffer because the RX ring was full.
+        rx_buffered,
+    }
+}
+
+counters! {
+    /// Port-wide counters that belong to no queue.
+    PortCounters {
+        /// Frames for this port dropped because no RX queue of it was ready and enabled.
+        rx_drops_not_ready,
+        /// vhost-user connections accepted on this port's socket.
+        connections,
+        /// Device resets (GET_VRING_BASE on all rings, RESET_DEVICE, disconnects).
+        resets,
+    }
+}
+
+counters! {
+    /// Counters of the learning switch.
+    SwitchCounters {
+        /// Frames sent to every port but the ingress one (broadcast, multicast, unknown unicast).
+        flooded,
+        /// Frames sent to exactly one learned port.
+        forwarded,
+        /// Source addresses learned (new entries or moves between ports).
+        learned,
+        /// Entries removed because they were not seen for the ageing time.
+        aged,
+        /// Frames addressed to a MAC learned on the ingress port itself (filtered).
+        filtered_same_port,
+    }
+}
+
+/// Adds `value` to a relaxed counter.
+#[inline]
+pub fn add(counter: &AtomicU64, value: u64) {
+    counter.fetch_add(value, Ordering::Relaxed);
+}
+
+/// Increments a relaxed counter.
+#[inline]
+pub fn inc(counter: &AtomicU64) {
+    add(counter, 1);
+}
+
+/// Sums several snapshots of the same counter set, name by name.
+pub fn sum<'a>(
+    snapshots: impl IntoIterator<Item = &'a [(&'static str, u64)]>,
+) -> Vec<(&'static str, u64)> {
+    let mut total: Vec<(&'static str, u64)> = Vec::new();
+    for snapshot in snapshots {
+        if total.is_empty() {
+            total = snapshot.to_vec();
+            continue;
+        }
+        for (slot, (_, value)) in total.iter_mut().zip(snapshot) {
+            slot.1 += value;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_lists_every_counter_by_name() {
+        let queue = QueueCounters::default();
+        inc(&queue.tx_errors_chain);
+        add(&queue.rx_bytes, 1500);
+        let snapshot = queue.snapshot();
+        assert_eq!(snapshot.len(), QueueCounters::NAMES.len());
+        assert!(snapshot.contains(&("tx_errors_chain", 1)));
+        assert!(snapshot.contains(&("rx_bytes", 1500)));
+    }
+
+    #[test]
+    fn sum_adds_counters_of_the_same_name() {
+        let a = QueueCounters::default();
+        let b = QueueCounters::default();
+        add(&a.rx_packets, 2);
+        add(&b.rx_packets, 3);
+        let (sa, sb) = (a.snapshot(), b.snapshot());
+        let total = sum([sa.as_slice(), sb.as_slice()]);
+        assert!(total.contains(&("rx_packets", 5)));
+    }
+
+    #[test]
+    fn clear_zeroes_everything() {
+        let queue = QueueCounters::default();
+        inc(&queue.rx_packets);
+        queue.clear();
+        assert!(queue.snapshot().iter().all(|(_, v)| *v == 0));
+    }
+}

@@ -1,0 +1,146 @@
+//! The ports and the switch between them: what a TX worker calls for each frame it reads.
+
+use std::sync::Arc;
+
+use log::debug;
+
+use super::{Forward, IngressError, Mac, PortId, Switch};
+use crate::nic::{self, Nic};
+use crate::packet::offload::Offload;
+use crate::stats::{self, QueueCounters};
+
+/// What kind of port sits behind a switch port (for stats and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    VhostUser { socket: String },
+    Tap { ifname: String },
+    Sink,
+}
+
+impl PortKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PortKind::VhostUser { .. } => "vhost-user",
+            PortKind::Tap { .. } => "tap",
+            PortKind::Sink => "sink",
+        }
+    }
+}
+
+/// One port as the switch sees it: its name and the NIC that receives frames for it.
+pub struct FabricPort {
+    pub name: String,
+    pub kind: PortKind,
+    pub nic: Arc<Nic>,
+    /// Per-queue counters of the port (TX and RX sides share them, ethtool style).
+    pub queue_counters: Vec<Arc<QueueCounters>>,
+}
+
+/// A worker's reusable state for forwarding: the segmentation buffer and the RX queues it
+/// wrote into since the last flush (each is notified once per batch, not once per frame).
+#[derive(Default)]
+pub struct ForwardScratch {
+    pub segment: Vec<u8>,
+    touched: Vec<(PortId, usize)>,
+}
+
+impl ForwardScratch {
+    fn touch(&mut self, port: PortId, queue: usize) {
+        if !self.touched.contains(&(port, queue)) {
+            self.touched.push((port, queue));
+        }
+    }
+}
+
+pub struct Fabric {
+    pub switch: Switch,
+    pub ports: Vec<FabricPort>,
+}
+
+fn mac_at(frame: &[u8], at: usize) -> Mac {
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[at..at + 6]);
+    mac
+}
+
+impl Fabric {
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports.iter().position(|port| port.name == name)
+    }
+
+    /// Forwards one frame that arrived from `ingress`. `frame` is at least an Ethernet header
+    /// long (the caller checked), `offload` was validated against it.
+    pub fn forward(
+        &self,
+        ingress: PortId,
+        frame: &mut [u8],
+        offload: &mut Offload,
+        scratch: &mut ForwardScratch,
+        sender: &QueueCounters,
+    ) {
+        let dst = mac_at(frame, 0);
+        let src = mac_at(frame, 6);
+        match self.switch.learn(ingress, &src) {
+            Ok(()) => {}
+            Err(IngressError::MacLimit) => {
+                stats::inc(&sender.tx_drops_mac_limit);
+                return;
+            }
+            Err(IngressError::MulticastSource) => {
+                stats::inc(&sender.tx_drops_invalid_address);
+                return;
+            }
+        }
+        let hash = nic::flow_hash(frame);
+        match self.switch.lookup(ingress, &dst) {
+            Forward::Unicast(port) => self.deliver_to(port, frame, offload, hash, scratch, sender),
+            Forward::Flood => {
+                for port in (0..self.ports.len()).filter(|&port| port != ingress) {
+                    self.deliver_to(port, frame, offload, hash, scratch, sender);
+                }
+            }
+            Forward::Filter => {}
+        }
+    }
+
+    fn deliver_to(
+        &self,
+        port: PortId,
+        frame: &mut [u8],
+        offload: &mut Offload,
+        hash: u32,
+        scratch: &mut ForwardScratch,
+        sender: &QueueCounters,
+    ) {
+        let Some(target) = self.ports.get(port) else {
+            return;
+        };
+        match nic::deliver(
+            &target.nic,
+            frame,
+            offload,
+            hash,
+            &mut scratch.segment,
+            sender,
+        ) {
+            Ok(Some(queue)) => scratch.touch(port, queue),
+            Ok(None) => {}
+            Err(error) => {
+                // The frame passed validation at ingress, so this is a frame the segmenter
+                // cannot cut (e.g. headers longer than the MSS allows): count it as a bad
+                // header from the sender.
+                stats::inc(&sender.tx_errors_header);
+                debug!("frame to {} not delivered: {error}", target.name);
+            }
+        }
+    }
+
+    /// Notifies every RX queue written since the last flush.
+    pub fn flush(&self, scratch: &mut ForwardScratch) {
+        for (port, queue) in scratch.touched.drain(..) {
+            if let Some(queue) = self.ports.get(port).and_then(|p| p.nic.queue(queue)) {
+                queue.flush_notify();
+            }
+        }
+    }
+}

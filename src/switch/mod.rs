@@ -1,0 +1,343 @@
+//! The L2 learning switch that cables the ports together.
+//!
+//! Source addresses are learned per port (bounded by a per-port MAC limit), entries age out
+//! after `ageing` without traffic, and broadcast, multicast and unknown unicast are flooded to
+//! every port but the ingress one. The table is sharded by address, each shard behind its own
+//! `RwLock`: the data path takes read locks only (a known address refreshes its timestamp
+//! through an atomic), so queues of different ports do not serialise on one lock. Time is a
+//! coarse clock in seconds that the control thread advances, so the data path never reads the
+//! system clock per frame.
+
+pub mod fabric;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::stats::{self, SwitchCounters};
+
+pub type Mac = [u8; 6];
+pub type PortId = usize;
+
+const SHARDS: usize = 16;
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// To one learned port.
+    Unicast(PortId),
+    /// To every port except the ingress one.
+    Flood,
+    /// Nowhere: the destination was learned on the ingress port itself.
+    Filter,
+}
+
+/// Why a frame was refused at ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngressError {
+    #[error("source MAC is multicast or broadcast")]
+    MulticastSource,
+    #[error("port reached its MAC limit; new source address not learned")]
+    MacLimit,
+}
+
+struct Entry {
+    port: AtomicUsize,
+    last_seen: AtomicU64,
+}
+
+/// Switch settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchConfig {
+    /// Seconds an address stays learned without traffic from it.
+    pub ageing_secs: u64,
+    /// Most addresses learned per port; further new sources are dropped.
+    pub mac_limit: usize,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        // 300 s is the IEEE 802.1D default ageing time.
+        SwitchConfig {
+            ageing_secs: 300,
+            mac_limit: 1024,
+        }
+    }
+}
+
+pub struct Switch {
+    config: SwitchConfig,
+    shards: Vec<RwLock<HashMap<Mac, Arc<Entry>>>>,
+    /// Learned addresses per port, for the MAC limit.
+    learned_per_port: Vec<AtomicUsize>,
+    now_secs: AtomicU64,
+    pub counters: SwitchCounters,
+}
+
+fn shard_of(mac: &Mac) -> usize {
+    // The low bytes of a MAC vary most (OUI first); fold them.
+    (mac[5] as usize ^ (mac[4] as usize) << 3 ^ mac[3] as usize) % SHARDS
+}
+
+fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+impl Switch {
+    pub fn new(ports: usize, config: SwitchConfig) -> Self {
+        Switch {
+            config,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            learned_per_port: (0..ports).map(|_| AtomicUsize::new(0)).collect(),
+            now_secs: AtomicU64::new(0),
+            counters: SwitchCounters::default(),
+        }
+    }
+
+    /// Advances the coarse clock (seconds since start).
+    pub fn set_time(&self, secs: u64) {
+        self.now_secs.store(secs, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.now_secs.load(Ordering::Relaxed)
+    }
+
+    fn fresh(&self, entry: &Entry) -> bool {
+        self.now()
+            .saturating_sub(entry.last_seen.load(Ordering::Relaxed))
+            <= self.config.ageing_secs
+    }
+
+    /// Learns the source of a frame arriving on `ingress`.
+    pub fn learn(&self, ingress: PortId, src: &Mac) -> Result<(), IngressError> {
+        if is_multicast(src) {
+            return Err(IngressError::MulticastSource);
+        }
+        let shard = &self.shards[shard_of(src)];
+        {
+            let table = shard.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = table.get(src) {
+                if entry.port.load(Ordering::Relaxed) == ingress {
+                    entry.last_seen.store(self.now(), Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
+        let now = self.now();
+        match table.get(src) {
+            Some(entry) if entry.port.load(Ordering::Relaxed) == ingress => {
+                entry.last_seen.store(now, Ordering::Relaxed);
+                return Ok(());
+            }
+            Some(entry) => {
+                // The station moved to another port (a VM restarted elsewhere).
+                let old = entry.port.load(Ordering::Relaxed);
+                if !self.reserve(ingress) {
+                    return Err(IngressError::MacLimit);
+                }
+                self.release(old);
+                entry.port.store(ingress, Ordering::Relaxed);
+                entry.last_seen.store(now, Ordering::Relaxed);
+            }
+            None => {
+                if !self.reserve(ingress) {
+                    return Err(IngressError::MacLimit);
+                }
+                table.insert(
+                    *src,
+                    Arc::new(Entry {
+                        port: AtomicUsize::new(ingress),
+                        last_seen: AtomicU64::new(now),
+                    }),
+                );
+            }
+        }
+        stats::inc(&self.counters.learned);
+        Ok(())
+    }
+
+    fn reserve(&self, port: PortId) -> bool {
+        let Some(count) = self.learned_per_port.get(port) else {
+            return false;
+        };
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.config.mac_limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, port: PortId) {
+        if let Some(count) = self.learned_per_port.get(port) {
+            let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Decides where a frame to `dst` arriving on `ingress` goes.
+    pub fn lookup(&self, ingress: PortId, dst: &Mac) -> Forward {
+        if is_multicast(dst) {
+            stats::inc(&self.counters.flooded);
+            return Forward::Flood;
+        }
+        let table = self.shards[shard_of(dst)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match table.get(dst) {
+            Some(entry) if self.fresh(entry) => {
+                let port = entry.port.load(Ordering::Relaxed);
+                if port == ingress {
+                    stats::inc(&self.counters.filtered_same_port);
+                    Forward::Filter
+                } else {
+                    stats::inc(&self.counters.forwarded);
+                    Forward::Unicast(port)
+                }
+            }
+            _ => {
+                stats::inc(&self.counters.flooded);
+                Forward::Flood
+            }
+        }
+    }
+
+    /// Removes entries not seen for the ageing time. Called about once a second.
+    pub fn age(&self) {
+        for shard in &self.shards {
+            let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
+            table.retain(|_, entry| {
+                let keep = self.fresh(entry);
+                if !keep {
+                    self.release(entry.port.load(Ordering::Relaxed));
+                    stats::inc(&self.counters.aged);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Forgets every address learned on a port (its guest went away).
+    pub fn flush_port(&self, port: PortId) {
+        for shard in &self.shards {
+            let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
+            table.retain(|_, entry| entry.port.load(Ordering::Relaxed) != port);
+        }
+        if let Some(count) = self.learned_per_port.get(port) {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The learned table: (mac, port, seconds since last seen).
+    pub fn entries(&self) -> Vec<(Mac, PortId, u64)> {
+        let now = self.now();
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let table = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (mac, entry) in table.iter() {
+                all.push((
+                    *mac,
+                    entry.port.load(Ordering::Relaxed),
+                    now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)),
+                ));
+            }
+        }
+        all.sort();
+        all
+    }
+}
+
+pub fn format_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Mac = [2, 0, 0, 0, 0, 0xa];
+    const B: Mac = [2, 0, 0, 0, 0, 0xb];
+    const BROADCAST: Mac = [0xff; 6];
+
+    fn switch() -> Switch {
+        Switch::new(
+            3,
+            SwitchConfig {
+                ageing_secs: 10,
+                mac_limit: 2,
+            },
+        )
+    }
+
+    #[test]
+    fn unknown_unicast_and_broadcast_flood() {
+        let sw = switch();
+        assert_eq!(sw.lookup(0, &B), Forward::Flood);
+        assert_eq!(sw.lookup(0, &BROADCAST), Forward::Flood);
+    }
+
+    #[test]
+    fn learned_address_is_forwarded_to_its_port() {
+        let sw = switch();
+        sw.learn(1, &B).unwrap();
+        assert_eq!(sw.lookup(0, &B), Forward::Unicast(1));
+        assert_eq!(sw.lookup(1, &B), Forward::Filter);
+    }
+
+    #[test]
+    fn station_moving_ports_is_relearned() {
+        let sw = switch();
+        sw.learn(1, &B).unwrap();
+        sw.learn(2, &B).unwrap();
+        assert_eq!(sw.lookup(0, &B), Forward::Unicast(2));
+    }
+
+    #[test]
+    fn entries_age_out() {
+        let sw = switch();
+        sw.learn(1, &B).unwrap();
+        sw.set_time(11);
+        assert_eq!(sw.lookup(0, &B), Forward::Flood);
+        sw.age();
+        assert!(sw.entries().is_empty());
+        assert_eq!(sw.counters.aged.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn mac_limit_refuses_new_sources_only() {
+        let sw = switch();
+        sw.learn(0, &A).unwrap();
+        sw.learn(0, &B).unwrap();
+        assert_eq!(
+            sw.learn(0, &[2, 0, 0, 0, 0, 0xc]),
+            Err(IngressError::MacLimit)
+        );
+        // Known sources keep working.
+        assert_eq!(sw.learn(0, &A), Ok(()));
+        // Ageing frees room.
+        sw.set_time(100);
+        sw.age();
+        assert_eq!(sw.learn(0, &[2, 0, 0, 0, 0, 0xc]), Ok(()));
+    }
+
+    #[test]
+    fn multicast_source_is_refused() {
+        assert_eq!(
+            switch().learn(0, &BROADCAST),
+            Err(IngressError::MulticastSource)
+        );
+    }
+
+    #[test]
+    fn flushing_a_port_forgets_its_addresses() {
+        let sw = switch();
+        sw.learn(1, &B).unwrap();
+        sw.learn(2, &A).unwrap();
+        sw.flush_port(1);
+        assert_eq!(sw.lookup(0, &B), Forward::Flood);
+        assert_eq!(sw.lookup(0, &A), Forward::Unicast(2));
+    }
+}
