@@ -8,8 +8,12 @@
 //! nothing of devices; `stats` is a leaf; `control` reads counters over a socket.
 
 pub mod classify;
+pub mod cli;
+pub mod control;
+pub mod daemon;
 pub mod nic;
 pub mod packet;
 pub mod port;
 pub mod stats;
 pub mod switch;
+pub mod wire;

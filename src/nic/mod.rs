@@ -77,7 +77,7 @@ impl RxQueue {
         self.ring.load_full()
     }
 
-    fn is_enabled(&self) -> bool {
+    pub fn is_enabled(&self) -> bool {
         self.ring
             .load()
             .as_ref()
@@ -148,10 +148,10 @@ impl RxQueue {
 
     /// Notifies the guest once for everything written since the last notification.
     pub fn flush_notify(&self) {
-        if self.needs_notify.swap(false, Ordering::Relaxed) {
-            if let Some(ring) = self.ring() {
-                ring.notify();
-            }
+        if self.needs_notify.swap(false, Ordering::Relaxed)
+            && let Some(ring) = self.ring()
+        {
+            ring.notify();
         }
     }
 
@@ -203,6 +203,11 @@ impl Nic {
                 queue.backlog.lock().clear();
             }
         }
+    }
+
+    /// Whether any ring is attached (a frontend is connected, or the port is a tap or sink).
+    pub fn is_connected(&self) -> bool {
+        self.queues.iter().any(|queue| queue.ring.load().is_some())
     }
 
     /// The receive offloads of the guest behind this NIC (from any connected ring), or none.

@@ -123,7 +123,7 @@ pub fn walk<M: GuestMemory>(
                 return Err(ChainError::IndirectWithNext);
             }
             let entries = desc.len / DESC_SIZE as u32;
-            if desc.len == 0 || desc.len % DESC_SIZE as u32 != 0 || entries > u32::from(u16::MAX) {
+            if desc.len == 0 || !desc.len.is_multiple_of(DESC_SIZE as u32) || entries > u32::from(u16::MAX) {
                 return Err(ChainError::BadIndirectLength(desc.len));
             }
             if !mem.check_range(

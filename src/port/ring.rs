@@ -104,7 +104,7 @@ impl RateLimitedLog {
     pub fn warn(&self, what: impl FnOnce() -> String) {
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
         // 1, 2, 4, 8, ... then every 1024th.
-        if n < 1024 && n.is_power_of_two() || n % 1024 == 0 {
+        if (n < 1024 && n.is_power_of_two()) || n.is_multiple_of(1024) {
             warn!("{} (occurrence {})", what(), n + 1);
         }
     }

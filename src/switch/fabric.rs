@@ -15,6 +15,7 @@ pub enum PortKind {
     VhostUser { socket: String },
     Tap { ifname: String },
     Sink,
+    Generator,
 }
 
 impl PortKind {
@@ -23,6 +24,7 @@ impl PortKind {
             PortKind::VhostUser { .. } => "vhost-user",
             PortKind::Tap { .. } => "tap",
             PortKind::Sink => "sink",
+            PortKind::Generator => "generator",
         }
     }
 }

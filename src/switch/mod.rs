@@ -117,11 +117,11 @@ impl Switch {
         let shard = &self.shards[shard_of(src)];
         {
             let table = shard.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = table.get(src) {
-                if entry.port.load(Ordering::Relaxed) == ingress {
-                    entry.last_seen.store(self.now(), Ordering::Relaxed);
-                    return Ok(());
-                }
+            if let Some(entry) = table.get(src)
+                && entry.port.load(Ordering::Relaxed) == ingress
+            {
+                entry.last_seen.store(self.now(), Ordering::Relaxed);
+                return Ok(());
             }
         }
         let mut table = shard.write().unwrap_or_else(|p| p.into_inner());

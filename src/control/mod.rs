@@ -1,0 +1,262 @@
+//! The control socket: a Unix stream socket speaking one JSON object per line, each request
+//! answered by one line. It reads counters and tables; the data path never calls into it.
+//!
+//! Requests: `{"cmd":"stats"}`, `{"cmd":"macs"}`. Answers: `{"ok":true, ...}` or
+//! `{"ok":false,"error":"..."}`.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use log::{debug, warn};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::stats::{self, QueueCounters};
+use crate::switch::fabric::Fabric;
+use crate::switch::format_mac;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot listen on control socket {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot reach prism-vnic at {path}: {source} (is it running? see --control)")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("prism-vnic answered something that is not JSON: {0}")]
+    BadAnswer(String),
+    #[error("prism-vnic refused the request: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+enum Request {
+    Stats,
+    Macs,
+}
+
+fn counters_object(snapshot: &[(&'static str, u64)]) -> Value {
+    Value::Object(
+        snapshot
+            .iter()
+            .map(|(name, value)| (name.to_string(), json!(value)))
+            .collect::<Map<String, Value>>(),
+    )
+}
+
+/// All counters of all ports, the switch and its table, as JSON.
+pub fn stats_json(fabric: &Fabric) -> Value {
+    let ports: Vec<Value> = fabric
+        .ports
+        .iter()
+        .map(|port| {
+            let queue_snapshots: Vec<Vec<(&'static str, u64)>> =
+                port.queue_counters.iter().map(|q| q.snapshot()).collect();
+            let mut total = stats::sum(queue_snapshots.iter().map(Vec::as_slice));
+            if total.is_empty() {
+                total = QueueCounters::default().snapshot();
+            }
+            total.extend(port.nic.port_counters.snapshot());
+            let queues: Vec<Value> = queue_snapshots
+                .iter()
+                .enumerate()
+                .map(|(index, snapshot)| {
+                    let queue = port.nic.queue(index);
+                    json!({
+                        "index": index,
+                        "rx_enabled": queue.is_some_and(|q| q.is_enabled()),
+                        "rx_buffered_now": queue.map_or(0, |q| q.buffered()),
+                        "counters": counters_object(snapshot),
+                    })
+                })
+                .collect();
+            json!({
+                "name": port.name,
+                "kind": port.kind.label(),
+                "connected": port.nic.is_connected(),
+                "counters": counters_object(&total),
+                "queues": queues,
+            })
+        })
+        .collect();
+    json!({
+        "ports": ports,
+        "switch": counters_object(&fabric.switch.counters.snapshot()),
+    })
+}
+
+fn macs_json(fabric: &Fabric) -> Value {
+    let entries: Vec<Value> = fabric
+        .switch
+        .entries()
+        .iter()
+        .map(|(mac, port, age)| {
+            json!({
+                "mac": format_mac(mac),
+                "port": fabric.ports.get(*port).map_or("?", |p| p.name.as_str()),
+                "age_secs": age,
+            })
+        })
+        .collect();
+    json!({ "macs": entries })
+}
+
+fn answer(fabric: &Fabric, line: &str) -> Value {
+    match serde_json::from_str::<Request>(line) {
+        Ok(Request::Stats) => {
+            let mut answer = stats_json(fabric);
+            answer["ok"] = json!(true);
+            answer
+        }
+        Ok(Request::Macs) => {
+            let mut answer = macs_json(fabric);
+            answer["ok"] = json!(true);
+            answer
+        }
+        Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
+    }
+}
+
+fn serve_client(fabric: &Fabric, stream: UnixStream) -> io::Result<()> {
+    // A client that stops reading must not pin a thread forever.
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut writer = stream.try_clone()?;
+    let reader = BufReader::new(stream.take_limited());
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut out = serde_json::to_vec(&answer(fabric, &line))?;
+        out.push(b'\n');
+        writer.write_all(&out)?;
+    }
+    Ok(())
+}
+
+/// Limits how much one request line may be, so a client cannot make us buffer without end.
+trait TakeLimited {
+    fn take_limited(self) -> io::Take<UnixStream>;
+}
+
+impl TakeLimited for UnixStream {
+    fn take_limited(self) -> io::Take<UnixStream> {
+        io::Read::take(self, 1 << 20)
+    }
+}
+
+/// Binds the control socket (replacing a stale one) and serves it on a thread.
+pub fn spawn(fabric: Arc<Fabric>, path: &Path) -> Result<thread::JoinHandle<()>, ControlError> {
+    let listen_error = |source| ControlError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        // Refuse to steal the socket of a running instance.
+        if UnixStream::connect(path).is_ok() {
+            return Err(listen_error(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another prism-vnic is answering on it",
+            )));
+        }
+        std::fs::remove_file(path).map_err(listen_error)?;
+    }
+    let listener = UnixListener::bind(path).map_err(listen_error)?;
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        let fabric = fabric.clone();
+                        let _ =
+                            thread::Builder::new()
+                                .name("control-client".into())
+                                .spawn(move || {
+                                    if let Err(e) = serve_client(&fabric, stream) {
+                                        debug!("control client: {e}");
+                                    }
+                                });
+                    }
+                    Err(e) => warn!("control socket accept: {e}"),
+                }
+            }
+        })
+        .map_err(listen_error)
+}
+
+/// Sends one request to a running prism-vnic and returns its answer.
+pub fn request(path: &Path, request: &Value) -> Result<Value, ControlError> {
+    let io_error = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io_error)?;
+    let mut line = serde_json::to_vec(request).map_err(|e| io_error(e.into()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_error)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io_error)?;
+    let value: Value =
+        serde_json::from_str(&answer).map_err(|_| ControlError::BadAnswer(answer.clone()))?;
+    if value["ok"] != json!(true) {
+        return Err(ControlError::Refused(
+            value["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_string(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Formats a stats answer like `ethtool -S`, port by port; per-queue counters are named
+/// `rx_queue_N_...` / `tx_queue_N_...` as virtio_net and most NIC drivers do.
+pub fn format_stats(stats: &Value, only_port: Option<&str>) -> String {
+    let mut out = String::new();
+    for port in stats["ports"].as_array().into_iter().flatten() {
+        let name = port["name"].as_str().unwrap_or("?");
+        if only_port.is_some_and(|only| only != name) {
+            continue;
+        }
+        let connected = if port["connected"] == json!(true) {
+            "connected"
+        } else {
+            "not connected"
+        };
+        out += &format!(
+            "port {name} ({}, {connected})\nNIC statistics:\n",
+            port["kind"].as_str().unwrap_or("?")
+        );
+        for (counter, value) in port["counters"].as_object().into_iter().flatten() {
+            out += &format!("     {counter}: {value}\n");
+        }
+        for queue in port["queues"].as_array().into_iter().flatten() {
+            let index = queue["index"].as_u64().unwrap_or(0);
+            for (counter, value) in queue["counters"].as_object().into_iter().flatten() {
+                let (direction, rest) = counter.split_once('_').unwrap_or(("", counter));
+                out += &format!("     {direction}_queue_{index}_{rest}: {value}\n");
+            }
+        }
+    }
+    if only_port.is_none() {
+        out += "switch:\n";
+        for (counter, value) in stats["switch"].as_object().into_iter().flatten() {
+            out += &format!("     {counter}: {value}\n");
+        }
+    }
+    out
+}

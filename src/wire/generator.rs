@@ -1,0 +1,90 @@
+//! A generator port: sends UDP frames into the switch as fast as it can, spread over a number
+//! of flows (source ports), so a guest can be loaded at line rate without a second VM.
+
+use std::sync::Arc;
+use std::thread;
+
+use etherparse::PacketBuilder;
+
+use crate::packet::offload::Offload;
+use crate::stats;
+use crate::switch::PortId;
+use crate::switch::fabric::{Fabric, ForwardScratch};
+
+/// What a generator sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratorSpec {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Frame length without FCS (at least 60, like a NIC pads).
+    pub len: usize,
+    /// Number of flows (UDP source ports), to spread over RSS queues.
+    pub flows: u16,
+}
+
+/// Smallest and largest frame a generator makes.
+pub const MIN_LEN: usize = 60;
+pub const MAX_LEN: usize = 9014;
+
+/// Builds the frame of flow `flow`: Ethernet/IPv4/UDP 10.255.0.1 -> 10.255.0.2, source
+/// port 1024 + flow, destination port 9 (discard).
+pub fn build_frame(spec: &GeneratorSpec, flow: u16) -> Vec<u8> {
+    const HEADERS: usize = 14 + 20 + 8;
+    let payload = vec![0u8; spec.len.max(MIN_LEN) - HEADERS];
+    let builder = PacketBuilder::ethernet2(spec.src, spec.dst)
+        .ipv4([10, 255, 0, 1], [10, 255, 0, 2], 64)
+        .udp(1024u16.wrapping_add(flow), 9);
+    let mut frame = Vec::with_capacity(spec.len.max(MIN_LEN));
+    // Writing into a Vec cannot fail, and the sizes are bounded by MAX_LEN.
+    let _ = builder.write(&mut frame, &payload);
+    frame
+}
+
+/// Starts the generator thread for port `port`.
+pub fn spawn(
+    fabric: Arc<Fabric>,
+    port: PortId,
+    spec: GeneratorSpec,
+) -> std::io::Result<thread::JoinHandle<()>> {
+    let name = format!("gen-{}", fabric.ports[port].name);
+    thread::Builder::new().name(name).spawn(move || {
+        let mut frames: Vec<Vec<u8>> = (0..spec.flows.max(1))
+            .map(|flow| build_frame(&spec, flow))
+            .collect();
+        let mut scratch = ForwardScratch::default();
+        let Some(counters) = fabric.ports[port].queue_counters.first().cloned() else {
+            return;
+        };
+        loop {
+            for frame in frames.iter_mut() {
+                let mut offload = Offload::default();
+                stats::inc(&counters.tx_packets);
+                stats::add(&counters.tx_bytes, frame.len() as u64);
+                fabric.forward(port, frame, &mut offload, &mut scratch, &counters);
+            }
+            fabric.flush(&mut scratch);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_requested_length_and_flow() {
+        let spec = GeneratorSpec {
+            dst: [2, 0, 0, 0, 0, 0xb],
+            src: [2, 0, 0, 0, 0, 0xa],
+            len: 64,
+            flows: 4,
+        };
+        let frame = build_frame(&spec, 3);
+        assert_eq!(frame.len(), 64);
+        assert_eq!(&frame[0..6], &spec.dst);
+        // UDP source port at 14 + 20.
+        assert_eq!(u16::from_be_bytes([frame[34], frame[35]]), 1027);
+        let runt = build_frame(&GeneratorSpec { len: 10, ..spec }, 0);
+        assert_eq!(runt.len(), MIN_LEN);
+    }
+}
