@@ -601,6 +601,18 @@ impl TestGuest {
         Ok(got)
     }
 
+    /// Forgets any pending signal on the RX call eventfd of `pair`.
+    pub fn clear_rx_call(&mut self, pair: u16) -> Result<()> {
+        self.queue(Self::rx_vring(pair))?
+            .wait_call(Duration::ZERO)
+            .map(|_| ())
+    }
+
+    /// Waits for the device to signal the RX call eventfd of `pair`; true if it did.
+    pub fn wait_rx_call(&mut self, pair: u16, timeout: Duration) -> Result<bool> {
+        self.queue(Self::rx_vring(pair))?.wait_call(timeout)
+    }
+
     /// Used entries seen on `vring` since the last call (polls first).
     pub fn used_entries(&mut self, vring: u16) -> Result<Vec<UsedEntry>> {
         self.poll(vring)?;
