@@ -252,3 +252,26 @@ pub fn tcp_checksum_ok(raw: &[u8], frame: &TcpFrame<'_>) -> bool {
     );
     fold(add_bytes(sum, segment)) == 0xffff
 }
+
+/// What a guest driver does with a NEEDS_CSUM frame before checking it: fold the one's
+/// complement sum from `csum_start` to the end (the field holds the pseudo-header sum) and
+/// store its complement at `csum_start + csum_offset`. Frames without NEEDS_CSUM are
+/// returned unchanged.
+pub fn complete_partial_checksum(frame: &[u8], hdr: &VirtioNetHdr) -> Result<Vec<u8>> {
+    let mut out = frame.to_vec();
+    if u32::from(hdr.flags) & VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 {
+        return Ok(out);
+    }
+    let start = usize::from(hdr.csum_start);
+    let at = start + usize::from(hdr.csum_offset);
+    if at + 2 > out.len() {
+        return Err(HarnessError::Frame(format!(
+            "csum_start {start} + csum_offset {} beyond frame of {}",
+            hdr.csum_offset,
+            out.len()
+        )));
+    }
+    let csum = !fold(add_bytes(0, &out[start..]));
+    out[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+    Ok(out)
+}
