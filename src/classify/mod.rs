@@ -1,1 +1,310 @@
 //! Pure classification: frame in, decision (class, queue, rule) out.
+//!
+//! A [`Classifier`] holds the compiled flow rules ([`rules::RuleSet`]), a trust mode (which
+//! header field marks a frame high priority: DSCP, VLAN PCP, or nothing) and RSS (a Toeplitz
+//! hash and an indirection table). [`Classifier::classify`] parses the frame
+//! ([`parse::FlowKey::parse`]), applies the lowest-location matching rule, else the trust
+//! mode, and picks a queue: a rule's queue if it names one; otherwise high-class frames spread
+//! by RSS over the high-priority queue set (default: queue 0 alone) and the others over the
+//! remaining queues. For VXLAN frames both the trust fields and the RSS tuple come from the
+//! inner headers (what a tunnel-aware NIC uses); a frame the parser could not finish goes to
+//! the normal class on the first normal queue, no rule applied, with the reason in the
+//! decision. No I/O, no allocation, no locks: the only shared writes are the rule hit counters
+//! (relaxed atomics).
+
+pub mod parse;
+pub mod rss;
+pub mod rules;
+
+use std::fmt;
+use std::str::FromStr;
+
+use parse::{FlowKey, LayerKey, ParseError, proto};
+use rss::{IndirectionTable, Toeplitz};
+use rules::{RuleAction, RuleSet};
+
+/// The two traffic classes of the PRISM receive path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Class {
+    High,
+    #[default]
+    Normal,
+}
+
+impl FromStr for Class {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "high" => Ok(Class::High),
+            "normal" => Ok(Class::Normal),
+            _ => Err(format!("`{text}` is not a class (high or normal)")),
+        }
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Class::High => "high",
+            Class::Normal => "normal",
+        })
+    }
+}
+
+/// Which header field marks a frame high priority when no rule sets the class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// IP DSCP: `high[dscp]`.
+    Dscp { high: [bool; 64] },
+    /// The outermost VLAN tag's PCP: `high[pcp]`; untagged frames are normal.
+    Pcp { high: [bool; 8] },
+    /// Every frame is normal unless a rule says otherwise.
+    None,
+}
+
+impl Trust {
+    /// DSCP trust with the default map: EF (46) and CS5, CS6, CS7 (40, 48, 56) are high.
+    pub fn default_dscp() -> Self {
+        let mut high = [false; 64];
+        for dscp in [46, 40, 48, 56] {
+            high[dscp] = true;
+        }
+        Trust::Dscp { high }
+    }
+
+    /// PCP trust with the default map: 5, 6 and 7 are high.
+    pub fn default_pcp() -> Self {
+        let mut high = [false; 8];
+        for pcp in [5, 6, 7] {
+            high[pcp] = true;
+        }
+        Trust::Pcp { high }
+    }
+
+    fn class_of(&self, layer: &LayerKey) -> Class {
+        let high = match self {
+            Trust::Dscp { high } => layer.dscp.is_some_and(|d| high[usize::from(d & 63)]),
+            Trust::Pcp { high } => layer
+                .outer_vlan()
+                .is_some_and(|v| high[usize::from(v.pcp & 7)]),
+            Trust::None => false,
+        };
+        if high { Class::High } else { Class::Normal }
+    }
+}
+
+/// Settings of a [`Classifier`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassifierConfig {
+    /// Number of receive queues of the emulated NIC.
+    pub num_queues: u16,
+    /// Queues `0..high_queues` take the high class; the rest take the normal class. When every
+    /// queue is high, normal frames share them.
+    pub high_queues: u16,
+    pub trust: Trust,
+    /// UDP destination ports decapsulated as VXLAN.
+    pub vxlan_ports: Vec<u16>,
+    pub rss_key: [u8; 40],
+    /// Entries per indirection table (a power of two).
+    pub indirection_len: usize,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            num_queues: 1,
+            high_queues: 1,
+            trust: Trust::default_dscp(),
+            vxlan_ports: parse::DEFAULT_VXLAN_PORTS.to_vec(),
+            rss_key: rss::DEFAULT_KEY,
+            indirection_len: rss::DEFAULT_TABLE_LEN,
+        }
+    }
+}
+
+/// Why a classifier could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifierError {
+    #[error("the NIC needs at least one queue")]
+    NoQueues,
+    #[error("high-priority queue count {high} must be between 1 and the queue count {total}")]
+    BadHighQueueCount { high: u16, total: u16 },
+    #[error("rule at loc {location} steers to queue {queue}, but there are only {total} queues")]
+    RuleQueueOutOfRange {
+        location: u32,
+        queue: u16,
+        total: u16,
+    },
+    #[error(transparent)]
+    Indirection(#[from] rss::IndirectionError),
+}
+
+/// How the queue was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChoice {
+    /// A rule named the queue.
+    Rule(u16),
+    /// RSS over the class's queue set.
+    Rss { queue: u16, hash: u32 },
+    /// Nothing to hash (not IP, or the parse stopped early): the class's first queue.
+    Default(u16),
+}
+
+impl QueueChoice {
+    pub fn queue(self) -> u16 {
+        match self {
+            QueueChoice::Rule(queue) | QueueChoice::Default(queue) => queue,
+            QueueChoice::Rss { queue, .. } => queue,
+        }
+    }
+}
+
+/// The classifier's answer for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub class: Class,
+    pub queue: QueueChoice,
+    /// Location of the rule that matched.
+    pub rule: Option<u32>,
+    /// A drop rule matched.
+    pub drop: bool,
+    /// The parser stopped early for this reason (the frame took the defaults).
+    pub parse_error: Option<ParseError>,
+}
+
+/// Rules, trust mode and RSS, compiled for the data path.
+#[derive(Debug)]
+pub struct Classifier {
+    rules: RuleSet,
+    trust: Trust,
+    vxlan_ports: Box<[u16]>,
+    toeplitz: Toeplitz,
+    high_table: IndirectionTable,
+    normal_table: IndirectionTable,
+    first_high: u16,
+    first_normal: u16,
+}
+
+impl Classifier {
+    pub fn new(config: &ClassifierConfig, rules: RuleSet) -> Result<Self, ClassifierError> {
+        let total = config.num_queues;
+        if total == 0 {
+            return Err(ClassifierError::NoQueues);
+        }
+        if config.high_queues == 0 || config.high_queues > total {
+            return Err(ClassifierError::BadHighQueueCount {
+                high: config.high_queues,
+                total,
+            });
+        }
+        for rule in rules.rules() {
+            if let RuleAction::Set {
+                queue: Some(queue), ..
+            } = rule.action
+                && queue >= total
+            {
+                return Err(ClassifierError::RuleQueueOutOfRange {
+                    location: rule.location,
+                    queue,
+                    total,
+                });
+            }
+        }
+        let high: Vec<u16> = (0..config.high_queues).collect();
+        let normal: Vec<u16> = if config.high_queues == total {
+            (0..total).collect()
+        } else {
+            (config.high_queues..total).collect()
+        };
+        Ok(Classifier {
+            rules,
+            trust: config.trust.clone(),
+            vxlan_ports: config.vxlan_ports.clone().into_boxed_slice(),
+            toeplitz: Toeplitz::new(&config.rss_key),
+            high_table: IndirectionTable::new(&high, config.indirection_len)?,
+            normal_table: IndirectionTable::new(&normal, config.indirection_len)?,
+            first_high: high[0],
+            first_normal: normal[0],
+        })
+    }
+
+    /// The compiled rules (for their hit counters).
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Classifies one frame.
+    pub fn classify(&self, frame: &[u8]) -> Decision {
+        let parsed = FlowKey::parse(frame, &self.vxlan_ports);
+        if let Some(error) = parsed.error {
+            return Decision {
+                class: Class::Normal,
+                queue: QueueChoice::Default(self.first_normal),
+                rule: None,
+                drop: false,
+                parse_error: Some(error),
+            };
+        }
+        let key = &parsed.key;
+        // Trust and RSS look at the innermost headers the parser reached.
+        let flow_layer = match &key.inner {
+            Some(inner) if inner.src_ip.is_some() => inner,
+            _ => &key.outer,
+        };
+        let mut decision = Decision {
+            class: self.trust.class_of(flow_layer),
+            queue: QueueChoice::Default(self.first_normal),
+            rule: None,
+            drop: false,
+            parse_error: None,
+        };
+        let mut rule_queue = None;
+        if let Some(rule) = self.rules.lookup(key) {
+            decision.rule = Some(rule.location);
+            match rule.action {
+                RuleAction::Drop => {
+                    decision.drop = true;
+                    return decision;
+                }
+                RuleAction::Set { queue, class } => {
+                    if let Some(class) = class {
+                        decision.class = class;
+                    }
+                    rule_queue = queue;
+                }
+            }
+        }
+        decision.queue = match rule_queue {
+            Some(queue) => QueueChoice::Rule(queue),
+            None => self.rss_queue(decision.class, flow_layer),
+        };
+        decision
+    }
+
+    fn rss_queue(&self, class: Class, layer: &LayerKey) -> QueueChoice {
+        let (table, first) = match class {
+            Class::High => (&self.high_table, self.first_high),
+            Class::Normal => (&self.normal_table, self.first_normal),
+        };
+        let (Some(src), Some(dst)) = (layer.src_ip, layer.dst_ip) else {
+            return QueueChoice::Default(first);
+        };
+        // The 4-tuple for TCP/UDP with ports (first fragments excluded: later fragments of the
+        // same datagram have no ports and must land on the same queue), else the 2-tuple.
+        let ports = match (layer.proto, layer.src_port, layer.dst_port) {
+            (Some(proto::TCP | proto::UDP), Some(s), Some(d)) if !layer.fragment => Some((s, d)),
+            _ => None,
+        };
+        let hash = self.toeplitz.hash_flow(src, dst, ports);
+        QueueChoice::Rss {
+            queue: table.queue(hash),
+            hash,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+pub(crate) mod test_frames;

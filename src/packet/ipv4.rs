@@ -165,6 +165,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+impl<'a> Ipv4Packet<&'a [u8]> {
+    /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    pub fn into_payload(self) -> &'a [u8] {
+        let end = usize::from(self.total_len()).min(self.buffer.len());
+        &self.buffer[self.header_len()..end]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

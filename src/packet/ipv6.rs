@@ -178,6 +178,14 @@ pub fn skip_extension_headers(first: u8, extensions: &[u8]) -> Result<UpperLayer
     Err(Error::Malformed)
 }
 
+impl<'a> Ipv6Packet<&'a [u8]> {
+    /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    pub fn into_payload(self) -> &'a [u8] {
+        let end = (HEADER_LEN + usize::from(self.payload_len())).min(self.buffer.len());
+        &self.buffer[HEADER_LEN..end]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

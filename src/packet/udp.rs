@@ -69,6 +69,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     }
 }
 
+impl<'a> UdpPacket<&'a [u8]> {
+    /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    pub fn into_payload(self) -> &'a [u8] {
+        let end = usize::from(self.len()).clamp(HEADER_LEN, self.buffer.len());
+        &self.buffer[HEADER_LEN..end]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

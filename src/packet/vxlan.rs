@@ -49,6 +49,13 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     }
 }
 
+impl<'a> VxlanPacket<&'a [u8]> {
+    /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    pub fn into_payload(self) -> &'a [u8] {
+        &self.buffer[HEADER_LEN..]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

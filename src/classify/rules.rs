@@ -1,0 +1,821 @@
+//! Flow rules in the spirit of `ethtool -N`: match fields of the outer or inner headers, act
+//! (steer to a queue, set the class, or drop); the rule with the lowest location wins.
+//!
+//! Two input forms produce the same [`Rule`]:
+//! - TOML ([`RuleSet::from_toml`]), an array of `[[rule]]` tables:
+//!   ```toml
+//!   [[rule]]
+//!   loc = 10
+//!   proto = "tcp"        # or a number
+//!   dst-port = 5001
+//!   queue = 0            # and/or class = "high" | "normal"; or drop = true
+//!   class = "high"
+//!   ```
+//!   Other keys: `layer = "inner"` (default "outer"), `src-ip`/`dst-ip` (`"10.0.0.0/8"`,
+//!   `"2001:db8::/32"`, or a bare address), `src-port`, `dscp`, `vlan` (VLAN id of the
+//!   outermost tag of that layer), `pcp` (its priority), `vni`. A bad file is rejected with the
+//!   file, line, column and what is wrong.
+//! - Text for the control socket ([`Rule::from_str`], and [`Rule`]'s `Display` writes it back):
+//!   `loc 10 [inner] proto tcp dst-port 5001 action queue 0 class high`, `... action drop`.
+//!
+//! [`RuleSet::new`] compiles the rules so a lookup is not a linear scan: each rule goes into
+//! one bucket keyed by its most selective exact field — (layer, protocol, destination port),
+//! else (layer, protocol, source port), else VNI, else (layer, DSCP) — or, with none of those,
+//! into a residual list. A rule with a port but no protocol goes into both the TCP and the UDP
+//! bucket (the parser reports ports only for TCP and UDP). A lookup probes the few buckets
+//! the frame's fields name plus the residual list; each list is in location order, so the
+//! first full match in a list is that list's best, and the lowest over all lists wins, exactly
+//! as a linear scan in location order would.
+//!
+//! Each rule has a hit counter ([`RuleSet::hits`]) readable while the data path runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::Class;
+use super::parse::{FlowKey, LayerKey, proto};
+
+/// Which header stack a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    #[default]
+    Outer,
+    /// The frame inside VXLAN; a rule on the inner layer never matches a frame without one.
+    Inner,
+}
+
+/// An address prefix (`10.0.0.0/8`, `2001:db8::/32`, or a bare address for a full match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    /// A prefix; host bits of `addr` are cleared. `len` beyond the family's width is an error.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self, String> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} is longer than {max}"));
+        }
+        let addr = match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        };
+        Ok(IpPrefix { addr, len })
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for the zero-length prefix (matches every address of its family).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `ip` is of the same family and inside the prefix.
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpPrefix {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr_text, len_text) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| format!("`{addr_text}` is not an IP address"))?;
+        let len = match len_text {
+            Some(len) => len
+                .parse::<u8>()
+                .map_err(|_| format!("`{len}` is not a prefix length"))?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        IpPrefix::new(addr, len)
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpPrefix {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// An IP protocol number, written as a name (`tcp`, `udp`, `icmp`, `icmpv6`, `sctp`) or number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Proto(pub u8);
+
+const PROTO_NAMES: [(&str, u8); 5] = [
+    ("tcp", proto::TCP),
+    ("udp", proto::UDP),
+    ("icmp", proto::ICMP),
+    ("icmpv6", proto::ICMPV6),
+    ("sctp", proto::SCTP),
+];
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some((_, number)) = PROTO_NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+        {
+            return Ok(Proto(*number));
+        }
+        text.parse::<u8>().map(Proto).map_err(|_| {
+            format!("`{text}` is not a protocol (tcp, udp, icmp, icmpv6, sctp or 0-255)")
+        })
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match PROTO_NAMES.iter().find(|(_, number)| *number == self.0) {
+            Some((name, _)) => f.write_str(name),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Proto {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ProtoVisitor;
+        impl Visitor<'_> for ProtoVisitor {
+            type Value = Proto;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a protocol name (tcp, udp, icmp, icmpv6, sctp) or a number 0-255")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Proto, E> {
+                text.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Proto, E> {
+                u8::try_from(value)
+                    .map(Proto)
+                    .map_err(|_| E::custom(format!("protocol {value} is not in 0-255")))
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Proto, E> {
+                u8::try_from(value)
+                    .map(Proto)
+                    .map_err(|_| E::custom(format!("protocol {value} is not in 0-255")))
+            }
+        }
+        deserializer.deserialize_any(ProtoVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Class {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// The fields a rule matches; `None` matches anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuleMatch {
+    pub layer: Layer,
+    pub src_ip: Option<IpPrefix>,
+    pub dst_ip: Option<IpPrefix>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub proto: Option<u8>,
+    pub dscp: Option<u8>,
+    /// VLAN id of the layer's outermost tag.
+    pub vlan: Option<u16>,
+    /// PCP of the layer's outermost tag.
+    pub pcp: Option<u8>,
+    pub vni: Option<u32>,
+}
+
+impl RuleMatch {
+    /// True when every field the rule names is present in the frame and equal (or inside the
+    /// prefix).
+    #[inline]
+    pub fn matches(&self, key: &FlowKey) -> bool {
+        let layer: &LayerKey = match self.layer {
+            Layer::Outer => &key.outer,
+            Layer::Inner => match &key.inner {
+                Some(inner) => inner,
+                None => return false,
+            },
+        };
+        fn eq<T: PartialEq>(want: Option<T>, have: Option<T>) -> bool {
+            match want {
+                None => true,
+                Some(want) => have == Some(want),
+            }
+        }
+        fn within(want: &Option<IpPrefix>, have: Option<IpAddr>) -> bool {
+            match (want, have) {
+                (None, _) => true,
+                (Some(prefix), Some(ip)) => prefix.contains(ip),
+                (Some(_), None) => false,
+            }
+        }
+        let tag = layer.outer_vlan();
+        eq(self.proto, layer.proto)
+            && eq(self.dst_port, layer.dst_port)
+            && eq(self.src_port, layer.src_port)
+            && eq(self.dscp, layer.dscp)
+            && eq(self.vni, key.vni)
+            && eq(self.vlan, tag.map(|t| t.vid))
+            && eq(self.pcp, tag.map(|t| t.pcp))
+            && within(&self.src_ip, layer.src_ip)
+            && within(&self.dst_ip, layer.dst_ip)
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Drop the frame.
+    Drop,
+    /// Steer to a queue and/or set the class (at least one is set).
+    Set {
+        queue: Option<u16>,
+        class: Option<Class>,
+    },
+}
+
+/// One flow rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Lower locations take precedence.
+    pub location: u32,
+    pub matches: RuleMatch,
+    pub action: RuleAction,
+}
+
+/// Why a rule's fields do not make a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("rule has no action (queue, class or drop)")]
+    NoAction,
+    #[error("drop cannot be combined with queue or class")]
+    DropWithOtherAction,
+    #[error("ports are only parsed for tcp and udp, not protocol {0}")]
+    PortsNeedTcpOrUdp(Proto),
+    #[error("dscp {0} is not in 0-63")]
+    DscpOutOfRange(u8),
+    #[error("pcp {0} is not in 0-7")]
+    PcpOutOfRange(u8),
+    #[error("vlan {0} is not in 0-4095")]
+    VlanOutOfRange(u16),
+    #[error("vni {0} is not in 0-16777215")]
+    VniOutOfRange(u32),
+}
+
+/// The flat form both the TOML and the text syntax fill in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RawRule {
+    loc: u32,
+    #[serde(default)]
+    layer: Layer,
+    src_ip: Option<IpPrefix>,
+    dst_ip: Option<IpPrefix>,
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+    proto: Option<Proto>,
+    dscp: Option<u8>,
+    vlan: Option<u16>,
+    pcp: Option<u8>,
+    vni: Option<u32>,
+    queue: Option<u16>,
+    class: Option<Class>,
+    #[serde(default)]
+    drop: bool,
+}
+
+impl TryFrom<RawRule> for Rule {
+    type Error = RuleError;
+    fn try_from(raw: RawRule) -> Result<Rule, RuleError> {
+        if let Some(dscp) = raw.dscp.filter(|&d| d > 63) {
+            return Err(RuleError::DscpOutOfRange(dscp));
+        }
+        if let Some(pcp) = raw.pcp.filter(|&p| p > 7) {
+            return Err(RuleError::PcpOutOfRange(pcp));
+        }
+        if let Some(vlan) = raw.vlan.filter(|&v| v > 4095) {
+            return Err(RuleError::VlanOutOfRange(vlan));
+        }
+        if let Some(vni) = raw.vni.filter(|&v| v > 0x00ff_ffff) {
+            return Err(RuleError::VniOutOfRange(vni));
+        }
+        if let Some(p) = raw.proto {
+            let has_ports = raw.src_port.is_some() || raw.dst_port.is_some();
+            if has_ports && p.0 != proto::TCP && p.0 != proto::UDP {
+                return Err(RuleError::PortsNeedTcpOrUdp(p));
+            }
+        }
+        let action = match (raw.drop, raw.queue, raw.class) {
+            (true, None, None) => RuleAction::Drop,
+            (true, _, _) => return Err(RuleError::DropWithOtherAction),
+            (false, None, None) => return Err(RuleError::NoAction),
+            (false, queue, class) => RuleAction::Set { queue, class },
+        };
+        Ok(Rule {
+            location: raw.loc,
+            matches: RuleMatch {
+                layer: raw.layer,
+                src_ip: raw.src_ip,
+                dst_ip: raw.dst_ip,
+                src_port: raw.src_port,
+                dst_port: raw.dst_port,
+                proto: raw.proto.map(|p| p.0),
+                dscp: raw.dscp,
+                vlan: raw.vlan,
+                pcp: raw.pcp,
+                vni: raw.vni,
+            },
+            action,
+        })
+    }
+}
+
+/// Why the text form of a rule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleSyntaxError {
+    #[error("unknown keyword `{0}`")]
+    UnknownKeyword(String),
+    #[error("`{0}` needs a value")]
+    MissingValue(String),
+    #[error("bad value `{value}` for `{key}`: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("`{0}` given twice")]
+    Repeated(String),
+    #[error("a rule needs `loc N`")]
+    MissingLocation,
+    #[error(transparent)]
+    Invalid(#[from] RuleError),
+}
+
+impl FromStr for Rule {
+    type Err = RuleSyntaxError;
+
+    /// Parses `loc N [outer|inner] [field value]... action (drop | [queue N] [class C])`.
+    fn from_str(text: &str) -> Result<Rule, RuleSyntaxError> {
+        fn value<T: FromStr>(key: &str, token: Option<&str>) -> Result<T, RuleSyntaxError>
+        where
+            T::Err: fmt::Display,
+        {
+            let token = token.ok_or_else(|| RuleSyntaxError::MissingValue(key.to_string()))?;
+            token
+                .parse()
+                .map_err(|error: T::Err| RuleSyntaxError::BadValue {
+                    key: key.to_string(),
+                    value: token.to_string(),
+                    reason: error.to_string(),
+                })
+        }
+        fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), RuleSyntaxError> {
+            if slot.replace(value).is_some() {
+                return Err(RuleSyntaxError::Repeated(key.to_string()));
+            }
+            Ok(())
+        }
+        let mut raw = RawRule::default();
+        let mut location = None;
+        let mut tokens = text.split_whitespace();
+        let mut in_action = false;
+        while let Some(key) = tokens.next() {
+            match (in_action, key) {
+                (false, "loc") => set(&mut location, key, value(key, tokens.next())?)?,
+                (false, "outer") => raw.layer = Layer::Outer,
+                (false, "inner") => raw.layer = Layer::Inner,
+                (false, "src-ip") => set(&mut raw.src_ip, key, value(key, tokens.next())?)?,
+                (false, "dst-ip") => set(&mut raw.dst_ip, key, value(key, tokens.next())?)?,
+                (false, "src-port") => set(&mut raw.src_port, key, value(key, tokens.next())?)?,
+                (false, "dst-port") => set(&mut raw.dst_port, key, value(key, tokens.next())?)?,
+                (false, "proto") => set(&mut raw.proto, key, value(key, tokens.next())?)?,
+                (false, "dscp") => set(&mut raw.dscp, key, value(key, tokens.next())?)?,
+                (false, "vlan") => set(&mut raw.vlan, key, value(key, tokens.next())?)?,
+                (false, "pcp") => set(&mut raw.pcp, key, value(key, tokens.next())?)?,
+                (false, "vni") => set(&mut raw.vni, key, value(key, tokens.next())?)?,
+                (false, "action") => in_action = true,
+                (true, "queue") => set(&mut raw.queue, key, value(key, tokens.next())?)?,
+                (true, "class") => set(&mut raw.class, key, value(key, tokens.next())?)?,
+                (true, "drop") => raw.drop = true,
+                _ => return Err(RuleSyntaxError::UnknownKeyword(key.to_string())),
+            }
+        }
+        raw.loc = location.ok_or(RuleSyntaxError::MissingLocation)?;
+        Ok(Rule::try_from(raw)?)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.matches;
+        write!(f, "loc {}", self.location)?;
+        if m.layer == Layer::Inner {
+            f.write_str(" inner")?;
+        }
+        if let Some(p) = m.proto {
+            write!(f, " proto {}", Proto(p))?;
+        }
+        if let Some(v) = m.src_ip {
+            write!(f, " src-ip {v}")?;
+        }
+        if let Some(v) = m.dst_ip {
+            write!(f, " dst-ip {v}")?;
+        }
+        if let Some(v) = m.src_port {
+            write!(f, " src-port {v}")?;
+        }
+        if let Some(v) = m.dst_port {
+            write!(f, " dst-port {v}")?;
+        }
+        if let Some(v) = m.dscp {
+            write!(f, " dscp {v}")?;
+        }
+        if let Some(v) = m.vlan {
+            write!(f, " vlan {v}")?;
+        }
+        if let Some(v) = m.pcp {
+            write!(f, " pcp {v}")?;
+        }
+        if let Some(v) = m.vni {
+            write!(f, " vni {v}")?;
+        }
+        f.write_str(" action")?;
+        match self.action {
+            RuleAction::Drop => f.write_str(" drop"),
+            RuleAction::Set { queue, class } => {
+                if let Some(q) = queue {
+                    write!(f, " queue {q}")?;
+                }
+                if let Some(c) = class {
+                    write!(f, " class {c}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a rule file was refused. Line and column are 1-based.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}:{line}: rule at loc {location}: {reason}")]
+    InvalidRule {
+        file: String,
+        line: usize,
+        location: u32,
+        reason: RuleError,
+    },
+    #[error("{file}:{line}: loc {location} is already used by the rule at line {first_line}")]
+    DuplicateLocation {
+        file: String,
+        line: usize,
+        location: u32,
+        first_line: usize,
+    },
+    #[error("duplicate rule location {0}")]
+    DuplicateLocationInList(u32),
+    #[error("reading {file}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RawRule>>,
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
+    (line, column)
+}
+
+/// A hasher for the `u64` bucket keys: one multiply-rotate (FxHash), far cheaper than SipHash
+/// and good enough since the keys come from the operator's rules, not from the network.
+#[derive(Default, Clone, Copy)]
+struct BucketHasher(u64);
+
+impl Hasher for BucketHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Buckets = HashMap<u64, Box<[u32]>, BuildHasherDefault<BucketHasher>>;
+
+/// The bucket kinds, also bits of [`RuleSet`]'s `present` mask.
+const KIND_DST_PORT: u64 = 1;
+const KIND_SRC_PORT: u64 = 2;
+const KIND_VNI: u64 = 3;
+const KIND_DSCP: u64 = 4;
+
+fn bucket_key(kind: u64, layer: Layer, proto: u8, value: u32) -> u64 {
+    let layer_bit = match layer {
+        Layer::Outer => 0,
+        Layer::Inner => 1,
+    };
+    (kind << 48) | (layer_bit << 40) | (u64::from(proto) << 32) | u64::from(value)
+}
+
+/// A compiled, ordered set of rules with per-rule hit counters.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// Sorted by location; bucket lists hold indices into it, ascending.
+    rules: Box<[Rule]>,
+    hits: Box<[AtomicU64]>,
+    buckets: Buckets,
+    residual: Box<[u32]>,
+    /// Bit `1 << kind` set when some bucket of that kind exists (skips useless probes).
+    present: u8,
+}
+
+impl RuleSet {
+    /// Compiles `rules` (any order). Two rules with one location are refused.
+    pub fn new(mut rules: Vec<Rule>) -> Result<Self, RulesError> {
+        rules.sort_by_key(|rule| rule.location);
+        if let Some(pair) = rules
+            .windows(2)
+            .find(|pair| pair[0].location == pair[1].location)
+        {
+            return Err(RulesError::DuplicateLocationInList(pair[0].location));
+        }
+        let mut lists: HashMap<u64, Vec<u32>, BuildHasherDefault<BucketHasher>> =
+            HashMap::default();
+        let mut residual = Vec::new();
+        let mut present = 0u8;
+        for (index, rule) in rules.iter().enumerate() {
+            let index = index as u32;
+            let m = &rule.matches;
+            // Ports without a protocol can only match TCP or UDP frames.
+            let protos: &[u8] = match m.proto {
+                Some(p) => &[p][..],
+                None => &[proto::TCP, proto::UDP][..],
+            };
+            let keys: Vec<(u64, u64)> = if let Some(port) = m.dst_port {
+                let protos = protos.to_vec();
+                protos
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            KIND_DST_PORT,
+                            bucket_key(KIND_DST_PORT, m.layer, p, u32::from(port)),
+                        )
+                    })
+                    .collect()
+            } else if let Some(port) = m.src_port {
+                let protos = protos.to_vec();
+                protos
+                    .into_iter()
+                    .map(|p| {
+                        (
+                            KIND_SRC_PORT,
+                            bucket_key(KIND_SRC_PORT, m.layer, p, u32::from(port)),
+                        )
+                    })
+                    .collect()
+            } else if let Some(vni) = m.vni {
+                vec![(KIND_VNI, bucket_key(KIND_VNI, Layer::Outer, 0, vni))]
+            } else if let Some(dscp) = m.dscp {
+                vec![(
+                    KIND_DSCP,
+                    bucket_key(KIND_DSCP, m.layer, 0, u32::from(dscp)),
+                )]
+            } else {
+                Vec::new()
+            };
+            if keys.is_empty() {
+                residual.push(index);
+            }
+            for (kind, key) in keys {
+                present |= 1 << kind;
+                lists.entry(key).or_default().push(index);
+            }
+        }
+        let buckets = lists
+            .into_iter()
+            .map(|(key, list)| (key, list.into_boxed_slice()))
+            .collect();
+        let hits = rules.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(RuleSet {
+            rules: rules.into_boxed_slice(),
+            hits,
+            buckets,
+            residual: residual.into_boxed_slice(),
+            present,
+        })
+    }
+
+    /// Parses and compiles a TOML rule file; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, RulesError> {
+        let parsed: RuleFile = toml::from_str(text).map_err(|error| {
+            let (line, column) = line_column(text, error.span().map_or(0, |span| span.start));
+            RulesError::Syntax {
+                file: file.to_string(),
+                line,
+                column,
+                message: error.message().trim().to_string(),
+            }
+        })?;
+        let mut rules = Vec::with_capacity(parsed.rule.len());
+        let mut first_lines: HashMap<u32, usize> = HashMap::new();
+        for spanned in parsed.rule {
+            let (line, _) = line_column(text, spanned.span().start);
+            let raw = spanned.into_inner();
+            let location = raw.loc;
+            if let Some(&first_line) = first_lines.get(&location) {
+                return Err(RulesError::DuplicateLocation {
+                    file: file.to_string(),
+                    line,
+                    location,
+                    first_line,
+                });
+            }
+            first_lines.insert(location, line);
+            let rule = Rule::try_from(raw).map_err(|reason| RulesError::InvalidRule {
+                file: file.to_string(),
+                line,
+                location,
+                reason,
+            })?;
+            rules.push(rule);
+        }
+        RuleSet::new(rules)
+    }
+
+    /// Reads and compiles a TOML rule file.
+    pub fn load(path: &std::path::Path) -> Result<Self, RulesError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        RuleSet::from_toml(&text, &file)
+    }
+
+    /// The rules, in location order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Each rule's location and hit count, in location order.
+    pub fn hits(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.rules
+            .iter()
+            .zip(self.hits.iter())
+            .map(|(rule, hits)| (rule.location, hits.load(Ordering::Relaxed)))
+    }
+
+    /// The lowest-location rule matching `key`, without counting a hit.
+    #[inline]
+    pub fn find(&self, key: &FlowKey) -> Option<&Rule> {
+        self.find_index(key).map(|index| &self.rules[index])
+    }
+
+    /// The lowest-location rule matching `key`; counts a hit on it.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<&Rule> {
+        let index = self.find_index(key)?;
+        self.hits[index].fetch_add(1, Ordering::Relaxed);
+        Some(&self.rules[index])
+    }
+
+    fn find_index(&self, key: &FlowKey) -> Option<usize> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let mut best = u32::MAX;
+        let mut scan = |list: &[u32]| {
+            for &index in list {
+                if index >= best {
+                    return;
+                }
+                if self.rules[index as usize].matches.matches(key) {
+                    best = index;
+                    return;
+                }
+            }
+        };
+        let has = |kind: u64| self.present & (1 << kind) != 0;
+        let probe = |bucket: u64, scan: &mut dyn FnMut(&[u32])| {
+            if let Some(list) = self.buckets.get(&bucket) {
+                scan(list);
+            }
+        };
+        for (layer, layer_key) in [
+            (Layer::Outer, Some(&key.outer)),
+            (Layer::Inner, key.inner.as_ref()),
+        ] {
+            let Some(layer_key) = layer_key else { continue };
+            if let Some(p) = layer_key.proto {
+                if has(KIND_DST_PORT)
+                    && let Some(port) = layer_key.dst_port
+                {
+                    probe(
+                        bucket_key(KIND_DST_PORT, layer, p, u32::from(port)),
+                        &mut scan,
+                    );
+                }
+                if has(KIND_SRC_PORT)
+                    && let Some(port) = layer_key.src_port
+                {
+                    probe(
+                        bucket_key(KIND_SRC_PORT, layer, p, u32::from(port)),
+                        &mut scan,
+                    );
+                }
+            }
+            if has(KIND_DSCP)
+                && let Some(dscp) = layer_key.dscp
+            {
+                probe(bucket_key(KIND_DSCP, layer, 0, u32::from(dscp)), &mut scan);
+            }
+        }
+        if has(KIND_VNI)
+            && let Some(vni) = key.vni
+        {
+            probe(bucket_key(KIND_VNI, Layer::Outer, 0, vni), &mut scan);
+        }
+        scan(&self.residual);
+        (best != u32::MAX).then_some(best as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests;
