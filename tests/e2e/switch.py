@@ -1,0 +1,207 @@
+"""The vhost-user backend the guests attach to: prism-vnic, or a stand-in from PRISM_SWITCH_CMD.
+
+By default the newest of target/release/prism-vnic and target/debug/prism-vnic runs as
+
+    prism-vnic --port vm1=DIR/vm1.sock --port vm2=DIR/vm2.sock --queues 4 --control DIR/control.sock
+
+PRISM_SWITCH_CMD replaces that command line. It is a template with {vm1}, {vm2} (socket paths),
+{queues}, {control}, {dir} and {pid}, split like a shell would. PRISM_SWITCH=testpmd is a shorthand
+for DPDK's testpmd as a two-port "cable" (io forwarding between two vhost-user ports), the
+stand-in used to validate the harness:
+
+    dpdk-testpmd --no-pci --no-huge -m 512 --file-prefix=prism-e2e-PID
+        --vdev net_vhost0,iface={vm1},queues={queues} --vdev net_vhost1,iface={vm2},queues={queues}
+        -- --forward-mode=io --rxq={queues} --txq={queues} --total-num-mbufs=32768 -a
+
+The backend's stdin is a pipe kept open for its whole life (testpmd without -i exits when it
+reads end-of-file). It is stopped with SIGTERM; the exit statuses accepted then are 0 unless
+PRISM_SWITCH_EXIT_OK lists others (comma-separated; -15 means "killed by SIGTERM").
+
+A stand-in is not a switch: testpmd's io forwarding sends what arrives on port A queue q out
+of port B queue q, so tests that need real switching check `Switch.is_stand_in`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOCKET_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+# Stand-in backends by name: (command template, exit statuses accepted after SIGTERM).
+STAND_INS = {
+    "testpmd": (
+        "dpdk-testpmd --no-pci --no-huge -m 512 --file-prefix=prism-e2e-{pid} "
+        "--vdev net_vhost0,iface={vm1},queues={queues} --vdev net_vhost1,iface={vm2},queues={queues} "
+        "-- --forward-mode=io --rxq={queues} --txq={queues} --total-num-mbufs=32768 -a",
+        "0"),
+}
+
+
+class SwitchError(Exception):
+    """The backend did not start, stop or answer as its contract says."""
+
+
+def find_prism_vnic() -> Path | None:
+    """The most recently built prism-vnic binary, release or debug (PRISM_VNIC overrides)."""
+    override = os.environ.get("PRISM_VNIC")
+    if override:
+        return Path(override)
+    built = [p for p in (REPO / "target" / "release" / "prism-vnic",
+                         REPO / "target" / "debug" / "prism-vnic") if p.is_file()]
+    return max(built, key=lambda p: p.stat().st_mtime) if built else None
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+class Switch:
+    def __init__(self, out_dir: Path, ports: tuple[str, ...] = ("vm1", "vm2"), queues: int = 4):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = out_dir / "switch.log"
+        self.queues = queues
+        # Short path: unix socket paths are limited to 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="prism-e2e-"))
+        self.sockets = {port: self.dir / f"{port}.sock" for port in ports}
+        self.control = self.dir / "control.sock"
+        template = os.environ.get("PRISM_SWITCH_CMD")
+        exit_ok_default = "0"
+        stand_in = os.environ.get("PRISM_SWITCH")
+        if stand_in and not template:
+            if stand_in not in STAND_INS:
+                raise SwitchError(f"PRISM_SWITCH={stand_in}: known stand-ins are {sorted(STAND_INS)}")
+            template, exit_ok_default = STAND_INS[stand_in]
+        self.binary: Path | None = None
+        # A name for reports, and whether this is something other than prism-vnic.
+        self.kind = stand_in if stand_in and not os.environ.get("PRISM_SWITCH_CMD") else "prism-vnic"
+        if template:
+            fields = {port: str(sock) for port, sock in self.sockets.items()}
+            fields.update(queues=str(queues), control=str(self.control), dir=str(self.dir),
+                          pid=str(os.getpid()))
+            try:
+                self.argv = shlex.split(template.format(**fields))
+            except (KeyError, IndexError, ValueError) as e:
+                raise SwitchError(f"PRISM_SWITCH_CMD: bad template ({e!r}): {template}") from e
+            if Path(self.argv[0]).name == "prism-vnic":
+                self.binary = Path(self.argv[0])
+            elif self.kind == "prism-vnic":
+                self.kind = Path(self.argv[0]).name
+        else:
+            self.binary = find_prism_vnic()
+            if self.binary is None:
+                raise SwitchError(
+                    "no prism-vnic binary in target/release or target/debug: build it "
+                    "(.ci/patch-crates && cargo build --release) or set PRISM_VNIC or PRISM_SWITCH_CMD")
+            self.argv = [str(self.binary)]
+            for port, sock in self.sockets.items():
+                self.argv += ["--port", f"{port}={sock}"]
+            self.argv += ["--queues", str(queues), "--control", str(self.control)]
+        ok = os.environ.get("PRISM_SWITCH_EXIT_OK", exit_ok_default)
+        try:
+            self.exit_ok = {int(x) for x in ok.split(",") if x.strip()}
+        except ValueError as e:
+            raise SwitchError(f"PRISM_SWITCH_EXIT_OK must be comma-separated integers, not {ok!r}") from e
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def is_stand_in(self) -> bool:
+        return self.binary is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        log = open(self.log_path, "w")
+        log.write("command: " + shlex.join(self.argv) + "\n")
+        log.flush()
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        except OSError as e:
+            raise SwitchError(f"cannot run {self.argv[0]}: {e}") from e
+        finally:
+            log.close()
+        deadline = time.monotonic() + SOCKET_TIMEOUT
+        while not all(_is_socket(s) for s in self.sockets.values()):
+            if self.proc.poll() is not None:
+                raise SwitchError(f"{self.argv[0]} exited with {self.proc.returncode} before creating "
+                                  f"its sockets; log {self.log_path}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                missing = [str(s) for s in self.sockets.values() if not _is_socket(s)]
+                raise SwitchError(f"{self.argv[0]} did not create {missing} within {SOCKET_TIMEOUT:.0f} s; "
+                                  f"log {self.log_path}:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> list[str]:
+        """SIGTERMs the backend; returns the contract violations seen (empty when clean)."""
+        problems: list[str] = []
+        if self.proc is None:
+            return problems
+        if self.proc.poll() is not None:
+            problems.append(f"exited on its own, with {self.proc.returncode}, before SIGTERM")
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                problems.append(f"still running {STOP_TIMEOUT:.0f} s after SIGTERM (SIGKILLed)")
+            else:
+                if self.proc.returncode not in self.exit_ok:
+                    problems.append(f"exited with {self.proc.returncode} after SIGTERM, "
+                                    f"want one of {sorted(self.exit_ok)}")
+        with open(self.log_path, "a") as log:
+            log.write(f"\n[e2e] exit status {self.proc.returncode}\n")
+        left = [str(s) for s in self.sockets.values() if s.exists()]
+        if left:
+            problems.append(f"left its sockets behind: {left}")
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+    def kill(self) -> None:
+        """Emergency cleanup: SIGKILL, no checks."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stats(self) -> dict | None:
+        """`prism-vnic stats --json` from the control socket; None for a stand-in backend."""
+        if self.binary is None:
+            return None
+        res = subprocess.run([str(self.binary), "stats", "--control", str(self.control), "--json"],
+                             capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            raise SwitchError(f"prism-vnic stats exited {res.returncode}: {res.stderr.strip()}")
+        try:
+            return json.loads(res.stdout)
+        except json.JSONDecodeError as e:
+            raise SwitchError(f"prism-vnic stats --json printed invalid JSON ({e}): {res.stdout[:500]}") from e

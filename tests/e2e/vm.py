@@ -1,0 +1,240 @@
+"""A test guest driven through its serial console.
+
+A `Guest` starts one VM with qemu/vm (which execs QEMU, so the process we hold *is* QEMU),
+reads the console from QEMU's stdout on a thread, saves everything to a log file, and runs
+shell commands by writing them to QEMU's stdin.
+
+Command output is cut out of the console stream with per-command markers that only the
+*executed* command can print: the command line says `PRISM-BEG''IN-<id>` (the shell removes the
+quotes), so the console's echo of the typed line never matches `PRISM-BEGIN-<id>`, and the exit
+status is printed by `$?`, which the echo shows unexpanded. Kernel messages that land inside a
+command's output are dropped by their `[ seconds.micros]` prefix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+QEMU_VM = REPO / "qemu" / "vm"
+
+READY_RE = re.compile(r"PRISM-GUEST-(READY|FAILED)([^\r\n]*)")
+KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
+
+# Boot under TCG takes seconds on an idle machine, much longer when the 2 cores are shared
+# with compilers and other guests: wait on conditions, with room to spare.
+BOOT_TIMEOUT = float(os.environ.get("PRISM_E2E_BOOT_TIMEOUT", "180"))
+COMMAND_TIMEOUT = 120.0
+
+_marker_ids = itertools.count(1)
+
+
+class GuestError(Exception):
+    """The guest did not do what was asked; the message carries the console evidence."""
+
+
+@dataclass
+class GuestConfig:
+    name: str
+    socket: Path
+    ip: str | None = None
+    queues: int = 4
+    smp: int = 2
+    mem: str = "1G"
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    extra_qemu_args: list[str] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        cmd = [str(QEMU_VM), "--name", self.name, "--socket", str(self.socket),
+               "--queues", str(self.queues), "--smp", str(self.smp), "--mem", self.mem,
+               "--console", "stdio"]
+        if self.ip:
+            cmd += ["--ip", self.ip]
+        if self.kernel:
+            cmd += ["--kernel", self.kernel]
+        if self.initrd:
+            cmd += ["--initrd", self.initrd]
+        if self.append:
+            cmd += ["--append", self.append]
+        if self.extra_qemu_args:
+            cmd += ["--", *self.extra_qemu_args]
+        return cmd
+
+
+class Guest:
+    def __init__(self, config: GuestConfig, out_dir: Path):
+        self.config = config
+        self.name = config.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.console_log_path = out_dir / f"{self.name}.console.log"
+        self.qemu_log_path = out_dir / f"{self.name}.qemu.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._buf = ""  # console text since the last start, \r removed
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._run_lock = threading.Lock()
+        self.ready_line: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts QEMU (again, after kill(): same socket, same name, logs appended)."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise GuestError(f"{self.name}: already running (pid {self.proc.pid})")
+        self.starts += 1
+        banner = f"\n===== {self.name} start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n"
+        mode = "w" if self.starts == 1 else "a"
+        with open(self.console_log_path, mode) as f:
+            f.write(banner)
+        qemu_log = open(self.qemu_log_path, mode)
+        qemu_log.write(banner + "command: " + shlex.join(self.config.command()) + "\n")
+        qemu_log.flush()
+        with self._cond:
+            self._buf = ""
+        self.ready_line = None
+        # New session: a test runner's Ctrl-C does not reach QEMU, the finalizers kill it.
+        self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=qemu_log,
+                                     start_new_session=True, bufsize=0)
+        qemu_log.close()
+        self._reader = threading.Thread(target=self._read_console, args=(self.proc,),
+                                        name=f"console-{self.name}", daemon=True)
+        self._reader.start()
+
+    def _read_console(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        with open(self.console_log_path, "ab", buffering=0) as log:
+            while True:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                log.write(chunk)
+                text = chunk.decode("utf-8", errors="replace").replace("\r", "")
+                with self._cond:
+                    if proc is self.proc:
+                        self._buf += text
+                    self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILLs QEMU (no shutdown: the backend sees the connection drop) and reaps it."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+    # --- console -----------------------------------------------------------------------------
+
+    def console_tail(self, lines: int = 40) -> str:
+        with self._cond:
+            return "\n".join(self._buf.splitlines()[-lines:])
+
+    def qemu_log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.qemu_log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _describe_failure(self, what: str) -> str:
+        state = "running" if self.alive() else f"exited with {self.proc.returncode if self.proc else None}"
+        return (f"{self.name}: {what} (QEMU {state}; logs {self.console_log_path}, "
+                f"{self.qemu_log_path})\n--- console tail ---\n{self.console_tail()}\n"
+                f"--- qemu stderr tail ---\n{self.qemu_log_tail()}")
+
+    def _wait_for(self, pattern: re.Pattern, start: int, timeout: float, what: str) -> re.Match:
+        """Waits until pattern matches the console text from offset start."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                m = pattern.search(self._buf, start)
+                if m:
+                    return m
+                if not self.alive():
+                    # The reader may still hold the last bytes QEMU wrote before dying.
+                    if self._reader is not None and self._reader.is_alive():
+                        self._cond.wait(timeout=0.5)
+                        m = pattern.search(self._buf, start)
+                        if m:
+                            return m
+                    raise GuestError(self._describe_failure(f"QEMU exited while waiting for {what}"))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise GuestError(self._describe_failure(f"timed out after {timeout:.0f} s waiting for {what}"))
+                self._cond.wait(timeout=min(remaining, 1.0))
+
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> str:
+        """Waits for /init's readiness line; raises with the console if it reports failure."""
+        m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY")
+        line = m.group(0).strip()
+        if m.group(1) != "READY":
+            raise GuestError(self._describe_failure(f"guest init failed: {line}"))
+        self.ready_line = line
+        return line
+
+    def send(self, text: str) -> None:
+        if not self.alive() or self.proc is None or self.proc.stdin is None:
+            raise GuestError(self._describe_failure("cannot write to the console"))
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def run(self, cmd: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+        """Runs cmd in the guest shell; returns (exit status, output without kernel lines).
+
+        stdin is /dev/null so a command can never swallow the lines that follow it. On timeout
+        the guest gets a Ctrl-C (the shell has job control on the console) and GuestError.
+        """
+        with self._run_lock:
+            marker = f"{next(_marker_ids)}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+            begin_re = re.compile(rf"PRISM-BEGIN-{re.escape(marker)}\n")
+            end_re = re.compile(rf"PRISM-END-{re.escape(marker)}-rc=(\d+)")
+            with self._cond:
+                start = len(self._buf)
+            self.send(f"echo PRISM-BEG''IN-{marker}; eval {shlex.quote(cmd)} </dev/null; "
+                      f"echo PRISM-E''ND-{marker}-rc=$?\n")
+            try:
+                begin = self._wait_for(begin_re, start, timeout, f"start of `{cmd}`")
+                end = self._wait_for(end_re, begin.end(), timeout, f"end of `{cmd}`")
+            except GuestError:
+                if self.alive():
+                    self.send("\x03")
+                raise
+            with self._cond:
+                raw = self._buf[begin.end():end.start()]
+            lines = [ln for ln in raw.split("\n") if not KERNEL_LINE_RE.match(ln)]
+            return int(end.group(1)), "\n".join(lines).rstrip("\n")
+
+    def check(self, cmd: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        """run() that raises GuestError unless the command exits 0."""
+        rc, out = self.run(cmd, timeout)
+        if rc != 0:
+            raise GuestError(f"{self.name}: `{cmd}` exited {rc}:\n{out}")
+        return out
