@@ -418,7 +418,7 @@ impl TestGuest {
                 .entry(vring)
                 .or_default()
                 .push(completion.entry);
-            if vring % 2 == 0 {
+            if vring.is_multiple_of(2) {
                 self.assemble(vring / 2, completion)?;
             }
         }
