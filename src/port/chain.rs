@@ -123,8 +123,16 @@ pub fn walk<M: GuestMemory>(
                 return Err(ChainError::IndirectWithNext);
             }
             let entries = desc.len / DESC_SIZE as u32;
-            if desc.len == 0 || !desc.len.is_multiple_of(DESC_SIZE as u32) || entries > u32::from(u16::MAX) {
+            if desc.len == 0
+                || !desc.len.is_multiple_of(DESC_SIZE as u32)
+                || entries > u32::from(u16::MAX)
+            {
                 return Err(ChainError::BadIndirectLength(desc.len));
+            }
+            // A chain, indirect table included, may not be longer than the queue (virtio 1.2,
+            // 2.7.5.3.1).
+            if entries > u32::from(queue_size) {
+                return Err(ChainError::TooLong { limit: queue_size });
             }
             if !mem.check_range(
                 GuestAddress(desc.addr),
