@@ -140,6 +140,11 @@ fn measure(frames: &[Vec<u8>], min_time: Duration, mut step: impl FnMut(&[u8])) 
     start.elapsed().as_nanos() as f64 / done as f64
 }
 
+/// `BENCH_ONLY=<name>` runs only the case with exactly that name (as printed), for profiling.
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| name == only)
+}
+
 fn report(name: &str, ns: f64) {
     println!(
         "{name:<34} {ns:>8.1} ns/frame {:>8.2} Mframes/s",
@@ -157,12 +162,12 @@ fn main() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let frames = frames(&mut rng);
 
-    report(
-        "parse only",
-        measure(&frames, min_time, |f| {
+    if selected("parse only") {
+        let ns = measure(&frames, min_time, |f| {
             black_box(FlowKey::parse(f, &DEFAULT_VXLAN_PORTS));
-        }),
-    );
+        });
+        report("parse only", ns);
+    }
     let config = ClassifierConfig {
         num_queues: 4,
         high_queues: 1,
@@ -170,26 +175,33 @@ fn main() {
         ..ClassifierConfig::default()
     };
     for count in [0, 10, 100, 1000] {
+        // Generate the rules even when skipped, so every case sees the same random stream.
         let set = RuleSet::new(rules(&mut rng, count)).expect("rule set");
+        let name = format!("classify, {count} rules");
+        if !selected(&name) {
+            continue;
+        }
         let classifier = Classifier::new(&config, set).expect("classifier");
         let ns = measure(&frames, min_time, |f| {
             black_box(classifier.classify(f));
         });
         let matched: u64 = classifier.rules().hits().map(|(_, hits)| hits).sum();
-        report(&format!("classify, {count} rules"), ns);
+        report(&name, ns);
         if count > 0 {
             println!("{:<34} {matched} rule hits counted", "");
         }
     }
     let set = RuleSet::new(rules(&mut rng, 1000)).expect("rule set");
-    report(
-        "linear scan, 1000 rules (baseline)",
-        measure(&frames, min_time, |f| {
+    if selected("linear scan, 1000 rules (baseline)") {
+        let ns = measure(&frames, min_time, |f| {
             let key = FlowKey::parse(f, &DEFAULT_VXLAN_PORTS).key;
             black_box(set.rules().iter().find(|r| r.matches.matches(&key)));
-        }),
-    );
-
+        });
+        report("linear scan, 1000 rules (baseline)", ns);
+    }
+    if !selected("checksum") {
+        return;
+    }
     let data = vec![0xa5u8; 1500];
     let ns = measure(&[data], min_time, |d| {
         black_box(checksum::checksum(d));

@@ -19,7 +19,7 @@ pub mod rules;
 use std::fmt;
 use std::str::FromStr;
 
-use parse::{FlowKey, LayerKey, ParseError, proto};
+use parse::{FlowKey, LayerKey, ParseError, Parsed, proto};
 use rss::{IndirectionTable, Toeplitz};
 use rules::{RuleAction, RuleSet};
 
@@ -234,8 +234,10 @@ impl Classifier {
     }
 
     /// Classifies one frame.
+    #[inline]
     pub fn classify(&self, frame: &[u8]) -> Decision {
-        let parsed = FlowKey::parse(frame, &self.vxlan_ports);
+        let mut parsed = Parsed::default();
+        FlowKey::parse_into(frame, &self.vxlan_ports, &mut parsed);
         if let Some(error) = parsed.error {
             return Decision {
                 class: Class::Normal,

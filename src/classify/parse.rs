@@ -60,11 +60,13 @@ pub struct LayerKey {
 
 impl LayerKey {
     /// The tags present, outermost first.
+    #[inline]
     pub fn vlans(&self) -> &[Vlan] {
         &self.vlans[..usize::from(self.vlan_count).min(MAX_TAGS)]
     }
 
     /// The outermost tag, which VLAN and PCP rules match.
+    #[inline]
     pub fn outer_vlan(&self) -> Option<Vlan> {
         self.vlans().first().copied()
     }
@@ -147,11 +149,13 @@ impl ParseError {
     ];
 
     /// A dense index for counter arrays.
+    #[inline]
     pub fn index(self) -> usize {
         self as usize
     }
 
     /// A stable snake_case name for counters.
+    #[inline]
     pub fn name(self) -> &'static str {
         match self {
             ParseError::EthernetTruncated => "ethernet_truncated",
@@ -208,50 +212,54 @@ const INNER: LayerStages = LayerStages {
 impl FlowKey {
     /// Parses `frame`; UDP destination ports in `vxlan_ports` (usually
     /// [`vxlan::DEFAULT_PORT`]) are decapsulated once (no VXLAN inside VXLAN).
+    #[inline]
     pub fn parse(frame: &[u8], vxlan_ports: &[u16]) -> Parsed {
         let mut parsed = Parsed::default();
+        Self::parse_into(frame, vxlan_ports, &mut parsed);
+        parsed
+    }
+
+    /// [`parse`](Self::parse) into a caller's `Parsed` (reset first), which saves copying the
+    /// result around on the hot path.
+    #[inline]
+    pub fn parse_into(frame: &[u8], vxlan_ports: &[u16], parsed: &mut Parsed) {
+        *parsed = Parsed::default();
         let end = match parse_layer(frame, &mut parsed.key.outer, &mut parsed.reached, &OUTER) {
             Ok(end) => end,
             Err(error) => {
                 parsed.error = Some(error);
-                return parsed;
+                return;
             }
         };
         let (Some(udp_payload), Some(port)) = (end.udp_payload, parsed.key.outer.dst_port) else {
-            return parsed;
+            return;
         };
         if !vxlan_ports.contains(&port) {
-            return parsed;
+            return;
         }
         let vxlan = match VxlanPacket::new_checked(udp_payload) {
             Ok(vxlan) => vxlan,
             Err(ViewError::Truncated) => {
                 parsed.error = Some(ParseError::VxlanTruncated);
-                return parsed;
+                return;
             }
             Err(ViewError::Malformed) => {
                 parsed.error = Some(ParseError::VxlanNoVni);
-                return parsed;
+                return;
             }
         };
         parsed.key.vni = Some(vxlan.vni());
         parsed.reached = Stage::Vxlan;
-        let mut inner = LayerKey::default();
-        let result = parse_layer(
-            vxlan.into_payload(),
-            &mut inner,
-            &mut parsed.reached,
-            &INNER,
-        );
-        parsed.key.inner = Some(inner);
+        let inner = parsed.key.inner.insert(LayerKey::default());
+        let result = parse_layer(vxlan.into_payload(), inner, &mut parsed.reached, &INNER);
         if let Err(error) = result {
             parsed.error = Some(error);
         }
-        parsed
     }
 }
 
 /// Walks one Ethernet/VLAN/IP/L4 stack, filling `key` as each header proves complete.
+#[inline]
 fn parse_layer<'a>(
     frame: &'a [u8],
     key: &mut LayerKey,

@@ -66,37 +66,41 @@ impl Toeplitz {
     /// Hashes up to [`MAX_INPUT_LEN`] bytes (longer input is cut there).
     #[inline]
     pub fn hash(&self, input: &[u8]) -> u32 {
-        input
+        self.hash_at(0, input)
+    }
+
+    /// The contribution of `bytes` placed at input position `start` (Toeplitz is linear: the
+    /// hash of a concatenation is the XOR of the pieces' contributions at their positions).
+    #[inline]
+    fn hash_at(&self, start: usize, bytes: &[u8]) -> u32 {
+        let tables = self.tables.get(start..).unwrap_or(&[]);
+        bytes
             .iter()
-            .zip(self.tables.iter())
+            .zip(tables)
             .fold(0, |acc, (&byte, table)| acc ^ table[usize::from(byte)])
     }
 
     /// The hash of an address pair and, when given, a port pair (the RSS 2-tuple or 4-tuple).
-    /// Mixed address families hash as the 2-tuple of nothing (0): they cannot occur in a
-    /// parsed header.
+    /// Mixed address families hash to 0: they cannot occur in a parsed header.
     #[inline]
     pub fn hash_flow(&self, src: IpAddr, dst: IpAddr, ports: Option<(u16, u16)>) -> u32 {
-        let mut input = [0u8; MAX_INPUT_LEN];
-        let mut len = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                input[..4].copy_from_slice(&s.octets());
-                input[4..8].copy_from_slice(&d.octets());
-                8
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                input[..16].copy_from_slice(&s.octets());
-                input[16..32].copy_from_slice(&d.octets());
-                32
-            }
+        let (mut hash, ports_at) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (
+                self.hash_at(0, &s.octets()) ^ self.hash_at(4, &d.octets()),
+                8,
+            ),
+            (IpAddr::V6(s), IpAddr::V6(d)) => (
+                self.hash_at(0, &s.octets()) ^ self.hash_at(16, &d.octets()),
+                32,
+            ),
             _ => return 0,
         };
         if let Some((src_port, dst_port)) = ports {
-            input[len..len + 2].copy_from_slice(&src_port.to_be_bytes());
-            input[len + 2..len + 4].copy_from_slice(&dst_port.to_be_bytes());
-            len += 4;
+            let [s0, s1] = src_port.to_be_bytes();
+            let [d0, d1] = dst_port.to_be_bytes();
+            hash ^= self.hash_at(ports_at, &[s0, s1, d0, d1]);
         }
-        self.hash(&input[..len])
+        hash
     }
 }
 

@@ -616,47 +616,33 @@ impl RuleSet {
             let index = index as u32;
             let m = &rule.matches;
             // Ports without a protocol can only match TCP or UDP frames.
-            let protos: &[u8] = match m.proto {
-                Some(p) => &[p][..],
-                None => &[proto::TCP, proto::UDP][..],
+            let protos: &[u8] = match &m.proto {
+                Some(p) => std::slice::from_ref(p),
+                None => &[proto::TCP, proto::UDP],
             };
-            let keys: Vec<(u64, u64)> = if let Some(port) = m.dst_port {
-                let protos = protos.to_vec();
-                protos
-                    .into_iter()
-                    .map(|p| {
-                        (
-                            KIND_DST_PORT,
-                            bucket_key(KIND_DST_PORT, m.layer, p, u32::from(port)),
-                        )
-                    })
-                    .collect()
+            let (kind, keys): (u64, Vec<u64>) = if let Some(port) = m.dst_port {
+                let keys = protos
+                    .iter()
+                    .map(|&p| bucket_key(KIND_DST_PORT, m.layer, p, u32::from(port)));
+                (KIND_DST_PORT, keys.collect())
             } else if let Some(port) = m.src_port {
-                let protos = protos.to_vec();
-                protos
-                    .into_iter()
-                    .map(|p| {
-                        (
-                            KIND_SRC_PORT,
-                            bucket_key(KIND_SRC_PORT, m.layer, p, u32::from(port)),
-                        )
-                    })
-                    .collect()
+                let keys = protos
+                    .iter()
+                    .map(|&p| bucket_key(KIND_SRC_PORT, m.layer, p, u32::from(port)));
+                (KIND_SRC_PORT, keys.collect())
             } else if let Some(vni) = m.vni {
-                vec![(KIND_VNI, bucket_key(KIND_VNI, Layer::Outer, 0, vni))]
+                (KIND_VNI, vec![bucket_key(KIND_VNI, Layer::Outer, 0, vni)])
             } else if let Some(dscp) = m.dscp {
-                vec![(
+                (
                     KIND_DSCP,
-                    bucket_key(KIND_DSCP, m.layer, 0, u32::from(dscp)),
-                )]
+                    vec![bucket_key(KIND_DSCP, m.layer, 0, u32::from(dscp))],
+                )
             } else {
-                Vec::new()
-            };
-            if keys.is_empty() {
                 residual.push(index);
-            }
-            for (kind, key) in keys {
-                present |= 1 << kind;
+                continue;
+            };
+            present |= 1 << kind;
+            for key in keys {
                 lists.entry(key).or_default().push(index);
             }
         }

@@ -40,6 +40,7 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Wraps `buffer` after checking it holds the 14-byte header.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -47,12 +48,14 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         Ok(Self { buffer })
     }
 
+    #[inline]
     pub fn destination(&self) -> [u8; 6] {
         let mut mac = [0; 6];
         mac.copy_from_slice(&self.buffer.as_ref()[field::DESTINATION]);
         mac
     }
 
+    #[inline]
     pub fn source(&self) -> [u8; 6] {
         let mut mac = [0; 6];
         mac.copy_from_slice(&self.buffer.as_ref()[field::SOURCE]);
@@ -60,14 +63,17 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// The EtherType (or the TPID of the first VLAN tag).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ETHERTYPE)
     }
 
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -90,6 +96,7 @@ pub struct VlanTag<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> VlanTag<T> {
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < VLAN_TAG_LEN {
             return Err(Error::Truncated);
@@ -97,11 +104,13 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
         Ok(Self { buffer })
     }
 
+    #[inline]
     pub fn tci(&self) -> Tci {
         Tci(read_u16(self.buffer.as_ref(), tag_field::TCI))
     }
 
     /// The EtherType after this tag (another TPID for a stacked tag).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         read_u16(self.buffer.as_ref(), tag_field::ETHERTYPE)
     }
@@ -112,12 +121,15 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
 pub struct Tci(pub u16);
 
 impl Tci {
+    #[inline]
     pub fn pcp(self) -> u8 {
         (self.0 >> 13) as u8
     }
+    #[inline]
     pub fn dei(self) -> bool {
         self.0 & 0x1000 != 0
     }
+    #[inline]
     pub fn vid(self) -> u16 {
         self.0 & 0x0fff
     }
@@ -140,6 +152,7 @@ pub struct L2Header {
 
 impl L2Header {
     /// The tags actually present, outermost first.
+    #[inline]
     pub fn tags(&self) -> &[Tci] {
         &self.tags[..usize::from(self.tag_count)]
     }
@@ -147,6 +160,7 @@ impl L2Header {
 
 /// Walks the Ethernet header and up to [`MAX_VLAN_TAGS`] tags. A third tag is
 /// [`Error::Malformed`]; a frame that ends inside a tag is [`Error::Truncated`].
+#[inline]
 pub fn parse_l2(frame: &[u8]) -> Result<L2Header, Error> {
     let eth = EthernetFrame::new_checked(frame)?;
     let mut header = L2Header {

@@ -20,6 +20,7 @@ pub struct IcmpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -27,19 +28,23 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
         Ok(Self { buffer })
     }
 
+    #[inline]
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
 
+    #[inline]
     pub fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// Identifier of an echo request/reply (the first half of the rest-of-header).
+    #[inline]
     pub fn echo_ident(&self) -> u16 {
         read_u16(
             self.buffer.as_ref(),
@@ -48,10 +53,12 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// Sequence number of an echo request/reply.
+    #[inline]
     pub fn echo_seq(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::REST.start + 2..field::REST.end)
     }
 
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }

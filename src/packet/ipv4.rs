@@ -29,6 +29,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps a whole packet: version 4, IHL >= 5, the header (with options) inside the buffer,
     /// and the total length between the header length and the buffer length (the buffer may
     /// be longer, e.g. Ethernet padding; [`payload`](Self::payload) stops at the total length).
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let packet = Self::new_checked_header(buffer)?;
         if usize::from(packet.total_len()) > packet.buffer.as_ref().len() {
@@ -40,6 +41,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps a packet whose header is complete but whose payload may have been cut short (a
     /// capture snapshot, a classifier that only needs headers). [`payload`](Self::payload)
     /// then stops at the buffer end.
+    #[inline]
     pub fn new_checked_header(buffer: T) -> Result<Self, Error> {
         let data = buffer.as_ref();
         if data.len() < MIN_HEADER_LEN {
@@ -58,67 +60,82 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(packet)
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
     /// Header length in bytes, options included.
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
+    #[inline]
     pub fn dscp(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN] >> 2
     }
 
+    #[inline]
     pub fn ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN] & 0x03
     }
 
+    #[inline]
     pub fn total_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
+    #[inline]
     pub fn ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::IDENT)
     }
 
+    #[inline]
     pub fn dont_fragment(&self) -> bool {
         read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x4000 != 0
     }
 
+    #[inline]
     pub fn more_fragments(&self) -> bool {
         read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x2000 != 0
     }
 
     /// Fragment offset in bytes.
+    #[inline]
     pub fn fragment_offset(&self) -> u16 {
         (read_u16(self.buffer.as_ref(), field::FLAGS_FRAG) & 0x1fff) << 3
     }
 
     /// True for any fragment (first or later) of a fragmented datagram.
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.more_fragments() || self.fragment_offset() != 0
     }
 
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    #[inline]
     pub fn src_addr(&self) -> [u8; 4] {
         let mut addr = [0; 4];
         addr.copy_from_slice(&self.buffer.as_ref()[field::SRC]);
         addr
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> [u8; 4] {
         let mut addr = [0; 4];
         addr.copy_from_slice(&self.buffer.as_ref()[field::DST]);
@@ -126,11 +143,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// The option bytes between the fixed header and the payload.
+    #[inline]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[MIN_HEADER_LEN..self.header_len()]
     }
 
     /// The payload: up to the total length, or the buffer end if that comes first.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let data = self.buffer.as_ref();
         let end = usize::from(self.total_len()).min(data.len());
@@ -138,25 +157,30 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// True when the header checksum verifies.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::verifies(&self.buffer.as_ref()[..self.header_len()])
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    #[inline]
     pub fn set_total_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::LENGTH, value);
     }
 
+    #[inline]
     pub fn set_ident(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::IDENT, value);
     }
 
+    #[inline]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
     /// Recomputes the header checksum over the header (options included).
+    #[inline]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let header_len = self.header_len();
@@ -167,6 +191,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
 impl<'a> Ipv4Packet<&'a [u8]> {
     /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         let end = usize::from(self.total_len()).min(self.buffer.len());
         &self.buffer[self.header_len()..end]

@@ -34,6 +34,7 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Wraps a whole packet: version 6, the fixed header and the announced payload inside the
     /// buffer (a longer buffer is fine; [`payload`](Self::payload) stops at the payload length).
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let packet = Self::new_checked_header(buffer)?;
         if HEADER_LEN + usize::from(packet.payload_len()) > packet.buffer.as_ref().len() {
@@ -43,6 +44,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 
     /// Wraps a packet whose fixed header is complete but whose payload may be cut short.
+    #[inline]
     pub fn new_checked_header(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -54,40 +56,49 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ok(packet)
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[0] >> 4
     }
 
+    #[inline]
     pub fn traffic_class(&self) -> u8 {
         (read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) >> 20) as u8
     }
 
+    #[inline]
     pub fn dscp(&self) -> u8 {
         self.traffic_class() >> 2
     }
 
+    #[inline]
     pub fn flow_label(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) & 0x000f_ffff
     }
 
+    #[inline]
     pub fn payload_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::PAYLOAD_LEN)
     }
 
+    #[inline]
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
+    #[inline]
     pub fn src_addr(&self) -> [u8; 16] {
         let mut addr = [0; 16];
         addr.copy_from_slice(&self.buffer.as_ref()[field::SRC]);
         addr
     }
 
+    #[inline]
     pub fn dst_addr(&self) -> [u8; 16] {
         let mut addr = [0; 16];
         addr.copy_from_slice(&self.buffer.as_ref()[field::DST]);
@@ -96,6 +107,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// Everything after the fixed header: up to the payload length, or the buffer end if that
     /// comes first.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let data = self.buffer.as_ref();
         let end = (HEADER_LEN + usize::from(self.payload_len())).min(data.len());
@@ -104,6 +116,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    #[inline]
     pub fn set_payload_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::PAYLOAD_LEN, value);
     }
@@ -130,6 +143,7 @@ pub struct UpperLayer {
 /// with `next_header` from the fixed header, over `extensions` (the bytes after the fixed
 /// header). Stops at the first other protocol number, or after a fragment header for a
 /// non-first fragment.
+#[inline]
 pub fn skip_extension_headers(first: u8, extensions: &[u8]) -> Result<UpperLayer, Error> {
     use next_header::*;
     let mut current = first;
@@ -180,6 +194,7 @@ pub fn skip_extension_headers(first: u8, extensions: &[u8]) -> Result<UpperLayer
 
 impl<'a> Ipv6Packet<&'a [u8]> {
     /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         let end = (HEADER_LEN + usize::from(self.payload_len())).min(self.buffer.len());
         &self.buffer[HEADER_LEN..end]

@@ -40,6 +40,7 @@ pub struct TcpPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Wraps `buffer` after checking the header, options included, is inside it.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < MIN_HEADER_LEN {
             return Err(Error::Truncated);
@@ -54,62 +55,76 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         Ok(packet)
     }
 
+    #[inline]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT)
     }
 
+    #[inline]
     pub fn seq_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::SEQ_NUM)
     }
 
+    #[inline]
     pub fn ack_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::ACK_NUM)
     }
 
     /// Header length in bytes, options included.
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::DATA_OFFSET] >> 4) * 4
     }
 
     /// The flag byte (see [`flags`]).
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
+    #[inline]
     pub fn window(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::WINDOW)
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
+    #[inline]
     pub fn urgent_pointer(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::URGENT)
     }
 
+    #[inline]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[MIN_HEADER_LEN..self.header_len()]
     }
 
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    #[inline]
     pub fn set_seq_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::SEQ_NUM, value);
     }
 
+    #[inline]
     pub fn set_flags(&mut self, value: u8) {
         self.buffer.as_mut()[field::FLAGS] = value;
     }
 
+    #[inline]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }

@@ -23,6 +23,7 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// Wraps `buffer` after checking the 8-byte header is inside it. The length field is not
     /// trusted: [`payload`](Self::payload) is clamped to the buffer.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -30,28 +31,34 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         Ok(Self { buffer })
     }
 
+    #[inline]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT)
     }
 
+    #[inline]
     pub fn len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
     /// True when the length field says the datagram has no payload.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         usize::from(self.len()) <= HEADER_LEN
     }
 
+    #[inline]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// The payload: up to the length field, or the buffer end if that comes first.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let data = self.buffer.as_ref();
         let end = usize::from(self.len()).clamp(HEADER_LEN, data.len());
@@ -60,10 +67,12 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    #[inline]
     pub fn set_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::LENGTH, value);
     }
 
+    #[inline]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
@@ -71,6 +80,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
 
 impl<'a> UdpPacket<&'a [u8]> {
     /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         let end = usize::from(self.len()).clamp(HEADER_LEN, self.buffer.len());
         &self.buffer[HEADER_LEN..end]

@@ -23,6 +23,7 @@ pub struct VxlanPacket<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// Wraps `buffer` after checking the header is inside it and its I flag is set.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -34,16 +35,19 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
         Ok(packet)
     }
 
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
     /// The 24-bit VXLAN network identifier.
+    #[inline]
     pub fn vni(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VNI_RESERVED) >> 8
     }
 
     /// The inner Ethernet frame.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -51,6 +55,7 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
 
 impl<'a> VxlanPacket<&'a [u8]> {
     /// [`payload`](Self::payload) with the lifetime of the underlying buffer.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         &self.buffer[HEADER_LEN..]
     }

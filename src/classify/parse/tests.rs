@@ -302,3 +302,23 @@ fn parse_error_indices_are_dense_and_named() {
         assert!(!error.name().is_empty());
     }
 }
+
+#[test]
+fn parse_into_resets_what_a_previous_frame_left() {
+    let (frame, _) = vxlan_ipv6_ext_tcp();
+    let mut parsed = Parsed::default();
+    FlowKey::parse_into(&frame, &DEFAULT_VXLAN_PORTS, &mut parsed);
+    FlowKey::parse_into(&frame[..20], &DEFAULT_VXLAN_PORTS, &mut parsed);
+    assert_eq!(parsed, FlowKey::parse(&frame[..20], &DEFAULT_VXLAN_PORTS));
+    assert_eq!(parsed.key.inner, None);
+}
+
+#[test]
+fn parsed_stays_small_enough_to_copy_cheaply() {
+    // A guard against a field change that bloats the hot-path struct.
+    assert!(
+        std::mem::size_of::<Parsed>() <= 192,
+        "{}",
+        std::mem::size_of::<Parsed>()
+    );
+}
