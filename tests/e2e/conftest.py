@@ -116,6 +116,11 @@ class Guests:
     def kill_all(self) -> None:
         for guest in self.started:
             try:
+                guest.save_diagnostics()
+            except Exception as e:  # diagnostics must never keep a guest alive
+                print(f"diagnostics of {guest.name}: {e!r}")
+        for guest in self.started:
+            try:
                 guest.kill()
             except Exception as e:  # keep killing the others
                 print(f"killing {guest.name}: {e!r}")

@@ -118,6 +118,15 @@ class Switch:
             raise SwitchError(f"PRISM_SWITCH_EXIT_OK must be comma-separated integers, not {ok!r}") from e
         self.proc: subprocess.Popen | None = None
 
+    def describe(self) -> str:
+        """What ran, for reports: the binary (relative to the repository) or the stand-in."""
+        if self.binary is None:
+            return self.kind
+        try:
+            return str(self.binary.resolve().relative_to(REPO))
+        except ValueError:
+            return str(self.binary)
+
     @property
     def is_stand_in(self) -> bool:
         return self.binary is None

@@ -107,7 +107,7 @@ def test_tcp_transfer_between_guests(pair, vswitch, report):
     vm1, vm2 = pair
     mbits = iperf_mbits(vm1, vm2, VM2_IP)
     report(f"iperf3 vm1 -> vm2, {QUEUES} queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
-           f"{mbits:.0f} Mbit/s ({vswitch.kind})")
+           f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
     assert mbits > 0
 
 
@@ -125,7 +125,7 @@ def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, report):
         assert_no_ping_loss(vm1, VM2_IP)
         mbits = iperf_mbits(vm1, vm2, VM2_IP)
         report(f"iperf3 vm1 -> vm2, 2 queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
-               f"{mbits:.0f} Mbit/s ({vswitch.kind})")
+               f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
         assert mbits > 0
     finally:
         for guest in pair:

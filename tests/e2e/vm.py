@@ -7,8 +7,10 @@ shell commands by writing them to QEMU's stdin.
 Command output is cut out of the console stream with per-command markers that only the
 *executed* command can print: the command line says `PRISM-BEG''IN-<id>` (the shell removes the
 quotes), so the console's echo of the typed line never matches `PRISM-BEGIN-<id>`, and the exit
-status is printed by `$?`, which the echo shows unexpanded. Kernel messages that land inside a
-command's output are dropped by their `[ seconds.micros]` prefix.
+status is printed by `$?`, which the echo shows unexpanded. Kernel messages cannot fake the
+markers either; /init lowers the console log level once the guest is ready, so only emergencies
+interleave with command output (run(..., strip_kernel_lines=True) drops lines that look like
+printk output, for the rare parser that must not see them; `dmesg` itself looks the same).
 """
 
 from __future__ import annotations
@@ -206,8 +208,9 @@ class Guest:
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
 
-    def run(self, cmd: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
-        """Runs cmd in the guest shell; returns (exit status, output without kernel lines).
+    def run(self, cmd: str, timeout: float = COMMAND_TIMEOUT,
+            strip_kernel_lines: bool = False) -> tuple[int, str]:
+        """Runs cmd in the guest shell; returns (exit status, output).
 
         stdin is /dev/null so a command can never swallow the lines that follow it. On timeout
         the guest gets a Ctrl-C (the shell has job control on the console) and GuestError.
@@ -229,8 +232,24 @@ class Guest:
                 raise
             with self._cond:
                 raw = self._buf[begin.end():end.start()]
-            lines = [ln for ln in raw.split("\n") if not KERNEL_LINE_RE.match(ln)]
+            lines = raw.split("\n")
+            if strip_kernel_lines:
+                lines = [ln for ln in lines if not KERNEL_LINE_RE.match(ln)]
             return int(end.group(1)), "\n".join(lines).rstrip("\n")
+
+    def save_diagnostics(self) -> Path | None:
+        """Writes the guest's kernel log and NIC counters next to its console log; best effort
+        (the guest may be wedged), for post-mortems of failed tests."""
+        if not self.alive():
+            return None
+        path = self.console_log_path.with_name(f"{self.name}.diag.txt")
+        try:
+            rc, out = self.run("dmesg; echo; ip -s -s link show eth0; ethtool -S eth0; ethtool -l eth0; "
+                               "cat /proc/interrupts | grep -i virtio", timeout=60)
+        except GuestError as e:
+            out = f"(no answer: {e})"
+        path.write_text(out + "\n")
+        return path
 
     def check(self, cmd: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """run() that raises GuestError unless the command exits 0."""
