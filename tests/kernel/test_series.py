@@ -1,5 +1,6 @@
 """The PRISM patch series (guest-kernel/patches) against Debian's pristine linux-source-6.1."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -77,7 +78,9 @@ def test_series_is_checkpatch_strict_clean(pristine_tree):
     for patch in PATCHES:
         res = subprocess.run([perl, "scripts/checkpatch.pl", "--strict", "--no-summary",
                               "--terse", str(patch)],
-                             cwd=pristine_tree, capture_output=True, text=True)
+                             cwd=pristine_tree, capture_output=True, text=True,
+                             # spdxcheck.py runs on the system python (python3-ply, -git).
+                             env={**os.environ, "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
         findings = [line for line in res.stdout.splitlines()
                     if re.search(r": (ERROR|WARNING|CHECK):", line)]
         assert not findings, f"{patch.name}:\n" + "\n".join(findings)
