@@ -20,10 +20,13 @@
 //!
 //! [`RuleSet::new`] compiles the rules so a lookup is not a linear scan: each rule goes into
 //! one bucket keyed by its most selective exact field — (layer, protocol, destination port),
-//! else (layer, protocol, source port), else VNI, else (layer, DSCP) — or, with none of those,
-//! into a residual list. A rule with a port but no protocol goes into both the TCP and the UDP
-//! bucket (the parser reports ports only for TCP and UDP). A lookup probes the few buckets
-//! the frame's fields name plus the residual list; each list is in location order, so the
+//! else (layer, protocol, source port), else VNI, else its source (or destination) address
+//! prefix, else (layer, DSCP) — or, with none of those, into a residual list. Prefixes are
+//! bucketed per distinct (layer, family, length): the lookup masks the frame's address to each
+//! such length in use and probes once per length (tuple-space search). A rule with a port but
+//! no protocol goes into both the TCP and the UDP bucket (the parser reports ports only for
+//! TCP and UDP). A lookup probes the buckets the
+//! frame's fields name plus the residual list; each list is in location order, so the
 //! first full match in a list is that list's best, and the lowest over all lists wins, exactly
 //! as a linear scan in location order would.
 //!
@@ -57,26 +60,47 @@ pub enum Layer {
 pub struct IpPrefix {
     addr: IpAddr,
     len: u8,
+    /// The network and mask as 128-bit numbers (IPv4 in the low 32 bits), precomputed so
+    /// `contains` is one AND and one compare.
+    bits: u128,
+    mask: u128,
+}
+
+/// An address as a 128-bit number (IPv4 in the low 32 bits) and whether it is IPv6.
+#[inline]
+fn address_bits(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), false),
+        IpAddr::V6(v6) => (u128::from(v6), true),
+    }
 }
 
 impl IpPrefix {
     /// A prefix; host bits of `addr` are cleared. `len` beyond the family's width is an error.
     pub fn new(addr: IpAddr, len: u8) -> Result<Self, String> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if len > max {
-            return Err(format!("prefix length {len} is longer than {max}"));
+        let width: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        if len > width {
+            return Err(format!("prefix length {len} is longer than {width}"));
         }
-        let addr = match addr {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4((u32::from(v4) & mask).into())
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
+        let full = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
         };
-        Ok(IpPrefix { addr, len })
+        let host_bits = u32::from(width - len);
+        let mask = full & full.checked_shl(host_bits).unwrap_or(0);
+        let (raw, _) = address_bits(addr);
+        let bits = raw & mask;
+        let addr = match addr {
+            IpAddr::V4(_) => IpAddr::V4((bits as u32).into()),
+            IpAddr::V6(_) => IpAddr::V6(bits.into()),
+        };
+        Ok(IpPrefix {
+            addr,
+            len,
+            bits,
+            mask,
+        })
     }
 
     pub fn addr(&self) -> IpAddr {
@@ -92,22 +116,15 @@ impl IpPrefix {
         self.len == 0
     }
 
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
     /// True when `ip` is of the same family and inside the prefix.
     #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(ip) & mask == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(ip) & mask == u128::from(net)
-            }
-            _ => false,
-        }
+        let (bits, is_v6) = address_bits(ip);
+        is_v6 == self.addr.is_ipv6() && bits & self.mask == self.bits
     }
 }
 
@@ -577,6 +594,8 @@ const KIND_DST_PORT: u64 = 1;
 const KIND_SRC_PORT: u64 = 2;
 const KIND_VNI: u64 = 3;
 const KIND_DSCP: u64 = 4;
+const KIND_SRC_NET: u64 = 5;
+const KIND_DST_NET: u64 = 6;
 
 fn bucket_key(kind: u64, layer: Layer, proto: u8, value: u32) -> u64 {
     let layer_bit = match layer {
@@ -584,6 +603,36 @@ fn bucket_key(kind: u64, layer: Layer, proto: u8, value: u32) -> u64 {
         Layer::Inner => 1,
     };
     (kind << 48) | (layer_bit << 40) | (u64::from(proto) << 32) | u64::from(value)
+}
+
+/// The bucket of an address prefix: a 64-bit digest of (kind, layer, family, length, network).
+/// Digests of different prefixes may collide; that only puts a few more rules in a list, since
+/// every candidate is fully matched anyway, so the lookup stays exact.
+fn net_key(kind: u64, layer: Layer, is_v6: bool, len: u8, bits: u128) -> u64 {
+    let tag = bucket_key(kind, layer, u8::from(is_v6), u32::from(len));
+    let folded = (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29);
+    (folded ^ tag.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tag
+}
+
+/// The prefix a rule is bucketed by: its source prefix, else its destination prefix; a
+/// zero-length prefix selects nothing (and is left to the residual list).
+fn selective_prefix(m: &RuleMatch) -> Option<(u64, IpPrefix)> {
+    match (m.src_ip, m.dst_ip) {
+        (Some(src), _) if !src.is_empty() => Some((KIND_SRC_NET, src)),
+        (_, Some(dst)) if !dst.is_empty() => Some((KIND_DST_NET, dst)),
+        _ => None,
+    }
+}
+
+/// One prefix length some rule's source or destination prefix uses: the lookup probes the
+/// frame's address masked to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NetShape {
+    kind: u64,
+    layer: Layer,
+    is_v6: bool,
+    len: u8,
+    mask: u128,
 }
 
 /// A compiled, ordered set of rules with per-rule hit counters.
@@ -594,11 +643,27 @@ pub struct RuleSet {
     hits: Box<[AtomicU64]>,
     buckets: Buckets,
     residual: Box<[u32]>,
+    /// The prefix shapes that have a bucket (few: one per distinct layer, family and length).
+    net_shapes: Box<[NetShape]>,
     /// Bit `1 << kind` set when some bucket of that kind exists (skips useless probes).
     present: u8,
 }
 
 impl RuleSet {
+    /// Starts each rule's hit counter from the count of the rule with the same location and
+    /// the same definition in `old`, so that editing a rule set does not reset the others.
+    pub fn inherit_hits(&self, old: &RuleSet) {
+        for (rule, hits) in self.rules.iter().zip(self.hits.iter()) {
+            if let Ok(index) = old
+                .rules
+                .binary_search_by_key(&rule.location, |r| r.location)
+                && old.rules[index] == *rule
+            {
+                hits.store(old.hits[index].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Compiles `rules` (any order). Two rules with one location are refused.
     pub fn new(mut rules: Vec<Rule>) -> Result<Self, RulesError> {
         rules.sort_by_key(|rule| rule.location);
@@ -611,6 +676,7 @@ impl RuleSet {
         let mut lists: HashMap<u64, Vec<u32>, BuildHasherDefault<BucketHasher>> =
             HashMap::default();
         let mut residual = Vec::new();
+        let mut net_shapes: Vec<NetShape> = Vec::new();
         let mut present = 0u8;
         for (index, rule) in rules.iter().enumerate() {
             let index = index as u32;
@@ -632,6 +698,19 @@ impl RuleSet {
                 (KIND_SRC_PORT, keys.collect())
             } else if let Some(vni) = m.vni {
                 (KIND_VNI, vec![bucket_key(KIND_VNI, Layer::Outer, 0, vni)])
+            } else if let Some((kind, net)) = selective_prefix(m) {
+                let shape = NetShape {
+                    kind,
+                    layer: m.layer,
+                    is_v6: net.is_ipv6(),
+                    len: net.len,
+                    mask: net.mask,
+                };
+                if !net_shapes.contains(&shape) {
+                    net_shapes.push(shape);
+                }
+                let key = net_key(kind, m.layer, shape.is_v6, net.len, net.bits);
+                (kind, vec![key])
             } else if let Some(dscp) = m.dscp {
                 (
                     KIND_DSCP,
@@ -656,6 +735,7 @@ impl RuleSet {
             hits,
             buckets,
             residual: residual.into_boxed_slice(),
+            net_shapes: net_shapes.into_boxed_slice(),
             present,
         })
     }
@@ -791,6 +871,25 @@ impl RuleSet {
                 && let Some(dscp) = layer_key.dscp
             {
                 probe(bucket_key(KIND_DSCP, layer, 0, u32::from(dscp)), &mut scan);
+            }
+        }
+        for shape in self.net_shapes.iter() {
+            let layer_key = match shape.layer {
+                Layer::Outer => &key.outer,
+                Layer::Inner => match &key.inner {
+                    Some(inner) => inner,
+                    None => continue,
+                },
+            };
+            let address = match shape.kind {
+                KIND_SRC_NET => layer_key.src_ip,
+                _ => layer_key.dst_ip,
+            };
+            let Some(address) = address else { continue };
+            let (bits, is_v6) = address_bits(address);
+            if is_v6 == shape.is_v6 {
+                let bucket = net_key(shape.kind, shape.layer, is_v6, shape.len, bits & shape.mask);
+                probe(bucket, &mut scan);
             }
         }
         if has(KIND_VNI)

@@ -127,6 +127,31 @@ fn lowest_location_wins_whatever_the_bucket() {
 }
 
 #[test]
+fn prefix_buckets_of_different_lengths_and_families_keep_location_order() {
+    let rules = RuleSet::new(vec![
+        rule("loc 4 src-ip 10.1.0.0/16 action queue 1"),
+        rule("loc 2 src-ip 10.1.2.0/24 action queue 2"),
+        rule("loc 6 dst-ip 2001:db8::/32 action queue 3"),
+        rule("loc 8 src-ip 0.0.0.0/0 action queue 0"),
+    ])
+    .unwrap();
+    let found = |src: [u8; 4]| {
+        rules
+            .find(&tcp4_key(src, [1, 1, 1, 1], 1, 2, 0))
+            .map(|r| r.location)
+    };
+    assert_eq!(found([10, 1, 2, 3]), Some(2));
+    assert_eq!(found([10, 1, 3, 3]), Some(4));
+    assert_eq!(found([10, 2, 3, 3]), Some(8));
+    let mut v6 = tcp4_key([0; 4], [0; 4], 1, 2, 0);
+    v6.outer.src_ip = Some("2001:db8::1".parse().unwrap());
+    v6.outer.dst_ip = Some("2001:db8:0:1::2".parse().unwrap());
+    assert_eq!(rules.find(&v6).map(|r| r.location), Some(6));
+    v6.outer.dst_ip = Some("2001:db9::2".parse().unwrap());
+    assert_eq!(rules.find(&v6), None, "an IPv4 /0 does not match IPv6");
+}
+
+#[test]
 fn port_rule_without_protocol_matches_tcp_and_udp() {
     let rules = RuleSet::new(vec![rule("loc 1 dst-port 53 action queue 1")]).unwrap();
     let mut key = tcp4_key([1, 1, 1, 1], [2, 2, 2, 2], 1000, 53, 0);
@@ -316,6 +341,35 @@ impl Rng {
     }
 }
 
+/// Prefixes of assorted families and lengths (0 included) over the addresses
+/// [`random_address`] produces.
+fn random_prefix(rng: &mut Rng) -> IpPrefix {
+    let len = [0u8, 8, 16, 24, 32][rng.below(5) as usize];
+    match rng.below(4) {
+        0 => IpPrefix::new(random_address(rng, true), len * 4).unwrap(),
+        _ => IpPrefix::new(random_address(rng, false), len).unwrap(),
+    }
+}
+
+/// Addresses from a small space: 10.a.b.c (IPv4) or 2001:db8::a:b:c (IPv6), a, b, c in 0..4.
+fn random_address(rng: &mut Rng, v6: bool) -> IpAddr {
+    let (a, b, c) = (rng.below(4) as u8, rng.below(4) as u8, rng.below(4) as u8);
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            0,
+            a.into(),
+            b.into(),
+            c.into(),
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, a, b, c))
+    }
+}
+
 /// Small value ranges so random rules and random frames collide often.
 fn random_rule(rng: &mut Rng, location: u32) -> Rule {
     let layer = if rng.chance(20) {
@@ -327,12 +381,8 @@ fn random_rule(rng: &mut Rng, location: u32) -> Rule {
     let ports_ok = proto.is_none_or(|p| p == 6 || p == 17);
     let matches = RuleMatch {
         layer,
-        src_ip: rng.chance(15).then(|| {
-            IpPrefix::new(IpAddr::V4(Ipv4Addr::new(10, rng.below(4) as u8, 0, 0)), 16).unwrap()
-        }),
-        dst_ip: rng.chance(10).then(|| {
-            IpPrefix::new(IpAddr::V4(Ipv4Addr::new(10, 0, rng.below(4) as u8, 0)), 24).unwrap()
-        }),
+        src_ip: rng.chance(15).then(|| random_prefix(rng)),
+        dst_ip: rng.chance(10).then(|| random_prefix(rng)),
         src_port: (ports_ok && rng.chance(20)).then(|| 1000 + rng.below(8) as u16),
         dst_port: (ports_ok && rng.chance(50)).then(|| 80 + rng.below(16) as u16),
         proto,
@@ -367,18 +417,10 @@ fn random_layer(rng: &mut Rng) -> LayerKey {
     }
     layer.ethertype = Some(0x0800);
     if rng.chance(95) {
-        layer.src_ip = Some(IpAddr::V4(Ipv4Addr::new(
-            10,
-            rng.below(4) as u8,
-            rng.below(4) as u8,
-            1,
-        )));
-        layer.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(
-            10,
-            rng.below(4) as u8,
-            rng.below(4) as u8,
-            2,
-        )));
+        let v6 = rng.chance(25);
+        layer.ethertype = Some(if v6 { 0x86dd } else { 0x0800 });
+        layer.src_ip = Some(random_address(rng, v6));
+        layer.dst_ip = Some(random_address(rng, v6));
         layer.dscp = Some(rng.below(4) as u8 * 8);
         let proto = [6u8, 17, 1][rng.below(3) as usize];
         layer.proto = Some(proto);
