@@ -46,10 +46,42 @@ fn frames_from_every_tx_queue_arrive_intact_exactly_once() {
     }
 }
 
+/// Sends one frame per new flow from a to b until b has received frames on every RX queue
+/// (each flow hashes to one queue, so enough flows cover all of them). Proves b's queues
+/// are all in use before a test relies on the mapping staying stable.
+fn until_every_rx_queue_is_used(a: &mut TestGuest, b: &mut TestGuest) {
+    let mut used = HashSet::new();
+    for flow in 0..200u16 {
+        let tag = 50_000 + u32::from(flow);
+        a.send(
+            0,
+            VirtioNetHdr::plain(),
+            &flow_frame(1, 2, 10_000 + flow, tag),
+        )
+        .expect("send");
+        let got = expect_tag(b, tag).expect("warm-up frame arrives");
+        b.post_rx_buffers(got.pair, 1, 2048)
+            .expect("replace buffer");
+        used.insert(got.pair);
+        if used.len() == usize::from(b.pairs()) {
+            return;
+        }
+    }
+    panic!("200 flows reached only RX queues {used:?} of {}", b.pairs());
+}
+
+#[test]
+fn flows_are_spread_over_every_rx_queue() {
+    let (_daemon, mut a, mut b) = two_guests(PAIRS);
+    b.post_rx_buffers_all(32, 2048).expect("post");
+    until_every_rx_queue_is_used(&mut a, &mut b);
+}
+
 #[test]
 fn one_flow_lands_on_one_rx_queue_whatever_the_tx_queue() {
     let (_daemon, mut a, mut b) = two_guests(PAIRS);
     b.post_rx_buffers_all(32, 2048).expect("post");
+    until_every_rx_queue_is_used(&mut a, &mut b);
     let mut tag = 0;
     for _round in 0..3 {
         for pair in 0..PAIRS {
@@ -62,20 +94,6 @@ fn one_flow_lands_on_one_rx_queue_whatever_the_tx_queue() {
     let got = b.expect_frames(tag as usize).expect("all frames arrive");
     let queues: HashSet<u16> = got.iter().map(|f| f.pair).collect();
     assert_eq!(queues.len(), 1, "one flow spread over RX queues {queues:?}");
-}
-
-#[test]
-fn different_flows_use_more_than_one_rx_queue() {
-    // With 4 queues and 32 flows, a flow hash putting them all on one queue is broken.
-    let (_daemon, mut a, mut b) = two_guests(PAIRS);
-    b.post_rx_buffers_all(64, 2048).expect("post");
-    for flow in 0..32u16 {
-        let frame = flow_frame(1, 2, 3000 + flow, u32::from(flow));
-        a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
-    }
-    let got = b.expect_frames(32).expect("all frames arrive");
-    let queues: HashSet<u16> = got.iter().map(|f| f.pair).collect();
-    assert!(queues.len() > 1, "32 flows all on RX queues {queues:?}");
 }
 
 #[test]
@@ -153,7 +171,12 @@ fn unicast_to_a_learned_mac_is_not_flooded() {
         at_c.extend(c.try_recv(p).expect("poll c"));
     }
     let tags: Vec<_> = at_c.iter().map(|f| udp_tag(&f.frame)).collect();
-    assert_eq!(tags, vec![Some(11)], "c must see only the marker");
+    // c may have seen b's first frame (flooded while a's MAC was unknown), never the unicast.
+    assert!(tags.contains(&Some(11)), "marker missing at c: {tags:?}");
+    assert!(
+        !tags.contains(&Some(10)),
+        "unicast to b flooded to c: {tags:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub fn send_tagged(from: &mut TestGuest, pair: u16, to: u8, tag: u32) -> Result<
 }
 
 /// Waits until a frame carrying `tag` arrives at `guest` on any queue; returns it. Frames
-/// with other tags received meanwhile are discarded.
+/// with other tags received meanwhile (e.g. floods held by the daemon) are discarded and
+/// their buffers replaced, so they cannot starve the frame waited for.
 pub fn expect_tag(guest: &mut TestGuest, tag: u32) -> Result<RxFrame> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
@@ -29,7 +30,15 @@ pub fn expect_tag(guest: &mut TestGuest, tag: u32) -> Result<RxFrame> {
             });
         }
         let frames = guest.recv_any(1, left)?;
-        if let Some(f) = frames.into_iter().find(|f| udp_tag(&f.frame) == Some(tag)) {
+        let mut wanted = None;
+        for f in frames {
+            if wanted.is_none() && udp_tag(&f.frame) == Some(tag) {
+                wanted = Some(f);
+            } else {
+                guest.post_rx_buffers(f.pair, f.used_lens.len(), 2048)?;
+            }
+        }
+        if let Some(f) = wanted {
             return Ok(f);
         }
     }
