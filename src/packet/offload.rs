@@ -5,8 +5,9 @@
 //! - [`Offload::from_virtio_hdr`]`(hdr: &[u8], frame: &[u8]) -> Result<Offload, OffloadError>`
 //!   parses the 12-byte `virtio_net_hdr_v1` a guest sent and checks it against the frame once;
 //!   what comes out is safe to act on ([`CsumRequest`] lies inside the frame, a
-//!   [`GsoRequest`] names a real TCP/IPv4 or TCP/IPv6 frame and carries the header length
-//!   recomputed from the frame, not the guest's hint).
+//!   [`GsoRequest`] names a real TCP/IPv4 or TCP/IPv6 frame whose checksum request points at
+//!   the TCP checksum, and carries the header length recomputed from the frame, not the
+//!   guest's hint).
 //! - [`Offload::rx_plan`]`(&self, &GuestOffloads) -> RxPlan` decides, for a receiving guest's
 //!   negotiated features, whether the frame can be delivered as is, needs its checksum
 //!   completed, or must be segmented, and which header the guest should then see.
@@ -114,12 +115,70 @@ pub enum OffloadError {
     NotTcp { protocol: u8 },
     #[error("GSO frame is an IP fragment")]
     Fragmented,
+    #[error("TSO checksum at {start}+{offset}, but the TCP checksum is at {tcp_offset}+16")]
+    TsoCsumMismatch {
+        start: u16,
+        offset: u16,
+        tcp_offset: usize,
+    },
     #[error("a header of the GSO frame (or its IP length) extends beyond the frame")]
     HeaderLengthBeyondFrame,
     #[error("a header of the GSO frame has an impossible field")]
     MalformedHeaders,
     #[error("scratch buffer of {have} bytes, a segment needs {needed}")]
     ScratchTooSmall { needed: usize, have: usize },
+}
+
+impl OffloadError {
+    /// Number of variants (the length of a per-reason counter array).
+    pub const COUNT: usize = 16;
+
+    /// Stable snake_case names, in [`index`](Self::index) order, for counters.
+    pub const NAMES: [&'static str; Self::COUNT] = [
+        "header_too_short",
+        "unknown_flags",
+        "rsc_info_from_driver",
+        "unsupported_gso_type",
+        "ecn_without_gso",
+        "gso_without_csum",
+        "gso_size_zero",
+        "csum_out_of_frame",
+        "not_ip",
+        "gso_ip_version_mismatch",
+        "not_tcp",
+        "fragmented",
+        "tso_csum_mismatch",
+        "header_length_beyond_frame",
+        "malformed_headers",
+        "scratch_too_small",
+    ];
+
+    /// A dense index in `0..COUNT`, for per-reason drop counters.
+    pub fn index(&self) -> usize {
+        match self {
+            OffloadError::HeaderTooShort { .. } => 0,
+            OffloadError::UnknownFlags { .. } => 1,
+            OffloadError::RscInfoFromDriver => 2,
+            OffloadError::UnsupportedGsoType { .. } => 3,
+            OffloadError::EcnWithoutGso => 4,
+            OffloadError::GsoWithoutCsum => 5,
+            OffloadError::GsoSizeZero => 6,
+            OffloadError::CsumOutOfFrame { .. } => 7,
+            OffloadError::NotIp => 8,
+            OffloadError::GsoIpVersionMismatch { .. } => 9,
+            OffloadError::NotTcp { .. } => 10,
+            OffloadError::Fragmented => 11,
+            OffloadError::TsoCsumMismatch { .. } => 12,
+            OffloadError::HeaderLengthBeyondFrame => 13,
+            OffloadError::MalformedHeaders => 14,
+            OffloadError::ScratchTooSmall { .. } => 15,
+        }
+    }
+
+    /// The reason's counter name.
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
 }
 
 impl From<LocateError> for OffloadError {
@@ -232,6 +291,19 @@ impl Offload {
                     return Err(OffloadError::GsoSizeZero);
                 }
                 let tcp = locate_tcp(frame, kind)?;
+                // The receiver of a delivered TSO frame (or our segmentation) relies on the
+                // checksum request naming the TCP checksum; a guest that says otherwise sent an
+                // inconsistent header (Linux and DPDK both send start = TCP header, offset 16).
+                if let Some(request) = csum
+                    && (usize::from(request.start) != tcp.layers.l4_offset
+                        || usize::from(request.offset) != tcp::CHECKSUM_OFFSET)
+                {
+                    return Err(OffloadError::TsoCsumMismatch {
+                        start: request.start,
+                        offset: request.offset,
+                        tcp_offset: tcp.layers.l4_offset,
+                    });
+                }
                 let hdr_len = u16::try_from(tcp.header_end)
                     .map_err(|_| OffloadError::HeaderLengthBeyondFrame)?;
                 Some(GsoRequest {

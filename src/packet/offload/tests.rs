@@ -375,6 +375,22 @@ fn checksum_field_past_the_frame_end_is_rejected() {
 }
 
 #[test]
+fn tso_whose_checksum_request_misses_the_tcp_checksum_is_rejected() {
+    let frame = small_tcp4();
+    for (start, offset) in [(14u16, 16u16), (34, 6)] {
+        let hdr = virtio_hdr(hdr_flags::NEEDS_CSUM, gso_type::TCPV4, MSS, start, offset);
+        assert_eq!(
+            parse(&hdr, &frame),
+            Err(OffloadError::TsoCsumMismatch {
+                start,
+                offset,
+                tcp_offset: 34
+            })
+        );
+    }
+}
+
+#[test]
 fn tso_of_a_non_ip_frame_is_rejected() {
     let mut frame = small_tcp4();
     frame[12..14].copy_from_slice(&[0x08, 0x06]);
@@ -700,4 +716,46 @@ fn random_and_truncated_headers_and_frames_never_panic() {
         accepted > 100,
         "the fuzz loop should reach the deep checks ({accepted})"
     );
+}
+
+#[test]
+fn every_error_has_a_distinct_counter_name() {
+    let samples = [
+        OffloadError::HeaderTooShort { len: 0 },
+        OffloadError::UnknownFlags { flags: 0 },
+        OffloadError::RscInfoFromDriver,
+        OffloadError::UnsupportedGsoType { gso_type: 0 },
+        OffloadError::EcnWithoutGso,
+        OffloadError::GsoWithoutCsum,
+        OffloadError::GsoSizeZero,
+        OffloadError::CsumOutOfFrame {
+            start: 0,
+            offset: 0,
+            frame_len: 0,
+        },
+        OffloadError::NotIp,
+        OffloadError::GsoIpVersionMismatch {
+            expected: 4,
+            found: 6,
+        },
+        OffloadError::NotTcp { protocol: 17 },
+        OffloadError::Fragmented,
+        OffloadError::TsoCsumMismatch {
+            start: 0,
+            offset: 0,
+            tcp_offset: 34,
+        },
+        OffloadError::HeaderLengthBeyondFrame,
+        OffloadError::MalformedHeaders,
+        OffloadError::ScratchTooSmall { needed: 1, have: 0 },
+    ];
+    assert_eq!(samples.len(), OffloadError::COUNT);
+    for (index, error) in samples.iter().enumerate() {
+        assert_eq!(error.index(), index);
+        assert_eq!(error.name(), OffloadError::NAMES[index]);
+    }
+    let mut names = OffloadError::NAMES.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), OffloadError::COUNT);
 }
