@@ -228,6 +228,44 @@ fn tso6_with_destination_options_header_is_segmented() {
 }
 
 #[test]
+fn tso4_with_qinq_tags_and_ip_options_copies_them_into_every_segment() {
+    let data = payload(10_000);
+    let mut ip = etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, SRC4, DST4).unwrap();
+    ip.options = [0x94, 0x04, 0x00, 0x00][..].try_into().unwrap(); // router alert
+    let builder = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .double_vlan(
+            etherparse::VlanId::try_new(10).unwrap(),
+            etherparse::VlanId::try_new(20).unwrap(),
+        )
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp_header(tcp_header_with_flags());
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &data).unwrap();
+    let l4 = 14 + 8 + 24;
+    let hdr = virtio_hdr(hdr_flags::NEEDS_CSUM, gso_type::TCPV4, MSS, l4 as u16, 16);
+    let gso = Offload::from_virtio_hdr(&hdr, &frame).unwrap().gso.unwrap();
+    assert_eq!(usize::from(gso.hdr_len), l4 + 20);
+    let segments = run_segment(&frame, &gso);
+    assert_eq!(segments.len(), data.len().div_ceil(usize::from(MSS)));
+    let mut reassembled = Vec::new();
+    for bytes in &segments {
+        assert_eq!(&bytes[..22], &frame[..22], "MACs and both tags copied");
+        let ip = Ipv4Packet::new_checked(&bytes[22..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.options(), &[0x94, 0x04, 0x00, 0x00]);
+        let tcp_len = bytes.len() - l4;
+        let pseudo = pseudo_header_v4(SRC4, DST4, 6, tcp_len as u16);
+        assert_eq!(
+            fold(pseudo + sum(&bytes[l4..])),
+            0xffff,
+            "TCP checksum verifies"
+        );
+        reassembled.extend_from_slice(&bytes[l4 + 20..]);
+    }
+    assert_eq!(reassembled, data);
+}
+
+#[test]
 fn payload_within_one_mss_gives_one_segment_with_all_flags() {
     let data = payload(100);
     let frame = tso4_frame(&data);
