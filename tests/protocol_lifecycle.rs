@@ -131,3 +131,26 @@ fn daemon_stops_cleanly_after_traffic() {
     assert_traffic_both_ways(&mut a, &mut b, 1, 600);
     daemon.stop().expect("clean exit, sockets removed");
 }
+
+#[test]
+fn first_frame_after_a_guest_comes_up_is_delivered() {
+    // Once the frontend's SET_VRING_* requests are acked and the guest has posted RX
+    // buffers, the ring is usable: a frame sent at once must not be dropped as "not ready"
+    // (e.g. because the RX ring is only attached when the port's worker first runs). The
+    // window is short, so the test reconnects the receiver many times.
+    let (mut daemon, mut a, b) = two_guests(2);
+    let mut b = Some(b);
+    for round in 0..20u32 {
+        let mut fresh = b.take().expect("guest b").reconnect().expect("reconnect b");
+        fresh.post_rx_buffers_all(4, 2048).expect("post");
+        let tag = 700 + round;
+        send_tagged(&mut a, 0, 2, tag).expect("send");
+        expect_tag(&mut fresh, tag)
+            .unwrap_or_else(|e| panic!("round {round}: first frame lost: {e}"));
+        b = Some(fresh);
+    }
+    assert_eq!(
+        daemon.counter("b", "rx_drops_not_ready").expect("counter"),
+        0
+    );
+}
