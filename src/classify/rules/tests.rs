@@ -467,3 +467,26 @@ fn compiled_lookup_equals_linear_scan_on_random_rules_and_frames() {
         }
     }
 }
+
+#[test]
+fn inherit_hits_keeps_counts_of_unchanged_rules_only() {
+    let key = tcp4_key([1, 1, 1, 1], [2, 2, 2, 2], 1, 80, 0);
+    let old = RuleSet::new(vec![
+        rule("loc 1 proto tcp dst-port 80 action queue 1"),
+        rule("loc 2 proto tcp action queue 2"),
+    ])
+    .unwrap();
+    old.lookup(&key);
+    old.lookup(&key);
+    let mut other = key;
+    other.outer.dst_port = Some(443);
+    old.lookup(&other);
+    let new = RuleSet::new(vec![
+        rule("loc 1 proto tcp dst-port 80 action queue 1"),
+        rule("loc 2 proto tcp action queue 3"),
+        rule("loc 3 proto udp action queue 0"),
+    ])
+    .unwrap();
+    new.inherit_hits(&old);
+    assert_eq!(new.hits().collect::<Vec<_>>(), vec![(1, 2), (2, 0), (3, 0)]);
+}
