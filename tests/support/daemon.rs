@@ -248,6 +248,13 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            // The test failed: the counters usually say where the frame went.
+            match self.stats() {
+                Ok(stats) => eprintln!("---- prism-vnic stats ----\n{stats}"),
+                Err(e) => eprintln!("---- prism-vnic stats unavailable: {e}"),
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
