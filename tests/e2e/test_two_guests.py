@@ -7,7 +7,9 @@ in file order; the last one kills and restarts vm2.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 
@@ -59,19 +61,57 @@ def assert_no_ping_loss(src: Guest, dst_ip: str) -> None:
         f"{src.name} -> {dst_ip}: {received}/{sent} answered:\n{out}"
 
 
-def iperf_mbits(client: Guest, server: Guest, server_ip: str) -> float:
+def run_iperf(client: Guest, server: Guest, server_ip: str) -> tuple[float | None, str]:
     """Runs iperf3 client -> server for IPERF_SECONDS with IPERF_STREAMS streams; returns the
-    receiver's total in Mbit/s."""
+    receiver's total in Mbit/s (None if the run failed) and iperf3's output."""
     server.run("killall iperf3 2>/dev/null; true")
     server.check("iperf3 -s -D -1 --logfile /tmp/iperf3-server.log")
     server.check("i=0; until netstat -ltn | grep -q ':5201 '; do i=$((i+1)); [ $i -lt 300 ] || break; "
                  "sleep 0.1; done; netstat -ltn | grep ':5201 '")
     rc, out = client.run(f"iperf3 -c {server_ip} -t {IPERF_SECONDS} -P {IPERF_STREAMS} -f m "
                          f"--connect-timeout 20000", timeout=IPERF_SECONDS + 120)
-    assert rc == 0, f"iperf3 {client.name} -> {server_ip} exited {rc}:\n{out}"
     m = re.search(r"^\[SUM\].*?([\d.]+) Mbits/sec.*receiver\s*$", out, re.M)
-    assert m, f"no [SUM] receiver line in iperf3 output:\n{out}"
-    return float(m.group(1))
+    if rc != 0 or m is None:
+        return None, f"iperf3 {client.name} -> {server_ip} exited {rc}:\n{out}"
+    return float(m.group(1)), out
+
+
+# --- prism-vnic's own view (`prism-vnic stats --json`), not available from stand-ins ---------
+
+def port_stats(vswitch, name: str) -> dict:
+    stats = vswitch.stats()
+    for port in stats.get("ports", []):
+        if port.get("name") == name:
+            return port
+    raise AssertionError(f"no port {name} in prism-vnic stats: {stats}")
+
+
+def queues_holding_frames(vswitch) -> list[str]:
+    """RX queues where the backend holds frames it has not delivered to the guest."""
+    held = []
+    for port in vswitch.stats().get("ports", []):
+        for queue in port.get("queues", []):
+            if queue.get("rx_buffered_now", 0):
+                held.append(f"{port.get('name')} rx queue {queue.get('index')}: "
+                            f"{queue['rx_buffered_now']} frames buffered, enabled={queue.get('rx_enabled')}, "
+                            f"delivered so far {queue.get('counters', {}).get('rx_packets')}")
+    return held
+
+
+def wait_backend_drained(vswitch, timeout: float = 30.0) -> list[str]:
+    """Once traffic stops, every frame the backend buffered must reach its guest (the guests
+    keep reposting RX buffers): polls until no queue holds frames; returns what is still held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = queues_holding_frames(vswitch)
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.5)
+
+
+def save_backend_stats(vswitch, out_dir, label: str) -> None:
+    if not vswitch.is_stand_in:
+        (out_dir / f"stats-{label}.json").write_text(json.dumps(vswitch.stats(), indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +143,32 @@ def test_ping_between_guests_has_no_loss(pair):
     assert_no_ping_loss(vm2, VM1_IP)
 
 
-def test_tcp_transfer_between_guests(pair, vswitch, report):
+def test_backend_counts_guest_traffic(pair, vswitch):
+    """prism-vnic's counters are the guest NIC's view: tx_* = sent by the guest, rx_* = delivered
+    to it. 20 pings each way must show up on both ports."""
+    if vswitch.is_stand_in:
+        pytest.skip(f"{vswitch.kind} has no prism-vnic stats")
+    vm1, _ = pair
+    keys = ("tx_packets", "rx_packets")
+    before = {name: port_stats(vswitch, name)["counters"] for name in ("vm1", "vm2")}
+    assert_no_ping_loss(vm1, VM2_IP)
+    after = {name: port_stats(vswitch, name)["counters"] for name in ("vm1", "vm2")}
+    delta = {name: {k: after[name][k] - before[name][k] for k in keys} for name in before}
+    for name in ("vm1", "vm2"):
+        for key in keys:
+            assert delta[name][key] >= PING_COUNT, f"{name} {key} grew by {delta[name][key]}: {delta}"
+
+
+def test_tcp_transfer_between_guests(pair, vswitch, out_dir, report):
     vm1, vm2 = pair
-    mbits = iperf_mbits(vm1, vm2, VM2_IP)
-    report(f"iperf3 vm1 -> vm2, {QUEUES} queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
-           f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
-    assert mbits > 0
+    mbits, out = run_iperf(vm1, vm2, VM2_IP)
+    held = [] if vswitch.is_stand_in else wait_backend_drained(vswitch)
+    save_backend_stats(vswitch, out_dir, "after-iperf-4-queues")
+    if mbits is not None:
+        report(f"iperf3 vm1 -> vm2, {QUEUES} queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
+               f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
+    assert not held, "frames stuck in the backend 30 s after the transfer:\n" + "\n".join(held) + "\n" + out
+    assert mbits is not None and mbits > 0, out
 
 
 def set_combined_queues(guest: Guest, n: int) -> None:
@@ -116,17 +176,21 @@ def set_combined_queues(guest: Guest, n: int) -> None:
     assert current_combined_queues(guest) == n
 
 
-def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, report):
+def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, out_dir, report):
     vm1, vm2 = pair
     try:
         for guest in pair:
             set_combined_queues(guest, 2)
         wait_reachable(vm1, VM2_IP)
         assert_no_ping_loss(vm1, VM2_IP)
-        mbits = iperf_mbits(vm1, vm2, VM2_IP)
-        report(f"iperf3 vm1 -> vm2, 2 queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
-               f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
-        assert mbits > 0
+        mbits, out = run_iperf(vm1, vm2, VM2_IP)
+        held = [] if vswitch.is_stand_in else wait_backend_drained(vswitch)
+        save_backend_stats(vswitch, out_dir, "after-iperf-2-queues")
+        if mbits is not None:
+            report(f"iperf3 vm1 -> vm2, 2 queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
+                   f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
+        assert not held, "frames stuck in the backend 30 s after the transfer:\n" + "\n".join(held) + "\n" + out
+        assert mbits is not None and mbits > 0, out
     finally:
         for guest in pair:
             set_combined_queues(guest, QUEUES)
@@ -143,7 +207,8 @@ def test_traffic_between_guests_using_different_queue_counts(pair, vswitch):
         wait_reachable(vm2, VM1_IP)
         assert_no_ping_loss(vm2, VM1_IP)
         assert_no_ping_loss(vm1, VM2_IP)
-        assert iperf_mbits(vm2, vm1, VM1_IP) > 0
+        mbits, out = run_iperf(vm2, vm1, VM1_IP)
+        assert mbits is not None and mbits > 0, out
     finally:
         set_combined_queues(vm1, QUEUES)
 
