@@ -5,12 +5,13 @@ mod support;
 
 use support::daemon::Daemon;
 use support::frames::{
-    MSS, VirtioNetHdr, complete_partial_checksum, ipv4_checksum_ok, mac, parse_tcp4,
-    tagged_payload, tcp_checksum_ok, tcp_tso_frame,
+    MSS, MSS6, VirtioNetHdr, complete_partial_checksum, ipv4_checksum_ok, mac, parse_tcp4,
+    parse_tcp6, tagged_payload, tcp_checksum_ok, tcp_tso_frame, tcp6_checksum_ok, tcp6_tso_frame,
 };
 use support::guest::{GuestOptions, RxFrame, TestGuest, feature};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
 };
 
 /// A 64 KB TSO super-frame's TCP payload.
@@ -170,4 +171,54 @@ fn partial_checksum_reaches_a_guest_with_guest_csum_correctly() {
         "checksum wrong after completion"
     );
     assert_eq!(tcp.payload, &tagged_payload(2, 700)[..]);
+}
+
+#[test]
+fn tso6_frame_reaches_a_tso6_guest_intact() {
+    let (_daemon, mut a, mut b) = guests(GuestOptions::linux(2));
+    assert!(a.has(feature::HOST_TSO6) && b.has(feature::GUEST_TSO6));
+    b.post_rx_buffers(0, 40, 4096).expect("post");
+    let frame = tcp6_tso_frame(1, mac(2), 2, SEQ, &tagged_payload(6, SUPER_PAYLOAD));
+    a.send(0, VirtioNetHdr::tso6(MSS6), &frame).expect("send");
+    let got = b.expect_frames(1).expect("super-frame arrives");
+    assert_eq!(got.len(), 1, "delivered as one frame, not segmented");
+    let hdr = got[0].net_hdr();
+    assert_eq!(u32::from(hdr.gso_type), VIRTIO_NET_HDR_GSO_TCPV6);
+    assert_eq!(hdr.gso_size, MSS6);
+    assert_eq!(got[0].frame, frame, "super-frame altered");
+}
+
+#[test]
+fn tso6_frame_is_segmented_with_valid_checksums_for_a_guest_without_tso() {
+    let (_daemon, mut a, mut b) =
+        guests(GuestOptions::linux(2).without(NO_TSO | feature::GUEST_CSUM));
+    b.post_rx_buffers(0, 64, 2048).expect("post");
+    let payload = tagged_payload(6, SUPER_PAYLOAD);
+    let frame = tcp6_tso_frame(1, mac(2), 2, SEQ, &payload);
+    a.send(0, VirtioNetHdr::tso6(MSS6), &frame).expect("send");
+    let n = SUPER_PAYLOAD.div_ceil(usize::from(MSS6));
+    let segments = b.expect_frames(n).expect("all segments arrive");
+    assert_eq!(segments.len(), n);
+    let mut joined = Vec::new();
+    let mut seq = SEQ;
+    for (i, seg) in segments.iter().enumerate() {
+        assert_eq!(
+            seg.net_hdr().flags,
+            0,
+            "segment {i}: no NEEDS_CSUM without GUEST_CSUM"
+        );
+        let tcp = parse_tcp6(&seg.frame).unwrap_or_else(|e| panic!("segment {i}: {e}"));
+        assert!(
+            tcp6_checksum_ok(&seg.frame, &tcp),
+            "segment {i}: bad TCP checksum"
+        );
+        assert_eq!(tcp.tcp.sequence_number(), seq, "segment {i}: sequence");
+        assert!(
+            tcp.payload.len() <= usize::from(MSS6),
+            "segment {i} above MSS"
+        );
+        seq = seq.wrapping_add(tcp.payload.len() as u32);
+        joined.extend_from_slice(tcp.payload);
+    }
+    assert_eq!(joined, payload, "payload altered");
 }

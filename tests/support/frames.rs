@@ -1,9 +1,10 @@
 //! Frames and virtio-net headers for the tests: builders for the traffic the tests send and
 //! independent checkers (our own Internet checksum, etherparse for parsing) for what arrives.
 
-use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice};
+use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice, PacketBuilder, TcpHeaderSlice};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
 };
 
 use super::{HarnessError, Result};
@@ -274,4 +275,104 @@ pub fn complete_partial_checksum(frame: &[u8], hdr: &VirtioNetHdr) -> Result<Vec
     let csum = !fold(add_bytes(0, &out[start..]));
     out[at..at + 2].copy_from_slice(&csum.to_be_bytes());
     Ok(out)
+}
+
+/// The MSS for TCP over IPv6 with a 1500-byte MTU.
+pub const MSS6: u16 = 1440;
+pub const IPV6_LEN: usize = 40;
+
+/// An IPv6 address for guest `n`: fd00::n.
+pub fn ip6(n: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfd;
+    a[15] = n;
+    a
+}
+
+impl VirtioNetHdr {
+    /// The header Linux writes for a TCP/IPv6 TSO frame.
+    pub fn tso6(mss: u16) -> Self {
+        VirtioNetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV6 as u8,
+            hdr_len: (ETH_LEN + IPV6_LEN + TCP_LEN) as u16,
+            gso_size: mss,
+            csum_start: (ETH_LEN + IPV6_LEN) as u16,
+            csum_offset: 16,
+            num_buffers: 0,
+        }
+    }
+}
+
+fn pseudo_header_sum6(src: [u8; 16], dst: [u8; 16], tcp_len: u32) -> u32 {
+    let mut sum = add_bytes(0, &src);
+    sum = add_bytes(sum, &dst);
+    sum += tcp_len >> 16;
+    sum += tcp_len & 0xffff;
+    sum + 6
+}
+
+/// A TCP/IPv6 TSO super-frame with the partial (pseudo-header) checksum Linux leaves.
+pub fn tcp6_tso_frame(src: u8, dst_mac: [u8; 6], dst: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(mac(src), dst_mac)
+        .ipv6(ip6(src), ip6(dst), 64)
+        .tcp(40000, 5201, seq, 65535)
+        .ack(1)
+        .psh();
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, payload)
+        .expect("test frame within IPv6 limits");
+    let tcp_len = frame.len() - ETH_LEN - IPV6_LEN;
+    let pseudo = pseudo_header_sum6(ip6(src), ip6(dst), tcp_len as u32);
+    let csum_at = ETH_LEN + IPV6_LEN + 16;
+    frame[csum_at..csum_at + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
+    frame
+}
+
+/// A parsed TCP/IPv6 frame (no extension headers).
+#[derive(Debug)]
+pub struct Tcp6Frame<'a> {
+    pub ip: Ipv6HeaderSlice<'a>,
+    pub tcp: TcpHeaderSlice<'a>,
+    pub payload: &'a [u8],
+}
+
+pub fn parse_tcp6(frame: &[u8]) -> Result<Tcp6Frame<'_>> {
+    let bad = |what: String| HarnessError::Frame(what);
+    if frame.len() < ETH_LEN || frame[12..14] != [0x86, 0xdd] {
+        return Err(bad(format!(
+            "not an IPv6 Ethernet frame ({} bytes)",
+            frame.len()
+        )));
+    }
+    let ip = Ipv6HeaderSlice::from_slice(&frame[ETH_LEN..])
+        .map_err(|e| bad(format!("IPv6 header: {e}")))?;
+    if ip.next_header() != etherparse::IpNumber::TCP {
+        return Err(bad("IPv6 next header is not TCP".into()));
+    }
+    let l4 = ETH_LEN + IPV6_LEN;
+    let end = l4 + usize::from(ip.payload_length());
+    if end > frame.len() {
+        return Err(bad(format!(
+            "IPv6 payload length beyond frame of {}",
+            frame.len()
+        )));
+    }
+    let tcp =
+        TcpHeaderSlice::from_slice(&frame[l4..end]).map_err(|e| bad(format!("TCP header: {e}")))?;
+    let payload = &frame[l4 + tcp.slice().len()..end];
+    Ok(Tcp6Frame { ip, tcp, payload })
+}
+
+/// True when the TCP checksum of an IPv6 frame is correct.
+pub fn tcp6_checksum_ok(raw: &[u8], frame: &Tcp6Frame<'_>) -> bool {
+    let l4 = ETH_LEN + IPV6_LEN;
+    let segment = &raw[l4..l4 + usize::from(frame.ip.payload_length())];
+    let sum = pseudo_header_sum6(
+        frame.ip.source(),
+        frame.ip.destination(),
+        segment.len() as u32,
+    );
+    fold(add_bytes(sum, segment)) == 0xffff
 }
