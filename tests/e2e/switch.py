@@ -137,6 +137,24 @@ class Switch:
         except OSError:
             return ""
 
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def panics_since(self, offset: int) -> list[str]:
+        """Rust panic reports the backend logged after byte offset of its log (a panicking
+        vring worker leaves the daemon running with a dead data path)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [f"{line} | {lines[i + 1] if i + 1 < len(lines) else ''}"
+                for i, line in enumerate(lines) if "panicked at" in line]
+
     def start(self) -> None:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")

@@ -125,10 +125,15 @@ def pair(vswitch, guests):
 
 @pytest.fixture(autouse=True)
 def backend_survives(vswitch):
-    """Whatever a test did to the guests, the backend must still be running afterwards."""
+    """Whatever a test did to the guests, the backend must still be running afterwards, and
+    none of its threads may have panicked."""
+    log_offset = vswitch.log_size()
     yield
     assert vswitch.alive(), \
         f"backend exited with {vswitch.proc.returncode} during the test:\n{vswitch.log_tail()}"
+    panics = vswitch.panics_since(log_offset)
+    assert not panics, f"backend threads panicked during the test (log {vswitch.log_path}):\n" + \
+        "\n".join(panics[:5])
 
 
 def test_guests_boot_with_four_queue_pairs(pair):
