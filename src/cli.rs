@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::nic::moderation::CoalesceSettings;
 use crate::port::virtio_net::MAX_QUEUE_PAIRS;
 use crate::switch::Mac;
 use crate::wire::generator::{GeneratorSpec, MAX_LEN, MIN_LEN};
@@ -86,6 +87,131 @@ pub struct RunArgs {
     /// Control socket for `prism-vnic stats`.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
+    /// Flow rules (TOML) for every port, or PORT=FILE for one. Repeatable.
+    #[arg(long = "rules", value_name = "[PORT=]FILE", value_parser = parse_rules_arg)]
+    pub rules: Vec<(Option<String>, PathBuf)>,
+    /// Which header field marks a frame high priority when no rule matches.
+    #[arg(long, value_enum, default_value_t = TrustArg::Dscp)]
+    pub trust: TrustArg,
+    /// Number of high-priority RX queues (queues 0..N-1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_PAIRS as i64))]
+    pub high_queues: u16,
+    /// UDP destination port decapsulated as VXLAN for classification. Repeatable.
+    #[arg(long = "vxlan-port", value_name = "PORT", default_values_t = [4789u16])]
+    pub vxlan_ports: Vec<u16>,
+    /// Rate of every port's link on the wire (e.g. 100G, 25G, 1G, 500M; 0 = unpaced).
+    #[arg(long, value_name = "RATE", default_value = "100G", value_parser = parse_rate)]
+    pub link_rate: u64,
+    /// One-way latency of every port's link, in microseconds.
+    #[arg(long, value_name = "USECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub link_latency_us: u64,
+    /// Interrupt moderation of the normal queues: rx-usecs=N,rx-frames=M (ethtool -C).
+    #[arg(long, value_name = "SPEC", default_value = "rx-usecs=0,rx-frames=0", value_parser = parse_coalesce)]
+    pub coalesce: CoalesceSettings,
+    /// Interrupt moderation of the high-priority queues (default: notify at once).
+    #[arg(long, value_name = "SPEC", default_value = "rx-usecs=0,rx-frames=0", value_parser = parse_coalesce)]
+    pub coalesce_high: CoalesceSettings,
+    /// High-class frames in a row before a waiting normal frame gets a turn (0: strict priority).
+    #[arg(long, default_value_t = 0)]
+    pub priority_weight: u32,
+    /// Capture frames delivered to a port (or one of its RX queues) to a pcapng file.
+    #[arg(long = "pcap", value_name = "PORT[:QUEUE]=FILE", value_parser = parse_pcap_arg)]
+    pub pcaps: Vec<PcapArg>,
+}
+
+/// `--trust` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrustArg {
+    /// IP DSCP: EF (46) and CS5-CS7 (40, 48, 56) are high.
+    Dscp,
+    /// The outer VLAN tag's PCP: 5-7 are high.
+    Pcp,
+    /// Only rules make a frame high.
+    None,
+}
+
+/// `--pcap` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcapArg {
+    pub port: String,
+    pub queue: Option<usize>,
+    pub file: PathBuf,
+}
+
+fn parse_rules_arg(value: &str) -> Result<(Option<String>, PathBuf), String> {
+    match value.split_once('=') {
+        Some((port, file)) if !port.contains('/') => {
+            Ok((Some(parse_name(port)?), PathBuf::from(file)))
+        }
+        _ => Ok((None, PathBuf::from(value))),
+    }
+}
+
+/// Parses a bit rate: a number with an optional K, M, G or T suffix (decimal), e.g. 25G.
+pub fn parse_rate(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let (number, scale) = match value.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&value[..at], 1e3),
+        Some((at, 'm' | 'M')) => (&value[..at], 1e6),
+        Some((at, 'g' | 'G')) => (&value[..at], 1e9),
+        Some((at, 't' | 'T')) => (&value[..at], 1e12),
+        _ => (value, 1.0),
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a rate like 100G, 25G, 1.5G or 500M"))?;
+    let bps = number * scale;
+    if !(0.0..=1e13).contains(&bps) || bps.is_nan() {
+        return Err(format!("{value:?} is outside 0 to 10T"));
+    }
+    if bps > 0.0 && bps < 1000.0 {
+        return Err(format!("{value:?} is below 1 kbit/s"));
+    }
+    Ok(bps as u64)
+}
+
+/// Parses `rx-usecs=N,rx-frames=M` (either may be left out).
+pub fn parse_coalesce(value: &str) -> Result<CoalesceSettings, String> {
+    let mut settings = CoalesceSettings::default();
+    for item in value.split(',').filter(|item| !item.is_empty()) {
+        let (key, number) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not rx-usecs=N or rx-frames=N"))?;
+        let number: u32 = number
+            .parse()
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| format!("{key}: {number:?} is not a number from 0 to 1000000"))?;
+        match key {
+            "rx-usecs" => settings.rx_usecs = number,
+            "rx-frames" => settings.rx_frames = number,
+            other => return Err(format!("unknown key {other:?} (rx-usecs, rx-frames)")),
+        }
+    }
+    Ok(settings)
+}
+
+fn parse_pcap_arg(value: &str) -> Result<PcapArg, String> {
+    let (target, file) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not PORT[:QUEUE]=FILE"))?;
+    if file.is_empty() {
+        return Err(format!("{value:?} has no file after '='"));
+    }
+    let (port, queue) = match target.split_once(':') {
+        Some((port, queue)) => {
+            let queue = queue
+                .parse()
+                .map_err(|_| format!("{value:?}: queue {queue:?} is not a number"))?;
+            (port, Some(queue))
+        }
+        None => (target, None),
+    };
+    Ok(PcapArg {
+        port: parse_name(port)?,
+        queue,
+        file: PathBuf::from(file),
+    })
 }
 
 fn parse_name(name: &str) -> Result<String, String> {
@@ -228,6 +354,30 @@ impl RunArgs {
                 pair[0].display()
             ));
         }
+        let known = |port: &str| names.contains(&port);
+        for (port, file) in &self.rules {
+            if let Some(port) = port.as_deref().filter(|port| !known(port)) {
+                return Err(format!(
+                    "--rules {port}={}: there is no port {port:?}",
+                    file.display()
+                ));
+            }
+        }
+        for pcap in &self.pcaps {
+            if !known(&pcap.port) {
+                return Err(format!(
+                    "--pcap {}: there is no port {:?}",
+                    pcap.file.display(),
+                    pcap.port
+                ));
+            }
+        }
+        if self.high_queues > self.queues {
+            return Err(format!(
+                "--high-queues {} is more than --queues {}",
+                self.high_queues, self.queues
+            ));
+        }
         Ok(())
     }
 }
@@ -295,6 +445,51 @@ mod tests {
         assert!(cli.run.validate().unwrap_err().contains("two ports"));
         let cli = parse(&[]).unwrap();
         assert!(cli.run.validate().unwrap_err().contains("no ports"));
+    }
+
+    #[test]
+    fn nic_flags_parse_and_bad_ones_say_why() {
+        let cli = parse(&[
+            "--port",
+            "a=/x",
+            "--link-rate",
+            "25G",
+            "--coalesce",
+            "rx-usecs=50,rx-frames=32",
+            "--rules",
+            "a=/r.toml",
+            "--pcap",
+            "a:1=/t.pcapng",
+            "--trust",
+            "pcp",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.link_rate, 25_000_000_000);
+        assert_eq!(
+            cli.run.coalesce,
+            CoalesceSettings {
+                rx_usecs: 50,
+                rx_frames: 32
+            }
+        );
+        assert_eq!(
+            cli.run.rules,
+            vec![(Some("a".to_string()), PathBuf::from("/r.toml"))]
+        );
+        assert_eq!(cli.run.pcaps[0].queue, Some(1));
+        assert!(cli.run.validate().is_ok());
+        assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert!(parse_rate("fast").unwrap_err().contains("not a rate"));
+        assert!(
+            parse_coalesce("rx-usec=1")
+                .unwrap_err()
+                .contains("unknown key")
+        );
+        let cli = parse(&["--port", "a=/x", "--pcap", "b=/t"]).unwrap();
+        assert!(cli.run.validate().unwrap_err().contains("no port"));
+        let cli = parse(&["--port", "a=/x", "--queues", "2", "--high-queues", "3"]).unwrap();
+        assert!(cli.run.validate().unwrap_err().contains("more than"));
     }
 
     #[test]

@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::cli::RunArgs;
+use crate::classify::rules::RuleSet;
+use crate::classify::{ClassifierConfig, Trust};
+use crate::cli::{RunArgs, TrustArg};
 use crate::control;
-use crate::nic::Nic;
+use crate::nic::capture::Capture;
+use crate::nic::link::LinkSettings;
+use crate::nic::{Nic, NicConfig, scheduler};
 use crate::port::backend::PortConfig;
 use crate::port::server::{self, PortListener};
 use crate::stats::{PortCounters, QueueCounters};
@@ -41,20 +45,65 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-fn make_port(name: &str, kind: PortKind, queues: usize, rx_buffer: usize) -> FabricPort {
+fn make_port(
+    name: &str,
+    kind: PortKind,
+    queues: usize,
+    config: &NicConfig,
+    rules: RuleSet,
+) -> Result<FabricPort, DaemonError> {
     let queue_counters: Vec<Arc<QueueCounters>> = (0..queues)
         .map(|_| Arc::new(QueueCounters::default()))
         .collect();
-    let nic = Arc::new(Nic::new(
+    let nic = Nic::new(
         &queue_counters,
         Arc::new(PortCounters::default()),
-        rx_buffer,
-    ));
-    FabricPort {
+        config,
+        rules,
+    )
+    .map_err(|e| DaemonError::Usage(format!("port {name}: {e}")))?;
+    Ok(FabricPort {
         name: name.to_string(),
         kind,
-        nic,
+        nic: Arc::new(nic),
         queue_counters,
+    })
+}
+
+fn nic_config(args: &RunArgs) -> NicConfig {
+    let trust = match args.trust {
+        TrustArg::Dscp => Trust::default_dscp(),
+        TrustArg::Pcp => Trust::default_pcp(),
+        TrustArg::None => Trust::None,
+    };
+    NicConfig {
+        buffer_frames: args.rx_buffer as usize,
+        link: LinkSettings {
+            rate_bps: args.link_rate,
+            latency_ns: args.link_latency_us * 1000,
+        },
+        coalesce_high: args.coalesce_high,
+        coalesce_normal: args.coalesce,
+        priority_weight: args.priority_weight,
+        classifier: ClassifierConfig {
+            high_queues: args.high_queues,
+            trust,
+            vxlan_ports: args.vxlan_ports.clone(),
+            ..ClassifierConfig::default()
+        },
+    }
+}
+
+/// The rules of port `name`: its own file if given, else the file for every port.
+fn rules_for(args: &RunArgs, name: &str) -> Result<RuleSet, DaemonError> {
+    let own = args
+        .rules
+        .iter()
+        .find(|(port, _)| port.as_deref() == Some(name));
+    let shared = args.rules.iter().find(|(port, _)| port.is_none());
+    match own.or(shared) {
+        Some((_, path)) => RuleSet::load(path).map_err(|e| DaemonError::Usage(e.to_string())),
+        None => Ok(RuleSet::default()),
     }
 }
 
@@ -97,7 +146,7 @@ fn wait_for_shutdown(set: &libc::sigset_t) -> Result<i32, DaemonError> {
 pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     args.validate().map_err(DaemonError::Usage)?;
     let queues = usize::from(args.queues);
-    let rx_buffer = args.rx_buffer as usize;
+    let nic = nic_config(&args);
 
     // Bind everything first: a bad path or a missing tap fails before anything runs.
     let mut listeners = Vec::new();
@@ -116,23 +165,50 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         let kind = PortKind::VhostUser {
             socket: path.display().to_string(),
         };
-        ports.push(make_port(name, kind, queues, rx_buffer));
-    }
-    for (name, ifname) in &args.taps {
         ports.push(make_port(
             name,
-            PortKind::Tap {
-                ifname: ifname.clone(),
-            },
-            1,
-            rx_buffer,
-        ));
+            kind,
+            queues,
+            &nic,
+            rules_for(&args, name)?,
+        )?);
+    }
+    for (name, ifname) in &args.taps {
+        let kind = PortKind::Tap {
+            ifname: ifname.clone(),
+        };
+        ports.push(make_port(name, kind, 1, &nic, rules_for(&args, name)?)?);
     }
     for name in &args.sinks {
-        ports.push(make_port(name, PortKind::Sink, 1, rx_buffer));
+        ports.push(make_port(
+            name,
+            PortKind::Sink,
+            1,
+            &nic,
+            rules_for(&args, name)?,
+        )?);
     }
     for (name, _) in &args.generators {
-        ports.push(make_port(name, PortKind::Generator, 1, rx_buffer));
+        ports.push(make_port(
+            name,
+            PortKind::Generator,
+            1,
+            &nic,
+            RuleSet::default(),
+        )?);
+    }
+    for pcap in &args.pcaps {
+        let Some(port) = ports.iter().find(|port| port.name == pcap.port) else {
+            continue;
+        };
+        let capture = Capture::create(
+            &pcap.file,
+            &port.name,
+            port.queue_counters.len(),
+            pcap.queue,
+        )
+        .map_err(|e| DaemonError::Usage(e.to_string()))?;
+        port.nic.set_capture(Some(capture));
     }
     let switch = Switch::new(
         ports.len(),
@@ -145,6 +221,9 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
 
     let signals = block_shutdown_signals();
     control::spawn(fabric.clone(), &args.control)?;
+    for port in &fabric.ports {
+        scheduler::spawn(port.nic.clone(), &port.name).map_err(DaemonError::Thread)?;
+    }
 
     let vhost_config = PortConfig {
         queue_pairs: args.queues,
@@ -164,16 +243,12 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         id += 1;
     }
     for _ in &args.sinks {
-        fabric.ports[id]
-            .nic
-            .attach_ring(0, Some(Box::new(SinkRing)));
+        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
         id += 1;
     }
     for (_, spec) in &args.generators {
         // A generator's own receive side discards, like a sink.
-        fabric.ports[id]
-            .nic
-            .attach_ring(0, Some(Box::new(SinkRing)));
+        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
         generator::spawn(fabric.clone(), id, spec.clone()).map_err(DaemonError::Thread)?;
         id += 1;
     }
@@ -191,6 +266,10 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_file(&args.control);
+    for port in &fabric.ports {
+        // Flush the capture files before exit.
+        port.nic.set_capture(None);
+    }
     Ok(())
 }
 

@@ -1,49 +1,36 @@
-//! The NIC's receive buffer of one queue: frames that arrived while the guest's RX ring was
-//! full, bounded in frames. Buffers are recycled, so a steady state allocates nothing.
+//! The NIC's receive buffer of one queue and class: frames that arrived while they could not
+//! go to the guest yet (ring full, link busy, latency not elapsed), bounded in frames.
+//! Buffers are recycled, so a steady state allocates nothing.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
 
-/// A bounded FIFO of frames (each stored with its virtio-net header).
-pub struct Backlog {
-    inner: Mutex<Frames>,
+/// A frame waiting in the NIC, with what the scheduler needs to know about it.
+pub struct Waiting {
+    pub header: [u8; 12],
+    pub bytes: Vec<u8>,
+    /// When it reached the port (ns on the NIC's clock).
+    pub arrival_ns: u64,
+    /// Bytes it occupies on the wire.
+    pub wire_bytes: u64,
 }
 
+/// A bounded FIFO of frames.
 pub struct Frames {
     limit: usize,
-    queued: VecDeque<Stored>,
+    queued: VecDeque<Waiting>,
     /// Buffers of frames already delivered, kept for reuse.
     spare: Vec<Vec<u8>>,
 }
 
-struct Stored {
-    header: [u8; 12],
-    bytes: Vec<u8>,
-}
-
-impl Backlog {
+impl Frames {
     pub fn new(limit: usize) -> Self {
-        Backlog {
-            inner: Mutex::new(Frames {
-                limit,
-                queued: VecDeque::with_capacity(limit.min(4096)),
-                spare: Vec::new(),
-            }),
+        Frames {
+            limit,
+            queued: VecDeque::with_capacity(limit.min(4096)),
+            spare: Vec::new(),
         }
     }
 
-    /// Locks the buffer. The lock also orders writes into the guest ring, so frames of one
-    /// queue reach the guest in arrival order.
-    pub fn lock(&self) -> MutexGuard<'_, Frames> {
-        // A poisoned lock only means another thread panicked while holding it; the frames are
-        // still a consistent queue, so keep going rather than take the data path down too.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Frames {
     pub fn is_empty(&self) -> bool {
         self.queued.is_empty()
     }
@@ -53,43 +40,51 @@ impl Frames {
     }
 
     /// Queues a copy of the frame; false (and nothing queued) when the buffer is full.
-    pub fn push(&mut self, header: &[u8; 12], frame: &[u8]) -> bool {
+    pub fn push(
+        &mut self,
+        header: &[u8; 12],
+        frame: &[u8],
+        arrival_ns: u64,
+        wire_bytes: u64,
+    ) -> bool {
         if self.queued.len() >= self.limit {
             return false;
         }
         let mut bytes = self.spare.pop().unwrap_or_default();
         bytes.clear();
         bytes.extend_from_slice(frame);
-        self.queued.push_back(Stored {
+        self.queued.push_back(Waiting {
             header: *header,
             bytes,
+            arrival_ns,
+            wire_bytes,
         });
         true
     }
 
     /// The oldest frame, if any.
-    pub fn front(&self) -> Option<(&[u8; 12], &[u8])> {
-        self.queued
-            .front()
-            .map(|stored| (&stored.header, stored.bytes.as_slice()))
+    pub fn front(&self) -> Option<&Waiting> {
+        self.queued.front()
     }
 
     /// Removes the oldest frame, keeping its buffer for reuse.
     pub fn pop(&mut self) {
-        if let Some(stored) = self.queued.pop_front() {
+        if let Some(waiting) = self.queued.pop_front() {
             // Keep at most `limit` spare buffers; a burst of jumbo frames should not pin
             // memory forever.
-            if self.spare.len() < self.limit {
-                self.spare.push(stored.bytes);
+            if self.spare.len() < self.limit.min(256) {
+                self.spare.push(waiting.bytes);
             }
         }
     }
 
-    /// Drops everything queued (the guest behind the queue went away).
-    pub fn clear(&mut self) {
+    /// Drops everything queued (the guest behind the queue went away); returns how many.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.queued.len();
         while !self.queued.is_empty() {
             self.pop();
         }
+        dropped
     }
 }
 
@@ -99,35 +94,36 @@ mod tests {
 
     #[test]
     fn frames_come_out_in_order() {
-        let backlog = Backlog::new(4);
-        let mut frames = backlog.lock();
-        assert!(frames.push(&[1; 12], b"first"));
-        assert!(frames.push(&[2; 12], b"second"));
-        assert_eq!(frames.front(), Some((&[1; 12], &b"first"[..])));
+        let mut frames = Frames::new(4);
+        assert!(frames.push(&[1; 12], b"first", 10, 84));
+        assert!(frames.push(&[2; 12], b"second", 20, 84));
+        let head = frames.front().unwrap();
+        assert_eq!(
+            (head.header, head.bytes.as_slice(), head.arrival_ns),
+            ([1; 12], &b"first"[..], 10)
+        );
         frames.pop();
-        assert_eq!(frames.front(), Some((&[2; 12], &b"second"[..])));
+        assert_eq!(frames.front().unwrap().bytes, b"second");
     }
 
     #[test]
     fn full_buffer_refuses_and_keeps_what_it_has() {
-        let backlog = Backlog::new(2);
-        let mut frames = backlog.lock();
-        assert!(frames.push(&[0; 12], b"a"));
-        assert!(frames.push(&[0; 12], b"b"));
-        assert!(!frames.push(&[0; 12], b"c"));
+        let mut frames = Frames::new(2);
+        assert!(frames.push(&[0; 12], b"a", 0, 84));
+        assert!(frames.push(&[0; 12], b"b", 0, 84));
+        assert!(!frames.push(&[0; 12], b"c", 0, 84));
         assert_eq!(frames.len(), 2);
     }
 
     #[test]
     fn buffers_are_reused_after_pop() {
-        let backlog = Backlog::new(2);
-        let mut frames = backlog.lock();
-        frames.push(&[0; 12], &[7u8; 1500]);
+        let mut frames = Frames::new(2);
+        frames.push(&[0; 12], &[7u8; 1500], 0, 1524);
         frames.pop();
         assert_eq!(frames.spare.len(), 1);
-        frames.push(&[0; 12], b"x");
+        frames.push(&[0; 12], b"x", 0, 84);
         assert!(frames.spare.is_empty());
-        frames.clear();
+        assert_eq!(frames.clear(), 1);
         assert!(frames.is_empty());
     }
 }

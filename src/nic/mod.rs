@@ -1,27 +1,48 @@
-//! The receive side of the emulated NIC: which RX queue a frame goes to, a bounded buffer per
-//! queue between the wire and the guest's RX ring, and delivery into that ring.
+//! The emulated NIC of one port, on the receive side: what a ConnectX-5 does between the wire
+//! and the host in the PRISM setup, plus what no NIC shows.
 //!
-//! A frame from the switch is written straight into the guest's RX ring when the queue's buffer
-//! is empty and the ring has room (the common case costs one copy). Otherwise it waits in the
-//! queue's buffer, bounded in frames, until the guest posts buffers (RX kick), the ring is
-//! enabled again, or the port's worker is woken; when the buffer is full the frame is dropped
-//! and counted. A stalled guest therefore costs its own queue's buffer, never a sender's time.
+//! A frame from the switch is classified (`classify`: flow rules, DSCP/PCP trust, Toeplitz
+//! RSS), which gives it a class (high or normal) and an RX queue. It then crosses the port's
+//! link (paced at a rate, with a one-way latency) into a bounded buffer per queue and class,
+//! and from there into the guest's RX ring; high-class frames go first when both wait
+//! (strict priority, optionally weighted so normal traffic is not starved). Interrupt
+//! moderation decides when the guest is told. Residence time (arrival at the port to
+//! publication in the used ring) is recorded per queue and class.
 //!
-//! The ring itself is behind [`GuestRxRing`], implemented by the vhost-user port, so this module
-//! does not depend on `port`.
+//! The common case costs nothing extra: when nothing waits, the link is free and there is no
+//! latency, the sender's thread writes straight into the ring. Otherwise the frame is
+//! buffered and the port's scheduler thread (`scheduler`) delivers it when it can. A stalled
+//! guest therefore costs its own buffers, never a sender's time.
+//!
+//! The ring is behind [`GuestRxRing`], implemented by the vhost-user port (and the tap and
+//! sink ports), so this module does not depend on `port`.
 
 pub mod backlog;
+pub mod capture;
 pub mod deliver;
+pub mod link;
+pub mod moderation;
+pub mod queue;
+pub mod residence;
+pub mod scheduler;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::classify::{
+    Class, Classifier, ClassifierConfig, ClassifierError, Decision, rules::RuleSet,
+};
 use crate::stats::{self, PortCounters, QueueCounters};
-use backlog::Backlog;
+use capture::Capture;
+use link::{Link, LinkSettings};
+use moderation::CoalesceSettings;
+use queue::{Publish, RxQueue, class_index};
+use scheduler::Waker;
 
-pub use deliver::{deliver, flow_hash};
+pub use deliver::deliver;
 
 /// The offloads a receiver accepts, as its guest negotiated them.
 pub use crate::packet::offload::GuestOffloads as RxOffloads;
@@ -52,120 +73,48 @@ pub trait GuestRxRing: Send + Sync {
     fn offloads(&self) -> RxOffloads;
 }
 
-/// One RX queue of the NIC: the ring it delivers into (if connected), its buffer and counters.
-pub struct RxQueue {
-    pub index: usize,
-    ring: ArcSwapOption<Box<dyn GuestRxRing>>,
-    backlog: Backlog,
-    pub counters: Arc<QueueCounters>,
-    /// Set when frames were written and the guest has not been notified yet.
-    needs_notify: AtomicBool,
+/// Settings of one port's NIC.
+#[derive(Debug, Clone)]
+pub struct NicConfig {
+    /// Frames buffered per queue and class.
+    pub buffer_frames: usize,
+    pub link: LinkSettings,
+    /// Moderation of the high-priority queues (default: notify at once).
+    pub coalesce_high: CoalesceSettings,
+    /// Moderation of the other queues.
+    pub coalesce_normal: CoalesceSettings,
+    /// High-class frames in a row before one waiting normal frame goes; 0 is strict priority.
+    pub priority_weight: u32,
+    /// Classification; `num_queues` is the port's queue count.
+    pub classifier: ClassifierConfig,
 }
 
-impl RxQueue {
-    fn new(index: usize, counters: Arc<QueueCounters>, buffer_frames: usize) -> Self {
-        RxQueue {
-            index,
-            ring: ArcSwapOption::empty(),
-            backlog: Backlog::new(buffer_frames),
-            counters,
-            needs_notify: AtomicBool::new(false),
+impl Default for NicConfig {
+    fn default() -> Self {
+        NicConfig {
+            buffer_frames: 1024,
+            link: LinkSettings::default(),
+            coalesce_high: CoalesceSettings::default(),
+            coalesce_normal: CoalesceSettings::default(),
+            priority_weight: 0,
+            classifier: ClassifierConfig::default(),
         }
-    }
-
-    fn ring(&self) -> Option<Arc<Box<dyn GuestRxRing>>> {
-        self.ring.load_full()
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.ring
-            .load()
-            .as_ref()
-            .is_some_and(|ring| ring.is_enabled())
-    }
-
-    /// Delivers a frame: straight into the ring when nothing is waiting, else into the buffer.
-    fn deliver(&self, header: &[u8; 12], frame: &[u8]) {
-        let Some(ring) = self.ring() else {
-            stats::inc(&self.counters.rx_drops_no_buffer);
-            return;
-        };
-        let mut waiting = self.backlog.lock();
-        if waiting.is_empty() {
-            match ring.write(header, frame) {
-                RingWrite::Written => {
-                    self.count_delivered(frame.len());
-                    self.needs_notify.store(true, Ordering::Relaxed);
-                    return;
-                }
-                RingWrite::TooBig => {
-                    stats::inc(&self.counters.rx_drops_too_big);
-                    return;
-                }
-                RingWrite::NotReady => {
-                    stats::inc(&self.counters.rx_drops_no_buffer);
-                    return;
-                }
-                RingWrite::Full => {}
-            }
-        }
-        if waiting.push(header, frame) {
-            stats::inc(&self.counters.rx_buffered);
-        } else {
-            stats::inc(&self.counters.rx_drops_no_buffer);
-        }
-    }
-
-    fn count_delivered(&self, len: usize) {
-        stats::inc(&self.counters.rx_packets);
-        stats::add(&self.counters.rx_bytes, len as u64);
-    }
-
-    /// Moves buffered frames into the ring while it has room, then notifies the guest.
-    /// Called by the port's worker when the guest posts RX buffers or enables the ring.
-    pub fn drain(&self) {
-        let Some(ring) = self.ring() else { return };
-        {
-            let mut waiting = self.backlog.lock();
-            while let Some((header, frame)) = waiting.front() {
-                match ring.write(header, frame) {
-                    RingWrite::Written => {
-                        let len = frame.len();
-                        waiting.pop();
-                        self.count_delivered(len);
-                        self.needs_notify.store(true, Ordering::Relaxed);
-                    }
-                    RingWrite::TooBig => {
-                        waiting.pop();
-                        stats::inc(&self.counters.rx_drops_too_big);
-                    }
-                    RingWrite::Full | RingWrite::NotReady => break,
-                }
-            }
-        }
-        self.flush_notify();
-    }
-
-    /// Notifies the guest once for everything written since the last notification.
-    pub fn flush_notify(&self) {
-        if self.needs_notify.swap(false, Ordering::Relaxed)
-            && let Some(ring) = self.ring()
-        {
-            ring.notify();
-        }
-    }
-
-    /// Frames waiting in the buffer (for tests and stats).
-    pub fn buffered(&self) -> usize {
-        self.backlog.lock().len()
     }
 }
 
-/// The NIC of one port: its RX queues and the port-level counters.
+/// The NIC of one port.
 pub struct Nic {
+    epoch: Instant,
     queues: Vec<RxQueue>,
-    /// Queue pairs the guest currently uses (bounded by `queues.len()`).
-    active_hint: AtomicUsize,
+    classifier: ArcSwap<Classifier>,
+    classifier_config: ClassifierConfig,
+    pub link: Link,
+    /// Frames waiting in any buffer of this NIC: the direct path is allowed only at zero.
+    buffered: AtomicUsize,
+    priority_weight: AtomicU32,
+    pub(crate) waker: Waker,
+    capture: ArcSwapOption<Capture>,
+    connected: AtomicBool,
     pub port_counters: Arc<PortCounters>,
 }
 
@@ -173,17 +122,45 @@ impl Nic {
     pub fn new(
         queue_counters: &[Arc<QueueCounters>],
         port_counters: Arc<PortCounters>,
-        buffer_frames: usize,
-    ) -> Self {
-        Nic {
+        config: &NicConfig,
+        rules: RuleSet,
+    ) -> Result<Self, ClassifierError> {
+        let mut classifier_config = config.classifier.clone();
+        classifier_config.num_queues = queue_counters.len() as u16;
+        classifier_config.high_queues = classifier_config
+            .high_queues
+            .min(classifier_config.num_queues);
+        let classifier = Classifier::new(&classifier_config, rules)?;
+        let high_queues = usize::from(classifier_config.high_queues);
+        Ok(Nic {
+            epoch: Instant::now(),
             queues: queue_counters
                 .iter()
                 .enumerate()
-                .map(|(index, counters)| RxQueue::new(index, counters.clone(), buffer_frames))
+                .map(|(index, counters)| {
+                    let coalesce = if index < high_queues {
+                        config.coalesce_high
+                    } else {
+                        config.coalesce_normal
+                    };
+                    RxQueue::new(index, counters.clone(), config.buffer_frames, coalesce)
+                })
                 .collect(),
-            active_hint: AtomicUsize::new(queue_counters.len()),
+            classifier: ArcSwap::from_pointee(classifier),
+            classifier_config,
+            link: Link::new(config.link),
+            buffered: AtomicUsize::new(0),
+            priority_weight: AtomicU32::new(config.priority_weight),
+            waker: Waker::new(),
+            capture: ArcSwapOption::empty(),
+            connected: AtomicBool::new(false),
             port_counters,
-        }
+        })
+    }
+
+    /// Nanoseconds on this NIC's clock.
+    pub fn now_ns(&self) -> u64 {
+        link::now_ns(self.epoch)
     }
 
     pub fn queue(&self, index: usize) -> Option<&RxQueue> {
@@ -195,19 +172,33 @@ impl Nic {
     }
 
     /// Connects (or, with `None`, disconnects) the guest ring behind RX queue `index`.
-    /// Disconnecting drops whatever waits in the buffer: it belonged to the old guest.
+    /// Disconnecting drops whatever waits in the buffers: it belonged to the old guest.
     pub fn attach_ring(&self, index: usize, ring: Option<Box<dyn GuestRxRing>>) {
-        if let Some(queue) = self.queues.get(index) {
-            queue.ring.store(ring.map(Arc::new));
-            if queue.ring.load().is_none() {
-                queue.backlog.lock().clear();
-            }
+        let Some(queue) = self.queues.get(index) else {
+            return;
+        };
+        let detach = ring.is_none();
+        queue.ring.store(ring.map(Arc::new));
+        if detach {
+            let dropped = queue.clear();
+            self.buffered.fetch_sub(dropped, Ordering::Relaxed);
         }
+        self.wake();
     }
 
-    /// Whether any ring is attached (a frontend is connected, or the port is a tap or sink).
+    /// Attaches the only ring of a port that is always there (tap, sink, generator).
+    pub fn attach_fixed_ring(&self, ring: Box<dyn GuestRxRing>) {
+        self.attach_ring(0, Some(ring));
+        self.set_connected(true);
+    }
+
+    /// Whether a frontend is connected (taps, sinks and generators always are).
     pub fn is_connected(&self) -> bool {
-        self.queues.iter().any(|queue| queue.ring.load().is_some())
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
     }
 
     /// The receive offloads of the guest behind this NIC (from any connected ring), or none.
@@ -218,57 +209,230 @@ impl Nic {
             .unwrap_or_default()
     }
 
-    /// Picks the RX queue for a flow among the enabled ones, so a flow stays on one queue as
-    /// long as the set of enabled queues does not change (like RSS over an indirection table).
-    pub fn select_queue(&self, flow_hash: u32) -> Option<&RxQueue> {
-        let count = self.queues.len();
-        let hint = self
-            .active_hint
-            .load(Ordering::Relaxed)
-            .clamp(1, count.max(1));
-        let first = self.queues.get(flow_hash as usize % hint)?;
-        if first.is_enabled() {
-            return Some(first);
+    /// Classifies a frame for this NIC.
+    pub fn classify(&self, frame: &[u8]) -> Decision {
+        self.classifier.load().classify(frame)
+    }
+
+    /// The current rules.
+    pub fn rules(&self) -> Arc<Classifier> {
+        self.classifier.load_full()
+    }
+
+    /// Replaces the rule set (the next frame sees the new rules); hit counters of rules that
+    /// stay are carried over.
+    pub fn set_rules(&self, rules: RuleSet) -> Result<(), ClassifierError> {
+        let old = self.classifier.load();
+        rules.inherit_hits(old.rules());
+        let classifier = Classifier::new(&self.classifier_config, rules)?;
+        self.classifier.store(Arc::new(classifier));
+        Ok(())
+    }
+
+    pub fn priority_weight(&self) -> u32 {
+        self.priority_weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_priority_weight(&self, weight: u32) {
+        self.priority_weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// Starts (or with `None` stops) capturing delivered frames.
+    pub fn set_capture(&self, capture: Option<Capture>) {
+        self.capture.store(capture.map(Arc::new));
+    }
+
+    /// Wakes the scheduler: frames may be deliverable (the guest posted buffers, a ring was
+    /// enabled, settings changed).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// The queue a decision lands on, among the queues the guest has enabled. A guest that
+    /// uses fewer queues (ethtool -L) has its classifier's choice folded onto those, as a NIC
+    /// driver reprograms its indirection table; queue 0 is never disabled by Linux.
+    fn pick_queue(&self, decision: &Decision, hash: u32) -> Option<&RxQueue> {
+        let wanted = usize::from(decision.queue.queue());
+        if let Some(queue) = self.queues.get(wanted).filter(|q| q.is_enabled()) {
+            return Some(queue);
         }
-        // The guest changed its queue count (ethtool -L): recompute the number of enabled
-        // queues, which are always a prefix in Linux's virtio_net.
-        let enabled = self
-            .queues
-            .iter()
-            .filter(|queue| queue.is_enabled())
-            .count();
-        self.active_hint.store(enabled.max(1), Ordering::Relaxed);
-        let enabled_queues: usize = enabled;
-        if enabled_queues == 0 {
+        let enabled = self.queues.iter().filter(|q| q.is_enabled()).count();
+        if enabled == 0 {
             return None;
         }
         self.queues
             .iter()
-            .filter(|queue| queue.is_enabled())
-            .nth(flow_hash as usize % enabled_queues)
+            .filter(|q| q.is_enabled())
+            .nth(hash as usize % enabled)
     }
 
-    /// Receives one frame from the wire with its offload state already adapted to this guest.
-    pub fn receive(&self, flow_hash: u32, header: &[u8; 12], frame: &[u8]) -> Option<&RxQueue> {
-        match self.select_queue(flow_hash) {
-            Some(queue) => {
-                queue.deliver(header, frame);
-                Some(queue)
+    /// Receives one frame from the wire (its header already adapted to this guest, its
+    /// decision from [`Nic::classify`]). Returns the queue it went to, if any.
+    pub fn receive(
+        &self,
+        decision: &Decision,
+        header: &[u8; 12],
+        frame: &[u8],
+        wire_bytes: u64,
+        arrival_ns: u64,
+    ) -> Option<usize> {
+        let hash = match decision.queue {
+            crate::classify::QueueChoice::Rss { hash, .. } => hash,
+            _ => 0,
+        };
+        let Some(queue) = self.pick_queue(decision, hash) else {
+            stats::inc(&self.port_counters.rx_drops_not_ready);
+            return None;
+        };
+        if decision.parse_error.is_some() {
+            stats::inc(&queue.counters.rx_parse_errors);
+        }
+        if decision.drop {
+            stats::inc(&queue.counters.rx_drops_rule);
+            return None;
+        }
+        let class = decision.class;
+        let mut state = queue.lock();
+        let direct = self.buffered.load(Ordering::Acquire) == 0
+            && self.link.latency_ns() == 0
+            && self.link.busy_until(arrival_ns).is_none();
+        if direct && let Some(ring) = queue.ring() {
+            let ring = ring.as_ref().as_ref();
+            match queue.publish(
+                &mut state.accounting,
+                ring,
+                class,
+                header,
+                frame,
+                arrival_ns,
+                arrival_ns,
+            ) {
+                Publish::Published => {
+                    self.link.transmit(arrival_ns, wire_bytes);
+                    self.captured(queue.index, class, frame);
+                    return Some(queue.index);
+                }
+                Publish::Dropped => return None,
+                Publish::RingFull => {}
             }
-            None => {
-                stats::inc(&self.port_counters.rx_drops_not_ready);
-                None
-            }
+        }
+        if queue.buffer(&mut state, class, header, frame, arrival_ns, wire_bytes) {
+            self.buffered.fetch_add(1, Ordering::Release);
+            drop(state);
+            self.wake();
+            Some(queue.index)
+        } else {
+            None
         }
     }
 
-    /// Re-counts the enabled queues (after SET_VRING_ENABLE).
-    pub fn refresh_active(&self) {
-        let enabled = self
-            .queues
+    fn captured(&self, queue: usize, class: Class, frame: &[u8]) {
+        if let Some(capture) = self.capture.load().as_ref() {
+            capture.record(queue, class, frame);
+        }
+    }
+
+    /// Delivers what waits, as far as rings and link allow: first the high class of every
+    /// queue (strict priority for the shared link), then both classes, high first within a
+    /// queue. Returns the earliest time something that still waits could go (latency or
+    /// link), if any; frames held back by a full ring go when the guest kicks.
+    pub(crate) fn drain(&self, now_ns: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let latency = self.link.latency_ns();
+        let weight = self.priority_weight();
+        for allow_normal in [false, true] {
+            for queue in &self.queues {
+                let Some(ring) = queue.ring() else { continue };
+                let mut guard = queue.lock();
+                let state = &mut *guard;
+                loop {
+                    let eligible = |class: Class| {
+                        state.buffers[class_index(class)]
+                            .front()
+                            .map(|head| head.arrival_ns + latency)
+                    };
+                    let (high_at, normal_at) = (eligible(Class::High), eligible(Class::Normal));
+                    let high_ready = high_at.is_some_and(|at| at <= now_ns);
+                    let normal_ready = normal_at.is_some_and(|at| at <= now_ns);
+                    // Weighted priority: after `weight` high frames in a row, a waiting normal
+                    // frame gets one turn.
+                    let yield_to_normal = weight > 0 && normal_ready && state.high_streak >= weight;
+                    let class = if high_ready && !(yield_to_normal && allow_normal) {
+                        if yield_to_normal {
+                            break;
+                        }
+                        Class::High
+                    } else if normal_ready && allow_normal {
+                        Class::Normal
+                    } else {
+                        for at in [high_at, normal_at].into_iter().flatten() {
+                            if at > now_ns {
+                                next = Some(next.map_or(at, |n| n.min(at)));
+                            }
+                        }
+                        break;
+                    };
+                    if let Some(until) = self.link.busy_until(now_ns) {
+                        return Some(next.map_or(until, |n| n.min(until)));
+                    }
+                    let buffer = &mut state.buffers[class_index(class)];
+                    let Some(head) = buffer.front() else { break };
+                    let outcome = queue.publish(
+                        &mut state.accounting,
+                        ring.as_ref().as_ref(),
+                        class,
+                        &head.header,
+                        &head.bytes,
+                        head.arrival_ns,
+                        now_ns,
+                    );
+                    match outcome {
+                        Publish::RingFull => break,
+                        Publish::Published => {
+                            self.link.transmit(now_ns, head.wire_bytes);
+                            self.captured(queue.index, class, &head.bytes);
+                            state.high_streak = match class {
+                                Class::High => state.high_streak.saturating_add(1),
+                                Class::Normal => 0,
+                            };
+                        }
+                        Publish::Dropped => {}
+                    }
+                    state.buffers[class_index(class)].pop();
+                    self.buffered.fetch_sub(1, Ordering::Release);
+                }
+            }
+        }
+        next
+    }
+
+    /// Applies interrupt moderation on every queue; returns the earliest pending deadline.
+    pub(crate) fn flush_notifications(&self, now_ns: u64) -> Option<u64> {
+        self.queues
             .iter()
-            .filter(|queue| queue.is_enabled())
-            .count();
-        self.active_hint.store(enabled.max(1), Ordering::Relaxed);
+            .filter_map(|queue| queue.flush_notify(now_ns))
+            .min()
+    }
+
+    /// Frames waiting in this NIC's buffers.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Coalescing settings of one queue.
+    pub fn set_coalesce(&self, queue: usize, settings: CoalesceSettings) -> bool {
+        match self.queues.get(queue) {
+            Some(q) => {
+                q.coalesce.set(settings);
+                self.wake();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn set_link(&self, settings: LinkSettings) {
+        self.link.set(settings);
+        self.wake();
     }
 }

@@ -40,7 +40,6 @@ pub struct PortConfig {
 #[derive(Default)]
 struct Worker {
     tx: TxScratch,
-    rx_attached: bool,
 }
 
 pub struct NetBackend {
@@ -95,24 +94,22 @@ impl NetBackend {
         }
     }
 
-    /// Makes the pair's RX vring the NIC queue's ring, once per connection.
-    fn attach_rx(&self, pair: usize, worker: &mut Worker, rx: &Vring) {
-        if worker.rx_attached {
-            return;
-        }
+    /// Makes each pair's RX vring its NIC queue's ring. Called with the vrings of this
+    /// connection as soon as they exist, so a ring takes frames the moment it is enabled.
+    pub fn attach_rings(&self, vrings: &[Vring]) {
         let port = &self.fabric.ports[self.port];
-        let Some(counters) = port.queue_counters.get(pair) else {
-            return;
-        };
-        let ring = VhostRxRing::new(
-            rx.clone(),
-            self.mem.clone(),
-            self.acked_features.clone(),
-            counters.clone(),
-        );
-        port.nic.attach_ring(pair, Some(Box::new(ring)));
-        worker.rx_attached = true;
-        debug!("{}: RX queue {pair} attached", self.name());
+        for (pair, counters) in port.queue_counters.iter().enumerate() {
+            let Some(rx) = vrings.get(2 * pair) else {
+                break;
+            };
+            let ring = VhostRxRing::new(
+                rx.clone(),
+                self.mem.clone(),
+                self.acked_features.clone(),
+                counters.clone(),
+            );
+            port.nic.attach_ring(pair, Some(Box::new(ring)));
+        }
     }
 
     fn run_tx(&self, pair: usize, worker: &mut Worker, vring: &Vring) {
@@ -245,25 +242,20 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        let (Some(worker), [rx, tx]) = (self.workers.get(thread_id), vrings) else {
+        let (Some(worker), [_rx, tx]) = (self.workers.get(thread_id), vrings) else {
             return Ok(());
         };
         let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
-        self.attach_rx(thread_id, &mut worker, rx);
         let nic = &self.fabric.ports[self.port].nic;
         match device_event {
             RX => {
                 // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
-                // buffer go now, without waiting for traffic to push them.
-                nic.refresh_active();
-                if let Some(queue) = nic.queue(thread_id) {
-                    queue.drain();
+                // buffers go now, without waiting for traffic to push them.
+                if nic.buffered() > 0 {
+                    nic.wake();
                 }
             }
-            TX => {
-                nic.refresh_active();
-                self.run_tx(thread_id, &mut worker, tx);
-            }
+            TX => self.run_tx(thread_id, &mut worker, tx),
             _ => {}
         }
         Ok(())

@@ -11,3 +11,4 @@ pub mod ring;
 pub mod server;
 pub mod tx;
 pub mod virtio_net;
+pub mod vring;

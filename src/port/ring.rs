@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::warn;
-use vhost_user_backend::{VringMutex, VringState, VringT};
+use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap,
@@ -18,7 +18,7 @@ use crate::nic::{GuestRxRing, RingWrite, RxOffloads};
 use crate::stats::{self, QueueCounters};
 
 pub type GuestMemory_ = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-pub type Vring = VringMutex<GuestMemory_>;
+pub type Vring = super::vring::PortVring<GuestMemory_>;
 
 /// What reading the next avail entry found.
 pub enum NextHead {

@@ -15,6 +15,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::backend::{NetBackend, PortConfig};
+use super::vring::collect_created;
 use crate::stats;
 use crate::switch::PortId;
 use crate::switch::fabric::Fabric;
@@ -85,7 +86,9 @@ fn serve_one(fabric: &Arc<Fabric>, port: PortId, config: &PortConfig, listener: 
         config.clone(),
         mem.clone(),
     ));
-    let mut daemon = match VhostUserDaemon::new(format!("vhost-{name}"), backend.clone(), mem) {
+    let (daemon, vrings) =
+        collect_created(|| VhostUserDaemon::new(format!("vhost-{name}"), backend.clone(), mem));
+    let mut daemon = match daemon {
         Ok(daemon) => daemon,
         Err(e) => {
             // Only thread or epoll creation can fail here; back off rather than spin.
@@ -95,6 +98,7 @@ fn serve_one(fabric: &Arc<Fabric>, port: PortId, config: &PortConfig, listener: 
             return;
         }
     };
+    backend.attach_rings(&vrings);
     info!(
         "{name}: waiting for a frontend on {}",
         listener.path().display()
@@ -106,11 +110,13 @@ fn serve_one(fabric: &Arc<Fabric>, port: PortId, config: &PortConfig, listener: 
         return;
     }
     stats::inc(&fabric.ports[port].nic.port_counters.connections);
+    fabric.ports[port].nic.set_connected(true);
     info!("{name}: frontend connected");
     match daemon.wait() {
         Ok(()) => info!("{name}: frontend disconnected"),
         Err(e) => info!("{name}: connection ended: {e}"),
     }
+    fabric.ports[port].nic.set_connected(false);
     backend.stop_workers();
     backend.detach();
     fabric.switch.flush_port(port);

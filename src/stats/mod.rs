@@ -69,12 +69,22 @@ counters! {
         rx_errors_chain,
         /// The guest moved the RX avail index by more than the queue size.
         rx_errors_ring,
-        /// Frames dropped: the RX ring had no room and the NIC buffer for the queue was full.
+        /// Frames dropped: the RX ring had no room and the NIC buffer for the class was full
+        /// (or the ring could not be used).
         rx_drops_no_buffer,
         /// Frames dropped: larger than the guest's buffers (no MRG_RXBUF).
         rx_drops_too_big,
-        /// Frames that waited in the NIC buffer because the RX ring was full.
+        /// Frames that waited in the NIC buffer (ring full, link busy or latency).
         rx_buffered,
+        /// Frames of the high-priority class delivered (also counted in rx_packets).
+        rx_high_packets,
+        rx_high_bytes,
+        /// High-class frames dropped because their buffer was full (also in rx_drops_no_buffer).
+        rx_high_drops_no_buffer,
+        /// Frames dropped by a flow rule with action drop.
+        rx_drops_rule,
+        /// Frames whose headers were malformed or truncated; they took the default class.
+        rx_parse_errors,
     }
 }
 

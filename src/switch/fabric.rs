@@ -93,12 +93,11 @@ impl Fabric {
                 return;
             }
         }
-        let hash = nic::flow_hash(frame);
         match self.switch.lookup(ingress, &dst) {
-            Forward::Unicast(port) => self.deliver_to(port, frame, offload, hash, scratch, sender),
+            Forward::Unicast(port) => self.deliver_to(port, frame, offload, scratch, sender),
             Forward::Flood => {
                 for port in (0..self.ports.len()).filter(|&port| port != ingress) {
-                    self.deliver_to(port, frame, offload, hash, scratch, sender);
+                    self.deliver_to(port, frame, offload, scratch, sender);
                 }
             }
             Forward::Filter => {}
@@ -110,18 +109,18 @@ impl Fabric {
         port: PortId,
         frame: &mut [u8],
         offload: &mut Offload,
-        hash: u32,
         scratch: &mut ForwardScratch,
         sender: &QueueCounters,
     ) {
         let Some(target) = self.ports.get(port) else {
             return;
         };
+        let arrival = target.nic.now_ns();
         match nic::deliver(
             &target.nic,
             frame,
             offload,
-            hash,
+            arrival,
             &mut scratch.segment,
             sender,
         ) {
@@ -137,11 +136,17 @@ impl Fabric {
         }
     }
 
-    /// Notifies every RX queue written since the last flush.
+    /// Notifies every RX queue written since the last flush (subject to its interrupt
+    /// moderation; a deferred notification is left to the port's NIC scheduler).
     pub fn flush(&self, scratch: &mut ForwardScratch) {
         for (port, queue) in scratch.touched.drain(..) {
-            if let Some(queue) = self.ports.get(port).and_then(|p| p.nic.queue(queue)) {
-                queue.flush_notify();
+            let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
+                continue;
+            };
+            if let Some(queue) = nic.queue(queue)
+                && queue.flush_notify(nic.now_ns()).is_some()
+            {
+                nic.wake();
             }
         }
     }

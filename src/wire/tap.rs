@@ -151,7 +151,7 @@ pub fn start(fabric: Arc<Fabric>, port: PortId, tap: Tap) -> io::Result<thread::
     let writer = tap.file.try_clone()?;
     fabric.ports[port]
         .nic
-        .attach_ring(0, Some(Box::new(TapRing { file: writer })));
+        .attach_fixed_ring(Box::new(TapRing { file: writer }));
     thread::Builder::new()
         .name(format!("tap-{}", tap.name))
         .spawn(move || read_loop(&fabric, port, tap))

@@ -1,0 +1,208 @@
+//! The link into a port: a rate (bits per second on the wire, counting preamble, inter-frame
+//! gap and FCS) and a one-way latency, so a test can make congestion happen at 1, 10, 25 or
+//! 100 Gbit/s on purpose.
+//!
+//! The link is a virtual clock: `free_at` is when the wire finishes the last frame given to
+//! it. A frame may go when the wire is free (within a small slack, so the pacer does not need
+//! a timer per frame), and then occupies it for its wire time. Senders on several threads
+//! share the clock through one atomic; nothing locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Ethernet overhead per frame on the wire beyond the bytes a guest sees: preamble and SFD
+/// (8), FCS (4), inter-frame gap (12).
+pub const WIRE_OVERHEAD: u64 = 8 + 4 + 12;
+
+/// Smallest frame on the wire without FCS (shorter frames are padded).
+const MIN_FRAME: u64 = 60;
+
+/// How far ahead of real time the link may run before a frame must wait: a burst allowance
+/// that keeps the pacer from sleeping between back-to-back frames.
+pub const SLACK_NS: u64 = 20_000;
+
+/// Nanoseconds since the process started, the time base of the NIC model.
+pub fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Rate and latency of a link, as the user set them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Bits per second on the wire; 0 means unpaced.
+    pub rate_bps: u64,
+    /// One-way latency added to every frame, in nanoseconds.
+    pub latency_ns: u64,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings {
+            rate_bps: 100_000_000_000,
+            latency_ns: 0,
+        }
+    }
+}
+
+/// Bytes a frame of `len` bytes (without FCS), or a GSO frame cut into `segments` frames of
+/// which the first `header_len` bytes repeat, occupies on the wire.
+pub fn wire_bytes(len: usize, segments: u32, header_len: usize) -> u64 {
+    let segments = u64::from(segments.max(1));
+    let repeated_headers = (segments - 1) * header_len as u64;
+    let bytes = len as u64 + repeated_headers;
+    bytes.max(MIN_FRAME * segments) + WIRE_OVERHEAD * segments
+}
+
+pub struct Link {
+    rate_bps: AtomicU64,
+    latency_ns: AtomicU64,
+    free_at: AtomicU64,
+}
+
+impl Link {
+    pub fn new(settings: LinkSettings) -> Self {
+        Link {
+            rate_bps: AtomicU64::new(settings.rate_bps),
+            latency_ns: AtomicU64::new(settings.latency_ns),
+            free_at: AtomicU64::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> LinkSettings {
+        LinkSettings {
+            rate_bps: self.rate_bps.load(Ordering::Relaxed),
+            latency_ns: self.latency_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Changes rate and latency at run time; frames already on the wire keep their times.
+    pub fn set(&self, settings: LinkSettings) {
+        self.rate_bps.store(settings.rate_bps, Ordering::Relaxed);
+        self.latency_ns
+            .store(settings.latency_ns, Ordering::Relaxed);
+    }
+
+    pub fn latency_ns(&self) -> u64 {
+        self.latency_ns.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds `wire_bytes` occupy the wire at the current rate (0 when unpaced).
+    pub fn wire_ns(&self, wire_bytes: u64) -> u64 {
+        let rate = self.rate_bps.load(Ordering::Relaxed);
+        if rate == 0 {
+            return 0;
+        }
+        // bytes * 8 * 1e9 / rate, in 128 bits so 64 KiB frames at 1 bit/s cannot overflow.
+        ((u128::from(wire_bytes) * 8 * 1_000_000_000) / u128::from(rate)) as u64
+    }
+
+    /// When the wire can next take a frame: `None` if now (within the slack), else the time.
+    pub fn busy_until(&self, now: u64) -> Option<u64> {
+        if self.rate_bps.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let free_at = self.free_at.load(Ordering::Relaxed);
+        (free_at > now + SLACK_NS).then(|| free_at - SLACK_NS)
+    }
+
+    /// Puts a frame of `wire_bytes` on the wire at `now` (the caller checked `busy_until`).
+    pub fn transmit(&self, now: u64, wire_bytes: u64) {
+        let duration = self.wire_ns(wire_bytes);
+        if duration == 0 {
+            return;
+        }
+        let _ = self
+            .free_at
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |free_at| {
+                Some(free_at.max(now) + duration)
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends as fast as the link allows for one simulated second and returns the bits sent.
+    fn simulate(rate_bps: u64, frame_len: usize) -> f64 {
+        let link = Link::new(LinkSettings {
+            rate_bps,
+            latency_ns: 0,
+        });
+        let wire = wire_bytes(frame_len, 1, 0);
+        let mut now = 0u64;
+        let mut sent_bytes = 0u64;
+        while now < 1_000_000_000 {
+            match link.busy_until(now) {
+                None => {
+                    link.transmit(now, wire);
+                    sent_bytes += wire;
+                }
+                Some(until) => now = until,
+            }
+        }
+        sent_bytes as f64 * 8.0
+    }
+
+    #[test]
+    fn pacing_at_1_gbit_is_within_2_percent_over_a_second() {
+        for len in [60, 1514, 9014] {
+            let bits = simulate(1_000_000_000, len);
+            let error = (bits - 1e9).abs() / 1e9;
+            assert!(error < 0.02, "len {len}: {bits} bits, error {error}");
+        }
+    }
+
+    #[test]
+    fn pacing_at_10_gbit_is_within_2_percent_over_a_second() {
+        for len in [60, 1514] {
+            let bits = simulate(10_000_000_000, len);
+            let error = (bits - 1e10).abs() / 1e10;
+            assert!(error < 0.02, "len {len}: {bits} bits, error {error}");
+        }
+    }
+
+    #[test]
+    fn wire_bytes_count_overhead_and_padding() {
+        assert_eq!(wire_bytes(1514, 1, 0), 1514 + 24);
+        assert_eq!(wire_bytes(42, 1, 0), 60 + 24);
+        // A 3-segment GSO frame repeats its 54-byte headers twice more.
+        assert_eq!(wire_bytes(54 + 3000, 3, 54), 54 * 3 + 3000 + 3 * 24);
+    }
+
+    #[test]
+    fn minimum_frames_at_100g_take_6_72_ns() {
+        let link = Link::new(LinkSettings::default());
+        assert_eq!(link.wire_ns(wire_bytes(60, 1, 0)), 6);
+        assert_eq!(link.wire_ns(84 * 1000), 6720);
+    }
+
+    #[test]
+    fn an_idle_link_sends_at_once_and_a_busy_one_says_until_when() {
+        let link = Link::new(LinkSettings {
+            rate_bps: 1_000_000_000,
+            latency_ns: 0,
+        });
+        assert_eq!(link.busy_until(1_000_000), None);
+        // 125 000 bytes take 1 ms at 1 Gbit/s.
+        link.transmit(1_000_000, 125_000);
+        assert_eq!(link.busy_until(1_000_000), Some(2_000_000 - SLACK_NS));
+        assert_eq!(link.busy_until(2_000_000), None);
+    }
+
+    #[test]
+    fn unpaced_link_never_waits_and_rate_changes_apply() {
+        let link = Link::new(LinkSettings {
+            rate_bps: 0,
+            latency_ns: 5,
+        });
+        link.transmit(0, 1_000_000);
+        assert_eq!(link.busy_until(0), None);
+        link.set(LinkSettings {
+            rate_bps: 8_000_000_000,
+            latency_ns: 7,
+        });
+        assert_eq!(link.wire_ns(1000), 1000);
+        assert_eq!(link.latency_ns(), 7);
+    }
+}

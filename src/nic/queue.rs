@@ -1,0 +1,218 @@
+//! One RX queue of the NIC: the guest ring behind it, a bounded buffer per class, the frames
+//! published but not yet notified (interrupt moderation), residence histograms and counters.
+//!
+//! The queue's lock orders every write into its ring, so frames of one class and queue reach
+//! the guest in arrival order, whether a sender wrote directly or the scheduler drained them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwapOption;
+
+use super::backlog::Frames;
+use super::moderation::{Coalesce, CoalesceSettings, NotifyDecision, Pending};
+use super::residence::{Residence, ResidenceSummary};
+use super::{GuestRxRing, RingWrite};
+use crate::classify::Class;
+use crate::stats::{self, QueueCounters};
+
+/// Index of a class in per-class arrays.
+pub fn class_index(class: Class) -> usize {
+    match class {
+        Class::High => 0,
+        Class::Normal => 1,
+    }
+}
+
+pub struct QueueState {
+    pub buffers: [Frames; 2],
+    pub accounting: Accounting,
+    /// High-class frames sent in a row (for the priority weight).
+    pub high_streak: u32,
+}
+
+/// What publishing updates besides the ring: kept apart from the buffers so a frame can be
+/// published straight from its buffer.
+pub struct Accounting {
+    pending: Pending,
+    residence: [Residence; 2],
+}
+
+/// What writing one frame into the ring came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    Published,
+    /// The ring is full: keep the frame.
+    RingFull,
+    /// Dropped (too big for the guest, or the ring is not usable); counted.
+    Dropped,
+}
+
+pub struct RxQueue {
+    pub index: usize,
+    pub(super) ring: ArcSwapOption<Box<dyn GuestRxRing>>,
+    state: Mutex<QueueState>,
+    pub counters: Arc<QueueCounters>,
+    pub coalesce: Coalesce,
+    /// When a moderated notification is due (ns), 0 for none; read by the scheduler.
+    pub(super) notify_due: AtomicU64,
+}
+
+impl RxQueue {
+    pub fn new(
+        index: usize,
+        counters: Arc<QueueCounters>,
+        buffer_frames: usize,
+        coalesce: CoalesceSettings,
+    ) -> Self {
+        RxQueue {
+            index,
+            ring: ArcSwapOption::empty(),
+            state: Mutex::new(QueueState {
+                buffers: [Frames::new(buffer_frames), Frames::new(buffer_frames)],
+                accounting: Accounting {
+                    pending: Pending::default(),
+                    residence: [Residence::new(), Residence::new()],
+                },
+                high_streak: 0,
+            }),
+            counters,
+            coalesce: Coalesce::new(coalesce),
+            notify_due: AtomicU64::new(0),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A poisoned lock only means another thread panicked while holding it; the buffers
+        // are still consistent queues, so keep going rather than take the data path down.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn ring(&self) -> Option<Arc<Box<dyn GuestRxRing>>> {
+        self.ring.load_full()
+    }
+
+    /// Whether a ring is attached and enabled by its guest.
+    pub fn is_enabled(&self) -> bool {
+        self.ring
+            .load()
+            .as_ref()
+            .is_some_and(|ring| ring.is_enabled())
+    }
+
+    /// Frames waiting in the buffers now.
+    pub fn buffered(&self) -> usize {
+        let state = self.lock();
+        state.buffers.iter().map(Frames::len).sum()
+    }
+
+    /// Writes one frame into the ring under the queue's lock and accounts for it.
+    pub(super) fn publish(
+        &self,
+        accounting: &mut Accounting,
+        ring: &dyn GuestRxRing,
+        class: Class,
+        header: &[u8; 12],
+        frame: &[u8],
+        arrival_ns: u64,
+        now_ns: u64,
+    ) -> Publish {
+        match ring.write(header, frame) {
+            RingWrite::Written => {
+                let counters = &self.counters;
+                stats::inc(&counters.rx_packets);
+                stats::add(&counters.rx_bytes, frame.len() as u64);
+                if class == Class::High {
+                    stats::inc(&counters.rx_high_packets);
+                    stats::add(&counters.rx_high_bytes, frame.len() as u64);
+                }
+                accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
+                accounting.pending.add(1, now_ns);
+                Publish::Published
+            }
+            RingWrite::Full => Publish::RingFull,
+            RingWrite::TooBig => {
+                stats::inc(&self.counters.rx_drops_too_big);
+                Publish::Dropped
+            }
+            RingWrite::NotReady => {
+                stats::inc(&self.counters.rx_drops_no_buffer);
+                Publish::Dropped
+            }
+        }
+    }
+
+    /// Buffers a frame of `class`; counts a tail drop if the class buffer is full.
+    pub(super) fn buffer(
+        &self,
+        state: &mut QueueState,
+        class: Class,
+        header: &[u8; 12],
+        frame: &[u8],
+        arrival_ns: u64,
+        wire_bytes: u64,
+    ) -> bool {
+        if state.buffers[class_index(class)].push(header, frame, arrival_ns, wire_bytes) {
+            stats::inc(&self.counters.rx_buffered);
+            true
+        } else {
+            stats::inc(&self.counters.rx_drops_no_buffer);
+            if class == Class::High {
+                stats::inc(&self.counters.rx_high_drops_no_buffer);
+            }
+            false
+        }
+    }
+
+    /// Applies interrupt moderation to what was published: notifies the guest now, or
+    /// returns when it should be notified.
+    pub fn flush_notify(&self, now_ns: u64) -> Option<u64> {
+        let decision = {
+            let mut state = self.lock();
+            let decision = state.accounting.pending.decide(self.coalesce.get(), now_ns);
+            if decision == NotifyDecision::Now {
+                state.accounting.pending.clear();
+            }
+            decision
+        };
+        match decision {
+            NotifyDecision::Idle => {
+                self.notify_due.store(0, Ordering::Relaxed);
+                None
+            }
+            NotifyDecision::Now => {
+                self.notify_due.store(0, Ordering::Relaxed);
+                if let Some(ring) = self.ring() {
+                    ring.notify();
+                }
+                None
+            }
+            NotifyDecision::At(due) => {
+                self.notify_due.store(due, Ordering::Relaxed);
+                Some(due)
+            }
+        }
+    }
+
+    /// Drops every buffered frame (the guest went away); returns how many.
+    pub(super) fn clear(&self) -> usize {
+        let mut state = self.lock();
+        state.accounting.pending.clear();
+        state.buffers.iter_mut().map(Frames::clear).sum()
+    }
+
+    pub fn residence(&self) -> [ResidenceSummary; 2] {
+        let state = self.lock();
+        let residence = &state.accounting.residence;
+        [residence[0].summary(), residence[1].summary()]
+    }
+
+    pub fn reset_residence(&self) {
+        let mut state = self.lock();
+        state
+            .accounting
+            .residence
+            .iter_mut()
+            .for_each(Residence::reset);
+    }
+}

@@ -1,0 +1,88 @@
+//! NIC residence time: from a frame's arrival at the port to its publication in the guest's
+//! used ring, what no real NIC shows. One histogram per queue and class.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Longest residence recorded exactly (longer ones saturate): 60 s.
+const MAX_NS: u64 = 60_000_000_000;
+
+pub struct Residence {
+    histogram: Histogram<u64>,
+}
+
+/// Percentiles of a residence histogram, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ResidenceSummary {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for Residence {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Residence {
+    pub fn new() -> Self {
+        // Bounds and 2 significant digits are constants that Histogram accepts; a failure here
+        // would be a programming error caught by the unit tests, so fall back to auto-resizing.
+        let histogram = Histogram::new_with_bounds(1, MAX_NS, 2)
+            .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()));
+        Residence { histogram }
+    }
+
+    pub fn record(&mut self, ns: u64) {
+        self.histogram.saturating_record(ns.clamp(1, MAX_NS));
+    }
+
+    pub fn reset(&mut self) {
+        self.histogram.reset();
+    }
+
+    pub fn summary(&self) -> ResidenceSummary {
+        let h = &self.histogram;
+        if h.is_empty() {
+            return ResidenceSummary::default();
+        }
+        ResidenceSummary {
+            count: h.len(),
+            p50_ns: h.value_at_quantile(0.5),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut residence = Residence::new();
+        for ns in 1..=1000u64 {
+            residence.record(ns * 1000);
+        }
+        let summary = residence.summary();
+        assert_eq!(summary.count, 1000);
+        // Two significant digits: within 1%.
+        assert!((495_000..=505_000).contains(&summary.p50_ns), "{summary:?}");
+        assert!((985_000..=995_000).contains(&summary.p99_ns), "{summary:?}");
+        residence.reset();
+        assert_eq!(residence.summary().count, 0);
+    }
+
+    #[test]
+    fn out_of_range_values_saturate() {
+        let mut residence = Residence::new();
+        residence.record(0);
+        residence.record(u64::MAX);
+        assert_eq!(residence.summary().count, 2);
+    }
+}
