@@ -34,6 +34,86 @@ pub enum Command {
     Stats(StatsArgs),
     /// Print the switch's learned MAC table.
     Macs(ControlArgs),
+    /// Flow rules of a port (like ethtool -N / -n): add, del, list.
+    Rule(RuleArgs),
+    /// Show or change a port's link rate and latency.
+    Link(LinkArgs),
+    /// Show or change a queue's interrupt moderation (like ethtool -C).
+    Coalesce(CoalesceArgs),
+    /// NIC residence time per queue and class (p50/p99/p99.9), or reset it.
+    Residence(ResidenceArgs),
+    /// Start or stop capturing the frames a port delivers, to a pcapng file.
+    Capture(CaptureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    #[command(subcommand)]
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleAction {
+    /// Add a rule: PORT loc N [inner] [proto P] [src-ip A/L] [dst-ip A/L] [src-port N]
+    /// [dst-port N] [dscp N] [vlan N] [pcp N] [vni N] action {queue N [class C] | class C | drop}
+    Add {
+        port: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        rule: Vec<String>,
+    },
+    /// Delete the rule at a location.
+    Del { port: String, loc: u32 },
+    /// List the rules with their hit counters.
+    List { port: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    pub port: String,
+    /// New rate (e.g. 10G; 0 = unpaced).
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// New one-way latency in microseconds.
+    #[arg(long)]
+    pub latency_us: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoalesceArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    pub port: String,
+    pub queue: usize,
+    /// New settings: rx-usecs=N,rx-frames=M.
+    pub settings: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResidenceArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Only this port.
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Clear the histograms instead of printing them.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    pub port: String,
+    /// Only this RX queue.
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// The pcapng file to write; without it, capturing stops.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

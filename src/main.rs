@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::json;
 
-use prism_vnic::cli::{Cli, Command};
+use prism_vnic::cli::{Cli, Command, RuleAction};
 use prism_vnic::{control, daemon};
 
 fn main() -> ExitCode {
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 }
             })
             .map_err(|e| e.to_string()),
+        Some(command) => nic_command(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,4 +45,64 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The NIC subcommands: one control request each, the answer printed.
+fn nic_command(command: Command) -> Result<(), String> {
+    let (control, request) = match command {
+        Command::Rule(args) => {
+            let request = match args.action {
+                RuleAction::Add { port, rule } => {
+                    json!({"cmd": "rule-add", "port": port, "rule": rule.join(" ")})
+                }
+                RuleAction::Del { port, loc } => {
+                    json!({"cmd": "rule-del", "port": port, "loc": loc})
+                }
+                RuleAction::List { port } => json!({"cmd": "rules", "port": port}),
+            };
+            (args.control.control, request)
+        }
+        Command::Link(args) => (
+            args.control.control,
+            json!({"cmd": "link", "port": args.port, "rate": args.rate, "latency_us": args.latency_us}),
+        ),
+        Command::Coalesce(args) => (
+            args.control.control,
+            json!({"cmd": "coalesce", "port": args.port, "queue": args.queue, "settings": args.settings}),
+        ),
+        Command::Capture(args) => (
+            args.control.control,
+            json!({"cmd": "capture", "port": args.port, "queue": args.queue, "file": args.file}),
+        ),
+        Command::Residence(args) if args.reset => (
+            args.control.control,
+            json!({"cmd": "residence-reset", "port": args.port}),
+        ),
+        Command::Residence(args) => {
+            let answer = control::request(&args.control.control, &json!({"cmd": "stats"}))
+                .map_err(|e| e.to_string())?;
+            print!(
+                "{}",
+                control::format_residence(&answer, args.port.as_deref())
+            );
+            return Ok(());
+        }
+        Command::Stats(_) | Command::Macs(_) => return Ok(()),
+    };
+    let mut answer = control::request(&control, &request).map_err(|e| e.to_string())?;
+    if let Some(rules) = answer["rules"].as_array() {
+        for rule in rules {
+            println!(
+                "{:<60} hits {}",
+                rule["rule"].as_str().unwrap_or("?"),
+                rule["hits"]
+            );
+        }
+        return Ok(());
+    }
+    if let Some(map) = answer.as_object_mut() {
+        map.remove("ok");
+    }
+    println!("{answer}");
+    Ok(())
 }

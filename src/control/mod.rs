@@ -1,7 +1,8 @@
 //! The control socket: a Unix stream socket speaking one JSON object per line, each request
 //! answered by one line. It reads counters and tables; the data path never calls into it.
 //!
-//! Requests: `{"cmd":"stats"}`, `{"cmd":"macs"}`. Answers: `{"ok":true, ...}` or
+//! Requests: `{"cmd":"stats"}`, `{"cmd":"macs"}`, and the NIC requests of [`nic`] (rules,
+//! link, coalesce, priority weight, residence, capture). Answers: `{"ok":true, ...}` or
 //! `{"ok":false,"error":"..."}`.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -12,8 +13,9 @@ use std::thread;
 use std::time::Duration;
 
 use log::{debug, warn};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
+
+pub mod nic;
 
 use crate::stats::{self, QueueCounters};
 use crate::switch::fabric::Fabric;
@@ -31,13 +33,6 @@ pub enum ControlError {
     BadAnswer(String),
     #[error("prism-vnic refused the request: {0}")]
     Refused(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-enum Request {
-    Stats,
-    Macs,
 }
 
 fn counters_object(snapshot: &[(&'static str, u64)]) -> Value {
@@ -71,6 +66,11 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                         "index": index,
                         "rx_enabled": queue.is_some_and(|q| q.is_enabled()),
                         "rx_buffered_now": queue.map_or(0, |q| q.buffered()),
+                        "coalesce": queue.map(|q| q.coalesce.get()),
+                        "residence": queue.map(|q| {
+                            let [high, normal] = q.residence();
+                            json!({ "high": high, "normal": normal })
+                        }),
                         "counters": counters_object(snapshot),
                     })
                 })
@@ -79,6 +79,12 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                 "name": port.name,
                 "kind": port.kind.label(),
                 "connected": port.nic.is_connected(),
+                "link": {
+                    "rate_bps": port.nic.link.settings().rate_bps,
+                    "latency_ns": port.nic.link.settings().latency_ns,
+                },
+                "priority_weight": port.nic.priority_weight(),
+                "buffered_now": port.nic.buffered(),
                 "counters": counters_object(&total),
                 "queues": queues,
             })
@@ -107,19 +113,24 @@ fn macs_json(fabric: &Fabric) -> Value {
 }
 
 fn answer(fabric: &Fabric, line: &str) -> Value {
-    match serde_json::from_str::<Request>(line) {
-        Ok(Request::Stats) => {
-            let mut answer = stats_json(fabric);
-            answer["ok"] = json!(true);
-            answer
-        }
-        Ok(Request::Macs) => {
-            let mut answer = macs_json(fabric);
-            answer["ok"] = json!(true);
-            answer
-        }
-        Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
-    }
+    let refused = |error: String| json!({ "ok": false, "error": error });
+    let request: Value = match serde_json::from_str(line) {
+        Ok(request) => request,
+        Err(e) => return refused(format!("bad request: {e}")),
+    };
+    let mut answer = match request["cmd"].as_str() {
+        Some("stats") => stats_json(fabric),
+        Some("macs") => macs_json(fabric),
+        _ => match serde_json::from_value::<nic::NicRequest>(request) {
+            Ok(request) => match nic::answer(fabric, request) {
+                Ok(answer) => answer,
+                Err(error) => return refused(error),
+            },
+            Err(e) => return refused(format!("bad request: {e}")),
+        },
+    };
+    answer["ok"] = json!(true);
+    answer
 }
 
 fn serve_client(fabric: &Fabric, stream: UnixStream) -> io::Result<()> {
@@ -256,6 +267,41 @@ pub fn format_stats(stats: &Value, only_port: Option<&str>) -> String {
         out += "switch:\n";
         for (counter, value) in stats["switch"].as_object().into_iter().flatten() {
             out += &format!("     {counter}: {value}\n");
+        }
+    }
+    out
+}
+
+/// Formats the residence histograms of a stats answer: one line per port, queue and class.
+pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
+    let mut out = format!(
+        "{:<12} {:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "port", "queue", "class", "frames", "p50 us", "p99 us", "p99.9 us", "max us"
+    );
+    let us = |v: &Value| v.as_u64().map_or(0.0, |ns| ns as f64 / 1000.0);
+    for port in stats["ports"].as_array().into_iter().flatten() {
+        let name = port["name"].as_str().unwrap_or("?");
+        if only_port.is_some_and(|only| only != name) {
+            continue;
+        }
+        for queue in port["queues"].as_array().into_iter().flatten() {
+            for class in ["high", "normal"] {
+                let r = &queue["residence"][class];
+                if r["count"].as_u64().unwrap_or(0) == 0 {
+                    continue;
+                }
+                out += &format!(
+                    "{:<12} {:>5} {:<6} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
+                    name,
+                    queue["index"],
+                    class,
+                    r["count"],
+                    us(&r["p50_ns"]),
+                    us(&r["p99_ns"]),
+                    us(&r["p999_ns"]),
+                    us(&r["max_ns"])
+                );
+            }
         }
     }
     out

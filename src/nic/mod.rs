@@ -39,7 +39,7 @@ use crate::stats::{self, PortCounters, QueueCounters};
 use capture::Capture;
 use link::{Link, LinkSettings};
 use moderation::CoalesceSettings;
-use queue::{Publish, RxQueue, class_index};
+use queue::{Arriving, Publish, RxQueue, class_index};
 use scheduler::Waker;
 
 pub use deliver::deliver;
@@ -301,10 +301,12 @@ impl Nic {
             match queue.publish(
                 &mut state.accounting,
                 ring,
-                class,
-                header,
-                frame,
-                arrival_ns,
+                &Arriving {
+                    class,
+                    header,
+                    bytes: frame,
+                    arrival_ns,
+                },
                 arrival_ns,
             ) {
                 Publish::Published => {
@@ -380,10 +382,12 @@ impl Nic {
                     let outcome = queue.publish(
                         &mut state.accounting,
                         ring.as_ref().as_ref(),
-                        class,
-                        &head.header,
-                        &head.bytes,
-                        head.arrival_ns,
+                        &Arriving {
+                            class,
+                            header: &head.header,
+                            bytes: &head.bytes,
+                            arrival_ns: head.arrival_ns,
+                        },
                         now_ns,
                     );
                     match outcome {

@@ -38,6 +38,16 @@ pub struct Accounting {
     residence: [Residence; 2],
 }
 
+/// A frame on its way into a ring: its class, the header the guest sees, its bytes and when
+/// it reached the port.
+#[derive(Clone, Copy)]
+pub struct Arriving<'a> {
+    pub class: Class,
+    pub header: &'a [u8; 12],
+    pub bytes: &'a [u8],
+    pub arrival_ns: u64,
+}
+
 /// What writing one frame into the ring came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Publish {
@@ -111,12 +121,15 @@ impl RxQueue {
         &self,
         accounting: &mut Accounting,
         ring: &dyn GuestRxRing,
-        class: Class,
-        header: &[u8; 12],
-        frame: &[u8],
-        arrival_ns: u64,
+        frame: &Arriving<'_>,
         now_ns: u64,
     ) -> Publish {
+        let Arriving {
+            class,
+            header,
+            bytes: frame,
+            arrival_ns,
+        } = *frame;
         match ring.write(header, frame) {
             RingWrite::Written => {
                 let counters = &self.counters;

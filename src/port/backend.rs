@@ -248,13 +248,9 @@ impl VhostUserBackend for NetBackend {
         let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
         let nic = &self.fabric.ports[self.port].nic;
         match device_event {
-            RX => {
-                // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
-                // buffers go now, without waiting for traffic to push them.
-                if nic.buffered() > 0 {
-                    nic.wake();
-                }
-            }
+            // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
+            // buffers go now, without waiting for traffic to push them.
+            RX if nic.buffered() > 0 => nic.wake(),
             TX => self.run_tx(thread_id, &mut worker, tx),
             _ => {}
         }

@@ -1,0 +1,198 @@
+//! Control requests that change a port's NIC at run time: flow rules (ethtool -N), link rate
+//! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms and
+//! packet capture. Each takes effect for the next frame; none stops the data path.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::classify::rules::{Rule, RuleSet};
+use crate::cli::{parse_coalesce, parse_rate};
+use crate::nic::capture::Capture;
+use crate::nic::link::LinkSettings;
+use crate::nic::moderation::CoalesceSettings;
+use crate::switch::fabric::{Fabric, FabricPort};
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum NicRequest {
+    /// List a port's rules with hit counters.
+    Rules { port: String },
+    /// Add a rule in ethtool -N style text, e.g. `loc 1 proto udp dst-port 5001 action queue 0`.
+    RuleAdd { port: String, rule: String },
+    /// Delete the rule at a location.
+    RuleDel { port: String, loc: u32 },
+    /// Show, or change, a port's link: rate like "10G" (0 = unpaced), latency in microseconds.
+    Link {
+        port: String,
+        rate: Option<String>,
+        latency_us: Option<u64>,
+    },
+    /// Show, or change, one queue's interrupt moderation ("rx-usecs=N,rx-frames=M").
+    Coalesce {
+        port: String,
+        queue: usize,
+        settings: Option<String>,
+    },
+    /// Set the priority weight (0 = strict priority).
+    PriorityWeight { port: String, weight: u32 },
+    /// Clear the residence histograms of one port or all.
+    ResidenceReset { port: Option<String> },
+    /// Start capturing delivered frames to a pcapng file (all queues or one), or stop.
+    Capture {
+        port: String,
+        queue: Option<usize>,
+        file: Option<PathBuf>,
+    },
+}
+
+fn find<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
+    fabric
+        .ports
+        .iter()
+        .find(|port| port.name == name)
+        .ok_or_else(|| format!("there is no port {name:?}"))
+}
+
+fn rules_json(port: &FabricPort) -> Value {
+    let classifier = port.nic.rules();
+    let rules = classifier.rules();
+    let hits: Vec<(u32, u64)> = rules.hits().collect();
+    let list: Vec<Value> = rules
+        .rules()
+        .iter()
+        .map(|rule| {
+            let hits = hits
+                .iter()
+                .find(|(loc, _)| *loc == rule.location)
+                .map_or(0, |(_, n)| *n);
+            json!({ "loc": rule.location, "rule": rule.to_string(), "hits": hits })
+        })
+        .collect();
+    json!({ "port": port.name, "rules": list })
+}
+
+fn link_json(port: &FabricPort) -> Value {
+    let link = port.nic.link.settings();
+    json!({ "port": port.name, "rate_bps": link.rate_bps, "latency_ns": link.latency_ns })
+}
+
+/// Answers one NIC request (without the "ok" field).
+pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
+    match request {
+        NicRequest::Rules { port } => Ok(rules_json(find(fabric, &port)?)),
+        NicRequest::RuleAdd { port, rule } => {
+            let port = find(fabric, &port)?;
+            let rule: Rule = rule.parse().map_err(|e| format!("rule {rule:?}: {e}"))?;
+            let current = port.nic.rules();
+            if current
+                .rules()
+                .rules()
+                .iter()
+                .any(|r| r.location == rule.location)
+            {
+                return Err(format!("loc {} is taken; delete it first", rule.location));
+            }
+            let mut rules = current.rules().rules().to_vec();
+            rules.push(rule);
+            let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
+            port.nic.set_rules(set).map_err(|e| e.to_string())?;
+            Ok(rules_json(port))
+        }
+        NicRequest::RuleDel { port, loc } => {
+            let port = find(fabric, &port)?;
+            let current = port.nic.rules();
+            let rules: Vec<Rule> = current
+                .rules()
+                .rules()
+                .iter()
+                .filter(|rule| rule.location != loc)
+                .copied()
+                .collect();
+            if rules.len() == current.rules().len() {
+                return Err(format!("no rule at loc {loc}"));
+            }
+            let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
+            port.nic.set_rules(set).map_err(|e| e.to_string())?;
+            Ok(rules_json(port))
+        }
+        NicRequest::Link {
+            port,
+            rate,
+            latency_us,
+        } => {
+            let port = find(fabric, &port)?;
+            let mut settings = port.nic.link.settings();
+            if let Some(rate) = rate {
+                settings.rate_bps = parse_rate(&rate)?;
+            }
+            if let Some(latency_us) = latency_us {
+                if latency_us > 10_000_000 {
+                    return Err(format!("latency {latency_us} us is more than 10 s"));
+                }
+                settings.latency_ns = latency_us * 1000;
+            }
+            port.nic.set_link(LinkSettings { ..settings });
+            Ok(link_json(port))
+        }
+        NicRequest::Coalesce {
+            port,
+            queue,
+            settings,
+        } => {
+            let port = find(fabric, &port)?;
+            let Some(rx_queue) = port.nic.queue(queue) else {
+                return Err(format!(
+                    "port {} has queues 0 to {}, not {queue}",
+                    port.name,
+                    port.nic.queues().len().saturating_sub(1)
+                ));
+            };
+            if let Some(settings) = settings {
+                let settings: CoalesceSettings = parse_coalesce(&settings)?;
+                port.nic.set_coalesce(queue, settings);
+            }
+            Ok(json!({ "port": port.name, "queue": queue, "coalesce": rx_queue.coalesce.get() }))
+        }
+        NicRequest::PriorityWeight { port, weight } => {
+            let port = find(fabric, &port)?;
+            port.nic.set_priority_weight(weight);
+            Ok(json!({ "port": port.name, "priority_weight": weight }))
+        }
+        NicRequest::ResidenceReset { port } => {
+            for candidate in &fabric.ports {
+                if port.as_deref().is_none_or(|name| name == candidate.name) {
+                    candidate
+                        .nic
+                        .queues()
+                        .iter()
+                        .for_each(|q| q.reset_residence());
+                }
+            }
+            if let Some(name) = port {
+                find(fabric, &name)?;
+            }
+            Ok(json!({}))
+        }
+        NicRequest::Capture { port, queue, file } => {
+            let port = find(fabric, &port)?;
+            let queues = port.nic.queues().len();
+            if queue.is_some_and(|q| q >= queues) {
+                return Err(format!("port {} has {queues} queues", port.name));
+            }
+            match file {
+                Some(file) => {
+                    let capture = Capture::create(&file, &port.name, queues, queue)
+                        .map_err(|e| e.to_string())?;
+                    port.nic.set_capture(Some(capture));
+                    Ok(json!({ "port": port.name, "capturing": file }))
+                }
+                None => {
+                    port.nic.set_capture(None);
+                    Ok(json!({ "port": port.name, "capturing": null }))
+                }
+            }
+        }
+    }
+}
