@@ -124,11 +124,17 @@ def pair(vswitch, guests):
 
 
 @pytest.fixture(autouse=True)
-def backend_survives(vswitch):
+def backend_survives(vswitch, out_dir, request):
     """Whatever a test did to the guests, the backend must still be running afterwards, and
-    none of its threads may have panicked."""
+    none of its threads may have panicked. Its counters after each test are saved for
+    post-mortems (out/<module>/stats-after-<test>.json)."""
     log_offset = vswitch.log_size()
     yield
+    if vswitch.alive() and not vswitch.is_stand_in:
+        try:
+            save_backend_stats(vswitch, out_dir, f"after-{request.node.name}")
+        except Exception as e:  # a broken stats command must not hide the test's own result
+            print(f"saving backend stats: {e!r}")
     assert vswitch.alive(), \
         f"backend exited with {vswitch.proc.returncode} during the test:\n{vswitch.log_tail()}"
     panics = vswitch.panics_since(log_offset)
@@ -164,11 +170,10 @@ def test_backend_counts_guest_traffic(pair, vswitch):
             assert delta[name][key] >= PING_COUNT, f"{name} {key} grew by {delta[name][key]}: {delta}"
 
 
-def test_tcp_transfer_between_guests(pair, vswitch, out_dir, report):
+def test_tcp_transfer_between_guests(pair, vswitch, report):
     vm1, vm2 = pair
     mbits, out = run_iperf(vm1, vm2, VM2_IP)
     held = [] if vswitch.is_stand_in else wait_backend_drained(vswitch)
-    save_backend_stats(vswitch, out_dir, "after-iperf-4-queues")
     if mbits is not None:
         report(f"iperf3 vm1 -> vm2, {QUEUES} queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
                f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
@@ -181,7 +186,7 @@ def set_combined_queues(guest: Guest, n: int) -> None:
     assert current_combined_queues(guest) == n
 
 
-def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, out_dir, report):
+def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, report):
     vm1, vm2 = pair
     try:
         for guest in pair:
@@ -190,7 +195,6 @@ def test_traffic_after_reducing_to_two_queue_pairs(pair, vswitch, out_dir, repor
         assert_no_ping_loss(vm1, VM2_IP)
         mbits, out = run_iperf(vm1, vm2, VM2_IP)
         held = [] if vswitch.is_stand_in else wait_backend_drained(vswitch)
-        save_backend_stats(vswitch, out_dir, "after-iperf-2-queues")
         if mbits is not None:
             report(f"iperf3 vm1 -> vm2, 2 queue pairs, {IPERF_STREAMS} streams, {IPERF_SECONDS} s: "
                    f"{mbits:.0f} Mbit/s ({vswitch.describe()})")
