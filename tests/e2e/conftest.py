@@ -71,8 +71,10 @@ def initramfs(qemu_binary) -> str:
 
 @pytest.fixture(scope="module")
 def out_dir(request) -> Path:
+    """tests/e2e/out/<module>/, emptied first so every file in it is from this run."""
     d = OUT_ROOT / Path(request.module.__file__).stem
-    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
     return d
 
 
