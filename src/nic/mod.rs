@@ -440,3 +440,6 @@ impl Nic {
         self.wake();
     }
 }
+
+#[cfg(test)]
+mod tests;

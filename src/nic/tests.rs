@@ -1,0 +1,307 @@
+//! The NIC model against a fake guest ring whose room the test controls, on a clock the test
+//! drives (arrival and drain times are passed in), so nothing here depends on real time.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::link::{LinkSettings, wire_bytes};
+use super::moderation::CoalesceSettings;
+use super::*;
+use crate::classify::rules::{Rule, RuleSet};
+use crate::classify::{ClassifierConfig, Trust};
+use crate::stats::{PortCounters, QueueCounters};
+
+#[derive(Default)]
+struct FakeRing {
+    frames: Mutex<Vec<Vec<u8>>>,
+    room: AtomicUsize,
+    notified: AtomicUsize,
+    disabled: AtomicBool,
+}
+
+impl GuestRxRing for Arc<FakeRing> {
+    fn write(&self, _header: &[u8; 12], frame: &[u8]) -> RingWrite {
+        if self.disabled.load(Ordering::Relaxed) {
+            return RingWrite::NotReady;
+        }
+        if self.room.load(Ordering::Relaxed) == 0 {
+            return RingWrite::Full;
+        }
+        self.room.fetch_sub(1, Ordering::Relaxed);
+        self.frames.lock().unwrap().push(frame.to_vec());
+        RingWrite::Written
+    }
+
+    fn notify(&self) {
+        self.notified.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_enabled(&self) -> bool {
+        !self.disabled.load(Ordering::Relaxed)
+    }
+
+    fn offloads(&self) -> RxOffloads {
+        RxOffloads::default()
+    }
+}
+
+impl FakeRing {
+    fn tags(&self) -> Vec<u8> {
+        self.frames.lock().unwrap().iter().map(|f| f[TAG]).collect()
+    }
+}
+
+/// Byte of the UDP payload that tells test frames apart.
+const TAG: usize = 14 + 20 + 8;
+
+/// An Ethernet/IPv4/UDP frame with DSCP `dscp` and a tag byte.
+fn frame(dscp: u8, tag: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(4000, 5000)
+        .write(&mut out, &[tag; 18])
+        .unwrap();
+    out[15] = dscp << 2;
+    out
+}
+
+const EF: u8 = 46;
+
+struct Rig {
+    nic: Nic,
+    rings: Vec<Arc<FakeRing>>,
+}
+
+impl Rig {
+    fn new(queues: usize, config: NicConfig, rules: RuleSet) -> Self {
+        let counters: Vec<Arc<QueueCounters>> = (0..queues).map(|_| Arc::default()).collect();
+        let nic = Nic::new(&counters, Arc::new(PortCounters::default()), &config, rules).unwrap();
+        let rings: Vec<Arc<FakeRing>> =
+            (0..queues).map(|_| Arc::new(FakeRing::default())).collect();
+        for (index, ring) in rings.iter().enumerate() {
+            ring.room.store(usize::MAX, Ordering::Relaxed);
+            nic.attach_ring(index, Some(Box::new(ring.clone())));
+        }
+        Rig { nic, rings }
+    }
+
+    fn send(&self, frame: &[u8], at_ns: u64) -> Option<usize> {
+        let decision = self.nic.classify(frame);
+        let wire = wire_bytes(frame.len(), 1, 0);
+        self.nic.receive(&decision, &[0; 12], frame, wire, at_ns)
+    }
+
+    fn counter(
+        &self,
+        queue: usize,
+        pick: impl Fn(&QueueCounters) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        pick(&self.nic.queue(queue).unwrap().counters).load(Ordering::Relaxed)
+    }
+}
+
+fn config() -> NicConfig {
+    NicConfig {
+        buffer_frames: 4,
+        link: LinkSettings {
+            rate_bps: 0,
+            latency_ns: 0,
+        },
+        ..NicConfig::default()
+    }
+}
+
+#[test]
+fn dscp_ef_goes_to_the_priority_queue_and_bulk_elsewhere() {
+    let rig = Rig::new(4, config(), RuleSet::default());
+    assert_eq!(rig.send(&frame(EF, 1), 0), Some(0));
+    let bulk = rig.send(&frame(0, 2), 0).unwrap();
+    assert_ne!(bulk, 0, "normal traffic stays off the high-priority queue");
+    assert_eq!(rig.counter(0, |c| &c.rx_high_packets), 1);
+}
+
+#[test]
+fn strict_priority_delivers_high_frames_first_when_the_guest_catches_up() {
+    // One queue: both classes share it, so the order in the ring shows the scheduling.
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    for tag in 1..=3 {
+        rig.send(&frame(0, tag), 10);
+    }
+    for tag in 11..=12 {
+        rig.send(&frame(EF, tag), 20);
+    }
+    assert_eq!(rig.nic.buffered(), 5);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(30);
+    assert_eq!(rig.rings[0].tags(), vec![11, 12, 1, 2, 3]);
+    assert_eq!(rig.nic.buffered(), 0);
+}
+
+#[test]
+fn weighted_priority_lets_normal_frames_through() {
+    let mut config = config();
+    config.priority_weight = 2;
+    let rig = Rig::new(1, config, RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    for tag in 1..=2 {
+        rig.send(&frame(0, tag), 0);
+    }
+    for tag in 11..=14 {
+        rig.send(&frame(EF, tag), 0);
+    }
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(1);
+    assert_eq!(rig.rings[0].tags(), vec![11, 12, 1, 13, 14, 2]);
+}
+
+#[test]
+fn full_buffers_tail_drop_and_count_by_class() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    for tag in 0..6 {
+        rig.send(&frame(0, tag), 0);
+        rig.send(&frame(EF, 100 + tag), 0);
+    }
+    // Four frames per class fit; two of each were dropped.
+    assert_eq!(rig.nic.buffered(), 8);
+    assert_eq!(rig.counter(0, |c| &c.rx_drops_no_buffer), 4);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_drops_no_buffer), 2);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(0);
+    // The oldest frames survived (tail drop).
+    assert_eq!(rig.rings[0].tags(), vec![100, 101, 102, 103, 0, 1, 2, 3]);
+}
+
+#[test]
+fn a_stalled_queue_does_not_hold_up_another() {
+    let rig = Rig::new(4, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    rig.send(&frame(EF, 1), 0);
+    assert!(rig.send(&frame(0, 2), 0).is_some());
+    rig.nic.drain(0);
+    let delivered: usize = rig.rings[1..].iter().map(|r| r.tags().len()).sum();
+    assert_eq!(
+        delivered, 1,
+        "bulk went through while the priority ring was full"
+    );
+    assert_eq!(rig.nic.queue(0).unwrap().buffered(), 1);
+}
+
+#[test]
+fn latency_holds_frames_until_due() {
+    let mut config = config();
+    config.link = LinkSettings {
+        rate_bps: 0,
+        latency_ns: 50_000,
+    };
+    let rig = Rig::new(1, config, RuleSet::default());
+    rig.send(&frame(0, 1), 1_000);
+    assert!(rig.rings[0].tags().is_empty());
+    assert_eq!(rig.nic.drain(40_000), Some(51_000));
+    assert!(rig.rings[0].tags().is_empty());
+    rig.nic.drain(51_000);
+    assert_eq!(rig.rings[0].tags(), vec![1]);
+    let residence = rig.nic.queue(0).unwrap().residence()[1];
+    assert!(residence.p50_ns >= 49_000, "{residence:?}");
+}
+
+#[test]
+fn paced_link_holds_back_to_back_frames() {
+    let mut config = config();
+    config.buffer_frames = 100;
+    // 1 Gbit/s: a 60-byte frame (84 bytes on the wire) takes 672 ns.
+    config.link = LinkSettings {
+        rate_bps: 1_000_000_000,
+        latency_ns: 0,
+    };
+    let rig = Rig::new(1, config, RuleSet::default());
+    for tag in 0..100 {
+        rig.send(&frame(0, tag), 0);
+    }
+    // The slack lets about 20 us worth through at once, then the link is busy.
+    let early = rig.rings[0].tags().len();
+    assert!((20..40).contains(&early), "{early} frames at t=0");
+    let mut now = 0;
+    while let Some(next) = rig.nic.drain(now) {
+        now = next;
+    }
+    assert_eq!(rig.rings[0].tags().len(), 100);
+    // 100 frames at 672 ns each (67.2 us), the last ones sent up to the slack early.
+    assert!((45_000..=67_200).contains(&now), "finished at {now} ns");
+}
+
+#[test]
+fn moderation_by_frame_count_notifies_every_n_frames() {
+    let mut config = config();
+    config.coalesce_high = CoalesceSettings {
+        rx_usecs: 0,
+        rx_frames: 3,
+    };
+    let rig = Rig::new(1, config, RuleSet::default());
+    let queue = rig.nic.queue(0).unwrap();
+    for tag in 0..2 {
+        rig.send(&frame(0, tag), 0);
+        queue.flush_notify(0);
+    }
+    assert_eq!(rig.rings[0].notified.load(Ordering::Relaxed), 0);
+    rig.send(&frame(0, 2), 0);
+    assert_eq!(queue.flush_notify(0), None);
+    assert_eq!(rig.rings[0].notified.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_rule_overrides_trust_and_steers_to_its_queue() {
+    let rule: Rule = "loc 1 proto udp dst-port 5000 action queue 2 class high"
+        .parse()
+        .unwrap();
+    let rig = Rig::new(4, config(), RuleSet::new(vec![rule]).unwrap());
+    assert_eq!(rig.send(&frame(0, 1), 0), Some(2));
+    assert_eq!(rig.counter(2, |c| &c.rx_high_packets), 1);
+    let drop: Rule = "loc 0 proto udp action drop".parse().unwrap();
+    rig.nic
+        .set_rules(RuleSet::new(vec![drop, rule]).unwrap())
+        .unwrap();
+    assert_eq!(rig.send(&frame(0, 2), 0), None);
+    let drops: u64 = (0..4).map(|q| rig.counter(q, |c| &c.rx_drops_rule)).sum();
+    assert_eq!(drops, 1);
+}
+
+#[test]
+fn frames_for_a_disabled_queue_fold_onto_enabled_ones() {
+    let rig = Rig::new(4, config(), RuleSet::default());
+    for ring in &rig.rings[2..] {
+        ring.disabled.store(true, Ordering::Relaxed);
+    }
+    for port in 0..32u16 {
+        let mut f = frame(0, 1);
+        f[34..36].copy_from_slice(&(1000 + port).to_be_bytes());
+        let queue = rig.send(&f, 0).unwrap();
+        assert!(queue < 2, "frame went to disabled queue {queue}");
+    }
+}
+
+#[test]
+fn pcp_trust_reads_the_vlan_priority() {
+    let mut config = config();
+    config.classifier = ClassifierConfig {
+        trust: Trust::default_pcp(),
+        ..ClassifierConfig::default()
+    };
+    let rig = Rig::new(2, config, RuleSet::default());
+    let mut tagged = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .single_vlan(etherparse::VlanId::try_new(10).unwrap())
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(1, 2)
+        .write(&mut tagged, &[0; 18])
+        .unwrap();
+    tagged[14] |= 6 << 5;
+    assert_eq!(rig.send(&tagged, 0), Some(0));
+    assert_eq!(
+        rig.send(&frame(EF, 1), 0),
+        Some(1),
+        "DSCP is not trusted in PCP mode"
+    );
+}
