@@ -1,5 +1,7 @@
-"""Two guests on two ports of the backend, 4 queue pairs each: ping, TCP, fewer queues, and a
-guest SIGKILLed and restarted on the same socket.
+"""Two guests on two ports of the backend, 4 queue pairs each: ping, TCP, fewer queues, mixed
+queue counts, and a guest SIGKILLed and restarted on the same socket. With prism-vnic itself
+(not a stand-in) also: its counters see the guests' traffic, and after a transfer no RX queue
+keeps frames the guest never gets.
 
 The tests share one backend and one pair of guests (booting under TCG is the slow part) and run
 in file order; the last one kills and restarts vm2.
@@ -39,10 +41,11 @@ def current_combined_queues(guest: Guest) -> int:
 def wait_reachable(src: Guest, dst_ip: str, timeout: float = REACHABLE_TIMEOUT) -> None:
     """Pings once per try until an answer comes back: links, ARP and a reconnecting backend
     take a while to settle under TCG."""
-    # One guest command for the whole wait, in a subshell so `exit` does not end the console shell.
-    tries = int(timeout // 2)
+    # One guest command for the whole wait, in a subshell so `exit` does not end the console
+    # shell. A try takes 1-3 s (ping fails at once while the route or ARP is missing).
+    tries = max(1, int(timeout // 3))
     rc, out = src.run(f"(i=0; while [ $i -lt {tries} ]; do ping -c 1 -W 2 {dst_ip} >/dev/null && exit 0; "
-                      f"i=$((i+1)); done; exit 1)", timeout=timeout + 60)
+                      f"sleep 1; i=$((i+1)); done; exit 1)", timeout=timeout + 60)
     if rc != 0:
         raise GuestError(f"{src.name}: {dst_ip} not reachable within {timeout:.0f} s\n{out}")
 
