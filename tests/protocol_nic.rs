@@ -1,0 +1,276 @@
+//! The NIC model through a real vhost-user frontend: hardware priority classification into
+//! the priority RX queue under a bulk flood, flow rules changed at run time, link latency,
+//! and packet capture read back by tcpdump.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use support::daemon::{BINARY, Daemon};
+use support::frames::{VirtioNetHdr, mac, udp_frame, udp_tag};
+use support::guest::{GuestOptions, TestGuest};
+use support::traffic::expect_tag;
+
+const PAIRS: u16 = 4;
+const EF: u8 = 46;
+
+/// A tagged UDP frame from guest 1 to guest 2 with DSCP `dscp` (IPv4 header checksum fixed).
+fn frame(src_port: u16, dst_port: u16, dscp: u8, tag: u32) -> Vec<u8> {
+    let mut frame = udp_frame(1, mac(2), 2, src_port, dst_port, tag, 64);
+    frame[15] = dscp << 2;
+    frame[24] = 0;
+    frame[25] = 0;
+    let sum = frame[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
+fn control(daemon: &Daemon, args: &[&str]) -> String {
+    let mut command = Command::new(BINARY);
+    command
+        .args(&args[..1])
+        .arg("--control")
+        .arg(daemon.control_socket())
+        .args(&args[1..]);
+    let output = command.output().expect("run prism-vnic control command");
+    assert!(
+        output.status.success(),
+        "prism-vnic {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn two_guests(extra: &[&str]) -> (Daemon, TestGuest, TestGuest) {
+    let mut builder = Daemon::builder().port("a").port("b").queues(PAIRS);
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let daemon = builder.spawn().expect("daemon starts");
+    let a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    (daemon, a, b)
+}
+
+#[test]
+fn priority_frames_land_on_the_priority_queue_while_bulk_floods_the_others() {
+    // A small NIC buffer and few ring buffers on the bulk queues, so the flood overruns them
+    // and the NIC drops bulk.
+    let (mut daemon, mut a, mut b) = two_guests(&["--rx-buffer", "16"]);
+    b.post_rx_buffers(0, 64, 2048).expect("post");
+    for pair in 1..PAIRS {
+        b.post_rx_buffers(pair, 8, 2048).expect("post");
+    }
+    let mut priority_tags = HashSet::new();
+    for i in 0..600u32 {
+        // Bulk: many flows, DSCP 0.
+        a.send(
+            (i % u32::from(PAIRS)) as u16,
+            VirtioNetHdr::plain(),
+            &frame(2000 + (i % 64) as u16, 5000, 0, i),
+        )
+        .expect("send bulk");
+        if i % 20 == 0 {
+            let tag = 100_000 + i;
+            a.send(0, VirtioNetHdr::plain(), &frame(7000, 7001, EF, tag))
+                .expect("send EF");
+            priority_tags.insert(tag);
+        }
+    }
+    // Every EF frame arrives, and on queue 0; nothing else is on queue 0.
+    let mut seen = HashSet::new();
+    while seen.len() < priority_tags.len() {
+        let got = b
+            .recv(0, support::TIMEOUT)
+            .expect("frames on the priority queue");
+        assert!(
+            !got.is_empty(),
+            "priority frames missing: {:?}",
+            priority_tags.difference(&seen)
+        );
+        for f in got {
+            let tag = udp_tag(&f.frame).expect("tagged");
+            assert!(
+                priority_tags.contains(&tag),
+                "bulk frame {tag} on the priority queue"
+            );
+            seen.insert(tag);
+        }
+    }
+    daemon
+        .wait_counter("b", "rx_high_packets", priority_tags.len() as u64)
+        .expect("high counted");
+    assert_eq!(
+        daemon
+            .queue_counter("b", 0, "rx_high_packets")
+            .expect("counter"),
+        priority_tags.len() as u64
+    );
+    assert_eq!(
+        daemon
+            .queue_counter("b", 0, "rx_drops_no_buffer")
+            .expect("counter"),
+        0
+    );
+    let bulk_drops: u64 = (1..PAIRS)
+        .map(|q| {
+            daemon
+                .queue_counter("b", q, "rx_drops_no_buffer")
+                .expect("counter")
+        })
+        .sum();
+    assert!(
+        bulk_drops > 0,
+        "the flood should have overrun the bulk queues"
+    );
+}
+
+#[test]
+fn a_rule_added_at_run_time_takes_effect_on_the_next_frame() {
+    let (daemon, mut a, mut b) = two_guests(&[]);
+    b.post_rx_buffers_all(16, 2048).expect("post");
+    a.send(0, VirtioNetHdr::plain(), &frame(4000, 5001, 0, 1))
+        .expect("send");
+    let before = expect_tag(&mut b, 1).expect("frame before the rule");
+    assert_ne!(before.pair, 0, "an unmarked flow avoids the priority queue");
+
+    control(
+        &daemon,
+        &[
+            "rule", "add", "b", "loc", "3", "proto", "udp", "dst-port", "5001", "action", "queue",
+            "0", "class", "high",
+        ],
+    );
+    a.send(0, VirtioNetHdr::plain(), &frame(4000, 5001, 0, 2))
+        .expect("send");
+    let after = expect_tag(&mut b, 2).expect("frame after the rule");
+    assert_eq!(after.pair, 0, "the rule steers the very next frame");
+    let listing = control(&daemon, &["rule", "list", "b"]);
+    assert!(
+        listing.contains("loc 3") && listing.contains("hits 1"),
+        "{listing}"
+    );
+
+    control(
+        &daemon,
+        &[
+            "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "drop",
+        ],
+    );
+    a.send(0, VirtioNetHdr::plain(), &frame(4000, 5001, 0, 3))
+        .expect("send");
+    a.send(0, VirtioNetHdr::plain(), &frame(4000, 5002, 0, 4))
+        .expect("send");
+    expect_tag(&mut b, 4).expect("an unmatched frame still passes");
+    control(&daemon, &["rule", "del", "b", "1"]);
+    let listing = control(&daemon, &["rule", "list", "b"]);
+    assert!(!listing.contains("action drop"), "{listing}");
+}
+
+#[test]
+fn a_bad_rule_or_port_is_refused_with_a_reason() {
+    let (daemon, _a, _b) = two_guests(&[]);
+    let output = Command::new(BINARY)
+        .args(["rule", "--control"])
+        .arg(daemon.control_socket())
+        .args([
+            "add", "b", "loc", "1", "dst-port", "99999", "action", "drop",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("99999"), "{stderr}");
+    let output = Command::new(BINARY)
+        .args(["link", "--control"])
+        .arg(daemon.control_socket())
+        .args(["nope", "--rate", "1G"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no port"));
+}
+
+#[test]
+fn link_latency_shows_in_the_residence_time() {
+    let (mut daemon, mut a, mut b) = two_guests(&["--link-latency-us", "3000"]);
+    b.post_rx_buffers_all(8, 2048).expect("post");
+    for tag in 0..5 {
+        a.send(0, VirtioNetHdr::plain(), &frame(4000, 5000, 0, tag))
+            .expect("send");
+        expect_tag(&mut b, tag).expect("delayed frame still arrives");
+    }
+    let stats = daemon.stats().expect("stats");
+    let port = stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap();
+    let p50s: Vec<u64> = port["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["residence"]["normal"]["count"].as_u64().unwrap_or(0) > 0)
+        .map(|q| q["residence"]["normal"]["p50_ns"].as_u64().unwrap())
+        .collect();
+    assert!(!p50s.is_empty(), "residence recorded");
+    // 2 significant digits: within 1% below the configured latency at worst.
+    assert!(
+        p50s.iter().all(|&p50| p50 >= 2_970_000),
+        "residence {p50s:?} below the 3 ms latency"
+    );
+}
+
+#[test]
+fn capture_written_by_the_nic_is_read_back_by_tcpdump() {
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        panic!("tcpdump is required (apt-get install tcpdump; .ci/install-deps does)");
+    }
+    let (daemon, mut a, mut b) = two_guests(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("b.pcapng");
+    b.post_rx_buffers_all(16, 2048).expect("post");
+    control(&daemon, &["capture", "b", file.to_str().unwrap()]);
+    for tag in 0..5 {
+        a.send(
+            0,
+            VirtioNetHdr::plain(),
+            &frame(4000 + tag as u16, 5000, if tag == 0 { EF } else { 0 }, tag),
+        )
+        .expect("send");
+        expect_tag(&mut b, tag).expect("frame arrives");
+    }
+    control(&daemon, &["capture", "b"]);
+    let output = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tcpdump: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("10.0.0.1.40") && l.contains("> 10.0.0.2.5000"))
+            .count(),
+        5,
+        "{text}"
+    );
+    // The queue and class are recorded as packet comments.
+    let raw = std::fs::read(&file).expect("read capture");
+    let has = |needle: &str| raw.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        has("queue=0 class=high"),
+        "EF frame recorded on queue 0 as high"
+    );
+    assert!(has("class=normal"));
+}
