@@ -101,7 +101,7 @@ class GuestRun:
 
 
 def boot(kernel: Path, initrd: Path, name: str, test: str, mode: int = 1,
-         netdev_user: bool = False, smp: int = 2) -> GuestRun:
+         netdev_user: bool = False, smp: int = 2, extra_append: str = "") -> GuestRun:
     """Boots kernel + initrd under QEMU (TCG), runs scenario `test`, returns its report.
 
     The guest prints PRISM-TEST-END and reboots; QEMU has -no-reboot, so it exits. We wait
@@ -111,6 +111,8 @@ def boot(kernel: Path, initrd: Path, name: str, test: str, mode: int = 1,
               f"prism.mode={mode}")
     if DEBUG:
         append += " prism.kmemleak=1 kmemleak=on"
+    if extra_append:
+        append += " " + extra_append
     append += " -- /prism-test/prism-test"
     cmd = [os.environ.get("PRISM_QEMU", "qemu-system-x86_64"), "-accel", "tcg",
            "-m", "1G", "-smp", str(smp), "-display", "none", "-monitor", "none",
