@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""prism-vnic against DPDK's vhost PMD, driven by DPDK's virtio-user frontend (dpdk-testpmd).
+
+Every figure is paired, in the same run, with DPDK's own vhost PMD in prism-vnic's place:
+  (a) frontend txonly into one port, the backend discarding (prism-vnic: --sink);
+  (b) the backend generating into one port, frontend rxonly (prism-vnic: --gen);
+  (c) two ports, A -> backend switches -> B. One frontend testpmd with one forwarding lcore
+      polls both sides (pcap infinite_rx -> virtio_user A, virtio_user B -> net_null), so
+      scheduling cannot starve the receiver (see ../shared/BENCH.md for why the naive
+      three-poller setup measures nothing); DPDK: io forwarding between net_vhost0/1.
+The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's per-second
+stats averaged after a warm-up; each configuration is repeated and min/median/max printed,
+with the backend's CPU use. Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRISM = os.path.join(REPO, "target", "release", "prism-vnic")
+MAC_A = "02:00:00:00:00:0a"
+MAC_B = "02:00:00:00:00:0b"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def udp_frame(length, src_mac, dst_mac):
+    """An Ethernet/IPv4/UDP frame of `length` bytes (no FCS)."""
+    mac = lambda m: bytes(int(x, 16) for x in m.split(":"))
+    payload = bytes(length - 42)
+    ip_len = 20 + 8 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, ip_len, 0, 0, 64, 17, 0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    s = sum(struct.unpack("!10H", ip))
+    s = (s & 0xFFFF) + (s >> 16)
+    ip = ip[:10] + struct.pack("!H", ~s & 0xFFFF) + ip[12:]
+    udp = struct.pack("!HHHH", 1024, 9, 8 + len(payload), 0)
+    return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp + payload
+
+
+def write_pcap(path, frame):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        f.write(struct.pack("<IIII", 0, 0, len(frame), len(frame)))
+        f.write(frame)
+
+
+class Proc:
+    def __init__(self, cmd, cpu, log_path):
+        self.log_path = log_path
+        self.out = open(log_path, "w")
+        # stdbuf: testpmd's printf output must reach the log as it happens.
+        self.p = subprocess.Popen(["taskset", "-c", str(cpu), "stdbuf", "-oL"] + cmd, stdout=self.out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.PIPE, start_new_session=True)
+
+    def command(self, line):
+        """Sends a command to an interactive testpmd."""
+        self.p.stdin.write((line + "\n").encode())
+        self.p.stdin.flush()
+
+    def cpu_seconds(self):
+        try:
+            with open(f"/proc/{self.p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+
+    def stop(self):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGINT)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.out.close()
+
+    def text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+def wait_for(path, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def testpmd(prefix, vdevs, args, lcores="0@0,1@0"):
+    return ["dpdk-testpmd", "--lcores", lcores, "--no-pci", "--no-huge", "-m", "1024",
+            "--file-prefix", prefix] + [x for v in vdevs for x in ("--vdev", v)] + \
+           ["--", "--nb-cores=1", "--no-lsc-interrupt"] + args
+
+
+def port_counts(text, port, key):
+    """Every cumulative `key` (RX-packets or TX-packets) of `port` printed by testpmd."""
+    counts = []
+    for block in re.split(r"#+ NIC statistics for port", text)[1:]:
+        m = re.match(r"\s*(\d+)", block)
+        if not m or int(m.group(1)) != port:
+            continue
+        v = re.search(key + r":\s+(\d+)", block)
+        if v:
+            counts.append(int(v.group(1)))
+    return counts
+
+
+def wait_blocks(proc, n, timeout=30):
+    """Waits until the log holds `n` stats blocks (a starved main lcore prints late)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.text().count("NIC statistics for port") >= n:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def run_case(case, backend, length, secs, work):
+    """One measurement; returns (pps at the measured side, backend CPU %)."""
+    sock_a, sock_b = os.path.join(work, "a.sock"), os.path.join(work, "b.sock")
+    for s in (sock_a, sock_b):
+        if os.path.exists(s):
+            os.unlink(s)
+    big = length > 1518
+    mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
+    # The backend.
+    if backend == "prism":
+        cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, "ctl.sock")]
+        if case == "a":
+            cmd += ["--port", f"a={sock_a}", "--sink", "null"]
+        elif case == "b":
+            cmd += ["--port", f"a={sock_a}", "--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
+        else:
+            cmd += ["--port", f"a={sock_a}", "--port", f"b={sock_b}"]
+        be = Proc(cmd, 1, os.path.join(work, f"be-{backend}-{case}.log"))
+    else:
+        tso = ",tso=1" if big else ""
+        vdevs = [f"net_vhost0,iface={sock_a},queues=1{tso}"]
+        if case == "c":
+            vdevs.append(f"net_vhost1,iface={sock_b},queues=1{tso}")
+        mode = {"a": "rxonly", "b": "txonly", "c": "io"}[case]
+        extra = [f"--txpkts={length}"] if case == "b" else []
+        be = Proc(testpmd("be", vdevs, [f"--forward-mode={mode}", "--auto-start"] + extra + mbuf, "0@1,1@1"),
+                  1, os.path.join(work, f"be-{backend}-{case}.log"))
+    if not wait_for(sock_a) or (case == "c" and not wait_for(sock_b)):
+        be.stop()
+        raise RuntimeError(f"{backend}: backend sockets did not appear; see {be.log_path}")
+    # The frontend.
+    if case == "a":
+        fe_cmd = testpmd("fe", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
+                         ["-i", "--forward-mode=txonly", f"--txpkts={length}",
+                          f"--eth-peer=0,{MAC_B}"] + mbuf)
+        measured = (0, "TX-packets")
+    elif case == "b":
+        fe_cmd = testpmd("fe", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
+                         ["-i", "--forward-mode=rxonly"] + mbuf)
+        measured = (0, "RX-packets")
+    else:
+        pcap = os.path.join(work, f"frame{length}.pcap")
+        write_pcap(pcap, udp_frame(length, MAC_A, MAC_B))
+        fe_cmd = testpmd("fe", [f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
+                                f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}",
+                                f"virtio_user1,path={sock_b},queues=1,mac={MAC_B}",
+                                "net_null0,no-rx=1"],
+                         ["-i", "--forward-mode=io", "--port-topology=paired"] + mbuf)
+        measured = (3, "TX-packets")  # what B received, forwarded to the null port
+    fe = Proc(fe_cmd, 0, os.path.join(work, f"fe-{backend}-{case}.log"))
+    try:
+        fe.command("start")
+        time.sleep(3)  # warm-up: connection, learning, rings filled
+        fe.command("show port stats all")
+        t0, cpu0 = time.time(), be.cpu_seconds()
+        time.sleep(secs)
+        fe.command("show port stats all")
+        t1, cpu1 = time.time(), be.cpu_seconds()
+        blocks = 2 * (4 if case == "c" else 1)
+        if not wait_blocks(fe, blocks):
+            raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
+        fe.command("stop")
+        fe.command("quit")
+    finally:
+        fe.stop()
+        be.stop()
+    counts = port_counts(fe.text(), *measured)
+    if len(counts) < 2:
+        raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
+    return (counts[1] - counts[0]) / (t1 - t0), (cpu1 - cpu0) / (t1 - t0) * 100
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--secs", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
+    args = ap.parse_args()
+    for tool in ("dpdk-testpmd", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev util-linux; .ci/install-deps does)")
+    if not os.path.exists(PRISM):
+        sys.exit(f"vs_dpdk: {PRISM} missing: run .ci/patch-crates && cargo build --release")
+    cases = [(c, l) for c in args.only.split(",") for l in ([64, 1518] + ([9000] if c == "c" else []))]
+    rows = []
+    if args.logs:
+        os.makedirs(args.logs, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vs-dpdk-") as tmp:
+        work = args.logs or tmp
+        for case, length in cases:
+            result = {}
+            for backend in ("prism", "dpdk"):
+                runs = []
+                for i in range(args.repeat):
+                    log(f"({case}) {length} B {backend} run {i + 1}/{args.repeat} ...")
+                    try:
+                        runs.append(run_case(case, backend, length, args.secs, work))
+                    except RuntimeError as e:
+                        log(f"  failed: {e}")
+                result[backend] = runs
+            rows.append((case, length, result))
+    print(f"{'case':<5} {'frame':>6} | {'prism-vnic Mpps (min/med/max)':>30} {'CPU%':>5} | "
+          f"{'DPDK vhost Mpps (min/med/max)':>30} {'CPU%':>5} | {'ratio':>5} {'Gbit/s':>7}")
+    for case, length, result in rows:
+        def summary(runs):
+            if not runs:
+                return "failed", 0.0, 0.0
+            pps = sorted(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            return f"{pps[0] / 1e6:.2f}/{statistics.median(pps) / 1e6:.2f}/{pps[-1] / 1e6:.2f}", statistics.median(pps), cpu
+        p_text, p_med, p_cpu = summary(result.get("prism"))
+        d_text, d_med, d_cpu = summary(result.get("dpdk"))
+        ratio = p_med / d_med if d_med else 0.0
+        gbps = p_med * length * 8 / 1e9
+        print(f"({case})  {length:>6} | {p_text:>30} {p_cpu:>5.0f} | {d_text:>30} {d_cpu:>5.0f} | {ratio:>5.2f} {gbps:>7.1f}")
+
+
+if __name__ == "__main__":
+    main()
