@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 SOCKET_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -164,7 +166,7 @@ class Switch:
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=log,
                                          stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         except OSError as e:
             raise SwitchError(f"cannot run {self.argv[0]}: {e}") from e
         finally:

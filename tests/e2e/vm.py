@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import die_with_parent
+
 REPO = Path(__file__).resolve().parents[2]
 QEMU_VM = REPO / "qemu" / "vm"
 
@@ -109,7 +111,8 @@ class Guest:
         # New session: a test runner's Ctrl-C does not reach QEMU, the finalizers kill it.
         self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=qemu_log,
-                                     start_new_session=True, bufsize=0)
+                                     start_new_session=True, bufsize=0,
+                                     preexec_fn=die_with_parent)
         qemu_log.close()
         self._reader = threading.Thread(target=self._read_console, args=(self.proc,),
                                         name=f"console-{self.name}", daemon=True)
