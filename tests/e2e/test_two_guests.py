@@ -118,11 +118,14 @@ def save_backend_stats(vswitch, out_dir, label: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pair(vswitch, guests):
+def pair(vswitch, guests, report):
+    started = time.monotonic()
     vm1 = guests.start("vm1", vswitch.sockets["vm1"], ip=f"{VM1_IP}/{PREFIX}", queues=QUEUES, smp=SMP)
     vm2 = guests.start("vm2", vswitch.sockets["vm2"], ip=f"{VM2_IP}/{PREFIX}", queues=QUEUES, smp=SMP)
     vm1.wait_ready()
     vm2.wait_ready()
+    report(f"two guests booted to PRISM-GUEST-READY in {time.monotonic() - started:.0f} s "
+           f"(accelerator and QEMU command: {vm1.qemu_log_path})")
     return vm1, vm2
 
 
