@@ -31,30 +31,50 @@ pub enum NextHead {
     },
 }
 
+/// The guest's avail index as last read, so a batch reads it from guest memory once rather
+/// than once per chain. Valid only while the queue is not reset; a fresh one per batch.
+#[derive(Default)]
+pub struct AvailCache {
+    known: Option<Wrapping<u16>>,
+}
+
 /// Reads the next chain head the guest made available, advancing our avail index.
-pub fn next_head<M: GuestMemory>(state: &mut VringState<GuestMemory_>, mem: &M) -> NextHead {
+pub fn next_head<M: GuestMemory>(
+    state: &mut VringState<GuestMemory_>,
+    mem: &M,
+    cache: &mut AvailCache,
+) -> NextHead {
     let queue = state.get_queue_mut();
     if !queue.ready() {
         return NextHead::Empty;
     }
-    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
-        return NextHead::Broken {
-            avail: 0,
-            next: queue.next_avail(),
-        };
-    };
     let next = Wrapping(queue.next_avail());
-    let pending = (avail - next).0;
-    if pending == 0 {
-        return NextHead::Empty;
-    }
     let size = queue.size();
-    if pending > size || size == 0 {
-        return NextHead::Broken {
-            avail: avail.0,
-            next: next.0,
-        };
-    }
+    let avail = match cache.known {
+        // Still ahead of us: checked against the queue size when it was read.
+        Some(known) if known != next => known,
+        _ => {
+            let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+                return NextHead::Broken {
+                    avail: 0,
+                    next: next.0,
+                };
+            };
+            let pending = (avail - next).0;
+            if pending == 0 {
+                cache.known = Some(avail);
+                return NextHead::Empty;
+            }
+            if pending > size || size == 0 {
+                return NextHead::Broken {
+                    avail: avail.0,
+                    next: next.0,
+                };
+            }
+            cache.known = Some(avail);
+            avail
+        }
+    };
     // avail ring: flags u16, idx u16, ring[size] u16.
     let slot = u64::from(next.0 % size);
     let at = GuestAddress(queue.avail_ring()).0.checked_add(4 + 2 * slot);
@@ -119,6 +139,10 @@ impl Default for RateLimitedLog {
 /// Reusable per-ring bookkeeping for one RX write (chains taken for one frame).
 #[derive(Default)]
 struct RxScratch {
+    /// Reset for every write: the guest adds buffers between writes.
+    avail: AvailCache,
+    /// We asked the guest to kick when it adds buffers (the ring was full).
+    armed: bool,
     segments: Vec<Segment>,
     /// (head, first segment, end segment, capacity) of each chain taken for the frame.
     chains: Vec<(u16, usize, usize, u32)>,
@@ -147,7 +171,11 @@ impl VhostRxRing {
             mem,
             acked_features,
             counters,
-            scratch: Mutex::new(RxScratch::default()),
+            // Armed: the first write turns off the guest's kicks for every buffer it adds.
+            scratch: Mutex::new(RxScratch {
+                armed: true,
+                ..RxScratch::default()
+            }),
             log: RateLimitedLog::new(),
         }
     }
@@ -172,7 +200,7 @@ impl VhostRxRing {
         scratch.chains.clear();
         let mut capacity: usize = 0;
         while capacity < needed {
-            let head = match next_head(state, mem) {
+            let head = match next_head(state, mem, &mut scratch.avail) {
                 NextHead::Head(head) => head,
                 NextHead::Empty => {
                     // A ring full of buffers that still cannot hold the frame never will.
@@ -235,6 +263,8 @@ impl GuestRxRing for VhostRxRing {
         if !state.is_enabled() || !state.get_queue().ready() {
             return RingWrite::NotReady;
         }
+        // The guest may have been reset since the last write (SET_VRING_BASE).
+        scratch.avail = AvailCache::default();
         let negotiated = self.negotiated();
         let mem = self.mem.memory();
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
@@ -254,6 +284,7 @@ impl GuestRxRing for VhostRxRing {
                     state.get_queue_mut().set_next_avail(rewind_to);
                     // Ask the guest to kick when it adds buffers, then look once more: it may
                     // have added some between our check and the request.
+                    scratch.armed = true;
                     match state.enable_notification() {
                         Ok(true) if attempt == 0 => {
                             attempt += 1;
@@ -268,7 +299,11 @@ impl GuestRxRing for VhostRxRing {
                 }
             }
         }
-        let _ = state.disable_notification();
+        if scratch.armed {
+            // Room again: stop the guest's kicks for every buffer it adds.
+            let _ = state.disable_notification();
+            scratch.armed = false;
+        }
         let mut header = *header;
         let buffers = scratch.chains.len() as u16;
         header[10..12].copy_from_slice(&buffers.to_le_bytes());
@@ -314,8 +349,7 @@ impl GuestRxRing for VhostRxRing {
     }
 
     fn is_enabled(&self) -> bool {
-        let state = self.vring.get_ref();
-        state.is_enabled() && state.get_queue().ready()
+        self.vring.is_usable()
     }
 
     fn offloads(&self) -> RxOffloads {

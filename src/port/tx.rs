@@ -6,7 +6,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemory;
 
 use super::chain::{self, Direction, Segment};
-use super::ring::{GuestMemory_, NextHead, RateLimitedLog, next_head, walk_chain};
+use super::ring::{AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, walk_chain};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
@@ -68,8 +68,9 @@ pub fn process_batch<M: GuestMemory>(
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
+    let mut avail = AvailCache::default();
     for _ in 0..TX_BATCH {
-        let head = match next_head(state, mem) {
+        let head = match next_head(state, mem, &mut avail) {
             NextHead::Head(head) => head,
             NextHead::Empty => return TxProgress::Drained,
             NextHead::Broken { avail, next } => {

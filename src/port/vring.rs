@@ -11,13 +11,30 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vhost_user_backend::{VringMutex, VringState, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::Error as VirtQueError;
 use vm_memory::GuestAddressSpace;
 
 #[derive(Clone)]
-pub struct PortVring<M: GuestAddressSpace>(VringMutex<M>);
+pub struct PortVring<M: GuestAddressSpace>(VringMutex<M>, Arc<Usable>);
+
+/// Whether the frontend has the vring enabled and ready, readable without the vring's lock
+/// (the NIC asks for every frame which queues it may use).
+#[derive(Default)]
+struct Usable {
+    enabled: AtomicBool,
+    ready: AtomicBool,
+}
+
+impl<M: GuestAddressSpace> PortVring<M> {
+    /// Enabled (SET_VRING_ENABLE) and ready (set up, not stopped by GET_VRING_BASE).
+    pub fn is_usable(&self) -> bool {
+        self.1.enabled.load(Ordering::Acquire) && self.1.ready.load(Ordering::Acquire)
+    }
+}
 
 thread_local! {
     static CREATED: RefCell<Option<Vec<Box<dyn std::any::Any>>>> = const { RefCell::new(None) };
@@ -49,7 +66,7 @@ impl<'a, M: 'a + GuestAddressSpace> VringStateMutGuard<'a, M> for PortVring<M> {
 
 impl<M: 'static + GuestAddressSpace> VringT<M> for PortVring<M> {
     fn new(mem: M, max_queue_size: u16) -> Result<Self, VirtQueError> {
-        let vring = PortVring(VringMutex::new(mem, max_queue_size)?);
+        let vring = PortVring(VringMutex::new(mem, max_queue_size)?, Arc::default());
         CREATED.with(|created| {
             if let Some(list) = created.borrow_mut().as_mut() {
                 list.push(Box::new(vring.clone()));
@@ -87,7 +104,8 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for PortVring<M> {
     }
 
     fn set_enabled(&self, enabled: bool) {
-        self.0.set_enabled(enabled)
+        self.0.set_enabled(enabled);
+        self.1.enabled.store(enabled, Ordering::Release);
     }
 
     fn set_queue_info(
@@ -124,7 +142,8 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for PortVring<M> {
     }
 
     fn set_queue_ready(&self, ready: bool) {
-        self.0.set_queue_ready(ready)
+        self.0.set_queue_ready(ready);
+        self.1.ready.store(ready, Ordering::Release);
     }
 
     fn set_kick(&self, file: Option<File>) {
