@@ -63,7 +63,10 @@ fn until_every_rx_queue_is_used(a: &mut TestGuest, b: &mut TestGuest) {
         let got = expect_tag(b, tag).expect("warm-up frame arrives");
         b.post_rx_buffers(got.pair, 1, 2048)
             .expect("replace buffer");
-        assert_ne!(got.pair, 0, "an unmarked flow landed on the high-priority queue");
+        assert_ne!(
+            got.pair, 0,
+            "an unmarked flow landed on the high-priority queue"
+        );
         used.insert(got.pair);
         if used.len() == usize::from(b.pairs()) - 1 {
             return;
@@ -258,4 +261,45 @@ fn minimal_guest_without_ring_features_or_offloads_exchanges_traffic() {
     assert!(!b.has(EVENT_IDX) && !b.has(MRG_RXBUF));
     stream(&mut a, &mut b, 300);
     stream(&mut b, &mut a, 300);
+}
+
+#[test]
+fn counters_account_frames_per_queue_and_per_port() {
+    let (mut daemon, mut a, mut b) = two_guests(PAIRS);
+    b.post_rx_buffers_all(32, 2048).expect("post");
+    let mut sent_bytes = 0u64;
+    let mut sent_per_tx_queue = [0u64; PAIRS as usize];
+    for flow in 0..24u16 {
+        let pair = flow % PAIRS;
+        let frame = flow_frame(1, 2, 8000 + flow, u32::from(flow));
+        a.send(pair, VirtioNetHdr::plain(), &frame).expect("send");
+        sent_bytes += frame.len() as u64;
+        sent_per_tx_queue[usize::from(pair)] += 1;
+    }
+    let got = b.expect_frames(24).expect("all frames arrive");
+    let mut got_per_rx_queue = [0u64; PAIRS as usize];
+    for f in &got {
+        got_per_rx_queue[usize::from(f.pair)] += 1;
+    }
+    // Counted in frame bytes, without the virtio-net header.
+    daemon
+        .wait_counter("b", "rx_packets", 24)
+        .expect("b rx_packets");
+    assert_eq!(daemon.counter("a", "tx_packets").expect("counter"), 24);
+    assert_eq!(
+        daemon.counter("a", "tx_bytes").expect("counter"),
+        sent_bytes
+    );
+    assert_eq!(daemon.counter("b", "rx_packets").expect("counter"), 24);
+    assert_eq!(
+        daemon.counter("b", "rx_bytes").expect("counter"),
+        sent_bytes
+    );
+    for q in 0..PAIRS {
+        let i = usize::from(q);
+        let tx = daemon.queue_counter("a", q, "tx_packets").expect("counter");
+        assert_eq!(tx, sent_per_tx_queue[i], "a tx_packets of queue {q}");
+        let rx = daemon.queue_counter("b", q, "rx_packets").expect("counter");
+        assert_eq!(rx, got_per_rx_queue[i], "b rx_packets of queue {q}");
+    }
 }
