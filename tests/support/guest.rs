@@ -177,8 +177,18 @@ pub struct TestGuest {
 impl TestGuest {
     /// Connects and brings the device up as QEMU 10 does for a multi-queue virtio-net.
     pub fn connect(socket: &Path, opts: GuestOptions) -> Result<Self> {
-        let mut conn = VhostUserConnection::connect(socket, TIMEOUT)?;
-        let negotiated = Self::negotiate(&mut conn, &opts)?;
+        // A daemon recreates its listener between connections: a connection queued on the
+        // listener being torn down is closed unanswered. Retry like QEMU's reconnect does.
+        let (mut conn, first_features) =
+            wait_for("the backend to answer GET_FEATURES", TIMEOUT, || {
+                let mut conn = VhostUserConnection::connect(socket, TIMEOUT)?;
+                match conn.get_features() {
+                    Ok(features) => Ok(Some((conn, features))),
+                    Err(e) if e.is_backend_refusal() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })?;
+        let negotiated = Self::negotiate(&mut conn, &opts, first_features)?;
         let offered_pairs = negotiated.queue_num.unwrap_or(1);
         let pairs = opts.pairs.map(u64::from).unwrap_or(offered_pairs);
         let pairs = u16::try_from(pairs).map_err(|_| HarnessError::BadReply {
@@ -203,7 +213,11 @@ impl TestGuest {
     }
 
     /// GET_FEATURES .. SET_OWNER, repeated per pair as QEMU does.
-    fn negotiate(conn: &mut VhostUserConnection, opts: &GuestOptions) -> Result<Negotiated> {
+    fn negotiate(
+        conn: &mut VhostUserConnection,
+        opts: &GuestOptions,
+        first_features: u64,
+    ) -> Result<Negotiated> {
         let mut n = Negotiated {
             offered_features: 0,
             acked_features: 0,
@@ -213,7 +227,11 @@ impl TestGuest {
         };
         let mut round = 0u64;
         loop {
-            n.offered_features = conn.get_features()?;
+            n.offered_features = if round == 0 {
+                first_features
+            } else {
+                conn.get_features()?
+            };
             if n.offered_features & feature::PROTOCOL_FEATURES != 0 {
                 n.offered_protocol_features = conn.get_protocol_features()?;
                 n.acked_protocol_features = n.offered_protocol_features & WANTED_PROTOCOL_FEATURES;
