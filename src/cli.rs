@@ -146,7 +146,8 @@ pub struct RunArgs {
     /// A port that discards everything it receives. Repeatable.
     #[arg(long = "sink", value_name = "NAME", value_parser = parse_name)]
     pub sinks: Vec<String>,
-    /// A port that sends UDP frames at full speed: NAME=dst=MAC[,src=MAC][,len=BYTES][,flows=N].
+    /// A port that sends UDP frames: NAME=dst=MAC[,src=MAC][,len=BYTES][,flows=N][,dscp=N][,pps=N]
+    /// (pps 0 or absent: as fast as the switch takes them).
     #[arg(long = "gen", value_name = "NAME=SPEC", value_parser = parse_generator)]
     pub generators: Vec<(String, GeneratorSpec)>,
     /// Queue pairs of every vhost-user port (QEMU's queues= must not exceed it).
@@ -361,6 +362,8 @@ fn parse_generator(value: &str) -> Result<(String, GeneratorSpec), String> {
         src: [0x02, 0, 0, 0, 0xff, 0x01],
         len: 64,
         flows: 1,
+        dscp: 0,
+        pps: 0,
     };
     let mut have_dst = false;
     for item in spec.split(',') {
@@ -392,9 +395,21 @@ fn parse_generator(value: &str) -> Result<(String, GeneratorSpec), String> {
                     format!("generator {name}: flows {val:?} is not a number from 1 to 65535")
                 })?;
             }
+            "dscp" => {
+                generator.dscp = val.parse().ok().filter(|&d: &u8| d < 64).ok_or_else(|| {
+                    format!("generator {name}: dscp {val:?} is not a number from 0 to 63")
+                })?;
+            }
+            "pps" => {
+                generator.pps = val.parse().map_err(|_| {
+                    format!(
+                        "generator {name}: pps {val:?} is not a number (0 = as fast as possible)"
+                    )
+                })?;
+            }
             other => {
                 return Err(format!(
-                    "generator {name}: unknown key {other:?} (dst, src, len, flows)"
+                    "generator {name}: unknown key {other:?} (dst, src, len, flows, dscp, pps)"
                 ));
             }
         }

@@ -11,6 +11,9 @@ pub struct Residence {
     histogram: Histogram<u64>,
 }
 
+/// Quantiles reported besides the named percentiles, enough to draw a CDF.
+pub const CDF_QUANTILES: [f64; 12] = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0];
+
 /// Percentiles of a residence histogram, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ResidenceSummary {
@@ -19,6 +22,8 @@ pub struct ResidenceSummary {
     pub p99_ns: u64,
     pub p999_ns: u64,
     pub max_ns: u64,
+    /// Values at [`CDF_QUANTILES`], in order.
+    pub cdf_ns: [u64; 12],
 }
 
 impl Default for Residence {
@@ -55,6 +60,7 @@ impl Residence {
             p99_ns: h.value_at_quantile(0.99),
             p999_ns: h.value_at_quantile(0.999),
             max_ns: h.max(),
+            cdf_ns: CDF_QUANTILES.map(|q| h.value_at_quantile(q)),
         }
     }
 }

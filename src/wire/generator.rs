@@ -20,6 +20,10 @@ pub struct GeneratorSpec {
     pub len: usize,
     /// Number of flows (UDP source ports), to spread over RSS queues.
     pub flows: u16,
+    /// DSCP of the IPv4 header (46 = EF marks a flow high priority under DSCP trust).
+    pub dscp: u8,
+    /// Frames per second; 0 sends as fast as the switch takes them.
+    pub pps: u64,
 }
 
 /// Smallest and largest frame a generator makes.
@@ -37,6 +41,13 @@ pub fn build_frame(spec: &GeneratorSpec, flow: u16) -> Vec<u8> {
     let mut frame = Vec::with_capacity(spec.len.max(MIN_LEN));
     // Writing into a Vec cannot fail, and the sizes are bounded by MAX_LEN.
     let _ = builder.write(&mut frame, &payload);
+    if spec.dscp != 0 {
+        // TOS byte, then the IPv4 header checksum again.
+        frame[15] = spec.dscp << 2;
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let checksum = crate::packet::checksum::checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    }
     frame
 }
 
@@ -58,7 +69,19 @@ pub fn spawn(
         // Notify receivers once per batch, as a NIC's TX engine would (not per frame).
         const BATCH: usize = 32;
         let mut next = 0;
+        let start = std::time::Instant::now();
+        let mut sent: u64 = 0;
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only affects this thread; paced sleeps are short.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
         loop {
+            // Pace: the batch goes when its first frame is due.
+            if let Some(due_ns) = sent.saturating_mul(1_000_000_000).checked_div(spec.pps)
+                && let Some(wait) =
+                    std::time::Duration::from_nanos(due_ns).checked_sub(start.elapsed())
+            {
+                thread::sleep(wait);
+            }
+            sent += BATCH as u64;
             for _ in 0..BATCH {
                 let flows = frames.len();
                 let frame = &mut frames[next];
@@ -84,6 +107,8 @@ mod tests {
             src: [2, 0, 0, 0, 0, 0xa],
             len: 64,
             flows: 4,
+            dscp: 0,
+            pps: 0,
         };
         let frame = build_frame(&spec, 3);
         assert_eq!(frame.len(), 64);
@@ -92,5 +117,11 @@ mod tests {
         assert_eq!(u16::from_be_bytes([frame[34], frame[35]]), 1027);
         let runt = build_frame(&GeneratorSpec { len: 10, ..spec }, 0);
         assert_eq!(runt.len(), MIN_LEN);
+        let marked = build_frame(&GeneratorSpec { dscp: 46, ..spec }, 0);
+        assert_eq!(marked[15] >> 2, 46);
+        assert!(
+            crate::packet::checksum::verifies(&marked[14..34]),
+            "IPv4 checksum"
+        );
     }
 }
