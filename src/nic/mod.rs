@@ -109,8 +109,9 @@ pub struct Nic {
     classifier: ArcSwap<Classifier>,
     classifier_config: ClassifierConfig,
     pub link: Link,
-    /// Frames waiting in any buffer of this NIC: the direct path is allowed only at zero.
-    buffered: AtomicUsize,
+    /// Frames waiting in this NIC's buffers, per class: a frame may skip the buffers only when
+    /// nothing of its class or a higher one waits.
+    buffered: [AtomicUsize; 2],
     priority_weight: AtomicU32,
     pub(crate) waker: Waker,
     capture: ArcSwapOption<Capture>,
@@ -149,7 +150,7 @@ impl Nic {
             classifier: ArcSwap::from_pointee(classifier),
             classifier_config,
             link: Link::new(config.link),
-            buffered: AtomicUsize::new(0),
+            buffered: [AtomicUsize::new(0), AtomicUsize::new(0)],
             priority_weight: AtomicU32::new(config.priority_weight),
             waker: Waker::new(),
             capture: ArcSwapOption::empty(),
@@ -181,7 +182,9 @@ impl Nic {
         queue.ring.store(ring.map(Arc::new));
         if detach {
             let dropped = queue.clear();
-            self.buffered.fetch_sub(dropped, Ordering::Relaxed);
+            for (count, dropped) in self.buffered.iter().zip(dropped) {
+                count.fetch_sub(dropped, Ordering::Relaxed);
+            }
         }
         self.wake();
     }
@@ -293,9 +296,13 @@ impl Nic {
         }
         let class = decision.class;
         let mut state = queue.lock();
-        let direct = self.buffered.load(Ordering::Acquire) == 0
-            && self.link.latency_ns() == 0
-            && self.link.busy_until(arrival_ns).is_none();
+        // Strict priority: a high frame only waits behind high frames.
+        let ahead = match class {
+            Class::High => self.buffered[class_index(Class::High)].load(Ordering::Acquire),
+            Class::Normal => self.buffered(),
+        };
+        let direct =
+            ahead == 0 && self.link.latency_ns() == 0 && self.link.busy_until(arrival_ns).is_none();
         if direct && let Some(ring) = queue.ring() {
             let ring = ring.as_ref().as_ref();
             match queue.publish(
@@ -319,7 +326,7 @@ impl Nic {
             }
         }
         if queue.buffer(&mut state, class, header, frame, arrival_ns, wire_bytes) {
-            self.buffered.fetch_add(1, Ordering::Release);
+            self.buffered[class_index(class)].fetch_add(1, Ordering::Release);
             drop(state);
             self.wake();
             Some(queue.index)
@@ -403,7 +410,7 @@ impl Nic {
                         Publish::Dropped => {}
                     }
                     state.buffers[class_index(class)].pop();
-                    self.buffered.fetch_sub(1, Ordering::Release);
+                    self.buffered[class_index(class)].fetch_sub(1, Ordering::Release);
                 }
             }
         }
@@ -420,7 +427,10 @@ impl Nic {
 
     /// Frames waiting in this NIC's buffers.
     pub fn buffered(&self) -> usize {
-        self.buffered.load(Ordering::Relaxed)
+        self.buffered
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Coalescing settings of one queue.

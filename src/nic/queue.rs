@@ -207,11 +207,11 @@ impl RxQueue {
         }
     }
 
-    /// Drops every buffered frame (the guest went away); returns how many.
-    pub(super) fn clear(&self) -> usize {
+    /// Drops every buffered frame (the guest went away); returns how many, per class.
+    pub(super) fn clear(&self) -> [usize; 2] {
         let mut state = self.lock();
         state.accounting.pending.clear();
-        state.buffers.iter_mut().map(Frames::clear).sum()
+        state.buffers.each_mut().map(Frames::clear)
     }
 
     pub fn residence(&self) -> [ResidenceSummary; 2] {

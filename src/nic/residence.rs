@@ -12,7 +12,9 @@ pub struct Residence {
 }
 
 /// Quantiles reported besides the named percentiles, enough to draw a CDF.
-pub const CDF_QUANTILES: [f64; 12] = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0];
+pub const CDF_QUANTILES: [f64; 12] = [
+    0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
+];
 
 /// Percentiles of a residence histogram, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

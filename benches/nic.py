@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Benchmarks of prism-vnic's NIC model, with prism-vnic's own generator and sink ports (no
+VM, no frontend: what is measured is the switch and the NIC).
+
+1. Rule cost: the packet rate a generator pushes through the switch into a sink whose NIC
+   holds 0, 10, 100 and 1000 flow rules (none matching the traffic, so every lookup is a
+   miss, the worst case for a bucketed matcher, plus one rule for a flow that is sent).
+   Target: 1000 rules cost at most 10% against 0.
+2. Priority under congestion: a bulk generator saturates a paced link into a sink while a
+   second generator sends a DSCP EF flow at 1000 frames/s. The NIC residence time of the
+   priority frames with strict priority (trust dscp), against the same traffic with priority
+   disabled (trust none: the EF frames share the FIFO with bulk, so the normal class's
+   residence is theirs). Prints p50/p99/p99.9 and draws the CDFs to benches/out/residence.png.
+
+Usage: benches/nic.py [--secs 5] [--repeat 3] [--link-rate 100M]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRISM = os.path.join(REPO, "target", "release", "prism-vnic")
+CDF_QUANTILES = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def rules_file(path, count):
+    """`count` rules that the generated traffic does not match (UDP destination ports,
+    source prefixes and DSCP values it never uses), in shuffled locations."""
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write("[[rule]]\n")
+            f.write(f"loc = {(i * 7919) % 100_000}\n")
+            kind = i % 4
+            if kind == 0:
+                f.write(f'proto = "udp"\ndst-port = {20000 + i}\nqueue = 0\n')
+            elif kind == 1:
+                f.write(f'proto = "tcp"\nsrc-port = {30000 + i}\nclass = "high"\n')
+            elif kind == 2:
+                f.write(f'src-ip = "192.168.{(i // 250) % 250}.{i % 250}/32"\ndrop = true\n')
+            else:
+                f.write(f'dst-ip = "172.16.{(i // 250) % 250}.{i % 250}/32"\nproto = "udp"\nqueue = 0\n')
+            f.write("\n")
+    return path
+
+
+class Daemon:
+    def __init__(self, work, args, cpus="1"):
+        self.control = os.path.join(work, "ctl.sock")
+        self.log = open(os.path.join(work, "daemon.log"), "w")
+        self.p = subprocess.Popen(["taskset", "-c", cpus, PRISM, "--control", self.control, *args],
+                                  stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not os.path.exists(self.control):
+            if time.time() > deadline or self.p.poll() is not None:
+                raise RuntimeError(f"prism-vnic did not start: {open(self.log.name).read()}")
+            time.sleep(0.05)
+
+    def stats(self):
+        out = subprocess.run([PRISM, "stats", "--control", self.control, "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    def port(self, name):
+        return next(p for p in self.stats()["ports"] if p["name"] == name)
+
+    def reset_residence(self):
+        subprocess.run([PRISM, "residence", "--control", self.control, "--reset"], check=True,
+                       capture_output=True)
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(10)
+        self.log.close()
+
+
+def rule_rate(work, count, secs):
+    # One CPU: the generator thread does all the work (switch, classifier, sink).
+    args = ["--gen", "g=dst=02:00:00:00:00:0b,len=64,flows=64", "--sink", "s"]
+    if count:
+        args += ["--rules", "s=" + rules_file(os.path.join(work, f"rules{count}.toml"), count)]
+    d = Daemon(work, args)
+    try:
+        time.sleep(1)
+        a, t0 = d.port("s")["counters"]["rx_packets"], time.time()
+        time.sleep(secs)
+        b, t1 = d.port("s")["counters"]["rx_packets"], time.time()
+    finally:
+        d.stop()
+    return (b - a) / (t1 - t0)
+
+
+def residence(work, trust, link_rate, secs):
+    args = ["--gen", "bulk=dst=02:00:00:00:00:0b,len=1500,flows=16",
+            "--gen", "prio=dst=02:00:00:00:00:0b,src=02:00:00:00:ff:02,len=100,dscp=46,pps=1000",
+            "--sink", "s", "--link-rate", link_rate, "--trust", trust]
+    # Both CPUs: the bulk generator spins at full speed, and the NIC's scheduler thread must
+    # not wait behind it for a CPU (that would measure the host's scheduler, not the NIC).
+    d = Daemon(work, args, cpus="0,1")
+    try:
+        time.sleep(1)
+        d.reset_residence()
+        time.sleep(secs)
+        queue = d.port("s")["queues"][0]
+    finally:
+        d.stop()
+    # With trust none the EF frames are in the normal class, with the bulk: their residence is
+    # the FIFO's.
+    return queue["residence"]["high" if trust == "dscp" else "normal"], queue["counters"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--link-rate", default="100M")
+    ap.add_argument("--out", default=os.path.join(REPO, "benches", "out"))
+    args = ap.parse_args()
+    if not os.path.exists(PRISM):
+        sys.exit(f"nic.py: {PRISM} missing: run .ci/patch-crates && cargo build --release")
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nic-bench-") as work:
+        print("1. packet rate through a port's NIC with N flow rules (64 B, generator -> sink)")
+        print(f"{'rules':>6} | {'Mpps min/med/max':>22} | {'vs 0 rules':>10}")
+        base = None
+        for count in (0, 10, 100, 1000):
+            rates = []
+            for i in range(args.repeat):
+                log(f"rules={count} run {i + 1}/{args.repeat}")
+                rates.append(rule_rate(work, count, args.secs))
+            rates.sort()
+            med = statistics.median(rates)
+            base = base or med
+            print(f"{count:>6} | {rates[0] / 1e6:6.2f}/{med / 1e6:6.2f}/{rates[-1] / 1e6:6.2f} | "
+                  f"{(med / base - 1) * 100:+9.1f}%")
+
+        print(f"\n2. NIC residence of a DSCP EF flow (1000 frames/s) with bulk saturating a "
+              f"{args.link_rate} link")
+        print(f"{'priority':>9} | {'frames':>7} | {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9} | drops (bulk)")
+        curves = {}
+        for trust, label in (("dscp", "on"), ("none", "off")):
+            runs = []
+            for i in range(args.repeat):
+                log(f"residence priority={label} run {i + 1}/{args.repeat}")
+                runs.append(residence(work, trust, args.link_rate, args.secs))
+            mid = sorted(runs, key=lambda r: r[0]["p99_ns"])[len(runs) // 2]
+            r, counters = mid
+            curves[label] = r["cdf_ns"]
+            print(f"{label:>9} | {r['count']:>7} | {r['p50_ns'] / 1e3:9.1f} {r['p99_ns'] / 1e3:9.1f} "
+                  f"{r['p999_ns'] / 1e3:9.1f} | {counters['rx_drops_no_buffer']}")
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for label, cdf in curves.items():
+                ax.plot([v / 1e3 for v in cdf], CDF_QUANTILES, marker="o", label=f"priority {label}")
+            ax.set_xscale("log")
+            ax.set_xlabel("NIC residence time of EF frames (us, log)")
+            ax.set_ylabel("CDF")
+            ax.set_title(f"EF flow under bulk, {args.link_rate} link")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+            path = os.path.join(args.out, "residence.png")
+            fig.tight_layout()
+            fig.savefig(path, dpi=120)
+            print(f"\nplot: {path}")
+        except ImportError:
+            print("\n(matplotlib missing: no plot; apt-get install python3-matplotlib, run with /usr/bin/python3)")
+
+
+if __name__ == "__main__":
+    main()
