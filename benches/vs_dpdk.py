@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRISM = os.path.join(REPO, "target", "release", "prism-vnic")
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"
+BUSY_POLL_US = 0
 
 
 def log(msg):
@@ -139,7 +140,8 @@ def run_case(case, backend, length, secs, work):
     mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
     # The backend.
     if backend == "prism":
-        cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, "ctl.sock")]
+        cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, "ctl.sock"),
+               "--busy-poll-us", str(BUSY_POLL_US)]
         if case == "a":
             cmd += ["--port", f"a={sock_a}", "--sink", "null"]
         elif case == "b":
@@ -207,7 +209,13 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="a,b,c")
     ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
+    ap.add_argument("--busy-poll-us", type=int, default=0,
+                    help="prism-vnic's --busy-poll-us (0: event-driven, as by default)")
     args = ap.parse_args()
+    global BUSY_POLL_US
+    BUSY_POLL_US = args.busy_poll_us
+    print(f"prism-vnic: {'event-driven' if not BUSY_POLL_US else f'busy-poll {BUSY_POLL_US} us'}; "
+          "DPDK vhost PMD: polling")
     for tool in ("dpdk-testpmd", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev util-linux; .ci/install-deps does)")

@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// Queue pairs of every vhost-user port (QEMU's queues= must not exceed it).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_PAIRS as i64))]
     pub queues: u16,
+    /// Microseconds a TX worker keeps polling its ring after draining it, before it waits for
+    /// the guest's kick again (0: event-driven only). Trades CPU for packet rate.
+    #[arg(long, value_name = "USECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub busy_poll_us: u64,
     /// Largest virtqueue size a guest may set up (a power of two).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,

@@ -230,6 +230,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         max_queue_size: args.queue_size,
         mac: [0x52, 0x54, 0x00, 0x50, 0x52, 0x00],
         mtu: 1500,
+        busy_poll: Duration::from_micros(args.busy_poll_us),
     };
     let mut id = 0;
     for (index, listener) in listeners.into_iter().enumerate() {

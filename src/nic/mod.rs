@@ -417,6 +417,19 @@ impl Nic {
         next
     }
 
+    /// The guest posted RX buffers or enabled a ring: delivers what waits right away, on the
+    /// caller's thread (the port's worker), rather than waking the scheduler for it; the
+    /// scheduler is woken only for what must wait for a time (link, latency, moderation).
+    pub fn rx_kick(&self) {
+        if self.buffered() == 0 {
+            return;
+        }
+        let waits = self.drain(self.now_ns());
+        if self.flush_notifications(self.now_ns()).is_some() || waits.is_some() {
+            self.wake();
+        }
+    }
+
     /// Applies interrupt moderation on every queue; returns the earliest pending deadline.
     pub(crate) fn flush_notifications(&self, now_ns: u64) -> Option<u64> {
         self.queues

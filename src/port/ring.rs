@@ -89,6 +89,15 @@ pub fn next_head<M: GuestMemory>(
     }
 }
 
+/// Whether the guest made chains available that we have not taken yet.
+pub fn has_available<M: GuestMemory>(state: &VringState<GuestMemory_>, mem: &M) -> bool {
+    let queue = state.get_queue();
+    queue.ready()
+        && queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|avail| avail.0 != queue.next_avail())
+}
+
 /// Walks the chain at `head` of the vring's descriptor table.
 pub fn walk_chain<M: GuestMemory>(
     state: &mut VringState<GuestMemory_>,
