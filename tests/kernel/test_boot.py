@@ -27,7 +27,7 @@ def test_every_knob_rejects_bad_input_and_is_root_only(prism_kernel, test_initra
     run.assert_all_ok(required=[
         "proc_net_prism_readable", "proc_net_prism_has_total", "vxlan_ports_default",
         "rx_queue_flag_exists", "einval:prism_mode:3", "einval:prism_mode:99999999999999999999",
-        "einval:prism_ports:add\\ 0", "einval:prism_priority:2",
+        "einval:prism_ports:add_0", "einval:prism_ports:<empty>", "einval:prism_priority:2",
         "root_only:nobody:prism_mode", "root_only:nocap:prism_mode",
         "root_only:nocap:prism_ports", "root_only:nocap:prism_priority",
         "knobs_unchanged_by_unprivileged", "dmesg_clean"])
