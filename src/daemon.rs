@@ -219,6 +219,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     );
     let fabric = Arc::new(Fabric { switch, ports });
 
+    crate::nic::clock::init();
     let signals = block_shutdown_signals();
     control::spawn(fabric.clone(), &args.control)?;
     for port in &fabric.ports {

@@ -8,7 +8,6 @@
 //! share the clock through one atomic; nothing locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 /// Ethernet overhead per frame on the wire beyond the bytes a guest sees: preamble and SFD
 /// (8), FCS (4), inter-frame gap (12).
@@ -20,11 +19,6 @@ const MIN_FRAME: u64 = 60;
 /// How far ahead of real time the link may run before a frame must wait: a burst allowance
 /// that keeps the pacer from sleeping between back-to-back frames.
 pub const SLACK_NS: u64 = 20_000;
-
-/// Nanoseconds since the process started, the time base of the NIC model.
-pub fn now_ns(epoch: Instant) -> u64 {
-    epoch.elapsed().as_nanos() as u64
-}
 
 /// Rate and latency of a link, as the user set them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,7 @@
 
 pub mod backlog;
 pub mod capture;
+pub mod clock;
 pub mod deliver;
 pub mod link;
 pub mod moderation;
@@ -28,7 +29,6 @@ pub mod scheduler;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -104,7 +104,6 @@ impl Default for NicConfig {
 
 /// The NIC of one port.
 pub struct Nic {
-    epoch: Instant,
     queues: Vec<RxQueue>,
     classifier: ArcSwap<Classifier>,
     classifier_config: ClassifierConfig,
@@ -115,6 +114,7 @@ pub struct Nic {
     priority_weight: AtomicU32,
     pub(crate) waker: Waker,
     capture: ArcSwapOption<Capture>,
+    capturing: AtomicBool,
     connected: AtomicBool,
     pub port_counters: Arc<PortCounters>,
 }
@@ -134,7 +134,6 @@ impl Nic {
         let classifier = Classifier::new(&classifier_config, rules)?;
         let high_queues = usize::from(classifier_config.high_queues);
         Ok(Nic {
-            epoch: Instant::now(),
             queues: queue_counters
                 .iter()
                 .enumerate()
@@ -154,6 +153,7 @@ impl Nic {
             priority_weight: AtomicU32::new(config.priority_weight),
             waker: Waker::new(),
             capture: ArcSwapOption::empty(),
+            capturing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             port_counters,
         })
@@ -161,7 +161,7 @@ impl Nic {
 
     /// Nanoseconds on this NIC's clock.
     pub fn now_ns(&self) -> u64 {
-        link::now_ns(self.epoch)
+        clock::now_ns()
     }
 
     pub fn queue(&self, index: usize) -> Option<&RxQueue> {
@@ -242,6 +242,7 @@ impl Nic {
 
     /// Starts (or with `None` stops) capturing delivered frames.
     pub fn set_capture(&self, capture: Option<Capture>) {
+        self.capturing.store(capture.is_some(), Ordering::Relaxed);
         self.capture.store(capture.map(Arc::new));
     }
 
@@ -303,7 +304,8 @@ impl Nic {
         };
         let direct =
             ahead == 0 && self.link.latency_ns() == 0 && self.link.busy_until(arrival_ns).is_none();
-        if direct && let Some(ring) = queue.ring() {
+        let ring_guard = queue.ring();
+        if direct && let Some(ring) = ring_guard.as_ref() {
             let ring = ring.as_ref().as_ref();
             match queue.publish(
                 &mut state.accounting,
@@ -336,7 +338,11 @@ impl Nic {
     }
 
     fn captured(&self, queue: usize, class: Class, frame: &[u8]) {
-        if let Some(capture) = self.capture.load().as_ref() {
+        // A plain flag first: capturing is rare, and the data path should not pay an
+        // arc-swap load per frame for it.
+        if self.capturing.load(Ordering::Relaxed)
+            && let Some(capture) = self.capture.load().as_ref()
+        {
             capture.record(queue, class, frame);
         }
     }
@@ -351,7 +357,10 @@ impl Nic {
         let weight = self.priority_weight();
         for allow_normal in [false, true] {
             for queue in &self.queues {
-                let Some(ring) = queue.ring() else { continue };
+                let ring_guard = queue.ring();
+                let Some(ring) = ring_guard.as_ref() else {
+                    continue;
+                };
                 let mut guard = queue.lock();
                 let state = &mut *guard;
                 loop {

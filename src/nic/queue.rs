@@ -98,8 +98,9 @@ impl RxQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn ring(&self) -> Option<Arc<Box<dyn GuestRxRing>>> {
-        self.ring.load_full()
+    /// The ring, without touching its reference count (arc-swap's guard).
+    pub(super) fn ring(&self) -> arc_swap::Guard<Option<Arc<Box<dyn GuestRxRing>>>> {
+        self.ring.load()
     }
 
     /// Whether a ring is attached and enabled by its guest.
@@ -195,7 +196,7 @@ impl RxQueue {
             }
             NotifyDecision::Now => {
                 self.notify_due.store(0, Ordering::Relaxed);
-                if let Some(ring) = self.ring() {
+                if let Some(ring) = self.ring().as_ref() {
                     ring.notify();
                 }
                 None

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use log::debug;
 
-use super::{Forward, IngressError, Mac, PortId, Switch};
+use super::{DecisionCache, Forward, IngressError, Mac, PortId, Switch};
 use crate::nic::{self, Nic};
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
@@ -43,6 +43,7 @@ pub struct FabricPort {
 #[derive(Default)]
 pub struct ForwardScratch {
     pub segment: Vec<u8>,
+    decisions: DecisionCache,
     touched: Vec<(PortId, usize)>,
 }
 
@@ -82,8 +83,11 @@ impl Fabric {
     ) {
         let dst = mac_at(frame, 0);
         let src = mac_at(frame, 6);
-        match self.switch.learn(ingress, &src) {
-            Ok(()) => {}
+        let forward = match self
+            .switch
+            .decide(ingress, &src, &dst, &mut scratch.decisions)
+        {
+            Ok(forward) => forward,
             Err(IngressError::MacLimit) => {
                 stats::inc(&sender.tx_drops_mac_limit);
                 return;
@@ -92,8 +96,8 @@ impl Fabric {
                 stats::inc(&sender.tx_drops_invalid_address);
                 return;
             }
-        }
-        match self.switch.lookup(ingress, &dst) {
+        };
+        match forward {
             Forward::Unicast(port) => self.deliver_to(port, frame, offload, scratch, sender),
             Forward::Flood => {
                 for port in (0..self.ports.len()).filter(|&port| port != ingress) {
