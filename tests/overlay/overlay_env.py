@@ -265,6 +265,30 @@ class Overlay:
                                f"{res.stderr.strip()}")
         return res.stdout
 
+    def drop_counters(self, n: int) -> dict[str, int]:
+        """Every place guest n's receive path counts a drop: the container's UDP receive
+        buffer errors, the backlog drops (softnet_stat column 2, summed over CPUs), PRISM's
+        prio_dropped, and prism-vnic's drops towards port vmN."""
+        res: dict[str, int] = {}
+        snmp = self.c(n, "grep '^Udp:' /proc/net/snmp")
+        rows = [ln.split()[1:] for ln in snmp.splitlines() if ln.startswith("Udp:")]
+        if len(rows) >= 2:
+            for name, value in zip(rows[0], rows[1]):
+                if name in ("RcvbufErrors", "InErrors"):
+                    res[f"c1_udp_{name}"] = int(value)
+        softnet = self.c(n, "cat /proc/net/softnet_stat", netns=False)
+        res["backlog_dropped"] = sum(int(ln.split()[1], 16) for ln in softnet.splitlines()
+                                     if len(ln.split()) > 1)
+        res["prio_dropped"] = self.counters(n)["prio_dropped"]
+        if self.switch is not None and not self.switch.is_stand_in:
+            stats = self.switch.stats() or {}
+            for port in stats.get("ports", []):
+                if port.get("name") == f"vm{n}":
+                    for name, value in port.get("counters", {}).items():
+                        if "drop" in name and isinstance(value, int):
+                            res[f"nic_{name}"] = value
+        return res
+
     def dmesg_problems(self, n: int) -> list[str]:
         out = self.c(n, f"dmesg | grep -E '{DMESG_BAD}' | head -20; true", netns=False)
         return [ln for ln in out.splitlines() if ln.strip()]

@@ -171,9 +171,13 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
       every ICMP packet is marked by queue on receive (modes 1, 2). ping sends on its own clock
       whatever comes back, so a lost request or reply is a gap in the reply sequence numbers:
       the replies must be exactly 0..last (the one in flight when ping is stopped may be missing).
-    - UDP to PORT_MARKED (in net.core.prism_ports on both guests), 200-byte datagrams at
-      200 kbit/s in back-to-back 5 s iperf3 runs: marked by port on receive and on transmit;
-      each run's receiver counts lost datagrams by sequence number, and all must be 0.
+    - UDP to PORT_MARKED, 200-byte datagrams at 200 kbit/s in back-to-back 5 s iperf3 runs:
+      in net.core.prism_ports on both guests (marked on transmit in vm1, and the iperf3 control
+      connection is marked by port on receive), and steered by a vm2 rule to rx-0 as high class,
+      so prism-vnic keeps it out of the bulk flow's full RX ring (without the rule the NIC
+      model drops a few of them with rx_drops_no_buffer under bulk load: a loss before the
+      kernel, which this test is not about). Each run's receiver counts lost datagrams by
+      sequence number, and all must be 0.
     The marked_by_queue and marked_by_port counters must rise on both guests, so these flows were
     really marked, and the priority queues and sync path were crossed, while modes changed.
     Traffic runs until the switch loops of both guests are done, and the loops record how many
@@ -181,16 +185,19 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     """
     ov.set_mode(1)
     ov.both(f"echo {PORT_MARKED} > {KNOBS}/prism_ports && echo 1 > {RX0_FLAG}")
-    for port, loc in (("vm1", "2"), ("vm2", "2")):
-        ov.rule("add", port, "loc", loc, "inner", "proto", "icmp", "action", "queue", "0",
+    for port in ("vm1", "vm2"):
+        ov.rule("add", port, "loc", "2", "inner", "proto", "icmp", "action", "queue", "0",
                 "class", "high")
+    ov.rule("add", "vm2", "loc", "3", "inner", "proto", "udp", "dst-port", str(PORT_MARKED),
+            "action", "queue", "0", "class", "high")
     before = {n: ov.counters(n) for n in (1, 2)}
+    drops_before = {n: ov.drop_counters(n) for n in (1, 2)}
     ov.c(1, "rm -f /tmp/traffic.stop", netns=False)
     peer = CONTAINER[2]
     ov.bg(1, "bulk", f"while [ ! -e /tmp/traffic.stop ]; do ip netns exec c1 iperf3 -c {peer} "
-                     f"-p {PORT_BULK} -P 2 -t 5 || echo BULK-FAILED; done")
+                     f"-p {PORT_BULK} -P 2 -t 5 || sleep 1; done")
     ov.bg(1, "prio", f"while [ ! -e /tmp/traffic.stop ]; do ip netns exec c1 iperf3 -c {peer} "
-                     f"-p {PORT_MARKED} -u -b 200K -l 200 -t 5 || echo PRIO-FAILED; done")
+                     f"-p {PORT_MARKED} -u -b 200K -l 200 -t 5 || sleep 1; done")
     ov.bg(1, "ping", f"ip netns exec c1 ping -i 0.2 {peer}")
     switch_loop = (f"n=0; fail=0; while [ $n -lt {SWITCHES} ]; do for m in {SWITCH_SEQUENCE}; do "
                    f"echo $m > {KNOBS}/prism_mode || fail=$((fail+1)); n=$((n+1)); sleep 0.3; "
@@ -206,6 +213,8 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     prio_rc, prio_out = ov.wait_bg(1, "prio", timeout=IPERF_TIMEOUT)
     _, ping_out = ov.wait_bg(1, "ping", timeout=120)
     after = {n: ov.counters(n) for n in (1, 2)}
+    drops = {n: {k: v - drops_before[n].get(k, 0) for k, v in ov.drop_counters(n).items()
+                 if v - drops_before[n].get(k, 0)} for n in (1, 2)}
     ov.set_mode(1)
 
     for n, (rc, out) in results.items():
@@ -224,21 +233,26 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     runs = re.findall(r"(\d+)/(\d+) \([\d.e+-]+%\)\s+receiver", prio_out)
     lost = sum(int(lo) for lo, _ in runs)
     total = sum(int(t) for _, t in runs)
-    assert "PRIO-FAILED" not in prio_out and runs and total > 0, prio_out[-3000:]
-    assert "BULK-FAILED" not in bulk_out, bulk_out[-3000:]
+    # A run started while the server still finishes the previous one is refused ("busy") and
+    # retried; any other error could hide lost datagrams.
+    errors = [ln for ln in prio_out.splitlines() if "iperf3: error" in ln and "busy" not in ln]
+    assert not errors and runs and total > 0, prio_out[-3000:]
+    bulk_runs = len(re.findall(r"\[SUM\].*receiver", bulk_out))
+    assert bulk_runs > 0, f"no bulk run completed:\n{bulk_out[-3000:]}"
     marks = {n: (delta(before[n], after[n], "marked_by_queue"),
                  delta(before[n], after[n], "marked_by_port")) for n in (1, 2)}
     report(f"mode switching: {results[1][1].strip()} (vm1), {results[2][1].strip()} (vm2); "
-           f"ping {len(seqs)}/{sent} replies; marked UDP lost {lost}/{total} in {len(runs)} runs; "
+           f"{bulk_runs} bulk runs; ping {len(seqs)}/{sent} replies; marked UDP lost {lost}/{total} in {len(runs)} runs; "
            f"marked (by queue, by port) vm1 {marks[1]} vm2 {marks[2]}")
-    assert lost == 0, f"marked UDP lost {lost} of {total} datagrams"
+    assert lost == 0, (f"marked UDP lost {lost} of {total} datagrams; per run (lost/total) "
+                       f"{runs}; drop counters that moved: {drops}")
     for n in (1, 2):
         assert marks[n][0] > 0 and marks[n][1] > 0, f"vm{n}: priority flows not marked: {marks[n]}"
         problems = ov.dmesg_problems(n)
         assert not problems, f"vm{n} dmesg:\n" + "\n".join(problems)
     ov.both(f"echo clear > {KNOBS}/prism_ports && echo 0 > {RX0_FLAG}")
-    for port in ("vm1", "vm2"):
-        ov.rule("del", port, "loc", "2")
+    for port, loc in (("vm1", "2"), ("vm2", "2"), ("vm2", "3")):
+        ov.rule("del", port, loc)
 
 
 def test_no_oops_warn_or_bug_in_either_guest(ov: Overlay):
