@@ -4,3 +4,14 @@
 pub mod generator;
 pub mod sink;
 pub mod tap;
+
+use crate::nic::RxOffloads;
+
+/// What a host-side receiver (a tap with TUNSETOFFLOAD, a sink) takes: every offload, so the
+/// switch never segments or checksums in software for it.
+pub const ALL_OFFLOADS: RxOffloads = RxOffloads {
+    csum: true,
+    tso4: true,
+    tso6: true,
+    ecn: true,
+};

@@ -136,12 +136,7 @@ impl GuestRxRing for TapRing {
     }
 
     fn offloads(&self) -> RxOffloads {
-        RxOffloads {
-            csum: true,
-            tso4: true,
-            tso6: true,
-            ecn: true,
-        }
+        super::ALL_OFFLOADS
     }
 }
 
