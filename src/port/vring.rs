@@ -14,7 +14,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vhost_user_backend::{VringMutex, VringState, VringStateGuard, VringStateMutGuard, VringT};
+use vhost_user_backend::{VringMutex, VringStateGuard, VringStateMutGuard, VringT};
 use virtio_queue::Error as VirtQueError;
 use vm_memory::GuestAddressSpace;
 
@@ -162,6 +162,3 @@ impl<M: 'static + GuestAddressSpace> VringT<M> for PortVring<M> {
         self.0.set_err(file)
     }
 }
-
-/// The state type behind our vrings, for code that takes the guard.
-pub type State<M> = VringState<M>;
