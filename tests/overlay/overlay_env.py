@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -33,16 +32,11 @@ sys.path.insert(0, str(TESTS / "e2e"))
 from switch import Switch, SwitchError  # noqa: E402
 from vm import Guest, GuestConfig, GuestError  # noqa: E402
 
-__all__ = ["Overlay", "OverlayError", "Guest", "GuestError", "Switch", "SwitchError",
-           "build_kernel", "build_initramfs", "parse_sockperf", "iperf_udp_summary", "REPO"]
-
 QUEUES = 4
 UNDERLAY = {1: "10.0.0.1", 2: "10.0.0.2"}
 CONTAINER = {1: "192.168.42.1", 2: "192.168.42.2"}
 KNOBS = "/proc/sys/net/core"
 RX0_FLAG = "/sys/class/net/eth0/queues/rx-0/prism_priority"
-COUNTERS = ("marked_by_queue", "marked_by_port", "marked_on_tx", "prio_enqueued", "prio_dropped",
-            "preemptions", "yields", "sync_deliveries", "sync_fallbacks")
 # dmesg lines that mean the kernel is unhealthy (the same list as tests/kernel/guest/prism-test).
 DMESG_BAD = ("WARNING:|BUG:|Oops|general protection|KASAN|UBSAN|Call Trace|RCU stall|"
              "soft lockup|hung task|Dead loop")
@@ -256,7 +250,8 @@ class Overlay:
 
     def rule(self, *args: str) -> str:
         """`prism-vnic rule ARGS` on the backend's control socket."""
-        assert self.switch is not None and self.switch.binary is not None
+        if self.switch is None or self.switch.binary is None:
+            raise OverlayError("flow rules need prism-vnic itself, not a stand-in backend")
         res = subprocess.run([str(self.switch.binary), "rule", "--control",
                               str(self.switch.control), *args],
                              capture_output=True, text=True, timeout=60)
@@ -293,12 +288,3 @@ class Overlay:
         out = self.c(n, f"dmesg | grep -E '{DMESG_BAD}' | head -20; true", netns=False)
         return [ln for ln in out.splitlines() if ln.strip()]
 
-
-def poll(condition, timeout: float, interval: float = 1.0) -> bool:
-    """Waits until condition() is true; False at the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
