@@ -3,6 +3,7 @@
 against PRISM-batch and PRISM-sync.
 
     benches/prism_latency.py [--reps 3] [--secs 10] [--kernels vanilla,prism] [--smp 1]
+                             [--mps 200] [--bulk-flows 2] [--no-nic-rules]
 
 The testbed is tests/overlay's (overlay_env.Overlay): prism-vnic with ports vm1 and vm2 (4
 queue pairs), a guest on each, and in each guest vxlan0 (id 42, dstport 4789) and a container
@@ -14,10 +15,11 @@ veth (MTU 1450) on br0, the container being netns c1 (192.168.42.N). In each mea
   started before and ending after the ping-pong; the guests have --smp vCPUs (default 1, so
   the bulk flows load the CPU that processes the RPCs, as in the paper's busy-server case).
 
-The priority flow is identified as the paper's testbed did: the NIC steers it (prism-vnic
+The priority flow is identified by both of PRISM's sources: the NIC steers it (prism-vnic
 rules `inner proto udp dst-port 11111` on vm2 and `src-port 11111` on vm1 put it on rx-0 as
 high class, so the NIC never drops it behind bulk frames, in every mode alike), and on the
-PRISM kernel rx-0/prism_priority = 1 and net.core.prism_ports = 11111 mark it in the kernel.
+PRISM kernel rx-0/prism_priority = 1 and net.core.prism_ports = 11111 mark it in the kernel
+(--no-nic-rules: the port table alone).
 Modes: the vanilla kernel (same source and config, no series), then the prism kernel with
 net.core.prism_mode 0 (vanilla behaviour), 1 (PRISM-batch) and 2 (PRISM-sync), each `reps`
 times, modes interleaved within a rep so that drifts of the shared machine hit all alike.
@@ -87,12 +89,15 @@ def run_kernel(flavour: str, modes: list[str], initrd: str, args) -> list[dict]:
     try:
         ov.start()
         ov.start_servers(2, [BULK_PORT], sockperf_port=PRIO_PORT)
-        ov.rule("add", "vm2", "loc", "1", "inner", "proto", "udp", "dst-port", str(PRIO_PORT),
-                "action", "queue", "0", "class", "high")
-        ov.rule("add", "vm1", "loc", "1", "inner", "proto", "udp", "src-port", str(PRIO_PORT),
-                "action", "queue", "0", "class", "high")
+        if args.nic_rules:
+            ov.rule("add", "vm2", "loc", "1", "inner", "proto", "udp", "dst-port", str(PRIO_PORT),
+                    "action", "queue", "0", "class", "high")
+            ov.rule("add", "vm1", "loc", "1", "inner", "proto", "udp", "src-port", str(PRIO_PORT),
+                    "action", "queue", "0", "class", "high")
         if flavour == "prism":
-            ov.both(f"echo {PRIO_PORT} > {KNOBS}/prism_ports && echo 1 > {RX0_FLAG}")
+            ov.both(f"echo {PRIO_PORT} > {KNOBS}/prism_ports")
+            if args.nic_rules:
+                ov.both(f"echo 1 > {RX0_FLAG}")
         # Warm-up: ARP, FDB and sockperf's first exchanges outside the measurements.
         ov.c(1, f"sockperf ping-pong -i {CONTAINER[2]} -p {PRIO_PORT} -t 2 --mps 100",
              timeout=300)
@@ -185,6 +190,10 @@ def main() -> int:
     ap.add_argument("--mps", type=int, default=200, help="ping-pong requests per second")
     ap.add_argument("--bulk-flows", type=int, default=2)
     ap.add_argument("--smp", type=int, default=1, help="vCPUs per guest")
+    ap.add_argument("--no-nic-rules", dest="nic_rules", action="store_false",
+                    help="no prism-vnic steering of the priority flow: the kernel identifies it by "
+                         "the port table alone, and the NIC treats it like bulk (it may drop it "
+                         "when a guest's RX ring is full, which stalls sockperf until the run ends)")
     ap.add_argument("--kernels", default="vanilla,prism",
                     help="comma-separated: vanilla (the vanilla flavour) and/or prism (modes 0,1,2)")
     args = ap.parse_args()
