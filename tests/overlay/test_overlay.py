@@ -195,10 +195,10 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
       model drops a few of them with rx_drops_no_buffer under bulk load: a loss before the
       kernel, which this test is not about). Each run's receiver counts lost datagrams by
       sequence number, and all must be 0.
-    The marked_by_queue and marked_by_port counters must rise on both guests, so these flows were
-    really marked, and the priority queues and sync path were crossed, while modes changed.
-    Traffic runs until the switch loops of both guests are done, and the loops record how many
-    switches happened before that. Afterwards dmesg holds no oops, WARN or BUG.
+    marked_by_queue and marked_by_port must rise on both guests: these flows really were
+    priority flows. Each guest runs its own loop of 60 writes (0 1 2 1 0 2 ..., 0.3 s apart);
+    every write must succeed. The traffic starts before the loops and is stopped only after both
+    ended, so every switch happens under traffic. Afterwards dmesg holds no oops, WARN or BUG.
     """
     ov.set_mode(1)
     ov.both(f"echo {PORT_MARKED} > {KNOBS}/prism_ports && echo 1 > {RX0_FLAG}")
