@@ -42,7 +42,8 @@ def pair(vswitch, guests):
     vm2 = guests.start("vm2", vswitch.sockets["vm2"], ip=f"{VM2_IP}/24", queues=QUEUES, smp=2)
     vm1.wait_ready()
     vm2.wait_ready()
-    vm1.check(f"i=0; until ping -c 1 -W 2 {VM2_IP} >/dev/null; do i=$((i+1)); [ $i -lt 60 ] || exit 1; done",
+    # In a subshell: `exit` in the console's own shell would end it.
+    vm1.check(f"(i=0; until ping -c 1 -W 2 {VM2_IP} >/dev/null; do i=$((i+1)); [ $i -lt 60 ] || exit 1; done)",
               timeout=300)
     vm2.check("iperf3 -s -D && iperf3 -s -D -p 5202 && iperf3 -s -D -p 5203")
     return vm1, vm2
