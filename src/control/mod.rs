@@ -137,7 +137,9 @@ fn serve_client(fabric: &Fabric, stream: UnixStream) -> io::Result<()> {
     // A client that stops reading must not pin a thread forever.
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut writer = stream.try_clone()?;
-    let reader = BufReader::new(stream.take_limited());
+    // A client may send at most 1 MiB over its connection, so it cannot make us buffer
+    // without end.
+    let reader = BufReader::new(io::Read::take(stream, 1 << 20));
     for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
@@ -148,17 +150,6 @@ fn serve_client(fabric: &Fabric, stream: UnixStream) -> io::Result<()> {
         writer.write_all(&out)?;
     }
     Ok(())
-}
-
-/// Limits how much one request line may be, so a client cannot make us buffer without end.
-trait TakeLimited {
-    fn take_limited(self) -> io::Take<UnixStream>;
-}
-
-impl TakeLimited for UnixStream {
-    fn take_limited(self) -> io::Take<UnixStream> {
-        io::Read::take(self, 1 << 20)
-    }
 }
 
 /// Binds the control socket (replacing a stale one) and serves it on a thread.
