@@ -28,7 +28,7 @@ pub mod residence;
 pub mod scheduler;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
@@ -65,7 +65,12 @@ pub enum RingWrite {
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;
-    /// Signals the guest if the ring published entries it has not been told about.
+    /// Makes what `write` wrote visible to the guest. Writers call it once per batch (the
+    /// NIC does, before its interrupt moderation decides anything), so a ring may defer
+    /// its used-index update until then.
+    fn publish(&self) {}
+    /// Publishes, then signals the guest if the ring published entries it has not been
+    /// told about.
     fn notify(&self);
     /// Whether the ring is set up and enabled by the guest.
     fn is_enabled(&self) -> bool;
@@ -116,6 +121,9 @@ pub struct Nic {
     capture: ArcSwapOption<Capture>,
     capturing: AtomicBool,
     connected: AtomicBool,
+    /// What the guest accepts on receive ([`RxOffloads`] bits), as its driver acked it: one
+    /// atomic for the data path to read per frame rather than a walk over the rings.
+    rx_offloads: AtomicU8,
     pub port_counters: Arc<PortCounters>,
 }
 
@@ -155,6 +163,7 @@ impl Nic {
             capture: ArcSwapOption::empty(),
             capturing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            rx_offloads: AtomicU8::new(0),
             port_counters,
         })
     }
@@ -179,6 +188,15 @@ impl Nic {
             return;
         };
         let detach = ring.is_none();
+        if index == 0 {
+            // Queue 0 comes and goes with the guest. Its driver may also ack features after
+            // this (the port then calls `set_offloads`); either order ends with its choice.
+            self.set_offloads(
+                ring.as_ref()
+                    .map(|ring| ring.offloads())
+                    .unwrap_or_default(),
+            );
+        }
         queue.ring.store(ring.map(Arc::new));
         if detach {
             let dropped = queue.clear();
@@ -204,12 +222,15 @@ impl Nic {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
-    /// The receive offloads of the guest behind this NIC (from any connected ring), or none.
+    /// The receive offloads of the guest behind this NIC (none while no guest is connected).
     pub fn offloads(&self) -> RxOffloads {
-        self.queues
-            .iter()
-            .find_map(|queue| queue.ring.load().as_ref().map(|ring| ring.offloads()))
-            .unwrap_or_default()
+        RxOffloads::from_bits(self.rx_offloads.load(Ordering::Relaxed))
+    }
+
+    /// Sets what the guest accepts on receive (its driver acked the features).
+    pub fn set_offloads(&self, offloads: RxOffloads) {
+        self.rx_offloads
+            .store(offloads.to_bits(), Ordering::Relaxed);
     }
 
     /// Classifies a frame for this NIC.
@@ -252,22 +273,28 @@ impl Nic {
         self.waker.wake();
     }
 
-    /// The queue a decision lands on, among the queues the guest has enabled. A guest that
-    /// uses fewer queues (ethtool -L) has its classifier's choice folded onto those, as a NIC
-    /// driver reprograms its indirection table; queue 0 is never disabled by Linux.
-    fn pick_queue(&self, decision: &Decision, hash: u32) -> Option<&RxQueue> {
+    /// The queue a decision lands on, among the queues the guest has enabled, with its ring
+    /// (loaded once: the caller writes into it). A guest that uses fewer queues (ethtool -L)
+    /// has its classifier's choice folded onto those, as a NIC driver reprograms its
+    /// indirection table; queue 0 is never disabled by Linux.
+    fn pick_queue(&self, decision: &Decision, hash: u32) -> Option<(&RxQueue, queue::RingGuard)> {
         let wanted = usize::from(decision.queue.queue());
-        if let Some(queue) = self.queues.get(wanted).filter(|q| q.is_enabled()) {
-            return Some(queue);
+        if let Some(queue) = self.queues.get(wanted) {
+            let ring = queue.ring();
+            if ring.as_ref().is_some_and(|ring| ring.is_enabled()) {
+                return Some((queue, ring));
+            }
         }
         let enabled = self.queues.iter().filter(|q| q.is_enabled()).count();
         if enabled == 0 {
             return None;
         }
-        self.queues
+        let queue = self
+            .queues
             .iter()
             .filter(|q| q.is_enabled())
-            .nth(hash as usize % enabled)
+            .nth(hash as usize % enabled)?;
+        Some((queue, queue.ring()))
     }
 
     /// Receives one frame from the wire (its header already adapted to this guest, its
@@ -284,7 +311,7 @@ impl Nic {
             crate::classify::QueueChoice::Rss { hash, .. } => hash,
             _ => 0,
         };
-        let Some(queue) = self.pick_queue(decision, hash) else {
+        let Some((queue, ring_guard)) = self.pick_queue(decision, hash) else {
             stats::inc(&self.port_counters.rx_drops_not_ready);
             return None;
         };
@@ -304,7 +331,6 @@ impl Nic {
         };
         let direct =
             ahead == 0 && self.link.latency_ns() == 0 && self.link.busy_until(arrival_ns).is_none();
-        let ring_guard = queue.ring();
         if direct && let Some(ring) = ring_guard.as_ref() {
             let ring = ring.as_ref().as_ref();
             match queue.publish(
@@ -328,9 +354,9 @@ impl Nic {
             }
         }
         if queue.buffer(&mut state, class, header, frame, arrival_ns, wire_bytes) {
+            // No wake-up here: the sender's `Fabric::flush` at the end of its batch drains
+            // what fits and wakes the scheduler only for what must wait for time to pass.
             self.buffered[class_index(class)].fetch_add(1, Ordering::Release);
-            drop(state);
-            self.wake();
             Some(queue.index)
         } else {
             None

@@ -58,6 +58,9 @@ pub enum Publish {
     Dropped,
 }
 
+/// A loaded ring reference (arc-swap's guard: no reference count touched).
+pub type RingGuard = arc_swap::Guard<Option<Arc<Box<dyn GuestRxRing>>>>;
+
 pub struct RxQueue {
     pub index: usize,
     pub(super) ring: ArcSwapOption<Box<dyn GuestRxRing>>,
@@ -99,7 +102,7 @@ impl RxQueue {
     }
 
     /// The ring, without touching its reference count (arc-swap's guard).
-    pub(super) fn ring(&self) -> arc_swap::Guard<Option<Arc<Box<dyn GuestRxRing>>>> {
+    pub(super) fn ring(&self) -> RingGuard {
         self.ring.load()
     }
 
@@ -133,12 +136,13 @@ impl RxQueue {
         } = *frame;
         match ring.write(header, frame) {
             RingWrite::Written => {
+                // Under the queue's lock: one writer at a time.
                 let counters = &self.counters;
-                stats::inc(&counters.rx_packets);
-                stats::add(&counters.rx_bytes, frame.len() as u64);
+                stats::add_single_writer(&counters.rx_packets, 1);
+                stats::add_single_writer(&counters.rx_bytes, frame.len() as u64);
                 if class == Class::High {
-                    stats::inc(&counters.rx_high_packets);
-                    stats::add(&counters.rx_high_bytes, frame.len() as u64);
+                    stats::add_single_writer(&counters.rx_high_packets, 1);
+                    stats::add_single_writer(&counters.rx_high_bytes, frame.len() as u64);
                 }
                 accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
                 accounting.pending.add(1, now_ns);
@@ -181,6 +185,11 @@ impl RxQueue {
     /// Applies interrupt moderation to what was published: notifies the guest now, or
     /// returns when it should be notified.
     pub fn flush_notify(&self, now_ns: u64) -> Option<u64> {
+        // What was written becomes visible now, whatever moderation decides about telling
+        // the guest: a polling driver must not wait for the interrupt.
+        if let Some(ring) = self.ring().as_ref() {
+            ring.publish();
+        }
         let decision = {
             let mut state = self.lock();
             let decision = state.accounting.pending.decide(self.coalesce.get(), now_ns);

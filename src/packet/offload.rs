@@ -207,6 +207,25 @@ pub struct GuestOffloads {
     pub ecn: bool,
 }
 
+impl GuestOffloads {
+    /// The offloads as four bits (csum, tso4, tso6, ecn), to keep them in an atomic.
+    pub fn to_bits(self) -> u8 {
+        u8::from(self.csum)
+            | u8::from(self.tso4) << 1
+            | u8::from(self.tso6) << 2
+            | u8::from(self.ecn) << 3
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        GuestOffloads {
+            csum: bits & 1 != 0,
+            tso4: bits & 2 != 0,
+            tso6: bits & 4 != 0,
+            ecn: bits & 8 != 0,
+        }
+    }
+}
+
 /// What the device must do to a frame before a guest may receive it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxAction {

@@ -149,10 +149,9 @@ impl NetBackend {
         loop {
             let progress = {
                 let mut state = vring.get_mut();
-                let mem = self.mem.memory();
                 let _ = state.disable_notification();
-                let progress = tx::process_batch(&mut state, &*mem, &mut worker.tx, &sender);
-                if state.needs_notification().unwrap_or(true) {
+                let progress = tx::process_batch(&mut state, &self.mem, &mut worker.tx, &sender);
+                if tx::wants_interrupt(state.get_queue(), &self.mem, &mut worker.tx) {
                     let _ = state.signal_used_queue();
                 }
                 progress
@@ -204,6 +203,7 @@ impl VhostUserBackend for NetBackend {
         // QEMU sends SET_FEATURES once per queue pair: this must be idempotent.
         self.acked_features.store(features, Ordering::Relaxed);
         let negotiated = Negotiated::from_bits(features);
+        self.fabric.ports[self.port].nic.set_offloads(negotiated.rx);
         debug!(
             "{}: features acked {features:#x}: {negotiated:?}",
             self.name()

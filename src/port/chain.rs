@@ -2,20 +2,24 @@
 //!
 //! virtio-queue's `DescriptorChain` iterator ends silently on every fault, which would make a
 //! looping chain look like a short one. We walk the chain ourselves so that each fault has a
-//! name (and a counter), and we check every buffer against guest memory before anyone copies.
+//! name (and a counter), and we translate every buffer into host memory before anyone copies:
+//! a [`Segment`] is a host address range, so gathering and scattering are plain copies.
 
 use virtio_bindings::bindings::virtio_ring::{
     VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+use super::host_memory::{self, HostMemory, volatile};
+use super::split_ring::SplitRing;
 
 /// Size of one split-ring descriptor in guest memory.
 const DESC_SIZE: u64 = 16;
 
-/// One guest buffer of a chain, already checked to lie in guest memory.
+/// One piece of a guest buffer, translated: `len` bytes at host address `host`. A buffer that
+/// crosses guest memory regions becomes several segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
-    pub addr: GuestAddress,
+    pub host: usize,
     pub len: u32,
 }
 
@@ -35,7 +39,7 @@ pub enum ChainError {
     IndexOutOfRange { index: u16, size: u16 },
     #[error("chain has more descriptors than its table ({limit}): a loop?")]
     TooLong { limit: u16 },
-    #[error("descriptor table entry at {0:#x} is outside guest memory")]
+    #[error("indirect table at {0:#x} is outside guest memory (or crosses a region)")]
     TableOutsideMemory(u64),
     #[error("buffer {addr:#x}+{len} is outside guest memory")]
     BufferOutsideMemory { addr: u64, len: u32 },
@@ -60,49 +64,72 @@ struct RawDescriptor {
     next: u16,
 }
 
-fn read_descriptor<M: GuestMemory>(
-    mem: &M,
-    table: GuestAddress,
-    index: u16,
-) -> Result<RawDescriptor, ChainError> {
-    let at = table
-        .0
-        .checked_add(u64::from(index) * DESC_SIZE)
-        .ok_or(ChainError::TableOutsideMemory(table.0))?;
-    let mut raw = [0u8; DESC_SIZE as usize];
-    mem.read_slice(&mut raw, GuestAddress(at))
-        .map_err(|_| ChainError::TableOutsideMemory(at))?;
-    let le64 = |r: &[u8]| u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
-    Ok(RawDescriptor {
-        addr: le64(&raw[0..8]),
-        len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
-        flags: u16::from_le_bytes([raw[12], raw[13]]),
-        next: u16::from_le_bytes([raw[14], raw[15]]),
-    })
+impl RawDescriptor {
+    fn from_bytes(raw: [u8; 16]) -> Self {
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&raw[0..8]);
+        RawDescriptor {
+            addr: u64::from_le_bytes(addr),
+            len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
+            flags: u16::from_le_bytes([raw[12], raw[13]]),
+            next: u16::from_le_bytes([raw[14], raw[15]]),
+        }
+    }
 }
 
-/// Walks the chain starting at `head` of a table of `queue_size` entries, appending its buffers
-/// to `out` (cleared first) and returning their total length.
+/// The table a walk reads: the ring's own, or an indirect one (translated, `entries` long).
+#[derive(Clone, Copy)]
+enum Table<'a> {
+    Ring(&'a SplitRing),
+    Indirect { host: usize, entries: u16 },
+}
+
+impl Table<'_> {
+    fn size(&self) -> u16 {
+        match self {
+            Table::Ring(ring) => ring.size(),
+            Table::Indirect { entries, .. } => *entries,
+        }
+    }
+
+    /// Descriptor `index`, which the caller checked against `size`.
+    fn read(&self, index: u16) -> Option<RawDescriptor> {
+        let raw = match *self {
+            Table::Ring(ring) => ring.descriptor(index)?,
+            Table::Indirect { host, entries } => {
+                if index >= entries {
+                    return None;
+                }
+                // SAFETY: `host` covers `entries` descriptors (translated in `walk`).
+                unsafe { volatile::read_16_bytes(host + DESC_SIZE as usize * usize::from(index)) }
+            }
+        };
+        Some(RawDescriptor::from_bytes(raw))
+    }
+}
+
+/// Walks the chain starting at `head` of `ring`, appending its buffers to `out` (cleared
+/// first) as host segments, and returning their total length.
 ///
 /// The walk is bounded by the table size (a loop is reported, not followed forever), each
 /// buffer is checked against guest memory, and the direction of every descriptor must match.
 /// An indirect descriptor may appear once, at the top level, without NEXT.
-pub fn walk<M: GuestMemory>(
-    mem: &M,
-    desc_table: GuestAddress,
-    queue_size: u16,
+pub fn walk(
+    mem: &HostMemory,
+    ring: &SplitRing,
     head: u16,
     direction: Direction,
     out: &mut Vec<Segment>,
 ) -> Result<u32, ChainError> {
     out.clear();
-    let mut table = desc_table;
-    let mut table_size = queue_size;
+    let queue_size = ring.size();
+    let mut table = Table::Ring(ring);
     let mut index = head;
     let mut budget = queue_size;
     let mut indirect = false;
     let mut total: u32 = 0;
     loop {
+        let table_size = table.size();
         if index >= table_size {
             return Err(ChainError::IndexOutOfRange {
                 index,
@@ -113,7 +140,10 @@ pub fn walk<M: GuestMemory>(
             return Err(ChainError::TooLong { limit: table_size });
         }
         budget -= 1;
-        let desc = read_descriptor(mem, table, index)?;
+        let desc = table.read(index).ok_or(ChainError::IndexOutOfRange {
+            index,
+            size: table_size,
+        })?;
         let flags = u32::from(desc.flags);
         if flags & VRING_DESC_F_INDIRECT != 0 {
             if indirect {
@@ -134,17 +164,15 @@ pub fn walk<M: GuestMemory>(
             if entries > u32::from(queue_size) {
                 return Err(ChainError::TooLong { limit: queue_size });
             }
-            if !mem.check_range(
-                GuestAddress(desc.addr),
-                desc.len as usize,
-                Permissions::Read,
-            ) {
-                return Err(ChainError::TableOutsideMemory(desc.addr));
-            }
+            let host = mem
+                .range(desc.addr, desc.len as usize)
+                .ok_or(ChainError::TableOutsideMemory(desc.addr))?;
             indirect = true;
-            table = GuestAddress(desc.addr);
-            table_size = entries as u16;
-            budget = table_size;
+            table = Table::Indirect {
+                host,
+                entries: entries as u16,
+            };
+            budget = entries as u16;
             index = 0;
             continue;
         }
@@ -153,11 +181,20 @@ pub fn walk<M: GuestMemory>(
             return Err(ChainError::WrongDirection(direction));
         }
         if desc.len > 0 {
-            let access = match direction {
-                Direction::DeviceReads => Permissions::Read,
-                Direction::DeviceWrites => Permissions::Write,
+            let fits = match mem.range(desc.addr, desc.len as usize) {
+                // The common case: the buffer lies in one region.
+                Some(host) => {
+                    out.push(Segment {
+                        host,
+                        len: desc.len,
+                    });
+                    true
+                }
+                None => mem.for_each_piece(desc.addr, u64::from(desc.len), |host, len| {
+                    out.push(Segment { host, len })
+                }),
             };
-            if !mem.check_range(GuestAddress(desc.addr), desc.len as usize, access) {
+            if !fits {
                 return Err(ChainError::BufferOutsideMemory {
                     addr: desc.addr,
                     len: desc.len,
@@ -166,10 +203,6 @@ pub fn walk<M: GuestMemory>(
             total = total
                 .checked_add(desc.len)
                 .ok_or(ChainError::LengthOverflow)?;
-            out.push(Segment {
-                addr: GuestAddress(desc.addr),
-                len: desc.len,
-            });
         }
         if flags & VRING_DESC_F_NEXT == 0 {
             return Ok(total);
@@ -179,34 +212,24 @@ pub fn walk<M: GuestMemory>(
 }
 
 /// Copies up to `buf.len()` bytes of the chain's buffers into `buf`, returning how many.
-pub fn gather<M: GuestMemory>(
-    mem: &M,
-    segments: &[Segment],
-    buf: &mut [u8],
-) -> Result<usize, ChainError> {
+/// The segments must come from [`walk`] over a `HostMemory` that is still alive.
+pub fn gather(segments: &[Segment], buf: &mut [u8]) -> usize {
     let mut copied = 0;
     for segment in segments {
         if copied == buf.len() {
             break;
         }
         let take = (segment.len as usize).min(buf.len() - copied);
-        mem.read_slice(&mut buf[copied..copied + take], segment.addr)
-            .map_err(|_| ChainError::BufferOutsideMemory {
-                addr: segment.addr.0,
-                len: segment.len,
-            })?;
+        // SAFETY: the segment was translated by `walk` (see above).
+        unsafe { host_memory::copy_from_guest(segment.host, &mut buf[copied..copied + take]) };
         copied += take;
     }
-    Ok(copied)
+    copied
 }
 
-/// Scatters `data` into the chain's buffers starting `skip` bytes in, returning bytes written.
-pub fn scatter<M: GuestMemory>(
-    mem: &M,
-    segments: &[Segment],
-    mut skip: usize,
-    data: &[u8],
-) -> Result<usize, ChainError> {
+/// Scatters `data` into the chain's buffers starting `skip` bytes in, returning bytes
+/// written. The segments must come from [`walk`] over a `HostMemory` that is still alive.
+pub fn scatter(segments: &[Segment], mut skip: usize, data: &[u8]) -> usize {
     let mut written = 0;
     for segment in segments {
         if written == data.len() {
@@ -217,30 +240,42 @@ pub fn scatter<M: GuestMemory>(
             skip -= len;
             continue;
         }
-        let room = len - skip;
-        let take = room.min(data.len() - written);
-        let addr = GuestAddress(segment.addr.0 + skip as u64);
-        mem.write_slice(&data[written..written + take], addr)
-            .map_err(|_| ChainError::BufferOutsideMemory {
-                addr: segment.addr.0,
-                len: segment.len,
-            })?;
+        let take = (len - skip).min(data.len() - written);
+        // SAFETY: the segment was translated by `walk`, and `skip + take <= len`.
+        unsafe { host_memory::copy_to_guest(segment.host + skip, &data[written..written + take]) };
         written += take;
         skip = 0;
     }
-    Ok(written)
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+    use crate::port::split_ring::RingError;
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     const TABLE: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
     const MEM_SIZE: usize = 0x10000;
 
     fn memory() -> GuestMemoryMmap<()> {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+    }
+
+    /// Walks a chain of the 8-entry ring whose descriptor table is at `table`.
+    fn walk_at(
+        mem: &GuestMemoryMmap<()>,
+        table: u64,
+        head: u16,
+        direction: Direction,
+        out: &mut Vec<Segment>,
+    ) -> Result<u32, ChainError> {
+        let host = HostMemory::new(Arc::new(mem.clone()));
+        let ring = SplitRing::at(&host, table, AVAIL, USED, 8).expect("ring in memory");
+        walk(&host, &ring, head, direction, out)
     }
 
     fn put(
@@ -262,14 +297,7 @@ mod tests {
     }
 
     fn walk_tx(mem: &GuestMemoryMmap<()>, head: u16) -> Result<u32, ChainError> {
-        walk(
-            mem,
-            GuestAddress(TABLE),
-            8,
-            head,
-            Direction::DeviceReads,
-            &mut Vec::new(),
-        )
+        walk_at(mem, TABLE, head, Direction::DeviceReads, &mut Vec::new())
     }
 
     #[test]
@@ -278,20 +306,14 @@ mod tests {
         put(&mem, TABLE, 0, 0x4000, 12, VRING_DESC_F_NEXT, 3);
         put(&mem, TABLE, 3, 0x5000, 60, 0, 0);
         let mut out = Vec::new();
-        let total = walk(
-            &mem,
-            GuestAddress(TABLE),
-            8,
-            0,
-            Direction::DeviceReads,
-            &mut out,
-        );
+        let total = walk_at(&mem, TABLE, 0, Direction::DeviceReads, &mut out);
         assert_eq!(total, Ok(72));
         assert_eq!(out.len(), 2);
+        let base = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
         assert_eq!(
             out[1],
             Segment {
-                addr: GuestAddress(0x5000),
+                host: base + 0x5000,
                 len: 60
             }
         );
@@ -331,17 +353,46 @@ mod tests {
     }
 
     #[test]
-    fn table_outside_memory_is_rejected() {
-        let mem = memory();
-        let result = walk(
-            &mem,
-            GuestAddress(u64::MAX - 8),
-            8,
-            0,
-            Direction::DeviceReads,
-            &mut Vec::new(),
+    fn rings_outside_memory_or_misaligned_are_refused() {
+        let host = HostMemory::new(Arc::new(memory()));
+        assert!(matches!(
+            SplitRing::at(&host, u64::MAX - 15, AVAIL, USED, 8),
+            Err(RingError::OutsideMemory { .. })
+        ));
+        assert!(matches!(
+            SplitRing::at(&host, TABLE, AVAIL, MEM_SIZE as u64 - 16, 8),
+            Err(RingError::OutsideMemory { .. })
+        ));
+        assert!(matches!(
+            SplitRing::at(&host, TABLE + 8, AVAIL, USED, 8),
+            Err(RingError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            SplitRing::at(&host, TABLE, AVAIL, USED, 0),
+            Err(RingError::NotReady)
+        ));
+    }
+
+    #[test]
+    fn buffer_crossing_two_regions_becomes_two_segments() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x8000),
+            (GuestAddress(0x8000), 0x8000),
+        ])
+        .unwrap();
+        put(&mem, TABLE, 0, 0x7ff0, 0x20, 0, 0);
+        let mut out = Vec::new();
+        assert_eq!(
+            walk_at(&mem, TABLE, 0, Direction::DeviceReads, &mut out),
+            Ok(0x20)
         );
-        assert!(matches!(result, Err(ChainError::TableOutsideMemory(_))));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].len, out[1].len), (0x10, 0x10));
+        let data: Vec<u8> = (0..0x20).collect();
+        assert_eq!(scatter(&out, 0, &data), 0x20);
+        let mut back = [0u8; 0x20];
+        mem.read_slice(&mut back, GuestAddress(0x7ff0)).unwrap();
+        assert_eq!(&back[..], &data[..]);
     }
 
     #[test]
@@ -359,14 +410,7 @@ mod tests {
     fn readable_descriptor_in_rx_chain_is_wrong_direction() {
         let mem = memory();
         put(&mem, TABLE, 0, 0x4000, 1526, 0, 0);
-        let result = walk(
-            &mem,
-            GuestAddress(TABLE),
-            8,
-            0,
-            Direction::DeviceWrites,
-            &mut Vec::new(),
-        );
+        let result = walk_at(&mem, TABLE, 0, Direction::DeviceWrites, &mut Vec::new());
         assert_eq!(
             result,
             Err(ChainError::WrongDirection(Direction::DeviceWrites))
@@ -432,20 +476,21 @@ mod tests {
     #[test]
     fn gather_and_scatter_cross_segment_boundaries() {
         let mem = memory();
+        let base = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
         let segments = [
             Segment {
-                addr: GuestAddress(0x4000),
+                host: base + 0x4000,
                 len: 3,
             },
             Segment {
-                addr: GuestAddress(0x5000),
+                host: base + 0x5000,
                 len: 10,
             },
         ];
         let data: Vec<u8> = (0..10).collect();
-        assert_eq!(scatter(&mem, &segments, 1, &data), Ok(10));
+        assert_eq!(scatter(&segments, 1, &data), 10);
         let mut back = [0u8; 13];
-        assert_eq!(gather(&mem, &segments, &mut back), Ok(13));
+        assert_eq!(gather(&segments, &mut back), 13);
         assert_eq!(&back[1..11], &data[..]);
     }
 }

@@ -7,8 +7,10 @@
 
 pub mod backend;
 pub mod chain;
+pub mod host_memory;
 pub mod ring;
 pub mod server;
+pub mod split_ring;
 pub mod tx;
 pub mod virtio_net;
 pub mod vring;

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use log::warn;
 use vhost_user_backend::{VringState, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap,
-};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::chain::{self, ChainError, Direction, Segment};
+use super::chain::{self, Direction, Segment};
+use super::host_memory::HostMemory;
+use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
 use crate::nic::{GuestRxRing, RingWrite, RxOffloads};
 use crate::stats::{self, QueueCounters};
@@ -39,54 +39,31 @@ pub struct AvailCache {
 }
 
 /// Reads the next chain head the guest made available, advancing our avail index.
-pub fn next_head<M: GuestMemory>(
-    state: &mut VringState<GuestMemory_>,
-    mem: &M,
-    cache: &mut AvailCache,
-) -> NextHead {
-    let queue = state.get_queue_mut();
-    if !queue.ready() {
-        return NextHead::Empty;
-    }
+pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) -> NextHead {
     let next = Wrapping(queue.next_avail());
-    let size = queue.size();
     let avail = match cache.known {
         // Still ahead of us: checked against the queue size when it was read.
         Some(known) if known != next => known,
         _ => {
-            let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
-                return NextHead::Broken {
-                    avail: 0,
-                    next: next.0,
-                };
-            };
+            let avail = ring.avail_idx();
             let pending = (avail - next).0;
+            cache.known = Some(avail);
             if pending == 0 {
-                cache.known = Some(avail);
                 return NextHead::Empty;
             }
-            if pending > size || size == 0 {
+            if pending > ring.size() {
+                cache.known = None;
                 return NextHead::Broken {
                     avail: avail.0,
                     next: next.0,
                 };
             }
-            cache.known = Some(avail);
             avail
         }
     };
-    // avail ring: flags u16, idx u16, ring[size] u16.
-    let slot = u64::from(next.0 % size);
-    let at = GuestAddress(queue.avail_ring()).0.checked_add(4 + 2 * slot);
-    let head = at.and_then(|at| mem.read_obj::<u16>(GuestAddress(at)).ok());
+    debug_assert_ne!(avail, next);
     queue.set_next_avail((next + Wrapping(1)).0);
-    match head {
-        Some(head) => NextHead::Head(u16::from_le(head)),
-        None => NextHead::Broken {
-            avail: avail.0,
-            next: next.0,
-        },
-    }
+    NextHead::Head(ring.avail_entry(next))
 }
 
 /// Whether the guest made chains available that we have not taken yet.
@@ -98,23 +75,22 @@ pub fn has_available<M: GuestMemory>(state: &VringState<GuestMemory_>, mem: &M) 
             .is_ok_and(|avail| avail.0 != queue.next_avail())
 }
 
-/// Walks the chain at `head` of the vring's descriptor table.
-pub fn walk_chain<M: GuestMemory>(
-    state: &mut VringState<GuestMemory_>,
-    mem: &M,
-    head: u16,
-    direction: Direction,
-    out: &mut Vec<Segment>,
-) -> Result<u32, ChainError> {
-    let queue = state.get_queue();
-    chain::walk(
-        mem,
-        GuestAddress(queue.desc_table()),
-        queue.size(),
-        head,
-        direction,
-        out,
-    )
+/// Appends used element (`head`, `len`) at the queue's next used position, not yet
+/// published; false for a head the ring cannot name (counted by the caller).
+pub fn put_used(queue: &mut Queue, ring: &SplitRing, head: u16, len: u32) -> bool {
+    if head >= ring.size() {
+        return false;
+    }
+    let next = Wrapping(queue.next_used());
+    ring.put_used(next, head, len);
+    queue.set_next_used((next + Wrapping(1)).0);
+    true
+}
+
+/// Publishes the used elements put since `before` (the queue's next used index then), and
+/// notes them for the next interrupt decision.
+pub fn publish_used(queue: &Queue, ring: &SplitRing, before: u16, since: &mut UsedSince) {
+    ring.publish(Wrapping(before), Wrapping(queue.next_used()), since);
 }
 
 /// Logs at most one warning per `every` occurrences of a guest fault, so a hostile guest
@@ -145,17 +121,29 @@ impl Default for RateLimitedLog {
     }
 }
 
-/// Reusable per-ring bookkeeping for one RX write (chains taken for one frame).
+/// What an RX ring keeps between writes: translations, the guest's avail index, the used
+/// entries not yet published, and reusable buffers for the chains of one frame.
 #[derive(Default)]
 struct RxScratch {
-    /// Reset for every write: the guest adds buffers between writes.
+    /// The guest memory snapshot, kept across writes until the frontend changes the table.
+    host: Option<HostMemory>,
+    ring: RingCache,
+    /// The guest's avail index as last read, valid while the queue's next avail index is
+    /// `avail_next` (what we left it at; anything else means the frontend reset the ring).
     avail: AvailCache,
+    avail_next: Option<u16>,
+    /// The queue's next used index when the first unpublished entry was written. Writes put
+    /// used entries; `publish` (once per sender batch, from the NIC's flush) makes them
+    /// visible, so the guest's used index line moves once per batch rather than per frame.
+    unpublished: Option<u16>,
     /// We asked the guest to kick when it adds buffers (the ring was full).
     armed: bool,
     segments: Vec<Segment>,
     /// (head, first segment, end segment, capacity) of each chain taken for the frame.
     chains: Vec<(u16, usize, usize, u32)>,
     walk: Vec<Segment>,
+    /// Used entries published since the last interrupt decision.
+    used: UsedSince,
 }
 
 /// A guest's RX vring, as the NIC writes into it.
@@ -166,6 +154,14 @@ pub struct VhostRxRing {
     counters: Arc<QueueCounters>,
     scratch: Mutex<RxScratch>,
     log: RateLimitedLog,
+}
+
+/// Where taking chains for a frame ended.
+enum Take {
+    /// The chains hold the frame.
+    Enough,
+    /// The ring ran out first; the caller rewinds.
+    RanOut,
 }
 
 impl VhostRxRing {
@@ -193,30 +189,32 @@ impl VhostRxRing {
         Negotiated::from_bits(self.acked_features.load(Ordering::Relaxed))
     }
 
-    /// Takes chains until they hold `needed` bytes (one chain without MRG_RXBUF). Returns
-    /// `Ok(None)` when the ring ran out first (the caller rewinds), `Err` for a frame that no
-    /// chain of this guest can hold.
-    fn take_chains<M: GuestMemory>(
+    /// Takes chains until they hold `needed` bytes (one chain without MRG_RXBUF). `Err` for
+    /// a frame that no chain of this guest can hold, or a broken ring.
+    #[allow(clippy::too_many_arguments)]
+    fn take_chains(
         &self,
-        state: &mut VringState<GuestMemory_>,
-        mem: &M,
-        scratch: &mut RxScratch,
+        queue: &mut Queue,
+        mem: &HostMemory,
+        ring: &SplitRing,
+        avail: &mut AvailCache,
+        scratch: &mut ChainScratch<'_>,
         needed: usize,
         mergeable: bool,
         rewind_to: &mut u16,
-    ) -> Result<Option<()>, RingWrite> {
+    ) -> Result<Take, RingWrite> {
         scratch.segments.clear();
         scratch.chains.clear();
         let mut capacity: usize = 0;
         while capacity < needed {
-            let head = match next_head(state, mem, &mut scratch.avail) {
+            let head = match next_head(queue, ring, avail) {
                 NextHead::Head(head) => head,
                 NextHead::Empty => {
                     // A ring full of buffers that still cannot hold the frame never will.
-                    if scratch.chains.len() >= usize::from(state.get_queue().size()) {
+                    if scratch.chains.len() >= usize::from(ring.size()) {
                         return Err(RingWrite::TooBig);
                     }
-                    return Ok(None);
+                    return Ok(Take::RanOut);
                 }
                 NextHead::Broken { avail, next } => {
                     stats::inc(&self.counters.rx_errors_ring);
@@ -225,7 +223,7 @@ impl VhostRxRing {
                     return Err(RingWrite::NotReady);
                 }
             };
-            match walk_chain(state, mem, head, Direction::DeviceWrites, &mut scratch.walk) {
+            match chain::walk(mem, ring, head, Direction::DeviceWrites, scratch.walk) {
                 Ok(len) => {
                     if !mergeable && (len as usize) < needed {
                         // This guest's buffers can never hold the frame; leave the chain for
@@ -233,7 +231,7 @@ impl VhostRxRing {
                         return Err(RingWrite::TooBig);
                     }
                     let first = scratch.segments.len();
-                    scratch.segments.extend_from_slice(&scratch.walk);
+                    scratch.segments.extend_from_slice(scratch.walk);
                     scratch
                         .chains
                         .push((head, first, scratch.segments.len(), len));
@@ -247,11 +245,10 @@ impl VhostRxRing {
                     // this frame with it: we cannot rewind past a completed chain, and a
                     // zero-length buffer is something every driver handles (Linux counts an
                     // rx_length_error and reposts it).
-                    let queue = state.get_queue_mut();
-                    for &(taken, ..) in &scratch.chains {
-                        let _ = queue.add_used(mem, taken, 0);
+                    for &(taken, ..) in scratch.chains.iter() {
+                        put_used(queue, ring, taken, 0);
                     }
-                    if queue.add_used(mem, head, 0).is_err() {
+                    if !put_used(queue, ring, head, 0) {
                         stats::inc(&self.counters.rx_errors_ring);
                     }
                     *rewind_to = queue.next_avail();
@@ -261,102 +258,183 @@ impl VhostRxRing {
                 }
             }
         }
-        Ok(Some(()))
+        Ok(Take::Enough)
+    }
+}
+
+/// The parts of [`RxScratch`] that taking chains fills.
+struct ChainScratch<'a> {
+    segments: &'a mut Vec<Segment>,
+    chains: &'a mut Vec<(u16, usize, usize, u32)>,
+    walk: &'a mut Vec<Segment>,
+}
+
+impl VhostRxRing {
+    /// Publishes the used entries written since the last publication; the vring is locked
+    /// by the caller.
+    fn publish_locked(&self, scratch: &mut RxScratch, queue: &Queue) -> Option<SplitRing> {
+        let ring = scratch
+            .ring
+            .get(HostMemory::current(&self.mem, &mut scratch.host), queue)
+            .ok()?;
+        if let Some(before) = scratch.unpublished.take() {
+            ring.publish(
+                Wrapping(before),
+                Wrapping(queue.next_used()),
+                &mut scratch.used,
+            );
+        }
+        Some(ring)
     }
 }
 
 impl GuestRxRing for VhostRxRing {
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let RxScratch {
+            host,
+            ring: ring_cache,
+            avail,
+            avail_next,
+            unpublished,
+            armed,
+            segments,
+            chains,
+            walk,
+            used: _,
+        } = &mut *scratch;
         let mut state = self.vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
             return RingWrite::NotReady;
         }
-        // The guest may have been reset since the last write (SET_VRING_BASE).
-        scratch.avail = AvailCache::default();
+        let mem = HostMemory::current(&self.mem, host);
+        let ring = match ring_cache.get(mem, state.get_queue()) {
+            Ok(ring) => ring,
+            Err(error) => {
+                stats::inc(&self.counters.rx_errors_ring);
+                self.log.warn(|| format!("RX ring unusable: {error}"));
+                return RingWrite::NotReady;
+            }
+        };
         let negotiated = self.negotiated();
-        let mem = self.mem.memory();
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
+        if *avail_next != Some(state.get_queue().next_avail()) {
+            // The frontend set the ring's base since our last write (or this is the first):
+            // read its index afresh, and arm notifications again when we run out.
+            *avail = AvailCache::default();
+            *armed = false;
+        }
+        let used_before = state.get_queue().next_used();
         let mut rewind_to = state.get_queue().next_avail();
         let mut attempt = 0;
-        loop {
+        let mut chain_scratch = ChainScratch {
+            segments,
+            chains,
+            walk,
+        };
+        let outcome = loop {
+            let queue = state.get_queue_mut();
             match self.take_chains(
-                &mut state,
-                &*mem,
-                &mut scratch,
+                queue,
+                mem,
+                &ring,
+                avail,
+                &mut chain_scratch,
                 needed,
                 negotiated.mergeable_rx,
                 &mut rewind_to,
             ) {
-                Ok(Some(())) => break,
-                Ok(None) => {
-                    state.get_queue_mut().set_next_avail(rewind_to);
+                Ok(Take::Enough) => break None,
+                Ok(Take::RanOut) => {
+                    queue.set_next_avail(rewind_to);
                     // Ask the guest to kick when it adds buffers, then look once more: it may
                     // have added some between our check and the request.
-                    scratch.armed = true;
-                    match state.enable_notification() {
-                        Ok(true) if attempt == 0 => {
+                    if !*armed {
+                        *armed = true;
+                        if let Ok(true) = state.enable_notification() {
                             attempt += 1;
-                            continue;
                         }
-                        _ => return RingWrite::Full,
                     }
+                    if attempt == 1 {
+                        attempt += 1;
+                        *avail = AvailCache::default();
+                        continue;
+                    }
+                    break Some(RingWrite::Full);
                 }
                 Err(outcome) => {
-                    state.get_queue_mut().set_next_avail(rewind_to);
-                    return outcome;
+                    queue.set_next_avail(rewind_to);
+                    break Some(outcome);
                 }
             }
+        };
+        let queue = state.get_queue();
+        *avail_next = Some(queue.next_avail());
+        if queue.next_used() != used_before && unpublished.is_none() {
+            // Bad chains completed on the way count as written entries too.
+            *unpublished = Some(used_before);
         }
-        if scratch.armed {
+        if let Some(outcome) = outcome {
+            return outcome;
+        }
+        if *armed {
             // Room again: stop the guest's kicks for every buffer it adds.
             let _ = state.disable_notification();
-            scratch.armed = false;
+            *armed = false;
         }
         let mut header = *header;
-        let buffers = scratch.chains.len() as u16;
+        let buffers = chains.len() as u16;
         header[10..12].copy_from_slice(&buffers.to_le_bytes());
+        let queue = state.get_queue_mut();
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
         let total = needed;
-        for &(head, first, end, capacity) in &scratch.chains {
-            let segments = &scratch.segments[first..end];
+        for &(head, first, end, capacity) in chains.iter() {
+            let segments = &segments[first..end];
             let take = (capacity as usize).min(total - offset);
             let mut written = 0;
-            let mut ok = true;
             // The part of the header that falls in this chain.
             if offset < VIRTIO_NET_HDR_LEN {
                 let part = &header[offset..VIRTIO_NET_HDR_LEN.min(offset + take)];
-                ok &= chain::scatter(&*mem, segments, 0, part).is_ok();
-                written += part.len();
+                written += chain::scatter(segments, 0, part);
             }
             if written < take {
                 let start = offset + written - VIRTIO_NET_HDR_LEN;
                 let part = &frame[start..start + (take - written)];
-                ok &= chain::scatter(&*mem, segments, written, part).is_ok();
-                written += part.len();
-            }
-            if !ok {
-                stats::inc(&self.counters.rx_errors_chain);
+                written += chain::scatter(segments, written, part);
             }
             offset += written;
-            if state
-                .get_queue_mut()
-                .add_used(&*mem, head, written as u32)
-                .is_err()
-            {
-                stats::inc(&self.counters.rx_errors_ring);
-            }
+            put_used(queue, &ring, head, written as u32);
+        }
+        if unpublished.is_none() {
+            *unpublished = Some(used_before);
         }
         RingWrite::Written
     }
 
+    fn publish(&self) {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if scratch.unpublished.is_none() {
+            return;
+        }
+        let state = self.vring.get_ref();
+        self.publish_locked(&mut scratch, state.get_queue());
+    }
+
     fn notify(&self) {
-        let mut state = self.vring.get_mut();
-        if state.needs_notification().unwrap_or(true) {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.vring.get_ref();
+        let queue = state.get_queue();
+        let Some(ring) = self.publish_locked(&mut scratch, queue) else {
+            return;
+        };
+        if scratch.used.decide(
+            &ring,
+            queue.event_idx_enabled(),
+            Wrapping(queue.next_used()),
+        ) {
             let _ = state.signal_used_queue();
         }
     }
-
     fn is_enabled(&self) -> bool {
         self.vring.is_usable()
     }

@@ -1,12 +1,17 @@
 //! The TX path of a vhost-user port: read a chain from the guest's TX ring, check the
 //! virtio-net header and the frame, and hand the frame to the switch.
 
+use std::num::Wrapping;
+
 use vhost_user_backend::VringState;
-use virtio_queue::QueueT;
-use vm_memory::GuestMemory;
+use virtio_queue::{Queue, QueueT};
 
 use super::chain::{self, Direction, Segment};
-use super::ring::{AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, walk_chain};
+use super::host_memory::HostMemory;
+use super::ring::{
+    AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, publish_used, put_used,
+};
+use super::split_ring::{SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
@@ -29,6 +34,10 @@ pub struct TxScratch {
     pub chain: Vec<u8>,
     pub segments: Vec<Segment>,
     pub forward: ForwardScratch,
+    /// The guest memory snapshot, kept until the frontend changes the table.
+    host: Option<HostMemory>,
+    /// Used entries published since the last interrupt decision.
+    used: UsedSince,
 }
 
 impl Default for TxScratch {
@@ -37,6 +46,8 @@ impl Default for TxScratch {
             chain: vec![0; MAX_TX_CHAIN],
             segments: Vec::with_capacity(64),
             forward: ForwardScratch::default(),
+            host: None,
+            used: UsedSince::default(),
         }
     }
 }
@@ -61,28 +72,64 @@ pub struct TxSender<'a> {
 }
 
 /// Processes up to [`TX_BATCH`] chains. Every chain is completed (with length 0, as TX chains
-/// are), good or bad, so a bad chain never blocks the ring.
-pub fn process_batch<M: GuestMemory>(
+/// are), good or bad, so a bad chain never blocks the ring; the completions are published
+/// once, at the end of the batch.
+pub fn process_batch(
     state: &mut VringState<GuestMemory_>,
-    mem: &M,
+    space: &GuestMemory_,
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
+    let mut host = scratch.host.take();
+    let progress = process_chains(
+        state,
+        HostMemory::current(space, &mut host),
+        scratch,
+        sender,
+    );
+    scratch.host = host;
+    progress
+}
+
+fn process_chains(
+    state: &mut VringState<GuestMemory_>,
+    mem: &HostMemory,
+    scratch: &mut TxScratch,
+    sender: &TxSender<'_>,
+) -> TxProgress {
+    let queue = state.get_queue_mut();
+    if !queue.ready() {
+        return TxProgress::Drained;
+    }
+    let ring = match SplitRing::new(mem, queue) {
+        Ok(ring) => ring,
+        Err(error) => {
+            stats::inc(&sender.counters.tx_errors_ring);
+            sender.log.warn(|| format!("TX ring unusable: {error}"));
+            return TxProgress::Broken;
+        }
+    };
+    let used_before = queue.next_used();
     let mut avail = AvailCache::default();
+    let mut progress = TxProgress::More;
     for _ in 0..TX_BATCH {
-        let head = match next_head(state, mem, &mut avail) {
+        let head = match next_head(queue, &ring, &mut avail) {
             NextHead::Head(head) => head,
-            NextHead::Empty => return TxProgress::Drained,
+            NextHead::Empty => {
+                progress = TxProgress::Drained;
+                break;
+            }
             NextHead::Broken { avail, next } => {
                 stats::inc(&sender.counters.tx_errors_ring);
                 sender
                     .log
                     .warn(|| format!("TX ring broken: guest avail index {avail}, ours {next}"));
-                return TxProgress::Broken;
+                progress = TxProgress::Broken;
+                break;
             }
         };
-        read_and_forward(state, mem, head, scratch, sender);
-        if state.get_queue_mut().add_used(mem, head, 0).is_err() {
+        read_and_forward(mem, &ring, head, scratch, sender);
+        if !put_used(queue, &ring, head, 0) {
             // The head index itself is out of range: nothing valid can go to the used ring.
             stats::inc(&sender.counters.tx_errors_chain);
             sender
@@ -90,20 +137,34 @@ pub fn process_batch<M: GuestMemory>(
                 .warn(|| format!("TX head index {head} out of range"));
         }
     }
-    TxProgress::More
+    publish_used(queue, &ring, used_before, &mut scratch.used);
+    progress
 }
 
-fn read_and_forward<M: GuestMemory>(
-    state: &mut VringState<GuestMemory_>,
-    mem: &M,
+/// Whether the guest wants an interrupt for the TX completions published so far.
+pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScratch) -> bool {
+    let mem = HostMemory::current(space, &mut scratch.host);
+    match SplitRing::new(mem, queue) {
+        Ok(ring) => scratch.used.decide(
+            &ring,
+            queue.event_idx_enabled(),
+            Wrapping(queue.next_used()),
+        ),
+        Err(_) => false,
+    }
+}
+
+fn read_and_forward(
+    mem: &HostMemory,
+    ring: &SplitRing,
     head: u16,
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) {
     let counters = sender.counters;
-    let len = match walk_chain(
-        state,
+    let len = match chain::walk(
         mem,
+        ring,
         head,
         Direction::DeviceReads,
         &mut scratch.segments,
@@ -124,10 +185,7 @@ fn read_and_forward<M: GuestMemory>(
             .warn(|| format!("TX chain {head} of {len} bytes is larger than any frame"));
         return;
     }
-    if chain::gather(mem, &scratch.segments, &mut scratch.chain[..len]).is_err() {
-        stats::inc(&counters.tx_errors_chain);
-        return;
-    }
+    chain::gather(&scratch.segments, &mut scratch.chain[..len]);
     if len < VIRTIO_NET_HDR_LEN {
         stats::inc(&counters.tx_errors_header);
         sender
@@ -153,8 +211,9 @@ fn read_and_forward<M: GuestMemory>(
             return;
         }
     };
-    stats::inc(&counters.tx_packets);
-    stats::add(&counters.tx_bytes, frame.len() as u64);
+    // Only this queue's worker writes its TX counters.
+    stats::add_single_writer(&counters.tx_packets, 1);
+    stats::add_single_writer(&counters.tx_bytes, frame.len() as u64);
     sender.fabric.forward(
         sender.port,
         frame,

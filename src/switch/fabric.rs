@@ -45,6 +45,8 @@ pub struct ForwardScratch {
     pub segment: Vec<u8>,
     decisions: DecisionCache,
     touched: Vec<(PortId, usize)>,
+    /// Ports whose buffers the last flush drained (reused allocation).
+    drained: Vec<PortId>,
 }
 
 impl ForwardScratch {
@@ -142,11 +144,33 @@ impl Fabric {
 
     /// Notifies every RX queue written since the last flush (subject to its interrupt
     /// moderation; a deferred notification is left to the port's NIC scheduler).
+    ///
+    /// A frame that found its ring full waits in the NIC's buffers, and so does every frame
+    /// of its class after it. The sender is running anyway, so it first delivers what fits
+    /// now: leaving it all to the port's scheduler thread would stall the queue until that
+    /// thread gets a CPU, which a busy sender on the same core does not give up.
     pub fn flush(&self, scratch: &mut ForwardScratch) {
+        scratch.drained.clear();
+        for &(port, _) in &scratch.touched {
+            let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
+                continue;
+            };
+            if nic.buffered() > 0 && !scratch.drained.contains(&port) {
+                scratch.drained.push(port);
+                // Draining may write into any queue: settle the notifications of them all.
+                let waits = nic.drain(nic.now_ns());
+                if nic.flush_notifications(nic.now_ns()).is_some() || waits.is_some() {
+                    nic.wake();
+                }
+            }
+        }
         for (port, queue) in scratch.touched.drain(..) {
             let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
                 continue;
             };
+            if scratch.drained.contains(&port) {
+                continue;
+            }
             if let Some(queue) = nic.queue(queue)
                 && queue.flush_notify(nic.now_ns()).is_some()
             {

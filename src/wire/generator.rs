@@ -87,8 +87,9 @@ pub fn spawn(
                 let frame = &mut frames[next];
                 next = (next + 1) % flows;
                 let mut offload = Offload::default();
-                stats::inc(&counters.tx_packets);
-                stats::add(&counters.tx_bytes, frame.len() as u64);
+                // This thread is the only writer of the generator's TX counters.
+                stats::add_single_writer(&counters.tx_packets, 1);
+                stats::add_single_writer(&counters.tx_bytes, frame.len() as u64);
                 fabric.forward(port, frame, &mut offload, &mut scratch, &counters);
             }
             fabric.flush(&mut scratch);

@@ -1,0 +1,201 @@
+//! Guest memory as host pointers, for the data path.
+//!
+//! vm-memory's `Bytes` accessors find the region and build a volatile slice on every call,
+//! which costs more than copying a 64-byte frame. The data path instead takes one snapshot
+//! of the region table per memory generation ([`HostMemory`]) and translates each guest
+//! range once, checking that it lies inside one region; everything after that is a plain
+//! pointer access. The snapshot holds the `Arc` of the guest memory it was made from, so the
+//! mappings stay valid for as long as it lives, even if the frontend replaces the table.
+//!
+//! Guest memory is shared with a guest that may write it at any moment: ring fields are read
+//! and written with volatile accesses of the right width, and payload bytes are copied with
+//! `copy_nonoverlapping`, as vm-memory does for slices (bytes have no invalid values, so a
+//! racing guest can only garble its own data).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One mapped region: guest physical `[start, end)` at host address `host`.
+#[derive(Debug, Clone, Copy)]
+struct HostRegion {
+    start: u64,
+    end: u64,
+    host: usize,
+}
+
+/// A snapshot of the guest's memory map as host addresses.
+pub struct HostMemory {
+    /// Unique per snapshot (process-wide), so views derived from one can be cached.
+    id: u64,
+    /// Keeps the mappings of `regions` alive.
+    mem: Arc<GuestMemoryMmap<()>>,
+    /// Sorted by `start`, non-overlapping (vm-memory guarantees both).
+    regions: Box<[HostRegion]>,
+}
+
+impl HostMemory {
+    pub fn new(mem: Arc<GuestMemoryMmap<()>>) -> Self {
+        let mut regions: Vec<HostRegion> = mem
+            .iter()
+            .filter_map(|region| {
+                let host = region.get_host_address(MemoryRegionAddress(0)).ok()?;
+                let start = region.start_addr().0;
+                Some(HostRegion {
+                    start,
+                    end: start.checked_add(region.len())?,
+                    host: host as usize,
+                })
+            })
+            .collect();
+        regions.sort_by_key(|region| region.start);
+        HostMemory {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mem,
+            regions: regions.into_boxed_slice(),
+        }
+    }
+
+    /// The snapshot of `space`'s current memory, reusing `cached` when the memory is the
+    /// same (the common case: the table changes only when the frontend sends a new one).
+    pub fn current<'a>(
+        space: &GuestMemoryAtomic<GuestMemoryMmap<()>>,
+        cached: &'a mut Option<HostMemory>,
+    ) -> &'a HostMemory {
+        let guard = space.memory();
+        let same = cached
+            .as_ref()
+            .is_some_and(|snapshot| std::ptr::eq(Arc::as_ptr(&snapshot.mem), &*guard));
+        if !same {
+            *cached = Some(HostMemory::new(guard.into_inner()));
+        }
+        cached.get_or_insert_with(HostMemory::empty)
+    }
+
+    /// A snapshot that translates nothing (every access is refused).
+    fn empty() -> Self {
+        HostMemory {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mem: Arc::new(GuestMemoryMmap::default()),
+            regions: Box::new([]),
+        }
+    }
+
+    /// This snapshot's process-wide unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The guest memory this snapshot was made from.
+    pub fn guest(&self) -> &GuestMemoryMmap<()> {
+        &self.mem
+    }
+
+    /// The host address of guest range `[addr, addr + len)`, if it lies inside one region.
+    #[inline]
+    pub fn range(&self, addr: u64, len: usize) -> Option<usize> {
+        let end = addr.checked_add(len as u64)?;
+        let region = self.region_of(addr)?;
+        (end <= region.end).then(|| region.host + (addr - region.start) as usize)
+    }
+
+    #[inline]
+    fn region_of(&self, addr: u64) -> Option<&HostRegion> {
+        // Guests have one to a few regions: a scan beats a binary search at that size.
+        if self.regions.len() <= 4 {
+            return self
+                .regions
+                .iter()
+                .find(|region| region.start <= addr && addr < region.end);
+        }
+        let after = self.regions.partition_point(|region| region.start <= addr);
+        let region = self.regions.get(after.checked_sub(1)?)?;
+        (addr < region.end).then_some(region)
+    }
+
+    /// Splits guest range `[addr, addr + len)` into host pieces, one per region it crosses,
+    /// calling `piece(host, len)` for each; false (and no call after the gap) if part of it is
+    /// not guest memory.
+    pub fn for_each_piece(
+        &self,
+        mut addr: u64,
+        mut len: u64,
+        mut piece: impl FnMut(usize, u32),
+    ) -> bool {
+        if addr.checked_add(len).is_none() {
+            return false;
+        }
+        while len > 0 {
+            let Some(region) = self.region_of(addr) else {
+                return false;
+            };
+            let here = len.min(region.end - addr);
+            // `here` is at most `len`, which the callers bound by a u32 descriptor length.
+            piece(region.host + (addr - region.start) as usize, here as u32);
+            addr += here;
+            len -= here;
+        }
+        true
+    }
+}
+
+/// Volatile little-endian accessors at host addresses that [`HostMemory::range`] returned.
+///
+/// # Safety (every function)
+/// The address must come from a translation of a range covering the access, made from a
+/// `HostMemory` that is still alive. Any alignment is fine (the guest chooses addresses).
+pub mod volatile {
+    #[inline]
+    pub unsafe fn read_u16(at: usize) -> u16 {
+        // SAFETY: the caller's contract.
+        u16::from_le_bytes(unsafe { std::ptr::read_volatile(at as *const [u8; 2]) })
+    }
+
+    #[inline]
+    pub unsafe fn write_u16(at: usize, value: u16) {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::write_volatile(at as *mut [u8; 2], value.to_le_bytes()) }
+    }
+
+    #[inline]
+    pub unsafe fn read_16_bytes(at: usize) -> [u8; 16] {
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::read_volatile(at as *const [u8; 16]) }
+    }
+
+    /// A used-ring element: id and len, little endian.
+    #[inline]
+    pub unsafe fn write_used_elem(at: usize, id: u32, len: u32) {
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&id.to_le_bytes());
+        bytes[4..].copy_from_slice(&len.to_le_bytes());
+        // SAFETY: the caller's contract.
+        unsafe { std::ptr::write_volatile(at as *mut [u8; 8], bytes) }
+    }
+}
+
+/// Copies `data` to host address `at`.
+///
+/// # Safety
+/// `[at, at + data.len())` must lie in guest memory translated by a live `HostMemory`.
+#[inline]
+pub unsafe fn copy_to_guest(at: usize, data: &[u8]) {
+    // SAFETY: the caller's contract; guest memory never overlaps our own buffers.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) }
+}
+
+/// Copies `out.len()` bytes from host address `at`.
+///
+/// # Safety
+/// As [`copy_to_guest`].
+#[inline]
+pub unsafe fn copy_from_guest(at: usize, out: &mut [u8]) {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), out.len()) }
+}

@@ -1,0 +1,234 @@
+//! A split virtqueue's three areas as host pointers, translated and checked once.
+//!
+//! virtio-queue's `Queue` keeps the ring state (indices, addresses, size) and answers the
+//! frontend's messages; it is still the owner of that state. What it does per entry
+//! (translate the address, build a volatile slice, store) is what this view replaces on the
+//! data path: `SplitRing::new` checks that the descriptor table, avail ring and used ring lie
+//! in guest memory and are aligned as the virtio spec requires, and the accessors are then
+//! plain loads and stores. The view lives no longer than the [`HostMemory`] it came from.
+
+use std::num::Wrapping;
+use std::sync::atomic::{AtomicU16, Ordering, fence};
+
+use virtio_queue::{Queue, QueueT};
+
+use super::host_memory::{HostMemory, volatile};
+
+/// VRING_AVAIL_F_NO_INTERRUPT: without EVENT_IDX, the driver's "don't interrupt me" flag.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Why a queue's areas cannot be used.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingError {
+    #[error("queue is not ready")]
+    NotReady,
+    #[error("{area} at {addr:#x} ({len} bytes) is not in guest memory")]
+    OutsideMemory {
+        area: &'static str,
+        addr: u64,
+        len: usize,
+    },
+    #[error("{area} at {addr:#x} is not {align}-byte aligned")]
+    Misaligned {
+        area: &'static str,
+        addr: u64,
+        align: u64,
+    },
+}
+
+/// Host addresses of one split ring.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitRing {
+    desc: usize,
+    avail: usize,
+    used: usize,
+    size: u16,
+}
+
+fn area(
+    mem: &HostMemory,
+    area: &'static str,
+    addr: u64,
+    len: usize,
+    align: u64,
+) -> Result<usize, RingError> {
+    if !addr.is_multiple_of(align) {
+        return Err(RingError::Misaligned { area, addr, align });
+    }
+    mem.range(addr, len)
+        .ok_or(RingError::OutsideMemory { area, addr, len })
+}
+
+impl SplitRing {
+    /// The areas of `queue` (which must be ready) in `mem`.
+    pub fn new(mem: &HostMemory, queue: &Queue) -> Result<Self, RingError> {
+        if !queue.ready() {
+            return Err(RingError::NotReady);
+        }
+        Self::at(
+            mem,
+            queue.desc_table(),
+            queue.avail_ring(),
+            queue.used_ring(),
+            queue.size(),
+        )
+    }
+
+    /// The areas of a ring of `size` entries at the given guest addresses.
+    pub fn at(
+        mem: &HostMemory,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        size: u16,
+    ) -> Result<Self, RingError> {
+        if size == 0 {
+            return Err(RingError::NotReady);
+        }
+        let entries = usize::from(size);
+        // virtio 1.2, 2.7: alignment 16, 2 and 4; avail and used carry a trailing event field.
+        Ok(SplitRing {
+            desc: area(mem, "descriptor table", desc, 16 * entries, 16)?,
+            avail: area(mem, "avail ring", avail, 6 + 2 * entries, 2)?,
+            used: area(mem, "used ring", used, 6 + 8 * entries, 4)?,
+            size,
+        })
+    }
+
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Makes the used elements before `next_used` visible and notes the span for the next
+    /// interrupt decision.
+    pub fn publish(&self, before: Wrapping<u16>, next_used: Wrapping<u16>, since: &mut UsedSince) {
+        if before != next_used {
+            self.publish_used(next_used);
+            since.advanced(before, next_used);
+        }
+    }
+
+    /// The driver's avail index; entries before it are visible once this returns.
+    #[inline]
+    pub fn avail_idx(&self) -> Wrapping<u16> {
+        // SAFETY: `avail + 2` is in the avail area and 2-aligned (checked in `new`).
+        let idx = unsafe { &*((self.avail + 2) as *const AtomicU16) }.load(Ordering::Acquire);
+        Wrapping(u16::from_le(idx))
+    }
+
+    /// The head index in avail slot `position % size`.
+    #[inline]
+    pub fn avail_entry(&self, position: Wrapping<u16>) -> u16 {
+        let slot = usize::from(position.0 % self.size);
+        // SAFETY: the slot is inside the avail area.
+        unsafe { volatile::read_u16(self.avail + 4 + 2 * slot) }
+    }
+
+    /// The raw 16 bytes of descriptor `index`, or `None` past the table.
+    #[inline]
+    pub fn descriptor(&self, index: u16) -> Option<[u8; 16]> {
+        if index >= self.size {
+            return None;
+        }
+        // SAFETY: the entry is inside the descriptor area.
+        Some(unsafe { volatile::read_16_bytes(self.desc + 16 * usize::from(index)) })
+    }
+
+    /// Writes used element `position % size` (not yet visible to the driver).
+    #[inline]
+    pub fn put_used(&self, position: Wrapping<u16>, head: u16, len: u32) {
+        let slot = usize::from(position.0 % self.size);
+        // SAFETY: the element is inside the used area.
+        unsafe { volatile::write_used_elem(self.used + 4 + 8 * slot, u32::from(head), len) }
+    }
+
+    /// Makes the used elements before `next_used` visible to the driver.
+    #[inline]
+    pub fn publish_used(&self, next_used: Wrapping<u16>) {
+        // SAFETY: `used + 2` is in the used area and 2-aligned (the area is 4-aligned).
+        unsafe { &*((self.used + 2) as *const AtomicU16) }
+            .store(next_used.0.to_le(), Ordering::Release);
+    }
+
+    /// Whether the driver wants an interrupt for the used entries published in
+    /// `[old, new)` (virtio 1.2, 2.7.10; `vring_need_event` in Linux).
+    pub fn wants_interrupt(&self, event_idx: bool, old: Wrapping<u16>, new: Wrapping<u16>) -> bool {
+        // The used index stores must be visible before we read the driver's wishes.
+        fence(Ordering::SeqCst);
+        let trailer = self.avail + 4 + 2 * usize::from(self.size);
+        if event_idx {
+            // SAFETY: used_event is the avail area's trailing field.
+            let used_event = Wrapping(unsafe { volatile::read_u16(trailer) });
+            new - used_event - Wrapping(1) < new - old
+        } else {
+            // SAFETY: the flags field starts the avail area.
+            let flags = unsafe { volatile::read_u16(self.avail) };
+            flags & AVAIL_F_NO_INTERRUPT == 0
+        }
+    }
+}
+
+/// A [`SplitRing`] kept across calls: re-translated only when the queue's addresses or the
+/// guest memory snapshot change.
+#[derive(Debug, Default)]
+pub struct RingCache {
+    /// (memory snapshot id, descriptor table, avail ring, used ring, size) and the view.
+    cached: Option<((u64, u64, u64, u64, u16), SplitRing)>,
+}
+
+impl RingCache {
+    pub fn get(&mut self, mem: &HostMemory, queue: &Queue) -> Result<SplitRing, RingError> {
+        if !queue.ready() {
+            return Err(RingError::NotReady);
+        }
+        let key = (
+            mem.id(),
+            queue.desc_table(),
+            queue.avail_ring(),
+            queue.used_ring(),
+            queue.size(),
+        );
+        match self.cached {
+            Some((cached_key, ring)) if cached_key == key => Ok(ring),
+            _ => {
+                let ring = SplitRing::new(mem, queue)?;
+                self.cached = Some((key, ring));
+                Ok(ring)
+            }
+        }
+    }
+}
+
+/// Used entries published since the driver was last considered for an interrupt, tolerant
+/// of a frontend that reset the ring behind our back (SET_VRING_BASE): after a reset the
+/// next decision notifies, since a spurious interrupt is harmless and a missed one stalls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UsedSince {
+    /// `next_used` at the last decision, and what we expect `next_used` to be now.
+    last: Option<(Wrapping<u16>, Wrapping<u16>)>,
+}
+
+impl UsedSince {
+    /// Records that we advanced the ring's used index from `before` to `after`.
+    pub fn advanced(&mut self, before: Wrapping<u16>, after: Wrapping<u16>) {
+        self.last = match self.last {
+            Some((old, expected)) if expected == before => Some((old, after)),
+            // First entries, or a reset in between: consider everything since `before`.
+            _ => Some((before, after)),
+        };
+    }
+
+    /// Whether to interrupt the driver now that the used index is `now`; starts a new span.
+    pub fn decide(&mut self, ring: &SplitRing, event_idx: bool, now: Wrapping<u16>) -> bool {
+        let wants = match self.last {
+            Some((old, expected)) if expected == now => {
+                old != now && ring.wants_interrupt(event_idx, old, now)
+            }
+            // The index moved without us (a reset): be safe.
+            Some(_) => true,
+            None => false,
+        };
+        self.last = Some((now, now));
+        wants
+    }
+}
