@@ -151,18 +151,16 @@ impl HostMemory {
 /// The address must come from a translation of a range covering the access, made from a
 /// `HostMemory` that is still alive. Any alignment is fine (the guest chooses addresses).
 pub mod volatile {
+    /// # Safety
+    /// See the module.
     #[inline]
     pub unsafe fn read_u16(at: usize) -> u16 {
         // SAFETY: the caller's contract.
         u16::from_le_bytes(unsafe { std::ptr::read_volatile(at as *const [u8; 2]) })
     }
 
-    #[inline]
-    pub unsafe fn write_u16(at: usize, value: u16) {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::write_volatile(at as *mut [u8; 2], value.to_le_bytes()) }
-    }
-
+    /// # Safety
+    /// See the module.
     #[inline]
     pub unsafe fn read_16_bytes(at: usize) -> [u8; 16] {
         // SAFETY: the caller's contract.
@@ -170,6 +168,9 @@ pub mod volatile {
     }
 
     /// A used-ring element: id and len, little endian.
+    ///
+    /// # Safety
+    /// See the module.
     #[inline]
     pub unsafe fn write_used_elem(at: usize, id: u32, len: u32) {
         let mut bytes = [0u8; 8];

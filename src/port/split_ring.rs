@@ -172,9 +172,11 @@ impl SplitRing {
 /// guest memory snapshot change.
 #[derive(Debug, Default)]
 pub struct RingCache {
-    /// (memory snapshot id, descriptor table, avail ring, used ring, size) and the view.
-    cached: Option<((u64, u64, u64, u64, u16), SplitRing)>,
+    cached: Option<(RingKey, SplitRing)>,
 }
+
+/// What a view depends on: memory snapshot id, descriptor table, avail ring, used ring, size.
+type RingKey = (u64, u64, u64, u64, u16);
 
 impl RingCache {
     pub fn get(&mut self, mem: &HostMemory, queue: &Queue) -> Result<SplitRing, RingError> {
