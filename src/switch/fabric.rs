@@ -150,6 +150,7 @@ impl Fabric {
     /// now: leaving it all to the port's scheduler thread would stall the queue until that
     /// thread gets a CPU, which a busy sender on the same core does not give up.
     pub fn flush(&self, scratch: &mut ForwardScratch) {
+        self.switch.settle(&mut scratch.decisions);
         scratch.drained.clear();
         for &(port, _) in &scratch.touched {
             let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {

@@ -104,6 +104,10 @@ pub struct Switch {
 #[derive(Default)]
 pub struct DecisionCache {
     last: Option<CachedDecision>,
+    /// Cache hits not yet added to the switch's counters, by kind of decision: the
+    /// counters are shared by every sender, and a locked add per frame on one cache line
+    /// would make the senders contend. [`Switch::settle`] adds them once per batch.
+    unsettled: [u64; 3],
 }
 
 #[derive(Clone, Copy)]
@@ -221,12 +225,12 @@ impl Switch {
                 && c.generation == generation
                 && c.second == second
         }) {
-            let counter = match hit.forward {
-                Forward::Unicast(_) => &self.counters.forwarded,
-                Forward::Flood => &self.counters.flooded,
-                Forward::Filter => &self.counters.filtered_same_port,
+            let kind = match hit.forward {
+                Forward::Unicast(_) => 0,
+                Forward::Flood => 1,
+                Forward::Filter => 2,
             };
-            stats::inc(counter);
+            cache.unsettled[kind] += 1;
             return Ok(hit.forward);
         }
         self.learn(ingress, src)?;
@@ -240,6 +244,20 @@ impl Switch {
             forward,
         });
         Ok(forward)
+    }
+
+    /// Adds a sender's cached decisions to the switch's counters (end of its batch).
+    pub fn settle(&self, cache: &mut DecisionCache) {
+        let counters = [
+            &self.counters.forwarded,
+            &self.counters.flooded,
+            &self.counters.filtered_same_port,
+        ];
+        for (counter, count) in counters.into_iter().zip(&mut cache.unsettled) {
+            if *count > 0 {
+                stats::add(counter, std::mem::take(count));
+            }
+        }
     }
 
     fn reserve(&self, port: PortId) -> bool {
