@@ -822,7 +822,17 @@ impl RuleSet {
         Some(&self.rules[index])
     }
 
-    fn find_index(&self, key: &FlowKey) -> Option<usize> {
+    /// Counts one hit on the rule at `index` (in location order; out of range: nothing).
+    #[inline]
+    pub fn count_hit(&self, index: usize) {
+        if let Some(hits) = self.hits.get(index) {
+            hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The index (in location order) of the lowest-location rule matching `key`.
+    #[inline]
+    pub fn find_index(&self, key: &FlowKey) -> Option<usize> {
         if self.rules.is_empty() {
             return None;
         }

@@ -1,0 +1,247 @@
+//! An exact-match flow cache in front of the rule lookup (the idea of Open vSwitch's exact
+//! match cache, or of a NIC's flow-table cache): the fields of a parsed frame that the
+//! decision depends on, packed into words by the parser ([`PackedKey`]), map to the decision
+//! the classifier computed for them the last time. A frame of a flow seen recently then costs
+//! a multiply-add hash and a compare of four words (plain IPv4; twelve with IPv6 or VXLAN)
+//! instead of several bucket probes, the trust mode, the Toeplitz hash and the indirection
+//! table, which is why the cached value is the whole [`Decision`], not only the rule.
+//!
+//! Exactness: the key holds every field the rules, the trust mode and RSS read (both layers'
+//! addresses and their family, protocol, ports, DSCP, the outermost VLAN tag's id and PCP,
+//! the fragment flag, the VNI, and which of them are present), plus the id of the
+//! [`Classifier`](super::Classifier) that made the decision; a hit compares the whole key, so
+//! it is never a false hit. A classifier is immutable once built and ids are never reused, so
+//! replacing the rules (a new classifier) makes every older entry unreachable: `rule add` and
+//! `rule del` take effect on the very next frame with no flush and no shared state to update.
+//! The rule's hit counter is counted by the classifier on hits and misses alike.
+//!
+//! Sharing: a classifier is read by every sender thread at once (one per TX queue of every
+//! port). Rather than a lock-free shared table (a key of up to 96 bytes cannot be written
+//! atomically), each thread has its own cache ([`with_thread_cache`]) serving every classifier
+//! it meets (the id in the key keeps them apart): no lock, no atomic, no cache line shared
+//! between threads on the data path.
+//!
+//! Bounds: [`FlowCache::SETS`] sets of two entries (4096 entries, 512 KiB per thread,
+//! allocated at the thread's first miss), never growing. A miss computes the decision as
+//! without a cache and writes it over the set's entry filled longer ago, so a guest spraying
+//! random flows costs one miss and one fill per frame and no more, and a flow of a steady
+//! workload survives one colliding newcomer.
+
+use std::cell::RefCell;
+
+use super::Decision;
+use super::parse::{PACKED_WORDS, PackedKey};
+
+/// Key words compared on every probe: the classifier id, the misc word and, for a plain IPv4
+/// frame, its addresses and meta word: the whole key of the most common frames.
+const HEAD_WORDS: usize = 4;
+const TAIL_WORDS: usize = PACKED_WORDS - HEAD_WORDS;
+
+/// The cache key: a [`PackedKey`] whose word 0 the classifier set to its id (never 0, so an
+/// empty entry never matches).
+pub type CacheKey = PackedKey;
+
+/// The first four words and the rest of a key.
+#[inline(always)]
+fn split(key: &CacheKey) -> (&[u64; HEAD_WORDS], &[u64; TAIL_WORDS]) {
+    let (head, tail) = key
+        .words
+        .split_first_chunk::<HEAD_WORDS>()
+        .unwrap_or((&[0; HEAD_WORDS], &[]));
+    let tail = tail.first_chunk::<TAIL_WORDS>().unwrap_or(&[0; TAIL_WORDS]);
+    (head, tail)
+}
+
+/// A 64-bit hash: a sum of products with distinct odd constants (the words are multiplied
+/// independently, so the CPU overlaps them), then a final mix. Not keyed: a guest that makes
+/// its flows collide only evicts its own entries (each set is tiny), which costs it what a
+/// cache miss costs, never more.
+#[inline(always)]
+fn hash(head: &[u64; HEAD_WORDS], tail: Option<&[u64; TAIL_WORDS]>) -> u64 {
+    const HEAD: [u64; HEAD_WORDS] = [
+        0x9e37_79b9_7f4a_7c15,
+        0xc2b2_ae3d_27d4_eb4f,
+        0x1656_67b1_9e37_79f9,
+        0x85eb_ca77_c2b2_ae63,
+    ];
+    const TAIL: [u64; TAIL_WORDS] = [
+        0x27d4_eb2f_1656_67c5,
+        0xff51_afd7_ed55_8ccd,
+        0xc4ce_b9fe_1a85_ec53,
+        0x8764_5a1c_0f2e_3b97,
+        0xd6e8_feb8_6659_fd93,
+        0xa076_1d64_78bd_642f,
+        0xe703_7ed1_a0b4_28db,
+        0x8ebc_6af0_9c88_c6e3,
+    ];
+    let mut sum = 0u64;
+    for (word, multiplier) in head.iter().zip(HEAD) {
+        sum = sum.wrapping_add((word ^ (word >> 32)).wrapping_mul(multiplier));
+    }
+    if let Some(tail) = tail {
+        for (word, multiplier) in tail.iter().zip(TAIL) {
+            sum = sum.wrapping_add((word ^ (word >> 32)).wrapping_mul(multiplier));
+        }
+    }
+    (sum ^ (sum >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Equality of word arrays without early exits (compiles to a few vector compares).
+#[inline(always)]
+fn same_words<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u64, |diff, (x, y)| diff | (x ^ y))
+        == 0
+}
+
+/// What the cache remembers for a key: the classifier's decision and the index of the rule
+/// that made it (to count the hit), if one did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cached {
+    pub rule_index: Option<u32>,
+    pub decision: Decision,
+}
+
+/// One entry: two cache lines, the first holding all that a probe reads for a plain IPv4
+/// frame (and for choosing the victim of a fill).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Entry {
+    head: [u64; HEAD_WORDS],
+    value: Cached,
+    /// When the entry was filled ([`FlowCache`]'s fill count): the older way of a set is
+    /// the victim of the next fill.
+    filled: u32,
+    tail: [u64; TAIL_WORDS],
+}
+
+// The probe of a short key reads one cache line per way.
+const _: () = assert!(std::mem::offset_of!(Entry, tail) <= 64);
+
+impl Entry {
+    /// Whether the entry is for the key of `head` and `tail` (`None`: a short key, whose
+    /// words past the head are all 0).
+    #[inline(always)]
+    fn holds(&self, head: &[u64; HEAD_WORDS], tail: Option<&[u64; TAIL_WORDS]>) -> bool {
+        // A short key differs from a long one in the misc word (in the head), so a short
+        // key's entry, if the heads are equal, is short too and its tail all 0 like the key's.
+        same_words(&self.head, head) && tail.is_none_or(|tail| same_words(&self.tail, tail))
+    }
+
+    const EMPTY: Entry = Entry {
+        head: [0; HEAD_WORDS],
+        filled: 0,
+        tail: [0; TAIL_WORDS],
+        value: Cached {
+            rule_index: None,
+            decision: Decision {
+                class: super::Class::Normal,
+                queue: super::QueueChoice::Default(0),
+                rule: None,
+                drop: false,
+                parse_error: None,
+            },
+        },
+    };
+}
+
+/// A two-way set-associative table of [`Entry`]s.
+pub struct FlowCache {
+    /// `2 * sets` entries (none until the first miss); set `s` is entries `2s` and `2s + 1`.
+    entries: Vec<Entry>,
+    sets: usize,
+    /// Fills so far (wrapping: after a wrap, a victim may be the newer way for a while, which
+    /// costs a miss, never a wrong answer).
+    fills: u32,
+    /// `64 - log2(sets)`: the set is the top bits of the hash.
+    set_shift: u32,
+}
+
+impl FlowCache {
+    /// Sets of the per-thread cache: 4096 entries, enough for the active flows of a busy
+    /// port many times over, small enough (512 KiB) to stay in a core's L2 cache.
+    pub const SETS: usize = 2048;
+
+    /// A cache of `sets` sets (rounded up to a power of two), allocated on first use.
+    pub const fn new(sets: usize) -> Self {
+        let sets = if sets <= 1 {
+            1
+        } else {
+            sets.next_power_of_two()
+        };
+        FlowCache {
+            entries: Vec::new(),
+            sets,
+            fills: 0,
+            set_shift: 64 - sets.trailing_zeros(),
+        }
+    }
+
+    /// The value cached for `key`, else `compute()`'s, which is then cached.
+    #[inline]
+    pub fn get_or_insert(&mut self, key: &CacheKey, compute: impl FnOnce() -> Cached) -> Cached {
+        let (head, full_tail) = split(key);
+        let tail = (key.len > HEAD_WORDS).then_some(full_tail);
+        // A shift by 64 (one set) would overflow: `checked_shr` makes it set 0.
+        let set = hash(head, tail).checked_shr(self.set_shift).unwrap_or(0) as usize;
+        let first = 2 * set;
+        let Some([a, b]) = self.entries.get(first..first + 2) else {
+            return self.fill_miss(first, head, full_tail, compute);
+        };
+        if a.holds(head, tail) {
+            return a.value;
+        }
+        if b.holds(head, tail) {
+            return b.value;
+        }
+        self.fill_miss(first, head, full_tail, compute)
+    }
+
+    /// The miss path, kept out of line so the hit path stays small. Allocates the table on
+    /// first use (a thread that never classifies with rules never pays for it).
+    #[inline(never)]
+    fn fill_miss(
+        &mut self,
+        first: usize,
+        head: &[u64; HEAD_WORDS],
+        tail: &[u64; TAIL_WORDS],
+        compute: impl FnOnce() -> Cached,
+    ) -> Cached {
+        let value = compute();
+        if self.entries.is_empty() {
+            self.entries = vec![Entry::EMPTY; 2 * self.sets];
+        }
+        self.fills = self.fills.wrapping_add(1);
+        if let Some([a, b]) = self.entries.get_mut(first..first + 2) {
+            // The way filled longer ago goes (both heads were just read by the probe, so
+            // this reads no new memory); a fresh set fills `a` first.
+            let victim = if b.filled < a.filled { b } else { a };
+            *victim = Entry {
+                head: *head,
+                value,
+                filled: self.fills,
+                tail: *tail,
+            };
+        }
+        value
+    }
+}
+
+thread_local! {
+    /// This thread's cache.
+    static THREAD_CACHE: RefCell<FlowCache> = const { RefCell::new(FlowCache::new(FlowCache::SETS)) };
+}
+
+/// Runs `f` with this thread's cache; `None` (and `f` not run) only while the thread is being
+/// torn down or re-entered, when the caller classifies without the cache.
+#[inline]
+pub fn with_thread_cache<R>(f: impl FnOnce(&mut FlowCache) -> R) -> Option<R> {
+    THREAD_CACHE
+        .try_with(|cell| Some(f(&mut *cell.try_borrow_mut().ok()?)))
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests;
