@@ -65,6 +65,23 @@ pub enum RingWrite {
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;
+    /// Writes frames `0..count` in order (`frame(i)` gives header and bytes of each) until
+    /// one does not go in; returns how many went in and the outcome of the first that did
+    /// not. A ring may take its locks once for all of them.
+    fn write_burst<'a>(
+        &self,
+        count: usize,
+        frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
+    ) -> (usize, Option<RingWrite>) {
+        for index in 0..count {
+            let (header, bytes) = frame(index);
+            match self.write(header, bytes) {
+                RingWrite::Written => {}
+                other => return (index, Some(other)),
+            }
+        }
+        (count, None)
+    }
     /// Makes what `write` wrote visible to the guest. Writers call it once per batch (the
     /// NIC does, before its interrupt moderation decides anything), so a ring may defer
     /// its used-index update until then.

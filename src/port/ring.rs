@@ -288,60 +288,92 @@ impl VhostRxRing {
     }
 }
 
-impl GuestRxRing for VhostRxRing {
-    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
-        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let RxScratch {
-            host,
-            ring: ring_cache,
-            avail,
-            avail_next,
-            unpublished,
-            armed,
-            segments,
-            chains,
-            walk,
-            used: _,
-        } = &mut *scratch;
+impl VhostRxRing {
+    /// Writes frames `0..count` (`frame(i)` gives each) in order under one acquisition of
+    /// the ring's locks, stopping at the first that does not go in. Returns how many went
+    /// in and what stopped the rest.
+    fn write_frames<'a>(
+        &self,
+        count: usize,
+        frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
+    ) -> (usize, Option<RingWrite>) {
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let scratch = &mut *guard;
         let mut state = self.vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() {
-            return RingWrite::NotReady;
+            return (0, Some(RingWrite::NotReady));
         }
-        let mem = HostMemory::current(&self.mem, host);
-        let ring = match ring_cache.get(mem, state.get_queue()) {
+        let mem = HostMemory::current(&self.mem, &mut scratch.host);
+        let ring = match scratch.ring.get(mem, state.get_queue()) {
             Ok(ring) => ring,
             Err(error) => {
                 stats::inc(&self.counters.rx_errors_ring);
                 self.log.warn(|| format!("RX ring unusable: {error}"));
-                return RingWrite::NotReady;
+                return (0, Some(RingWrite::NotReady));
             }
         };
-        let negotiated = self.negotiated();
+        let mergeable = self.negotiated().mergeable_rx;
+        let mut frames = FrameScratch {
+            avail: &mut scratch.avail,
+            avail_next: &mut scratch.avail_next,
+            unpublished: &mut scratch.unpublished,
+            armed: &mut scratch.armed,
+            chains: ChainScratch {
+                segments: &mut scratch.segments,
+                chains: &mut scratch.chains,
+                walk: &mut scratch.walk,
+            },
+        };
+        for index in 0..count {
+            let (header, bytes) = frame(index);
+            match self.write_locked(
+                &mut state,
+                mem,
+                &ring,
+                &mut frames,
+                mergeable,
+                header,
+                bytes,
+            ) {
+                RingWrite::Written => {}
+                other => return (index, Some(other)),
+            }
+        }
+        (count, None)
+    }
+
+    /// Writes one frame; the ring's locks are held by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn write_locked(
+        &self,
+        state: &mut VringState<GuestMemory_>,
+        mem: &HostMemory,
+        ring: &SplitRing,
+        scratch: &mut FrameScratch<'_>,
+        mergeable: bool,
+        header: &[u8; 12],
+        frame: &[u8],
+    ) -> RingWrite {
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
-        if *avail_next != Some(state.get_queue().next_avail()) {
+        if *scratch.avail_next != Some(state.get_queue().next_avail()) {
             // The frontend set the ring's base since our last write (or this is the first):
             // read its index afresh, and arm notifications again when we run out.
-            *avail = AvailCache::default();
-            *armed = false;
+            *scratch.avail = AvailCache::default();
+            *scratch.armed = false;
         }
         let used_before = state.get_queue().next_used();
         let mut rewind_to = state.get_queue().next_avail();
         let mut attempt = 0;
-        let mut chain_scratch = ChainScratch {
-            segments,
-            chains,
-            walk,
-        };
         let outcome = loop {
             let queue = state.get_queue_mut();
             match self.take_chains(
                 queue,
                 mem,
-                &ring,
-                avail,
-                &mut chain_scratch,
+                ring,
+                scratch.avail,
+                &mut scratch.chains,
                 needed,
-                negotiated.mergeable_rx,
+                mergeable,
                 &mut rewind_to,
             ) {
                 Ok(Take::Enough) => break None,
@@ -349,15 +381,15 @@ impl GuestRxRing for VhostRxRing {
                     queue.set_next_avail(rewind_to);
                     // Ask the guest to kick when it adds buffers, then look once more: it may
                     // have added some between our check and the request.
-                    if !*armed {
-                        *armed = true;
+                    if !*scratch.armed {
+                        *scratch.armed = true;
                         if let Ok(true) = state.enable_notification() {
                             attempt += 1;
                         }
                     }
                     if attempt == 1 {
                         attempt += 1;
-                        *avail = AvailCache::default();
+                        *scratch.avail = AvailCache::default();
                         continue;
                     }
                     break Some(RingWrite::Full);
@@ -369,28 +401,28 @@ impl GuestRxRing for VhostRxRing {
             }
         };
         let queue = state.get_queue();
-        *avail_next = Some(queue.next_avail());
-        if queue.next_used() != used_before && unpublished.is_none() {
+        *scratch.avail_next = Some(queue.next_avail());
+        if queue.next_used() != used_before && scratch.unpublished.is_none() {
             // Bad chains completed on the way count as written entries too.
-            *unpublished = Some(used_before);
+            *scratch.unpublished = Some(used_before);
         }
         if let Some(outcome) = outcome {
             return outcome;
         }
-        if *armed {
+        if *scratch.armed {
             // Room again: stop the guest's kicks for every buffer it adds.
             let _ = state.disable_notification();
-            *armed = false;
+            *scratch.armed = false;
         }
         let mut header = *header;
-        let buffers = chains.len() as u16;
+        let chains = &scratch.chains;
+        let buffers = chains.chains.len() as u16;
         header[10..12].copy_from_slice(&buffers.to_le_bytes());
         let queue = state.get_queue_mut();
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
-        let total = needed;
-        for &(head, first, end, capacity) in chains.iter() {
-            let segments = &segments[first..end];
-            let take = (capacity as usize).min(total - offset);
+        for &(head, first, end, capacity) in chains.chains.iter() {
+            let segments = &chains.segments[first..end];
+            let take = (capacity as usize).min(needed - offset);
             let mut written = 0;
             // The part of the header that falls in this chain.
             if offset < VIRTIO_NET_HDR_LEN {
@@ -403,12 +435,39 @@ impl GuestRxRing for VhostRxRing {
                 written += chain::scatter(segments, written, part);
             }
             offset += written;
-            put_used(queue, &ring, head, written as u32);
+            put_used(queue, ring, head, written as u32);
         }
-        if unpublished.is_none() {
-            *unpublished = Some(used_before);
+        if scratch.unpublished.is_none() {
+            *scratch.unpublished = Some(used_before);
         }
         RingWrite::Written
+    }
+}
+
+/// The parts of [`RxScratch`] that writing frames uses, borrowed apart from the memory
+/// snapshot and the ring view (which the frames are written through).
+struct FrameScratch<'s> {
+    avail: &'s mut AvailCache,
+    avail_next: &'s mut Option<u16>,
+    unpublished: &'s mut Option<u16>,
+    armed: &'s mut bool,
+    chains: ChainScratch<'s>,
+}
+
+impl GuestRxRing for VhostRxRing {
+    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
+        match self.write_frames(1, &|_| (header, frame)) {
+            (_, Some(outcome)) => outcome,
+            (_, None) => RingWrite::Written,
+        }
+    }
+
+    fn write_burst<'a>(
+        &self,
+        count: usize,
+        frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
+    ) -> (usize, Option<RingWrite>) {
+        self.write_frames(count, frame)
     }
 
     fn publish(&self) {
