@@ -13,6 +13,7 @@ VM, no frontend: what is measured is the switch and the NIC).
    residence is theirs). Prints p50/p99/p99.9 and draws the CDFs to benches/out/residence.png.
 
 Usage: benches/nic.py [--secs 5] [--repeat 3] [--link-rate 100M]
+Environment: PRISM_VNIC_BIN=path/to/prism-vnic (default: target/release/prism-vnic).
 """
 
 import argparse
@@ -25,7 +26,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRISM = os.path.join(REPO, "target", "release", "prism-vnic")
+# PRISM_VNIC_BIN: a prism-vnic binary built elsewhere (e.g. in a CARGO_TARGET_DIR of one's own).
+PRISM = os.environ.get("PRISM_VNIC_BIN") or os.path.join(REPO, "target", "release", "prism-vnic")
 CDF_QUANTILES = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
 
 
@@ -126,7 +128,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "out"))
     args = ap.parse_args()
     if not os.path.exists(PRISM):
-        sys.exit(f"nic.py: {PRISM} missing: run .ci/patch-crates && cargo build --release")
+        sys.exit(f"nic.py: {PRISM} missing: run .ci/patch-crates && cargo build --release "
+                 "(or set PRISM_VNIC_BIN)")
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nic-bench-") as work:
         print("1. packet rate through a port's NIC with N flow rules (64 B, generator -> sink)")
