@@ -24,8 +24,10 @@
 //! Bounds: [`FlowCache::SETS`] sets of two entries (4096 entries, 512 KiB per thread,
 //! allocated at the thread's first miss), never growing. A miss computes the decision as
 //! without a cache and writes it over the set's entry filled longer ago, so a guest spraying
-//! random flows costs one miss and one fill per frame and no more, and a flow of a steady
-//! workload survives one colliding newcomer.
+//! random flows costs at most one miss and one fill per frame, and a flow of a steady
+//! workload survives one colliding newcomer. When most lookups of a thread miss (a flood of
+//! new flows), only one miss in 16 fills: the flood then costs little more than the lookup
+//! it would cost without a cache, and the thread's steady flows stay cached.
 
 use std::cell::RefCell;
 
@@ -146,6 +148,16 @@ impl Entry {
     };
 }
 
+/// Lookups over which the miss rate is estimated.
+const WINDOW: u32 = 1024;
+/// A window with more misses than this (in percent) means a flood of new flows.
+const THRASH_PERCENT: u32 = 75;
+/// While flooded, one miss in this many fills (Open vSwitch's exact match cache inserts with
+/// a probability for the same reason): filling every miss would cost the flood a write of two
+/// cache lines per frame and evict every steady flow of the thread for entries that are never
+/// hit again; the flows that do repeat get in after a few frames all the same.
+const THRASH_FILL_EVERY: u32 = 16;
+
 /// A two-way set-associative table of [`Entry`]s.
 pub struct FlowCache {
     /// `2 * sets` entries (none until the first miss); set `s` is entries `2s` and `2s + 1`.
@@ -154,6 +166,15 @@ pub struct FlowCache {
     /// Fills so far (wrapping: after a wrap, a victim may be the newer way for a while, which
     /// costs a miss, never a wrong answer).
     fills: u32,
+    /// Lookups so far (wrapping), and where the current window of the miss-rate estimate
+    /// started.
+    lookups: u32,
+    window_start: u32,
+    window_misses: u32,
+    /// The last window missed more than [`THRASH_PERCENT`] of its lookups (a flood of new
+    /// flows): only one miss in [`THRASH_FILL_EVERY`] fills.
+    thrashing: bool,
+    misses_unfilled: u32,
     /// `64 - log2(sets)`: the set is the top bits of the hash.
     set_shift: u32,
 }
@@ -174,6 +195,11 @@ impl FlowCache {
             entries: Vec::new(),
             sets,
             fills: 0,
+            lookups: 0,
+            window_start: 0,
+            window_misses: 0,
+            thrashing: false,
+            misses_unfilled: 0,
             set_shift: 64 - sets.trailing_zeros(),
         }
     }
@@ -181,6 +207,7 @@ impl FlowCache {
     /// The value cached for `key`, else `compute()`'s, which is then cached.
     #[inline]
     pub fn get_or_insert(&mut self, key: &CacheKey, compute: impl FnOnce() -> Cached) -> Cached {
+        self.lookups = self.lookups.wrapping_add(1);
         let (head, full_tail) = split(key);
         let tail = (key.len > HEAD_WORDS).then_some(full_tail);
         // A shift by 64 (one set) would overflow: `checked_shr` makes it set 0.
@@ -209,6 +236,21 @@ impl FlowCache {
         compute: impl FnOnce() -> Cached,
     ) -> Cached {
         let value = compute();
+        self.window_misses += 1;
+        let window = self.lookups.wrapping_sub(self.window_start);
+        if window >= WINDOW {
+            self.thrashing =
+                u64::from(self.window_misses) * 100 > u64::from(window) * u64::from(THRASH_PERCENT);
+            self.window_start = self.lookups;
+            self.window_misses = 0;
+        }
+        if self.thrashing {
+            self.misses_unfilled += 1;
+            if self.misses_unfilled < THRASH_FILL_EVERY {
+                return value;
+            }
+            self.misses_unfilled = 0;
+        }
         if self.entries.is_empty() {
             self.entries = vec![Entry::EMPTY; 2 * self.sets];
         }

@@ -484,3 +484,39 @@ fn packed_keys_of_frames_that_differ_in_a_classified_field_differ() {
     assert_eq!(pack(&base), seen[0]);
     assert!(seen[0].words[seen[0].len..].iter().all(|&word| word == 0));
 }
+
+#[test]
+fn a_flood_of_new_flows_leaves_the_steady_flows_cached() {
+    let mut cache = FlowCache::new(FlowCache::SETS);
+    let steady: Vec<CacheKey> = (0..200u64).map(|i| key(&[1, 7, i, 0])).collect();
+    for round in 0..4 {
+        for flow in &steady {
+            let (_, missed) = probe(&mut cache, flow, 1);
+            assert_eq!(missed, round == 0);
+        }
+    }
+    // Ten times the cache's size in flows seen once: filling each would evict every steady
+    // flow (each set sees about ten fills); one fill in 16 leaves about half of them.
+    for i in 0..(20 * FlowCache::SETS as u64) {
+        probe(&mut cache, &key(&[1, 8, i, 0]), 2);
+    }
+    let still_cached = steady
+        .iter()
+        .filter(|flow| !probe(&mut cache, flow, 1).1)
+        .count();
+    assert!(
+        still_cached * 4 > steady.len(),
+        "{still_cached} of {}",
+        steady.len()
+    );
+    // And once the flood is over (a window of lookups that mostly hit), new flows are cached
+    // at their first miss again.
+    for _ in 0..8 {
+        for flow in &steady {
+            probe(&mut cache, flow, 1);
+        }
+    }
+    let newcomer = key(&[1, 9, 1, 0]);
+    assert!(probe(&mut cache, &newcomer, 3).1);
+    assert_eq!(probe(&mut cache, &newcomer, 99), (value(3), false));
+}
