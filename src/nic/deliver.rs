@@ -5,8 +5,8 @@
 //! transmit. The frame is classified once, before any segmentation: every segment of a GSO
 //! frame belongs to the same flow.
 
-use super::Nic;
 use super::link::wire_bytes;
+use super::{Burst, Nic};
 use crate::packet::offload::{
     self, Offload, OffloadError, RxAction, VIRTIO_NET_HDR_LEN, segment_buffer_len,
 };
@@ -15,7 +15,8 @@ use crate::stats::{self, QueueCounters};
 /// Delivers `frame` (with the sender's validated `offload`) to `nic`, as arrived at
 /// `arrival_ns` on the NIC's clock. May complete the checksum in `frame` in place, in which
 /// case `offload` is updated to say so, so that further receivers of a flooded frame do not
-/// redo it. `segment_scratch` is the worker's reusable buffer for software segmentation.
+/// redo it. `segment_scratch` is the worker's reusable buffer for software segmentation;
+/// `burst` the sender's staging area for this NIC (see [`Nic::stage`]).
 /// Returns the RX queue index used, if any.
 pub fn deliver(
     nic: &Nic,
@@ -23,6 +24,7 @@ pub fn deliver(
     offload: &mut Offload,
     arrival_ns: u64,
     segment_scratch: &mut Vec<u8>,
+    burst: &mut Burst,
     sender: &QueueCounters,
 ) -> Result<Option<usize>, OffloadError> {
     let decision = nic.classify(frame);
@@ -40,7 +42,7 @@ pub fn deliver(
     match plan.action {
         RxAction::Deliver => {
             let wire = whole_frame_wire(frame);
-            Ok(nic.receive(&decision, &header, frame, wire, arrival_ns))
+            Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns))
         }
         RxAction::CompleteChecksum => {
             if let Some(csum) = offload.csum {
@@ -53,12 +55,12 @@ pub fn deliver(
                 };
             }
             let wire = wire_bytes(frame.len(), 1, 0);
-            Ok(nic.receive(&decision, &header, frame, wire, arrival_ns))
+            Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns))
         }
         RxAction::Segment => {
             let Some(gso) = offload.gso else {
                 let wire = wire_bytes(frame.len(), 1, 0);
-                return Ok(nic.receive(&decision, &header, frame, wire, arrival_ns));
+                return Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns));
             };
             let needed = segment_buffer_len(&gso);
             if segment_scratch.len() < needed {
@@ -67,7 +69,7 @@ pub fn deliver(
             let mut queue = None;
             offload::segment(frame, &gso, segment_scratch, |segment| {
                 let wire = wire_bytes(segment.len(), 1, 0);
-                queue = nic.receive(&decision, &header, segment, wire, arrival_ns);
+                queue = nic.stage(burst, &decision, &header, segment, wire, arrival_ns);
             })?;
             stats::inc(&sender.tx_gso_segmented);
             Ok(queue)

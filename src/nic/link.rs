@@ -49,16 +49,61 @@ pub fn wire_bytes(len: usize, segments: u32, header_len: usize) -> u64 {
 
 pub struct Link {
     rate_bps: AtomicU64,
+    /// Picoseconds per byte at `rate_bps` (0: unpaced), so a frame's wire time is one
+    /// multiplication rather than a 128-bit division per frame.
+    ps_per_byte: AtomicU64,
     latency_ns: AtomicU64,
     free_at: AtomicU64,
+}
+
+/// Picoseconds one byte takes at `rate_bps` (exact for the usual 1/10/25/40/100G rates).
+fn ps_per_byte(rate_bps: u64) -> u64 {
+    8_000_000_000_000u64.checked_div(rate_bps).unwrap_or(0)
+}
+
+/// When a wire free at `free_at` can next take a frame: `None` if at `now` (within the
+/// slack), else the time.
+fn busy_until(free_at: u64, now: u64) -> Option<u64> {
+    (free_at > now + SLACK_NS).then(|| free_at - SLACK_NS)
+}
+
+/// A private copy of a link's state, to plan a run of frames before any is sent: which of
+/// them the wire would take now, charging each as if sent.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkPlan {
+    ps_per_byte: u64,
+    free_at: u64,
+}
+
+impl LinkPlan {
+    /// Whether the wire can take a frame at `now`; if so, counts it as sent.
+    pub fn take(&mut self, now: u64, wire_bytes: u64) -> bool {
+        if self.ps_per_byte == 0 {
+            return true;
+        }
+        if busy_until(self.free_at, now).is_some() {
+            return false;
+        }
+        self.free_at = self.free_at.max(now) + wire_bytes * self.ps_per_byte / 1000;
+        true
+    }
 }
 
 impl Link {
     pub fn new(settings: LinkSettings) -> Self {
         Link {
             rate_bps: AtomicU64::new(settings.rate_bps),
+            ps_per_byte: AtomicU64::new(ps_per_byte(settings.rate_bps)),
             latency_ns: AtomicU64::new(settings.latency_ns),
             free_at: AtomicU64::new(0),
+        }
+    }
+
+    /// The link's state now, to plan a run of frames with.
+    pub fn plan(&self) -> LinkPlan {
+        LinkPlan {
+            ps_per_byte: self.ps_per_byte.load(Ordering::Relaxed),
+            free_at: self.free_at.load(Ordering::Relaxed),
         }
     }
 
@@ -72,6 +117,8 @@ impl Link {
     /// Changes rate and latency at run time; frames already on the wire keep their times.
     pub fn set(&self, settings: LinkSettings) {
         self.rate_bps.store(settings.rate_bps, Ordering::Relaxed);
+        self.ps_per_byte
+            .store(ps_per_byte(settings.rate_bps), Ordering::Relaxed);
         self.latency_ns
             .store(settings.latency_ns, Ordering::Relaxed);
     }
@@ -82,21 +129,16 @@ impl Link {
 
     /// Nanoseconds `wire_bytes` occupy the wire at the current rate (0 when unpaced).
     pub fn wire_ns(&self, wire_bytes: u64) -> u64 {
-        let rate = self.rate_bps.load(Ordering::Relaxed);
-        if rate == 0 {
-            return 0;
-        }
-        // bytes * 8 * 1e9 / rate, in 128 bits so 64 KiB frames at 1 bit/s cannot overflow.
-        ((u128::from(wire_bytes) * 8 * 1_000_000_000) / u128::from(rate)) as u64
+        // At most 64 KiB times 8e12 ps (1 bit/s): far below u64::MAX.
+        wire_bytes.saturating_mul(self.ps_per_byte.load(Ordering::Relaxed)) / 1000
     }
 
     /// When the wire can next take a frame: `None` if now (within the slack), else the time.
     pub fn busy_until(&self, now: u64) -> Option<u64> {
-        if self.rate_bps.load(Ordering::Relaxed) == 0 {
+        if self.ps_per_byte.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let free_at = self.free_at.load(Ordering::Relaxed);
-        (free_at > now + SLACK_NS).then(|| free_at - SLACK_NS)
+        busy_until(self.free_at.load(Ordering::Relaxed), now)
     }
 
     /// Puts a frame of `wire_bytes` on the wire at `now` (the caller checked `busy_until`).

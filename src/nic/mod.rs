@@ -18,6 +18,7 @@
 //! sink ports), so this module does not depend on `port`.
 
 pub mod backlog;
+pub mod burst;
 pub mod capture;
 pub mod clock;
 pub mod deliver;
@@ -36,6 +37,8 @@ use crate::classify::{
     Class, Classifier, ClassifierConfig, ClassifierError, Decision, rules::RuleSet,
 };
 use crate::stats::{self, PortCounters, QueueCounters};
+pub use burst::Burst;
+use burst::STAGE_MAX_LEN;
 use capture::Capture;
 use link::{Link, LinkSettings};
 use moderation::CoalesceSettings;
@@ -314,16 +317,9 @@ impl Nic {
         Some((queue, queue.ring()))
     }
 
-    /// Receives one frame from the wire (its header already adapted to this guest, its
-    /// decision from [`Nic::classify`]). Returns the queue it went to, if any.
-    pub fn receive(
-        &self,
-        decision: &Decision,
-        header: &[u8; 12],
-        frame: &[u8],
-        wire_bytes: u64,
-        arrival_ns: u64,
-    ) -> Option<usize> {
+    /// The queue a frame with `decision` goes to, with its ring; counts what the NIC drops
+    /// before any buffer (no usable queue, a drop rule). `None`: the frame is dropped.
+    fn admit(&self, decision: &Decision) -> Option<(&RxQueue, queue::RingGuard)> {
         let hash = match decision.queue {
             crate::classify::QueueChoice::Rss { hash, .. } => hash,
             _ => 0,
@@ -339,7 +335,229 @@ impl Nic {
             stats::inc(&queue.counters.rx_drops_rule);
             return None;
         }
-        let class = decision.class;
+        Some((queue, ring_guard))
+    }
+
+    /// Receives one frame from the wire (its header already adapted to this guest, its
+    /// decision from [`Nic::classify`]) at once. Returns the queue it went to, if any.
+    pub fn receive(
+        &self,
+        decision: &Decision,
+        header: &[u8; 12],
+        frame: &[u8],
+        wire_bytes: u64,
+        arrival_ns: u64,
+    ) -> Option<usize> {
+        let (queue, ring_guard) = self.admit(decision)?;
+        self.receive_on(
+            queue,
+            &ring_guard,
+            decision.class,
+            header,
+            frame,
+            wire_bytes,
+            arrival_ns,
+        )
+    }
+
+    /// Stages a frame in the sender's `burst` for this NIC; it reaches the ring when the
+    /// sender delivers the burst ([`Nic::deliver_burst`], from `Fabric::flush`) or when the
+    /// burst fills. Frames too long to be worth copying go at once, after the burst.
+    /// Returns the queue the frame goes to, if any.
+    pub fn stage(
+        &self,
+        burst: &mut Burst,
+        decision: &Decision,
+        header: &[u8; 12],
+        frame: &[u8],
+        wire_bytes: u64,
+        arrival_ns: u64,
+    ) -> Option<usize> {
+        let (queue, ring_guard) = self.admit(decision)?;
+        if frame.len() > STAGE_MAX_LEN {
+            self.deliver_burst(burst);
+            return self.receive_on(
+                queue,
+                &ring_guard,
+                decision.class,
+                header,
+                frame,
+                wire_bytes,
+                arrival_ns,
+            );
+        }
+        burst.push(
+            queue.index,
+            decision.class,
+            header,
+            frame,
+            wire_bytes,
+            arrival_ns,
+        );
+        if burst.is_full() {
+            self.deliver_burst(burst);
+        }
+        Some(queue.index)
+    }
+
+    /// Delivers a sender's staged frames, queue by queue, each under one acquisition of the
+    /// queue's lock and one ring write: the same decisions as [`Nic::receive`] frame by frame
+    /// (a frame goes straight into the ring only when nothing of its class or a higher one
+    /// waits, there is no link latency and the link can take it; otherwise it waits in the
+    /// queue's buffer), with the frames bound for the ring written together.
+    pub fn deliver_burst(&self, burst: &mut Burst) {
+        if burst.is_empty() {
+            return;
+        }
+        let latency = self.link.latency_ns();
+        let mut link = self.link.plan();
+        // Queues already handled: a bit each (a NIC has at most 16), a scan beyond 64.
+        let mut handled: u64 = 0;
+        for first in 0..burst.frames.len() {
+            let index = burst.frames[first].queue;
+            let seen = if index < 64 {
+                let bit = 1u64 << index;
+                let seen = handled & bit != 0;
+                handled |= bit;
+                seen
+            } else {
+                burst.frames[..first].iter().any(|f| f.queue == index)
+            };
+            if seen {
+                continue;
+            }
+            let Some(queue) = self.queues.get(index) else {
+                continue;
+            };
+            let ring_guard = queue.ring();
+            let mut state = queue.lock();
+            burst.planned.clear();
+            for at in first..burst.frames.len() {
+                let frame = burst.frames[at];
+                if frame.queue != index {
+                    continue;
+                }
+                // Strict priority: a high frame only waits behind high frames.
+                let ahead = match frame.class {
+                    Class::High => self.buffered[class_index(Class::High)].load(Ordering::Acquire),
+                    Class::Normal => self.buffered(),
+                };
+                if ahead == 0
+                    && latency == 0
+                    && ring_guard.is_some()
+                    && link.take(frame.arrival_ns, frame.wire_bytes)
+                {
+                    burst.planned.push(at);
+                    continue;
+                }
+                // It must wait: what was planned before it goes first.
+                self.write_planned(queue, &mut state, &ring_guard, burst);
+                self.buffer_staged(queue, &mut state, &frame, burst.bytes_of(&frame));
+            }
+            self.write_planned(queue, &mut state, &ring_guard, burst);
+        }
+        burst.clear();
+    }
+
+    /// Writes the frames of `burst.planned` into the queue's ring; what does not fit waits.
+    fn write_planned(
+        &self,
+        queue: &RxQueue,
+        state: &mut queue::QueueState,
+        ring_guard: &queue::RingGuard,
+        burst: &mut Burst,
+    ) {
+        let Burst {
+            bytes,
+            frames,
+            planned,
+        } = burst;
+        let Some(ring) = ring_guard.as_ref() else {
+            planned.clear();
+            return;
+        };
+        let ring: &dyn GuestRxRing = ring.as_ref().as_ref();
+        let bytes_of = |frame: &burst::Staged| &bytes[frame.start..frame.start + frame.len];
+        let mut from = 0;
+        while from < planned.len() {
+            let rest = &planned[from..];
+            let (written, outcome) = ring.write_burst(rest.len(), &|k| {
+                let frame = &frames[rest[k]];
+                (&frame.header, bytes_of(frame))
+            });
+            let now = self.now_ns();
+            for &at in &rest[..written] {
+                let frame = &frames[at];
+                queue.account(
+                    &mut state.accounting,
+                    RingWrite::Written,
+                    frame.class,
+                    frame.len,
+                    frame.arrival_ns,
+                    now,
+                );
+                self.link.transmit(frame.arrival_ns, frame.wire_bytes);
+                self.captured(queue.index, frame.class, bytes_of(frame));
+            }
+            from += written;
+            match outcome {
+                None | Some(RingWrite::Written) => break,
+                Some(RingWrite::Full) => {
+                    for &at in &planned[from..] {
+                        let frame = frames[at];
+                        self.buffer_staged(queue, state, &frame, bytes_of(&frame));
+                    }
+                    break;
+                }
+                Some(dropped) => {
+                    let frame = &frames[planned[from]];
+                    queue.account(
+                        &mut state.accounting,
+                        dropped,
+                        frame.class,
+                        frame.len,
+                        frame.arrival_ns,
+                        now,
+                    );
+                    from += 1;
+                }
+            }
+        }
+        planned.clear();
+    }
+
+    /// Puts a staged frame in its queue's buffer (or counts the tail drop).
+    fn buffer_staged(
+        &self,
+        queue: &RxQueue,
+        state: &mut queue::QueueState,
+        frame: &burst::Staged,
+        bytes: &[u8],
+    ) {
+        if queue.buffer(
+            state,
+            frame.class,
+            &frame.header,
+            bytes,
+            frame.arrival_ns,
+            frame.wire_bytes,
+        ) {
+            self.buffered[class_index(frame.class)].fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Receives one frame into `queue` now (the caller admitted it).
+    #[allow(clippy::too_many_arguments)]
+    fn receive_on(
+        &self,
+        queue: &RxQueue,
+        ring_guard: &queue::RingGuard,
+        class: Class,
+        header: &[u8; 12],
+        frame: &[u8],
+        wire_bytes: u64,
+        arrival_ns: u64,
+    ) -> Option<usize> {
         let mut state = queue.lock();
         // Strict priority: a high frame only waits behind high frames.
         let ahead = match class {

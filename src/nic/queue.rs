@@ -128,21 +128,37 @@ impl RxQueue {
         frame: &Arriving<'_>,
         now_ns: u64,
     ) -> Publish {
-        let Arriving {
-            class,
-            header,
-            bytes: frame,
-            arrival_ns,
-        } = *frame;
-        match ring.write(header, frame) {
+        let outcome = ring.write(frame.header, frame.bytes);
+        self.account(
+            accounting,
+            outcome,
+            frame.class,
+            frame.bytes.len(),
+            frame.arrival_ns,
+            now_ns,
+        )
+    }
+
+    /// Accounts for the outcome of writing a frame of `class` and `len` bytes that arrived
+    /// at `arrival_ns`; the caller holds the queue's lock.
+    pub(super) fn account(
+        &self,
+        accounting: &mut Accounting,
+        outcome: RingWrite,
+        class: Class,
+        len: usize,
+        arrival_ns: u64,
+        now_ns: u64,
+    ) -> Publish {
+        match outcome {
             RingWrite::Written => {
                 // Under the queue's lock: one writer at a time.
                 let counters = &self.counters;
                 stats::add_single_writer(&counters.rx_packets, 1);
-                stats::add_single_writer(&counters.rx_bytes, frame.len() as u64);
+                stats::add_single_writer(&counters.rx_bytes, len as u64);
                 if class == Class::High {
                     stats::add_single_writer(&counters.rx_high_packets, 1);
-                    stats::add_single_writer(&counters.rx_high_bytes, frame.len() as u64);
+                    stats::add_single_writer(&counters.rx_high_bytes, len as u64);
                 }
                 accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
                 accounting.pending.add(1, now_ns);

@@ -47,6 +47,8 @@ pub struct ForwardScratch {
     touched: Vec<(PortId, usize)>,
     /// Ports whose buffers the last flush drained (reused allocation).
     drained: Vec<PortId>,
+    /// Frames staged for each port's NIC (indexed by port), delivered by `flush`.
+    bursts: Vec<nic::Burst>,
 }
 
 impl ForwardScratch {
@@ -122,12 +124,16 @@ impl Fabric {
             return;
         };
         let arrival = target.nic.now_ns();
+        if scratch.bursts.len() <= port {
+            scratch.bursts.resize_with(port + 1, Default::default);
+        }
         match nic::deliver(
             &target.nic,
             frame,
             offload,
             arrival,
             &mut scratch.segment,
+            &mut scratch.bursts[port],
             sender,
         ) {
             Ok(Some(queue)) => scratch.touch(port, queue),
@@ -142,8 +148,9 @@ impl Fabric {
         }
     }
 
-    /// Notifies every RX queue written since the last flush (subject to its interrupt
-    /// moderation; a deferred notification is left to the port's NIC scheduler).
+    /// Delivers the frames staged for each NIC (see `Nic::stage`), then notifies every RX
+    /// queue written since the last flush (subject to its interrupt moderation; a deferred
+    /// notification is left to the port's NIC scheduler).
     ///
     /// A frame that found its ring full waits in the NIC's buffers, and so does every frame
     /// of its class after it. The sender is running anyway, so it first delivers what fits
@@ -151,6 +158,11 @@ impl Fabric {
     /// thread gets a CPU, which a busy sender on the same core does not give up.
     pub fn flush(&self, scratch: &mut ForwardScratch) {
         self.switch.settle(&mut scratch.decisions);
+        for (port, burst) in scratch.bursts.iter_mut().enumerate() {
+            if let Some(target) = self.ports.get(port) {
+                target.nic.deliver_burst(burst);
+            }
+        }
         scratch.drained.clear();
         for &(port, _) in &scratch.touched {
             let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
