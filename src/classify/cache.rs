@@ -31,8 +31,11 @@
 
 use std::cell::RefCell;
 
+use std::sync::Arc;
+
 use super::Decision;
 use super::parse::{PACKED_WORDS, PackedKey};
+use super::rules::{HitShard, RuleSet};
 
 /// Key words compared on every probe: the classifier id, the misc word and, for a plain IPv4
 /// frame, its addresses and meta word: the whole key of the most common frames.
@@ -177,6 +180,10 @@ pub struct FlowCache {
     misses_unfilled: u32,
     /// `64 - log2(sets)`: the set is the top bits of the hash.
     set_shift: u32,
+    /// This thread's hit shards, by classifier id, the last used first. Shards of rule sets
+    /// that are gone (the thread holds the last reference) are dropped when a new one is
+    /// added, so there are at most as many as live classifiers the thread counted hits for.
+    shards: Vec<(u64, Arc<HitShard>)>,
 }
 
 impl FlowCache {
@@ -200,6 +207,7 @@ impl FlowCache {
             window_misses: 0,
             thrashing: false,
             misses_unfilled: 0,
+            shards: Vec::new(),
             set_shift: 64 - sets.trailing_zeros(),
         }
     }
@@ -223,6 +231,34 @@ impl FlowCache {
             return b.value;
         }
         self.fill_miss(first, head, full_tail, compute)
+    }
+
+    /// Counts a hit on rule `index` of `rules` (those of classifier `classifier_id`) in this
+    /// thread's shard.
+    #[inline]
+    pub fn count_hit(&mut self, classifier_id: u64, rules: &RuleSet, index: usize) {
+        match self.shards.first() {
+            Some((id, shard)) if *id == classifier_id => shard.count(index),
+            _ => self.count_hit_other(classifier_id, rules, index),
+        }
+    }
+
+    /// [`count_hit`](Self::count_hit) for a classifier other than the last one: moves its
+    /// shard to the front, registering one first if the thread has none.
+    #[inline(never)]
+    fn count_hit_other(&mut self, classifier_id: u64, rules: &RuleSet, index: usize) {
+        match self.shards.iter().position(|(id, _)| *id == classifier_id) {
+            Some(position) => self.shards[..=position].rotate_right(1),
+            None => {
+                self.shards
+                    .retain(|(_, shard)| Arc::strong_count(shard) > 1);
+                self.shards
+                    .insert(0, (classifier_id, rules.new_hit_shard()));
+            }
+        }
+        if let Some((_, shard)) = self.shards.first() {
+            shard.count(index);
+        }
     }
 
     /// The miss path, kept out of line so the hit path stays small. Allocates the table on

@@ -271,15 +271,24 @@ impl Classifier {
             .is_complete()
             .then(|| {
                 cache::with_thread_cache(|cache| {
-                    cache.get_or_insert(&packed, || self.decide_with_rules(key))
+                    let cached = cache.get_or_insert(&packed, || self.decide_with_rules(key));
+                    if let Some(index) = cached.rule_index {
+                        cache.count_hit(self.id, &self.rules, index as usize);
+                    }
+                    cached
                 })
             })
-            .flatten()
-            .unwrap_or_else(|| self.decide_with_rules(key));
-        if let Some(index) = cached.rule_index {
-            self.rules.count_hit(index as usize);
+            .flatten();
+        match cached {
+            Some(cached) => cached.decision,
+            None => {
+                let decided = self.decide_with_rules(key);
+                if let Some(index) = decided.rule_index {
+                    self.rules.count_hit(index as usize);
+                }
+                decided.decision
+            }
         }
-        cached.decision
     }
 
     /// The decision for a frame the parser could not finish: the defaults, with the reason.

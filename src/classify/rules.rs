@@ -30,7 +30,11 @@
 //! first full match in a list is that list's best, and the lowest over all lists wins, exactly
 //! as a linear scan in location order would.
 //!
-//! Each rule has a hit counter ([`RuleSet::hits`]) readable while the data path runs.
+//! Each rule has a hit counter ([`RuleSet::hits`]) readable while the data path runs: a
+//! shared atomic per rule, plus one [`HitShard`] per thread that counts through the flow
+//! cache (a thread alone writes its shard, so it counts with a plain load and store instead
+//! of a locked read-modify-write, and threads hitting one rule share no cache line); a read
+//! adds them up.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,6 +42,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -635,12 +640,35 @@ struct NetShape {
     mask: u128,
 }
 
+/// One thread's hit counters for the rules of one [`RuleSet`] (index = position in location
+/// order). Only the thread that asked for it ([`RuleSet::new_hit_shard`]) counts into it;
+/// anyone reads it.
+#[derive(Debug)]
+pub struct HitShard(Box<[AtomicU64]>);
+
+impl HitShard {
+    /// Counts a hit on the rule at `index` (out of range: nothing). A plain load and store:
+    /// correct because the calling thread is the shard's only writer.
+    #[inline]
+    pub fn count(&self, index: usize) {
+        if let Some(hits) = self.0.get(index) {
+            hits.store(
+                hits.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 /// A compiled, ordered set of rules with per-rule hit counters.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     /// Sorted by location; bucket lists hold indices into it, ascending.
     rules: Box<[Rule]>,
+    /// Hits counted without a shard (the uncached path, [`lookup`](Self::lookup)).
     hits: Box<[AtomicU64]>,
+    /// Every thread's shard: a registration per thread and rule set, off the data path.
+    shards: Mutex<Vec<Arc<HitShard>>>,
     buckets: Buckets,
     residual: Box<[u32]>,
     /// The prefix shapes that have a bucket (few: one per distinct layer, family and length).
@@ -653,15 +681,44 @@ impl RuleSet {
     /// Starts each rule's hit counter from the count of the rule with the same location and
     /// the same definition in `old`, so that editing a rule set does not reset the others.
     pub fn inherit_hits(&self, old: &RuleSet) {
+        let old_totals = old.total_hits();
         for (rule, hits) in self.rules.iter().zip(self.hits.iter()) {
             if let Ok(index) = old
                 .rules
                 .binary_search_by_key(&rule.location, |r| r.location)
                 && old.rules[index] == *rule
             {
-                hits.store(old.hits[index].load(Ordering::Relaxed), Ordering::Relaxed);
+                hits.store(old_totals[index], Ordering::Relaxed);
             }
         }
+    }
+
+    /// A new hit shard for the calling thread, counted in [`hits`](Self::hits) from now on.
+    pub fn new_hit_shard(&self) -> Arc<HitShard> {
+        let shard = Arc::new(HitShard(
+            self.rules.iter().map(|_| AtomicU64::new(0)).collect(),
+        ));
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(shard.clone());
+        shard
+    }
+
+    /// Each rule's hits: its shared counter plus every thread's shard.
+    fn total_hits(&self) -> Vec<u64> {
+        let mut totals: Vec<u64> = self
+            .hits
+            .iter()
+            .map(|hits| hits.load(Ordering::Relaxed))
+            .collect();
+        let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
+        for shard in shards.iter() {
+            for (total, hits) in totals.iter_mut().zip(shard.0.iter()) {
+                *total = total.wrapping_add(hits.load(Ordering::Relaxed));
+            }
+        }
+        totals
     }
 
     /// Compiles `rules` (any order). Two rules with one location are refused.
@@ -733,6 +790,7 @@ impl RuleSet {
         Ok(RuleSet {
             rules: rules.into_boxed_slice(),
             hits,
+            shards: Mutex::new(Vec::new()),
             buckets,
             residual: residual.into_boxed_slice(),
             net_shapes: net_shapes.into_boxed_slice(),
@@ -804,8 +862,8 @@ impl RuleSet {
     pub fn hits(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.rules
             .iter()
-            .zip(self.hits.iter())
-            .map(|(rule, hits)| (rule.location, hits.load(Ordering::Relaxed)))
+            .zip(self.total_hits())
+            .map(|(rule, hits)| (rule.location, hits))
     }
 
     /// The lowest-location rule matching `key`, without counting a hit.

@@ -520,3 +520,63 @@ fn a_flood_of_new_flows_leaves_the_steady_flows_cached() {
     assert!(probe(&mut cache, &newcomer, 3).1);
     assert_eq!(probe(&mut cache, &newcomer, 99), (value(3), false));
 }
+
+#[test]
+fn hit_counts_are_exact_across_threads_and_alternating_classifiers() {
+    let mut rng = Rng(0xfeed_f00d_1234_5678);
+    let frames: Vec<Vec<u8>> = (0..300).map(|_| random_frame(&mut rng, true)).collect();
+    let rules = random_rules(&mut rng, 20);
+    let (first, reference) = pair(&rules, Trust::default_dscp());
+    let (second, _) = pair(&rules, Trust::default_dscp());
+    let (first, second) = (std::sync::Arc::new(first), std::sync::Arc::new(second));
+    let threads = 4;
+    let rounds = 3;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (first, second, frames) = (&first, &second, &frames);
+            scope.spawn(move || {
+                // Each thread alternates between the two classifiers frame by frame, so its
+                // shard of each is looked up behind the other's every time.
+                for _ in 0..rounds {
+                    for frame in frames {
+                        first.classify(frame);
+                        second.classify(frame);
+                    }
+                }
+            });
+        }
+    });
+    for frame in &frames {
+        reference.classify_uncached(frame);
+    }
+    let per_pass: Vec<(u32, u64)> = reference.rules().hits().collect();
+    let expected: Vec<(u32, u64)> = per_pass
+        .iter()
+        .map(|&(location, hits)| (location, hits * (threads * rounds) as u64))
+        .collect();
+    assert_eq!(first.rules().hits().collect::<Vec<_>>(), expected);
+    assert_eq!(second.rules().hits().collect::<Vec<_>>(), expected);
+    // Carried over to a new rule set, with the shards' counts.
+    let next = RuleSet::new(rules.clone()).expect("rule set");
+    next.inherit_hits(first.rules());
+    assert_eq!(next.hits().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn a_thread_drops_the_hit_shards_of_rule_sets_that_are_gone() {
+    std::thread::spawn(|| {
+        let frame = ipv4_l4(&[], [10, 0, 0, 1], [10, 0, 0, 2], 0, 17, (7, 53), 8);
+        let rules = || vec!["loc 1 proto udp action queue 2".parse().unwrap()];
+        for _ in 0..10 {
+            // A rule change: a new classifier, the old one dropped.
+            let (classifier, _) = pair(&rules(), Trust::None);
+            classifier.classify(&frame);
+            assert_eq!(classifier.rules().hits().collect::<Vec<_>>(), [(1, 1)]);
+        }
+        // The shard of the classifier dropped last goes with the next registration.
+        let shards = with_thread_cache(|cache| cache.shards.len()).expect("cache");
+        assert_eq!(shards, 1);
+    })
+    .join()
+    .expect("classifying thread");
+}
