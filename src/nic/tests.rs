@@ -305,3 +305,102 @@ fn pcp_trust_reads_the_vlan_priority() {
         "DSCP is not trusted in PCP mode"
     );
 }
+
+impl Rig {
+    /// Stages `frames` (frame, arrival) in one burst and delivers it, as a sender's flush does.
+    fn send_burst(&self, frames: &[(Vec<u8>, u64)]) -> Vec<Option<usize>> {
+        let mut burst = Burst::default();
+        let queues = frames
+            .iter()
+            .map(|(frame, at)| {
+                let decision = self.nic.classify(frame);
+                let wire = wire_bytes(frame.len(), 1, 0);
+                self.nic
+                    .stage(&mut burst, &decision, &[0; 12], frame, wire, *at)
+            })
+            .collect();
+        assert_eq!(
+            burst.len(),
+            frames.len(),
+            "small frames are staged, not sent"
+        );
+        self.nic.deliver_burst(&mut burst);
+        assert!(burst.is_empty());
+        queues
+    }
+}
+
+#[test]
+fn a_burst_with_room_reaches_the_ring_in_order() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    let frames: Vec<_> = (1..=5).map(|tag| (frame(0, tag), 10)).collect();
+    assert_eq!(rig.send_burst(&frames), vec![Some(0); 5]);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 5);
+    assert_eq!(rig.nic.buffered(), 0);
+}
+
+#[test]
+fn a_burst_that_fills_the_ring_waits_and_keeps_strict_priority() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(2, Ordering::Relaxed);
+    // Normal 1..=4 then high 11: two normal fit, two wait, and the high frame waits only
+    // because the ring is full (not behind the normal ones).
+    let mut frames: Vec<_> = (1..=4).map(|tag| (frame(0, tag), 10)).collect();
+    frames.push((frame(EF, 11), 20));
+    rig.send_burst(&frames);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2]);
+    assert_eq!(rig.nic.buffered(), 3);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(30);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 11, 3, 4]);
+}
+
+#[test]
+fn a_burst_behind_waiting_frames_waits_too() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    rig.send(&frame(0, 1), 0);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    // Room now, but frame 1 waits: the burst queues up behind it rather than overtaking.
+    rig.send_burst(&[(frame(0, 2), 5), (frame(0, 3), 5)]);
+    assert_eq!(rig.rings[0].tags(), Vec::<u8>::new());
+    rig.nic.drain(10);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_burst_on_a_paced_link_sends_what_the_wire_takes_and_holds_the_rest() {
+    let mut config = config();
+    // 100 Mbit/s: a 60-byte frame is 84 wire bytes, 6.72 us; the 20 us slack takes a few.
+    config.link.rate_bps = 100_000_000;
+    config.buffer_frames = 16;
+    let rig = Rig::new(1, config, RuleSet::default());
+    let frames: Vec<_> = (1..=10).map(|tag| (frame(0, tag), 0)).collect();
+    rig.send_burst(&frames);
+    let sent = rig.rings[0].tags().len();
+    assert!((1..10).contains(&sent), "{sent} of 10 frames went at once");
+    assert_eq!(rig.nic.buffered(), 10 - sent);
+    // As time passes the rest go, in order.
+    let mut now = 0;
+    while let Some(next) = rig.nic.drain(now) {
+        now = next;
+    }
+    assert_eq!(rig.rings[0].tags(), (1..=10).collect::<Vec<u8>>());
+}
+
+#[test]
+fn a_large_frame_goes_at_once_after_what_was_staged() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    let mut burst = Burst::default();
+    let small = frame(0, 1);
+    let decision = rig.nic.classify(&small);
+    rig.nic
+        .stage(&mut burst, &decision, &[0; 12], &small, 84, 0);
+    let mut large = frame(0, 2);
+    large.resize(burst::STAGE_MAX_LEN + 100, 0);
+    rig.nic
+        .stage(&mut burst, &decision, &[0; 12], &large, 84, 0);
+    assert!(burst.is_empty(), "the staged frame went first");
+    assert_eq!(rig.rings[0].tags(), vec![1, 2]);
+}
