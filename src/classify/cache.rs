@@ -108,8 +108,8 @@ pub struct Cached {
     pub decision: Decision,
 }
 
-/// One entry: two cache lines, the first holding all that a probe reads for a plain IPv4
-/// frame (and for choosing the victim of a fill).
+/// One entry: one cache line, all that a probe reads for a plain IPv4 frame (and for choosing
+/// the victim of a fill). The rest of a longer key is in [`FlowCache`]'s `tails`.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 struct Entry {
@@ -118,26 +118,14 @@ struct Entry {
     /// When the entry was filled ([`FlowCache`]'s fill count): the older way of a set is
     /// the victim of the next fill.
     filled: u32,
-    tail: [u64; TAIL_WORDS],
 }
 
-// The probe of a short key reads one cache line per way.
-const _: () = assert!(std::mem::offset_of!(Entry, tail) <= 64);
+const _: () = assert!(std::mem::size_of::<Entry>() == 64);
 
 impl Entry {
-    /// Whether the entry is for the key of `head` and `tail` (`None`: a short key, whose
-    /// words past the head are all 0).
-    #[inline(always)]
-    fn holds(&self, head: &[u64; HEAD_WORDS], tail: Option<&[u64; TAIL_WORDS]>) -> bool {
-        // A short key differs from a long one in the misc word (in the head), so a short
-        // key's entry, if the heads are equal, is short too and its tail all 0 like the key's.
-        same_words(&self.head, head) && tail.is_none_or(|tail| same_words(&self.tail, tail))
-    }
-
     const EMPTY: Entry = Entry {
         head: [0; HEAD_WORDS],
         filled: 0,
-        tail: [0; TAIL_WORDS],
         value: Cached {
             rule_index: None,
             decision: Decision {
@@ -165,6 +153,10 @@ const THRASH_FILL_EVERY: u32 = 16;
 pub struct FlowCache {
     /// `2 * sets` entries (none until the first miss); set `s` is entries `2s` and `2s + 1`.
     entries: Vec<Entry>,
+    /// The key words past the head of each entry (all 0 for a short key): apart, so that the
+    /// probes of plain IPv4 frames touch one cache line per way and the table's hot part
+    /// spans half the pages.
+    tails: Vec<[u64; TAIL_WORDS]>,
     sets: usize,
     /// Fills so far (wrapping: after a wrap, a victim may be the newer way for a while, which
     /// costs a miss, never a wrong answer).
@@ -188,7 +180,8 @@ pub struct FlowCache {
 
 impl FlowCache {
     /// Sets of the per-thread cache: 4096 entries, enough for the active flows of a busy
-    /// port many times over, small enough (512 KiB) to stay in a core's L2 cache.
+    /// port many times over, small enough (256 KiB of entries, 256 KiB of key tails) to stay
+    /// in a core's L2 cache.
     pub const SETS: usize = 2048;
 
     /// A cache of `sets` sets (rounded up to a power of two), allocated on first use.
@@ -200,6 +193,7 @@ impl FlowCache {
         };
         FlowCache {
             entries: Vec::new(),
+            tails: Vec::new(),
             sets,
             fills: 0,
             lookups: 0,
@@ -224,13 +218,27 @@ impl FlowCache {
         let Some([a, b]) = self.entries.get(first..first + 2) else {
             return self.fill_miss(first, head, full_tail, compute);
         };
-        if a.holds(head, tail) {
+        if same_words(&a.head, head) && self.tail_matches(first, tail) {
             return a.value;
         }
-        if b.holds(head, tail) {
+        if same_words(&b.head, head) && self.tail_matches(first + 1, tail) {
             return b.value;
         }
         self.fill_miss(first, head, full_tail, compute)
+    }
+
+    /// Whether entry `index`, whose head equals the key's, holds the key's `tail` (`None`: a
+    /// short key). A short key differs from a long one in the misc word (in the head), so an
+    /// entry with a short key's head is short too and its tail all 0 like the key's.
+    #[inline(always)]
+    fn tail_matches(&self, index: usize, tail: Option<&[u64; TAIL_WORDS]>) -> bool {
+        match tail {
+            None => true,
+            Some(tail) => self
+                .tails
+                .get(index)
+                .is_some_and(|stored| same_words(stored, tail)),
+        }
     }
 
     /// Counts a hit on rule `index` of `rules` (those of classifier `classifier_id`) in this
@@ -289,18 +297,27 @@ impl FlowCache {
         }
         if self.entries.is_empty() {
             self.entries = vec![Entry::EMPTY; 2 * self.sets];
+            self.tails = vec![[0; TAIL_WORDS]; 2 * self.sets];
         }
         self.fills = self.fills.wrapping_add(1);
-        if let Some([a, b]) = self.entries.get_mut(first..first + 2) {
+        if let Some([a, b]) = self.entries.get(first..first + 2) {
             // The way filled longer ago goes (both heads were just read by the probe, so
             // this reads no new memory); a fresh set fills `a` first.
-            let victim = if b.filled < a.filled { b } else { a };
-            *victim = Entry {
-                head: *head,
-                value,
-                filled: self.fills,
-                tail: *tail,
+            let victim = if b.filled < a.filled {
+                first + 1
+            } else {
+                first
             };
+            if let (Some(entry), Some(stored_tail)) =
+                (self.entries.get_mut(victim), self.tails.get_mut(victim))
+            {
+                *entry = Entry {
+                    head: *head,
+                    value,
+                    filled: self.fills,
+                };
+                *stored_tail = *tail;
+            }
         }
         value
     }
