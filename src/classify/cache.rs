@@ -57,38 +57,26 @@ fn split(key: &CacheKey) -> (&[u64; HEAD_WORDS], &[u64; TAIL_WORDS]) {
     (head, tail)
 }
 
-/// A 64-bit hash: a sum of products with distinct odd constants (the words are multiplied
-/// independently, so the CPU overlaps them), then a final mix. Not keyed: a guest that makes
-/// its flows collide only evicts its own entries (each set is tiny), which costs it what a
-/// cache miss costs, never more.
+/// A 64-bit hash for the set index, short in latency (it is on the critical path of every
+/// frame: parse, pack, hash, load the set, compare): the words rotated by distinct amounts and
+/// XORed (independent one-cycle operations), then one multiply whose top bits are the index.
+/// Not keyed and not strong: flows that collide only share a set of two ways, which costs
+/// them misses, never a wrong answer, and a guest making its own flows collide gains nothing
+/// over sending new flows.
 #[inline(always)]
 fn hash(head: &[u64; HEAD_WORDS], tail: Option<&[u64; TAIL_WORDS]>) -> u64 {
-    const HEAD: [u64; HEAD_WORDS] = [
-        0x9e37_79b9_7f4a_7c15,
-        0xc2b2_ae3d_27d4_eb4f,
-        0x1656_67b1_9e37_79f9,
-        0x85eb_ca77_c2b2_ae63,
-    ];
-    const TAIL: [u64; TAIL_WORDS] = [
-        0x27d4_eb2f_1656_67c5,
-        0xff51_afd7_ed55_8ccd,
-        0xc4ce_b9fe_1a85_ec53,
-        0x8764_5a1c_0f2e_3b97,
-        0xd6e8_feb8_6659_fd93,
-        0xa076_1d64_78bd_642f,
-        0xe703_7ed1_a0b4_28db,
-        0x8ebc_6af0_9c88_c6e3,
-    ];
-    let mut sum = 0u64;
-    for (word, multiplier) in head.iter().zip(HEAD) {
-        sum = sum.wrapping_add((word ^ (word >> 32)).wrapping_mul(multiplier));
+    const HEAD_ROTATIONS: [u32; HEAD_WORDS] = [0, 43, 0, 21];
+    const TAIL_ROTATIONS: [u32; TAIL_WORDS] = [7, 29, 51, 13, 37, 59, 17, 47];
+    let mut folded = 0u64;
+    for (word, rotation) in head.iter().zip(HEAD_ROTATIONS) {
+        folded ^= word.rotate_left(rotation);
     }
     if let Some(tail) = tail {
-        for (word, multiplier) in tail.iter().zip(TAIL) {
-            sum = sum.wrapping_add((word ^ (word >> 32)).wrapping_mul(multiplier));
+        for (word, rotation) in tail.iter().zip(TAIL_ROTATIONS) {
+            folded ^= word.rotate_left(rotation);
         }
     }
-    (sum ^ (sum >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    folded.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Equality of word arrays without early exits (compiles to a few vector compares).
