@@ -26,8 +26,9 @@
 //! without a cache and writes it over the set's entry filled longer ago, so a guest spraying
 //! random flows costs at most one miss and one fill per frame, and a flow of a steady
 //! workload survives one colliding newcomer. When most lookups of a thread miss (a flood of
-//! new flows), only one miss in 16 fills: the flood then costs little more than the lookup
-//! it would cost without a cache, and the thread's steady flows stay cached.
+//! new flows), only one lookup in 16 probes the table and one such miss in 16 fills it: the
+//! flood then costs little more than it would without a cache, and the thread's steady flows
+//! mostly stay cached for when it is over.
 
 use std::cell::RefCell;
 
@@ -131,10 +132,12 @@ impl Entry {
 const WINDOW: u32 = 1024;
 /// A window with more misses than this (in percent) means a flood of new flows.
 const THRASH_PERCENT: u32 = 75;
-/// While flooded, one miss in this many fills (Open vSwitch's exact match cache inserts with
-/// a probability for the same reason): filling every miss would cost the flood a write of two
-/// cache lines per frame and evict every steady flow of the thread for entries that are never
-/// hit again; the flows that do repeat get in after a few frames all the same.
+/// While flooded, only one lookup in this many probes the table, and one miss in this many
+/// fills it (Open vSwitch's exact match cache inserts with a probability for the same
+/// reason): probing and filling for every frame of a flood would add the wait for two cache
+/// lines and a write to the cost of the rule lookup it does anyway, and evict the thread's
+/// steady flows for entries never hit again. The sampled probes keep measuring the miss rate,
+/// so the cache is used fully again once a window of them mostly hits.
 const THRASH_FILL_EVERY: u32 = 16;
 
 /// A two-way set-associative table of [`Entry`]s.
@@ -158,6 +161,8 @@ pub struct FlowCache {
     /// flows): only one miss in [`THRASH_FILL_EVERY`] fills.
     thrashing: bool,
     misses_unfilled: u32,
+    /// Lookups answered without a probe since the last probe, while thrashing.
+    unprobed: u32,
     /// `64 - log2(sets)`: the set is the top bits of the hash.
     set_shift: u32,
     /// This thread's hit shards, by classifier id, the last used first. Shards of rule sets
@@ -189,6 +194,7 @@ impl FlowCache {
             window_misses: 0,
             thrashing: false,
             misses_unfilled: 0,
+            unprobed: 0,
             shards: Vec::new(),
             set_shift: 64 - sets.trailing_zeros(),
         }
@@ -197,6 +203,16 @@ impl FlowCache {
     /// The value cached for `key`, else `compute()`'s, which is then cached.
     #[inline]
     pub fn get_or_insert(&mut self, key: &CacheKey, compute: impl FnOnce() -> Cached) -> Cached {
+        if self.thrashing {
+            self.unprobed += 1;
+            if self.unprobed < THRASH_FILL_EVERY {
+                return compute();
+            }
+            self.unprobed = 0;
+            // Probes that hit must end a window too, or a flood that stopped would never be
+            // noticed (the normal path ends windows at misses only, to keep hits cheap).
+            self.end_window_if_due();
+        }
         self.lookups = self.lookups.wrapping_add(1);
         let (head, full_tail) = split(key);
         let tail = (key.len > HEAD_WORDS).then_some(full_tail);
@@ -257,6 +273,19 @@ impl FlowCache {
         }
     }
 
+    /// Ends the miss-rate window once it has [`WINDOW`] lookups, judging whether it was a
+    /// flood.
+    #[inline]
+    fn end_window_if_due(&mut self) {
+        let window = self.lookups.wrapping_sub(self.window_start);
+        if window >= WINDOW {
+            self.thrashing =
+                u64::from(self.window_misses) * 100 > u64::from(window) * u64::from(THRASH_PERCENT);
+            self.window_start = self.lookups;
+            self.window_misses = 0;
+        }
+    }
+
     /// The miss path, kept out of line so the hit path stays small. Allocates the table on
     /// first use (a thread that never classifies with rules never pays for it).
     #[inline(never)]
@@ -269,13 +298,7 @@ impl FlowCache {
     ) -> Cached {
         let value = compute();
         self.window_misses += 1;
-        let window = self.lookups.wrapping_sub(self.window_start);
-        if window >= WINDOW {
-            self.thrashing =
-                u64::from(self.window_misses) * 100 > u64::from(window) * u64::from(THRASH_PERCENT);
-            self.window_start = self.lookups;
-            self.window_misses = 0;
-        }
+        self.end_window_if_due();
         if self.thrashing {
             self.misses_unfilled += 1;
             if self.misses_unfilled < THRASH_FILL_EVERY {
