@@ -181,6 +181,19 @@ pub mod volatile {
     }
 }
 
+/// Asks the CPU to start loading the cache line at host address `at` (a hint: it never
+/// faults, whatever the address), so that a later access does not wait for it.
+#[inline]
+pub fn prefetch(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint that does not fault on any address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Copies `data` to host address `at`.
 ///
 /// # Safety

@@ -38,6 +38,13 @@ pub struct AvailCache {
     known: Option<Wrapping<u16>>,
 }
 
+impl AvailCache {
+    /// Whether the guest's index as last read is ahead of `position` (an entry is there).
+    pub fn is_ahead_of(&self, position: Wrapping<u16>) -> bool {
+        self.known.is_some_and(|known| known != position)
+    }
+}
+
 /// Reads the next chain head the guest made available, advancing our avail index.
 pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) -> NextHead {
     let next = Wrapping(queue.next_avail());
@@ -208,7 +215,14 @@ impl VhostRxRing {
         let mut capacity: usize = 0;
         while capacity < needed {
             let head = match next_head(queue, ring, avail) {
-                NextHead::Head(head) => head,
+                NextHead::Head(head) => {
+                    // The next frame's descriptor: its miss then overlaps with this copy.
+                    let next = Wrapping(queue.next_avail());
+                    if avail.is_ahead_of(next) {
+                        ring.prefetch_descriptor_of(next);
+                    }
+                    head
+                }
                 NextHead::Empty => {
                     // A ring full of buffers that still cannot hold the frame never will.
                     if scratch.chains.len() >= usize::from(ring.size()) {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use virtio_queue::{Queue, QueueT};
 
-use super::host_memory::{HostMemory, volatile};
+use super::host_memory::{self, HostMemory, volatile};
 
 /// VRING_AVAIL_F_NO_INTERRUPT: without EVENT_IDX, the driver's "don't interrupt me" flag.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
@@ -132,6 +132,16 @@ impl SplitRing {
         }
         // SAFETY: the entry is inside the descriptor area.
         Some(unsafe { volatile::read_16_bytes(self.desc + 16 * usize::from(index)) })
+    }
+
+    /// Starts loading the descriptor the avail entry at `position` names (a hint; nothing
+    /// is checked or read that the walk will not check again).
+    #[inline]
+    pub fn prefetch_descriptor_of(&self, position: Wrapping<u16>) {
+        let head = self.avail_entry(position);
+        if head < self.size {
+            host_memory::prefetch(self.desc + 16 * usize::from(head));
+        }
     }
 
     /// Writes used element `position % size` (not yet visible to the driver).

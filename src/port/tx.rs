@@ -6,8 +6,8 @@ use std::num::Wrapping;
 use vhost_user_backend::VringState;
 use virtio_queue::{Queue, QueueT};
 
-use super::chain::{self, Direction, Segment};
-use super::host_memory::HostMemory;
+use super::chain::{self, ChainError, Direction, Segment};
+use super::host_memory::{self, HostMemory};
 use super::ring::{
     AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, publish_used, put_used,
 };
@@ -33,6 +33,8 @@ pub const TX_BATCH: usize = 256;
 pub struct TxScratch {
     pub chain: Vec<u8>,
     pub segments: Vec<Segment>,
+    /// The next chain's segments (walked one frame ahead).
+    next_segments: Vec<Segment>,
     pub forward: ForwardScratch,
     /// The guest memory snapshot, kept until the frontend changes the table.
     host: Option<HostMemory>,
@@ -45,6 +47,7 @@ impl Default for TxScratch {
         TxScratch {
             chain: vec![0; MAX_TX_CHAIN],
             segments: Vec::with_capacity(64),
+            next_segments: Vec::with_capacity(64),
             forward: ForwardScratch::default(),
             host: None,
             used: UsedSince::default(),
@@ -111,30 +114,56 @@ fn process_chains(
     };
     let used_before = queue.next_used();
     let mut avail = AvailCache::default();
+    // A two-stage pipeline: while one frame is forwarded, the next chain is already walked
+    // and its first buffer lines are on their way into the cache (the guest wrote them on
+    // another CPU), and the descriptor after it too. Without it every frame waits for
+    // those misses one after the other.
+    let mut current = match take_chain(queue, &ring, mem, &mut avail, &mut scratch.segments, sender)
+    {
+        Taken::Chain(chain) => chain,
+        Taken::Empty => TakenChain::none(),
+        Taken::Broken => {
+            publish_used(queue, &ring, used_before, &mut scratch.used);
+            return TxProgress::Broken;
+        }
+    };
     let mut progress = TxProgress::More;
-    for _ in 0..TX_BATCH {
-        let head = match next_head(queue, &ring, &mut avail) {
-            NextHead::Head(head) => head,
-            NextHead::Empty => {
-                progress = TxProgress::Drained;
-                break;
-            }
-            NextHead::Broken { avail, next } => {
-                stats::inc(&sender.counters.tx_errors_ring);
-                sender
-                    .log
-                    .warn(|| format!("TX ring broken: guest avail index {avail}, ours {next}"));
-                progress = TxProgress::Broken;
-                break;
-            }
+    for taken in 1..=TX_BATCH {
+        let Some(head) = current.head else {
+            progress = TxProgress::Drained;
+            break;
         };
-        read_and_forward(mem, &ring, head, scratch, sender);
+        let mut next = TakenChain::none();
+        if taken < TX_BATCH {
+            match take_chain(
+                queue,
+                &ring,
+                mem,
+                &mut avail,
+                &mut scratch.next_segments,
+                sender,
+            ) {
+                Taken::Chain(chain) => next = chain,
+                Taken::Empty => {}
+                Taken::Broken => progress = TxProgress::Broken,
+            }
+        }
+        forward_chain(head, current.walked, scratch, sender);
         if !put_used(queue, &ring, head, 0) {
             // The head index itself is out of range: nothing valid can go to the used ring.
             stats::inc(&sender.counters.tx_errors_chain);
             sender
                 .log
                 .warn(|| format!("TX head index {head} out of range"));
+        }
+        if progress == TxProgress::Broken {
+            break;
+        }
+        std::mem::swap(&mut scratch.segments, &mut scratch.next_segments);
+        current = next;
+        if current.head.is_none() && taken < TX_BATCH {
+            progress = TxProgress::Drained;
+            break;
         }
     }
     publish_used(queue, &ring, used_before, &mut scratch.used);
@@ -154,21 +183,76 @@ pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScra
     }
 }
 
-fn read_and_forward(
-    mem: &HostMemory,
+/// A chain taken from the avail ring and walked (its segments in the caller's buffer).
+struct TakenChain {
+    head: Option<u16>,
+    walked: Result<u32, ChainError>,
+}
+
+impl TakenChain {
+    fn none() -> Self {
+        TakenChain {
+            head: None,
+            walked: Ok(0),
+        }
+    }
+}
+
+enum Taken {
+    Chain(TakenChain),
+    Empty,
+    Broken,
+}
+
+/// Takes the next chain, walks it into `segments`, and starts loading its first buffer
+/// lines and the next chain's descriptor.
+fn take_chain(
+    queue: &mut Queue,
     ring: &SplitRing,
+    mem: &HostMemory,
+    avail: &mut AvailCache,
+    segments: &mut Vec<Segment>,
+    sender: &TxSender<'_>,
+) -> Taken {
+    let head = match next_head(queue, ring, avail) {
+        NextHead::Head(head) => head,
+        NextHead::Empty => return Taken::Empty,
+        NextHead::Broken { avail, next } => {
+            stats::inc(&sender.counters.tx_errors_ring);
+            sender
+                .log
+                .warn(|| format!("TX ring broken: guest avail index {avail}, ours {next}"));
+            return Taken::Broken;
+        }
+    };
+    let next = Wrapping(queue.next_avail());
+    if avail.is_ahead_of(next) {
+        ring.prefetch_descriptor_of(next);
+    }
+    let walked = chain::walk(mem, ring, head, Direction::DeviceReads, segments);
+    if walked.is_ok() {
+        // The virtio-net header and the Ethernet, IP and L4 headers: what is read first.
+        for segment in segments.iter().take(2) {
+            host_memory::prefetch(segment.host);
+            if segment.len > 64 {
+                host_memory::prefetch(segment.host + 64);
+            }
+        }
+    }
+    Taken::Chain(TakenChain {
+        head: Some(head),
+        walked,
+    })
+}
+
+fn forward_chain(
     head: u16,
+    walked: Result<u32, ChainError>,
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) {
     let counters = sender.counters;
-    let len = match chain::walk(
-        mem,
-        ring,
-        head,
-        Direction::DeviceReads,
-        &mut scratch.segments,
-    ) {
+    let len = match walked {
         Ok(len) => len as usize,
         Err(error) => {
             stats::inc(&counters.tx_errors_chain);
