@@ -163,8 +163,24 @@ pub mod volatile {
     /// See the module.
     #[inline]
     pub unsafe fn read_16_bytes(at: usize) -> [u8; 16] {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::read_volatile(at as *const [u8; 16]) }
+        let mut out = [0u8; 16];
+        if at.is_multiple_of(8) {
+            // Two 8-byte loads (descriptor tables are 16-aligned; indirect ones in practice):
+            // a volatile byte array would be read a byte at a time.
+            // SAFETY: the caller's contract, and the alignment just checked.
+            let (low, high) = unsafe {
+                (
+                    std::ptr::read_volatile(at as *const u64),
+                    std::ptr::read_volatile((at + 8) as *const u64),
+                )
+            };
+            out[..8].copy_from_slice(&low.to_ne_bytes());
+            out[8..].copy_from_slice(&high.to_ne_bytes());
+        } else {
+            // SAFETY: the caller's contract.
+            out = unsafe { std::ptr::read_volatile(at as *const [u8; 16]) };
+        }
+        out
     }
 
     /// A used-ring element: id and len, little endian.
