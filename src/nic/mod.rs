@@ -455,6 +455,12 @@ impl Nic {
                 self.buffer_staged(queue, &mut state, &frame, burst.bytes_of(&frame));
             }
             self.write_planned(queue, &mut state, &ring_guard, burst);
+            drop(state);
+            // Visible now, not at the end of the sender's batch: a batch may be as long as
+            // the guest's ring, which would otherwise run dry before the guest saw a frame.
+            if let Some(ring) = ring_guard.as_ref() {
+                ring.publish();
+            }
         }
         burst.clear();
     }

@@ -29,6 +29,9 @@ const MIN_FRAME: usize = 14;
 /// guest that keeps its ring full cannot hold the ring lock (or its receivers) indefinitely.
 pub const TX_BATCH: usize = 256;
 
+/// Completions are published at least this often within a batch.
+const TX_PUBLISH_EVERY: usize = 32;
+
 /// The reusable buffers of one TX worker (no allocation per frame).
 pub struct TxScratch {
     pub chain: Vec<u8>,
@@ -112,7 +115,7 @@ fn process_chains(
             return TxProgress::Broken;
         }
     };
-    let used_before = queue.next_used();
+    let mut used_before = queue.next_used();
     let mut avail = AvailCache::default();
     // A two-stage pipeline: while one frame is forwarded, the next chain is already walked
     // and its first buffer lines are on their way into the cache (the guest wrote them on
@@ -158,6 +161,13 @@ fn process_chains(
         }
         if progress == TxProgress::Broken {
             break;
+        }
+        if taken % TX_PUBLISH_EVERY == 0 {
+            // Give the guest its buffers back during a long batch too: its ring may be no
+            // larger than the batch, and it cannot queue more until it sees completions.
+            let published_to = queue.next_used();
+            publish_used(queue, &ring, used_before, &mut scratch.used);
+            used_before = published_to;
         }
         std::mem::swap(&mut scratch.segments, &mut scratch.next_segments);
         current = next;
