@@ -128,6 +128,9 @@ impl Default for RateLimitedLog {
     }
 }
 
+/// How many frames' descriptors a burst write prefetches before it starts.
+const RX_PREFETCH_AHEAD: usize = 8;
+
 /// What an RX ring keeps between writes: translations, the guest's avail index, the used
 /// entries not yet published, and reusable buffers for the chains of one frame.
 #[derive(Default)]
@@ -327,6 +330,18 @@ impl VhostRxRing {
             }
         };
         let mergeable = self.negotiated().mergeable_rx;
+        if count > 1 && scratch.avail_next == Some(state.get_queue().next_avail()) {
+            // The descriptors of the next few frames' buffers, which the guest wrote on its
+            // CPU: their misses then overlap instead of coming one per frame.
+            let next = Wrapping(state.get_queue().next_avail());
+            for ahead in 0..count.min(RX_PREFETCH_AHEAD) as u16 {
+                let position = next + Wrapping(ahead);
+                if !scratch.avail.is_ahead_of(position) {
+                    break;
+                }
+                ring.prefetch_descriptor_of(position);
+            }
+        }
         let mut frames = FrameScratch {
             avail: &mut scratch.avail,
             avail_next: &mut scratch.avail_next,
