@@ -492,16 +492,20 @@ impl Nic {
                 (&frame.header, bytes_of(frame))
             });
             let now = self.now_ns();
-            for &at in &rest[..written] {
-                let frame = &frames[at];
+            let account = |state: &mut queue::QueueState, outcome, frame: &burst::Staged| {
+                let len = frame.len;
                 queue.account(
                     &mut state.accounting,
-                    RingWrite::Written,
+                    outcome,
                     frame.class,
-                    frame.len,
+                    len,
                     frame.arrival_ns,
                     now,
-                );
+                )
+            };
+            for &at in &rest[..written] {
+                let frame = &frames[at];
+                account(state, RingWrite::Written, frame);
                 self.link.transmit(frame.arrival_ns, frame.wire_bytes);
                 self.captured(queue.index, frame.class, bytes_of(frame));
             }
@@ -516,15 +520,7 @@ impl Nic {
                     break;
                 }
                 Some(dropped) => {
-                    let frame = &frames[planned[from]];
-                    queue.account(
-                        &mut state.accounting,
-                        dropped,
-                        frame.class,
-                        frame.len,
-                        frame.arrival_ns,
-                        now,
-                    );
+                    account(state, dropped, &frames[planned[from]]);
                     from += 1;
                 }
             }
