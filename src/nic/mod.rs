@@ -375,7 +375,7 @@ impl Nic {
     ) -> Option<usize> {
         let (queue, ring_guard) = self.admit(decision)?;
         if frame.len() > STAGE_MAX_LEN {
-            self.deliver_burst(burst);
+            self.deliver_burst(burst, arrival_ns);
             return self.receive_on(
                 queue,
                 &ring_guard,
@@ -395,7 +395,7 @@ impl Nic {
             arrival_ns,
         );
         if burst.is_full() {
-            self.deliver_burst(burst);
+            self.deliver_burst(burst, arrival_ns);
         }
         Some(queue.index)
     }
@@ -405,7 +405,12 @@ impl Nic {
     /// (a frame goes straight into the ring only when nothing of its class or a higher one
     /// waits, there is no link latency and the link can take it; otherwise it waits in the
     /// queue's buffer), with the frames bound for the ring written together.
-    pub fn deliver_burst(&self, burst: &mut Burst) {
+    ///
+    /// The frames reach the link at `now_ns`, the time of delivery, not when they were
+    /// staged: another sender may have used the link since, and judging a staged frame by
+    /// its arrival would hold it back for time that has already passed. Residence still
+    /// counts from arrival.
+    pub fn deliver_burst(&self, burst: &mut Burst, now_ns: u64) {
         if burst.is_empty() {
             return;
         }
@@ -445,16 +450,16 @@ impl Nic {
                 if ahead == 0
                     && latency == 0
                     && ring_guard.is_some()
-                    && link.take(frame.arrival_ns, frame.wire_bytes)
+                    && link.take(now_ns, frame.wire_bytes)
                 {
                     burst.planned.push(at);
                     continue;
                 }
                 // It must wait: what was planned before it goes first.
-                self.write_planned(queue, &mut state, &ring_guard, burst);
+                self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
                 self.buffer_staged(queue, &mut state, &frame, burst.bytes_of(&frame));
             }
-            self.write_planned(queue, &mut state, &ring_guard, burst);
+            self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
             drop(state);
             // Visible now, not at the end of the sender's batch: a batch may be as long as
             // the guest's ring, which would otherwise run dry before the guest saw a frame.
@@ -472,6 +477,7 @@ impl Nic {
         state: &mut queue::QueueState,
         ring_guard: &queue::RingGuard,
         burst: &mut Burst,
+        now: u64,
     ) {
         let Burst {
             bytes,
@@ -491,7 +497,6 @@ impl Nic {
                 let frame = &frames[rest[k]];
                 (&frame.header, bytes_of(frame))
             });
-            let now = self.now_ns();
             let account = |state: &mut queue::QueueState, outcome, frame: &burst::Staged| {
                 let len = frame.len;
                 queue.account(
@@ -506,7 +511,7 @@ impl Nic {
             for &at in &rest[..written] {
                 let frame = &frames[at];
                 account(state, RingWrite::Written, frame);
-                self.link.transmit(frame.arrival_ns, frame.wire_bytes);
+                self.link.transmit(now, frame.wire_bytes);
                 self.captured(queue.index, frame.class, bytes_of(frame));
             }
             from += written;

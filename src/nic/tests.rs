@@ -324,7 +324,9 @@ impl Rig {
             frames.len(),
             "small frames are staged, not sent"
         );
-        self.nic.deliver_burst(&mut burst);
+        // Delivered when the last frame was staged, as a sender's flush does.
+        let delivered_at = frames.iter().map(|(_, at)| *at).max().unwrap_or(0);
+        self.nic.deliver_burst(&mut burst, delivered_at);
         assert!(burst.is_empty());
         queues
     }

@@ -160,7 +160,7 @@ impl Fabric {
         self.switch.settle(&mut scratch.decisions);
         for (port, burst) in scratch.bursts.iter_mut().enumerate() {
             if let Some(target) = self.ports.get(port) {
-                target.nic.deliver_burst(burst);
+                target.nic.deliver_burst(burst, target.nic.now_ns());
             }
         }
         scratch.drained.clear();
