@@ -11,7 +11,7 @@ use super::host_memory::{self, HostMemory};
 use super::ring::{
     AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, publish_used, put_used,
 };
-use super::split_ring::{SplitRing, UsedSince};
+use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
@@ -41,6 +41,8 @@ pub struct TxScratch {
     pub forward: ForwardScratch,
     /// The guest memory snapshot, kept until the frontend changes the table.
     host: Option<HostMemory>,
+    /// The TX ring's translated areas, kept while its addresses and the memory stay.
+    ring: RingCache,
     /// Used entries published since the last interrupt decision.
     used: UsedSince,
 }
@@ -53,6 +55,7 @@ impl Default for TxScratch {
             next_segments: Vec::with_capacity(64),
             forward: ForwardScratch::default(),
             host: None,
+            ring: RingCache::default(),
             used: UsedSince::default(),
         }
     }
@@ -87,12 +90,17 @@ pub fn process_batch(
     sender: &TxSender<'_>,
 ) -> TxProgress {
     let mut host = scratch.host.take();
-    let progress = process_chains(
-        state,
-        HostMemory::current(space, &mut host),
-        scratch,
-        sender,
-    );
+    let mem = HostMemory::current(space, &mut host);
+    let progress = match scratch.ring.get(mem, state.get_queue()) {
+        Ok(ring) => process_chains(state, mem, &ring, scratch, sender),
+        // Not set up yet (or stopped): nothing to take.
+        Err(_) if !state.get_queue().ready() => TxProgress::Drained,
+        Err(error) => {
+            stats::inc(&sender.counters.tx_errors_ring);
+            sender.log.warn(|| format!("TX ring unusable: {error}"));
+            TxProgress::Broken
+        }
+    };
     scratch.host = host;
     progress
 }
@@ -100,59 +108,49 @@ pub fn process_batch(
 fn process_chains(
     state: &mut VringState<GuestMemory_>,
     mem: &HostMemory,
+    ring: &SplitRing,
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
     let queue = state.get_queue_mut();
-    if !queue.ready() {
-        return TxProgress::Drained;
-    }
-    let ring = match SplitRing::new(mem, queue) {
-        Ok(ring) => ring,
-        Err(error) => {
-            stats::inc(&sender.counters.tx_errors_ring);
-            sender.log.warn(|| format!("TX ring unusable: {error}"));
-            return TxProgress::Broken;
-        }
-    };
     let mut used_before = queue.next_used();
     let mut avail = AvailCache::default();
     // A two-stage pipeline: while one frame is forwarded, the next chain is already walked
     // and its first buffer lines are on their way into the cache (the guest wrote them on
     // another CPU), and the descriptor after it too. Without it every frame waits for
     // those misses one after the other.
-    let mut current = match take_chain(queue, &ring, mem, &mut avail, &mut scratch.segments, sender)
+    let mut current = match take_chain(queue, ring, mem, &mut avail, &mut scratch.segments, sender)
     {
-        Taken::Chain(chain) => chain,
-        Taken::Empty => TakenChain::none(),
+        Taken::Chain(chain) => Some(chain),
+        Taken::Empty => None,
         Taken::Broken => {
-            publish_used(queue, &ring, used_before, &mut scratch.used);
+            publish_used(queue, ring, used_before, &mut scratch.used);
             return TxProgress::Broken;
         }
     };
     let mut progress = TxProgress::More;
     for taken in 1..=TX_BATCH {
-        let Some(head) = current.head else {
+        let Some(chain) = current.take() else {
             progress = TxProgress::Drained;
             break;
         };
-        let mut next = TakenChain::none();
         if taken < TX_BATCH {
             match take_chain(
                 queue,
-                &ring,
+                ring,
                 mem,
                 &mut avail,
                 &mut scratch.next_segments,
                 sender,
             ) {
-                Taken::Chain(chain) => next = chain,
+                Taken::Chain(next) => current = Some(next),
                 Taken::Empty => {}
                 Taken::Broken => progress = TxProgress::Broken,
             }
         }
-        forward_chain(head, current.walked, scratch, sender);
-        if !put_used(queue, &ring, head, 0) {
+        let head = chain.head;
+        forward_chain(head, chain.walked, scratch, sender);
+        if !put_used(queue, ring, head, 0) {
             // The head index itself is out of range: nothing valid can go to the used ring.
             stats::inc(&sender.counters.tx_errors_chain);
             sender
@@ -166,24 +164,19 @@ fn process_chains(
             // Give the guest its buffers back during a long batch too: its ring may be no
             // larger than the batch, and it cannot queue more until it sees completions.
             let published_to = queue.next_used();
-            publish_used(queue, &ring, used_before, &mut scratch.used);
+            publish_used(queue, ring, used_before, &mut scratch.used);
             used_before = published_to;
         }
         std::mem::swap(&mut scratch.segments, &mut scratch.next_segments);
-        current = next;
-        if current.head.is_none() && taken < TX_BATCH {
-            progress = TxProgress::Drained;
-            break;
-        }
     }
-    publish_used(queue, &ring, used_before, &mut scratch.used);
+    publish_used(queue, ring, used_before, &mut scratch.used);
     progress
 }
 
 /// Whether the guest wants an interrupt for the TX completions published so far.
 pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScratch) -> bool {
     let mem = HostMemory::current(space, &mut scratch.host);
-    match SplitRing::new(mem, queue) {
+    match scratch.ring.get(mem, queue) {
         Ok(ring) => scratch.used.decide(
             &ring,
             queue.event_idx_enabled(),
@@ -195,17 +188,8 @@ pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScra
 
 /// A chain taken from the avail ring and walked (its segments in the caller's buffer).
 struct TakenChain {
-    head: Option<u16>,
+    head: u16,
     walked: Result<u32, ChainError>,
-}
-
-impl TakenChain {
-    fn none() -> Self {
-        TakenChain {
-            head: None,
-            walked: Ok(0),
-        }
-    }
 }
 
 enum Taken {
@@ -249,10 +233,7 @@ fn take_chain(
             }
         }
     }
-    Taken::Chain(TakenChain {
-        head: Some(head),
-        walked,
-    })
+    Taken::Chain(TakenChain { head, walked })
 }
 
 fn forward_chain(
