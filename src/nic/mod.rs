@@ -442,13 +442,7 @@ impl Nic {
                 if frame.queue != index {
                     continue;
                 }
-                // Strict priority: a high frame only waits behind high frames.
-                let ahead = match frame.class {
-                    Class::High => self.buffered[class_index(Class::High)].load(Ordering::Acquire),
-                    Class::Normal => self.buffered(),
-                };
-                if ahead == 0
-                    && latency == 0
+                if self.may_skip_buffers(frame.class, latency)
                     && ring_guard.is_some()
                     && link.take(now_ns, frame.wire_bytes)
                 {
@@ -468,6 +462,17 @@ impl Nic {
             }
         }
         burst.clear();
+    }
+
+    /// Whether a frame of `class` may go past the buffers into the ring (the link willing):
+    /// only when nothing of its class or a higher one waits (strict priority: a high frame
+    /// only waits behind high frames) and the link adds no latency.
+    fn may_skip_buffers(&self, class: Class, latency_ns: u64) -> bool {
+        let ahead = match class {
+            Class::High => self.buffered[class_index(Class::High)].load(Ordering::Acquire),
+            Class::Normal => self.buffered(),
+        };
+        ahead == 0 && latency_ns == 0
     }
 
     /// Writes the frames of `burst.planned` into the queue's ring; what does not fit waits.
@@ -566,13 +571,8 @@ impl Nic {
         arrival_ns: u64,
     ) -> Option<usize> {
         let mut state = queue.lock();
-        // Strict priority: a high frame only waits behind high frames.
-        let ahead = match class {
-            Class::High => self.buffered[class_index(Class::High)].load(Ordering::Acquire),
-            Class::Normal => self.buffered(),
-        };
-        let direct =
-            ahead == 0 && self.link.latency_ns() == 0 && self.link.busy_until(arrival_ns).is_none();
+        let direct = self.may_skip_buffers(class, self.link.latency_ns())
+            && self.link.busy_until(arrival_ns).is_none();
         if direct && let Some(ring) = ring_guard.as_ref() {
             let ring = ring.as_ref().as_ref();
             match queue.publish(

@@ -92,11 +92,6 @@ impl HostMemory {
         self.id
     }
 
-    /// The guest memory this snapshot was made from.
-    pub fn guest(&self) -> &GuestMemoryMmap<()> {
-        &self.mem
-    }
-
     /// The host address of guest range `[addr, addr + len)`, if it lies inside one region.
     #[inline]
     pub fn range(&self, addr: u64, len: usize) -> Option<usize> {

@@ -174,6 +174,13 @@ enum Take {
     RanOut,
 }
 
+/// The parts of [`RxScratch`] that taking chains fills.
+struct ChainScratch<'a> {
+    segments: &'a mut Vec<Segment>,
+    chains: &'a mut Vec<(u16, usize, usize, u32)>,
+    walk: &'a mut Vec<Segment>,
+}
+
 impl VhostRxRing {
     pub fn new(
         vring: Vring,
@@ -277,16 +284,7 @@ impl VhostRxRing {
         }
         Ok(Take::Enough)
     }
-}
 
-/// The parts of [`RxScratch`] that taking chains fills.
-struct ChainScratch<'a> {
-    segments: &'a mut Vec<Segment>,
-    chains: &'a mut Vec<(u16, usize, usize, u32)>,
-    walk: &'a mut Vec<Segment>,
-}
-
-impl VhostRxRing {
     /// Publishes the used entries written since the last publication; the vring is locked
     /// by the caller.
     fn publish_locked(&self, scratch: &mut RxScratch, queue: &Queue) -> Option<SplitRing> {
@@ -303,9 +301,7 @@ impl VhostRxRing {
         }
         Some(ring)
     }
-}
 
-impl VhostRxRing {
     /// Writes frames `0..count` (`frame(i)` gives each) in order under one acquisition of
     /// the ring's locks, stopping at the first that does not go in. Returns how many went
     /// in and what stopped the rest.
