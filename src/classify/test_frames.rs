@@ -132,3 +132,27 @@ pub fn vxlan_over_ipv4(vni: u32, sport: u16, outer_dscp: u8, inner: &[u8]) -> Ve
     frame.extend_from_slice(inner);
     frame
 }
+
+/// xorshift64 for the randomized tests: deterministic, so a failure reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}

@@ -5,27 +5,6 @@ use crate::classify::test_frames::*;
 use crate::classify::{Class, Classifier, ClassifierConfig, QueueChoice, Trust};
 use crate::packet::checksum;
 
-/// xorshift64: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// Small value domains, so random frames often share fields with each other and with the
 /// random rules (a cache keyed on too few fields would then hand one frame another's
 /// decision).

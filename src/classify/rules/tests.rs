@@ -1,5 +1,6 @@
 use super::*;
 use crate::classify::parse::{FlowKey, Vlan};
+use crate::classify::test_frames::Rng;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 fn rule(text: &str) -> Rule {
@@ -324,22 +325,6 @@ fn empty_toml_file_gives_no_rules() {
 }
 
 // ---- compiled lookup against a linear scan ----
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// Prefixes of assorted families and lengths (0 included) over the addresses
 /// [`random_address`] produces.
