@@ -17,36 +17,25 @@ import pytest
 
 from switch import Switch, SwitchError
 from vm import REPO, Guest, GuestConfig
+from session import Figures, lower_priority
 
 OUT_ROOT = Path(__file__).resolve().parent / "out"
 
-# Measured figures (throughput, ...) shown in the terminal summary, so they are in the test
-# output without -s.
-_figures: list[str] = []
+_figures = Figures("e2e figures")
 
 
 def pytest_configure(config):
-    # The machine is shared with compilers and other guests: everything these tests start
-    # (QEMU, the backend) inherits a lower priority.
-    nice = int(os.environ.get("PRISM_E2E_NICE", "10"))
-    if nice > 0:
-        os.nice(nice)
+    lower_priority()
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _figures:
-        terminalreporter.section("e2e figures")
-        for line in _figures:
-            terminalreporter.write_line(line)
+    _figures.summarize(terminalreporter)
 
 
 @pytest.fixture(scope="session")
 def report():
     """report(line): records a figure for the terminal summary (and prints it for -s)."""
-    def add(line: str) -> None:
-        _figures.append(line)
-        print(line)
-    return add
+    return _figures.add
 
 
 @pytest.fixture(scope="session")

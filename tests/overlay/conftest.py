@@ -16,35 +16,26 @@ from pathlib import Path
 import pytest
 
 from overlay_env import Overlay, OverlayError, SwitchError, GuestError, build_initramfs, build_kernel
+from session import Figures, lower_priority  # tests/e2e, on the path via overlay_env
 
 OUT_ROOT = Path(__file__).resolve().parent / "out"
 BOOT_TIMEOUT = float(os.environ.get("PRISM_OVERLAY_BOOT_TIMEOUT", "600"))
 
-_figures: list[str] = []
+_figures = Figures("overlay figures")
 
 
 def pytest_configure(config):
-    # Shared 2-core machine: QEMU and the backend inherit a lower priority. tests/e2e's conftest
-    # does the same; do not stack the two when both directories run in one session.
-    nice = int(os.environ.get("PRISM_E2E_NICE", "10"))
-    if nice > 0 and os.nice(0) < nice:
-        os.nice(nice - os.nice(0))
+    lower_priority()
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _figures:
-        terminalreporter.section("overlay figures")
-        for line in _figures:
-            terminalreporter.write_line(line)
+    _figures.summarize(terminalreporter)
 
 
 @pytest.fixture(scope="session")
 def report():
-    """report(line): a figure for the terminal summary (and printed, for -s)."""
-    def add(line: str) -> None:
-        _figures.append(line)
-        print(line)
-    return add
+    """report(line): records a figure for the terminal summary (and prints it for -s)."""
+    return _figures.add
 
 
 @pytest.fixture(scope="module")
