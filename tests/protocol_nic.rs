@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use support::daemon::{BINARY, Daemon};
-use support::frames::{VirtioNetHdr, mac, udp_frame, udp_tag};
+use support::frames::{VirtioNetHdr, ip6, mac, tagged_payload, udp_frame, udp_tag};
 use support::guest::{GuestOptions, TestGuest};
 use support::traffic::expect_tag;
 
@@ -171,6 +171,59 @@ fn a_rule_added_at_run_time_takes_effect_on_the_next_frame() {
     control(&daemon, &["rule", "del", "b", "1"]);
     let listing = control(&daemon, &["rule", "list", "b"]);
     assert!(!listing.contains("action drop"), "{listing}");
+}
+
+/// An IPv6/UDP frame of 4000 bytes whose UDP header comes after a 512-byte Destination
+/// Options header: past the head a large frame's sender copies out for classification.
+fn frame_with_long_ipv6_options(dst_port: u16, tag: u32) -> Vec<u8> {
+    const OPTIONS_LEN: usize = 512;
+    let payload_len = 4000 - 14 - 40 - OPTIONS_LEN - 8;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&mac(2));
+    frame.extend_from_slice(&mac(1));
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&((OPTIONS_LEN + 8 + payload_len) as u16).to_be_bytes());
+    frame.extend_from_slice(&[60, 64]); // next: Destination Options; hop limit
+    frame.extend_from_slice(&ip6(1));
+    frame.extend_from_slice(&ip6(2));
+    // Destination Options: next header UDP, length in 8-byte units beyond the first, then
+    // one PadN option filling the rest.
+    frame.extend_from_slice(&[17, (OPTIONS_LEN / 8 - 1) as u8, 1, (OPTIONS_LEN - 4) as u8]);
+    frame.resize(frame.len() + OPTIONS_LEN - 4, 0);
+    frame.extend_from_slice(&4000u16.to_be_bytes());
+    frame.extend_from_slice(&dst_port.to_be_bytes());
+    frame.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(&tagged_payload(tag, payload_len));
+    frame
+}
+
+#[test]
+fn a_large_frame_whose_headers_go_past_the_copied_head_is_classified_on_all_of_them() {
+    let (mut daemon, mut a, mut b) = two_guests(&[]);
+    control(
+        &daemon,
+        &[
+            "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "queue",
+            "0", "class", "high",
+        ],
+    );
+    b.post_rx_buffers_all(16, 2048).expect("post");
+    let frame = frame_with_long_ipv6_options(5001, 7);
+    a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
+    let got = b
+        .recv_any(1, std::time::Duration::from_secs(30))
+        .expect("recv");
+    let got = got.first().expect("the frame arrives");
+    assert!(got.frame == frame, "the frame was altered");
+    assert_eq!(
+        got.pair, 0,
+        "the rule on the UDP port behind the options steers it"
+    );
+    assert_eq!(daemon.counter("b", "rx_parse_errors").expect("stats"), 0);
+    let listing = control(&daemon, &["rule", "list", "b"]);
+    assert!(listing.contains("hits 1"), "{listing}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use super::FrameBytes;
+
 /// A frame waiting in the NIC, with what the scheduler needs to know about it.
 pub struct Waiting {
     pub header: [u8; 12],
@@ -43,7 +45,7 @@ impl Frames {
     pub fn push(
         &mut self,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         arrival_ns: u64,
         wire_bytes: u64,
     ) -> bool {
@@ -52,7 +54,7 @@ impl Frames {
         }
         let mut bytes = self.spare.pop().unwrap_or_default();
         bytes.clear();
-        bytes.extend_from_slice(frame);
+        frame.extend_vec(&mut bytes);
         self.queued.push_back(Waiting {
             header: *header,
             bytes,
@@ -95,8 +97,8 @@ mod tests {
     #[test]
     fn frames_come_out_in_order() {
         let mut frames = Frames::new(4);
-        assert!(frames.push(&[1; 12], b"first", 10, 84));
-        assert!(frames.push(&[2; 12], b"second", 20, 84));
+        assert!(frames.push(&[1; 12], FrameBytes::whole(b"first"), 10, 84));
+        assert!(frames.push(&[2; 12], FrameBytes::whole(b"second"), 20, 84));
         let head = frames.front().unwrap();
         assert_eq!(
             (head.header, head.bytes.as_slice(), head.arrival_ns),
@@ -109,19 +111,19 @@ mod tests {
     #[test]
     fn full_buffer_refuses_and_keeps_what_it_has() {
         let mut frames = Frames::new(2);
-        assert!(frames.push(&[0; 12], b"a", 0, 84));
-        assert!(frames.push(&[0; 12], b"b", 0, 84));
-        assert!(!frames.push(&[0; 12], b"c", 0, 84));
+        assert!(frames.push(&[0; 12], FrameBytes::whole(b"a"), 0, 84));
+        assert!(frames.push(&[0; 12], FrameBytes::whole(b"b"), 0, 84));
+        assert!(!frames.push(&[0; 12], FrameBytes::whole(b"c"), 0, 84));
         assert_eq!(frames.len(), 2);
     }
 
     #[test]
     fn buffers_are_reused_after_pop() {
         let mut frames = Frames::new(2);
-        frames.push(&[0; 12], &[7u8; 1500], 0, 1524);
+        frames.push(&[0; 12], FrameBytes::whole(&[7u8; 1500]), 0, 1524);
         frames.pop();
         assert_eq!(frames.spare.len(), 1);
-        frames.push(&[0; 12], b"x", 0, 84);
+        frames.push(&[0; 12], FrameBytes::whole(b"x"), 0, 84);
         assert!(frames.spare.is_empty());
         assert_eq!(frames.clear(), 1);
         assert!(frames.is_empty());

@@ -7,6 +7,7 @@
 //! and not for large ones; frames longer than [`STAGE_MAX_LEN`] are delivered at once
 //! instead, after whatever was staged for the NIC before them, so order is kept.
 
+use super::FrameBytes;
 use crate::classify::Class;
 
 /// Frames staged per NIC before the burst is delivered regardless of the batch.
@@ -54,12 +55,12 @@ impl Burst {
         queue: usize,
         class: Class,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         wire_bytes: u64,
         arrival_ns: u64,
     ) {
         let start = self.bytes.len();
-        self.bytes.extend_from_slice(frame);
+        frame.extend_vec(&mut self.bytes);
         self.frames.push(Staged {
             queue,
             class,

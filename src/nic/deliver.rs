@@ -6,7 +6,7 @@
 //! frame belongs to the same flow.
 
 use super::link::wire_bytes;
-use super::{Burst, Nic};
+use super::{Burst, FrameBytes, Nic, TxFrame};
 use crate::packet::offload::{
     self, Offload, OffloadError, RxAction, VIRTIO_NET_HDR_LEN, segment_buffer_len,
 };
@@ -17,34 +17,55 @@ use crate::stats::{self, QueueCounters};
 /// case `offload` is updated to say so, so that further receivers of a flooded frame do not
 /// redo it. `segment_scratch` is the worker's reusable buffer for software segmentation;
 /// `burst` the sender's staging area for this NIC (see [`Nic::stage`]).
+///
+/// A split frame (see [`super::frame`]) is classified from its head and handed on split, so
+/// its tail is copied once, into the receiving guest; it is gathered first when the head
+/// did not hold every header (the parser stopped early), and when the NIC needs the frame
+/// whole: a software checksum or segmentation, or a capture.
 /// Returns the RX queue index used, if any.
 pub fn deliver(
     nic: &Nic,
-    frame: &mut [u8],
+    frame: &mut TxFrame<'_>,
     offload: &mut Offload,
     arrival_ns: u64,
     segment_scratch: &mut Vec<u8>,
     burst: &mut Burst,
     sender: &QueueCounters,
 ) -> Result<Option<usize>, OffloadError> {
-    let decision = nic.classify(frame);
+    let mut decision = nic.classify(frame.head());
+    if decision.parse_error.is_some() && frame.is_split() {
+        // The headers may go on past the head: decide from the whole frame.
+        decision = nic.classify(frame.make_whole());
+    }
     let plan = offload.rx_plan(&nic.offloads());
     let mut header = [0u8; VIRTIO_NET_HDR_LEN];
     plan.header.write_virtio_hdr(&mut header, 1);
-    let whole_frame_wire = |frame: &[u8]| match offload.gso {
+    let len = frame.len();
+    let whole_frame_wire = match offload.gso {
         Some(gso) => {
-            let payload = frame.len().saturating_sub(usize::from(gso.hdr_len));
+            let payload = len.saturating_sub(usize::from(gso.hdr_len));
             let segments = payload.div_ceil(usize::from(gso.size).max(1)).max(1) as u32;
-            wire_bytes(frame.len(), segments, usize::from(gso.hdr_len))
+            wire_bytes(len, segments, usize::from(gso.hdr_len))
         }
-        None => wire_bytes(frame.len(), 1, 0),
+        None => wire_bytes(len, 1, 0),
     };
     match plan.action {
         RxAction::Deliver => {
-            let wire = whole_frame_wire(frame);
-            Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns))
+            if nic.is_capturing() {
+                frame.make_whole();
+            }
+            let bytes = frame.bytes();
+            Ok(nic.stage(
+                burst,
+                &decision,
+                &header,
+                bytes,
+                whole_frame_wire,
+                arrival_ns,
+            ))
         }
         RxAction::CompleteChecksum => {
+            let frame = frame.make_whole();
             if let Some(csum) = offload.csum {
                 offload::complete_checksum(frame, &csum)?;
                 stats::inc(&sender.tx_csum_completed);
@@ -54,13 +75,16 @@ pub fn deliver(
                     data_valid: true,
                 };
             }
-            let wire = wire_bytes(frame.len(), 1, 0);
-            Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns))
+            let wire = wire_bytes(len, 1, 0);
+            let bytes = FrameBytes::whole(frame);
+            Ok(nic.stage(burst, &decision, &header, bytes, wire, arrival_ns))
         }
         RxAction::Segment => {
+            let frame = frame.make_whole();
             let Some(gso) = offload.gso else {
-                let wire = wire_bytes(frame.len(), 1, 0);
-                return Ok(nic.stage(burst, &decision, &header, frame, wire, arrival_ns));
+                let wire = wire_bytes(len, 1, 0);
+                let bytes = FrameBytes::whole(frame);
+                return Ok(nic.stage(burst, &decision, &header, bytes, wire, arrival_ns));
             };
             let needed = segment_buffer_len(&gso);
             if segment_scratch.len() < needed {
@@ -69,7 +93,8 @@ pub fn deliver(
             let mut queue = None;
             offload::segment(frame, &gso, segment_scratch, |segment| {
                 let wire = wire_bytes(segment.len(), 1, 0);
-                queue = nic.stage(burst, &decision, &header, segment, wire, arrival_ns);
+                let bytes = FrameBytes::whole(segment);
+                queue = nic.stage(burst, &decision, &header, bytes, wire, arrival_ns);
             })?;
             stats::inc(&sender.tx_gso_segmented);
             Ok(queue)

@@ -22,6 +22,7 @@ pub mod burst;
 pub mod capture;
 pub mod clock;
 pub mod deliver;
+pub mod frame;
 pub mod link;
 pub mod moderation;
 pub mod queue;
@@ -40,6 +41,7 @@ use crate::stats::{self, PortCounters, QueueCounters};
 pub use burst::Burst;
 use burst::STAGE_MAX_LEN;
 use capture::Capture;
+pub use frame::{FrameBytes, TxFrame};
 use link::{Link, LinkSettings};
 use moderation::CoalesceSettings;
 use queue::{Arriving, Publish, RxQueue, class_index};
@@ -68,6 +70,19 @@ pub enum RingWrite {
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;
+    /// Writes a frame that may be split, its tail still in the sender's guest memory
+    /// (see [`frame`]). A ring that cannot copy from the pieces itself takes the frame
+    /// gathered into one buffer (split frames are large and rare outside vhost-user rings).
+    fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
+        match frame.as_whole() {
+            Some(bytes) => self.write(header, bytes),
+            None => {
+                let mut bytes = Vec::with_capacity(frame.len());
+                frame.extend_vec(&mut bytes);
+                self.write(header, &bytes)
+            }
+        }
+    }
     /// Writes frames `0..count` in order (`frame(i)` gives header and bytes of each) until
     /// one does not go in; returns how many went in and the outcome of the first that did
     /// not. A ring may take its locks once for all of them.
@@ -344,7 +359,7 @@ impl Nic {
         &self,
         decision: &Decision,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
@@ -369,7 +384,7 @@ impl Nic {
         burst: &mut Burst,
         decision: &Decision,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
@@ -517,7 +532,7 @@ impl Nic {
                 let frame = &frames[at];
                 account(state, RingWrite::Written, frame);
                 self.link.transmit(now, frame.wire_bytes);
-                self.captured(queue.index, frame.class, bytes_of(frame));
+                self.captured(queue.index, frame.class, FrameBytes::whole(bytes_of(frame)));
             }
             from += written;
             match outcome {
@@ -550,7 +565,7 @@ impl Nic {
             state,
             frame.class,
             &frame.header,
-            bytes,
+            FrameBytes::whole(bytes),
             frame.arrival_ns,
             frame.wire_bytes,
         ) {
@@ -566,7 +581,7 @@ impl Nic {
         ring_guard: &queue::RingGuard,
         class: Class,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
@@ -605,14 +620,27 @@ impl Nic {
         }
     }
 
-    fn captured(&self, queue: usize, class: Class, frame: &[u8]) {
+    fn captured(&self, queue: usize, class: Class, frame: FrameBytes<'_>) {
         // A plain flag first: capturing is rare, and the data path should not pay an
         // arc-swap load per frame for it.
         if self.capturing.load(Ordering::Relaxed)
             && let Some(capture) = self.capture.load().as_ref()
         {
-            capture.record(queue, class, frame);
+            match frame.as_whole() {
+                Some(bytes) => capture.record(queue, class, bytes),
+                None => {
+                    let mut bytes = Vec::with_capacity(frame.len());
+                    frame.extend_vec(&mut bytes);
+                    capture.record(queue, class, &bytes);
+                }
+            }
         }
+    }
+
+    /// Whether frames are being captured (a sender then hands over whole frames: a split
+    /// frame would have to be gathered for the capture anyway).
+    pub fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::Relaxed)
     }
 
     /// Delivers what waits, as far as rings and link allow: first the high class of every
@@ -669,7 +697,7 @@ impl Nic {
                         &Arriving {
                             class,
                             header: &head.header,
-                            bytes: &head.bytes,
+                            bytes: FrameBytes::whole(&head.bytes),
                             arrival_ns: head.arrival_ns,
                         },
                         now_ns,
@@ -678,7 +706,7 @@ impl Nic {
                         Publish::RingFull => break,
                         Publish::Published => {
                             self.link.transmit(now_ns, head.wire_bytes);
-                            self.captured(queue.index, class, &head.bytes);
+                            self.captured(queue.index, class, FrameBytes::whole(&head.bytes));
                             state.high_streak = match class {
                                 Class::High => state.high_streak.saturating_add(1),
                                 Class::Normal => 0,

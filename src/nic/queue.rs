@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use super::backlog::Frames;
 use super::moderation::{Coalesce, CoalesceSettings, NotifyDecision, Pending};
 use super::residence::{Residence, ResidenceSummary};
-use super::{GuestRxRing, RingWrite};
+use super::{FrameBytes, GuestRxRing, RingWrite};
 use crate::classify::Class;
 use crate::stats::{self, QueueCounters};
 
@@ -44,7 +44,7 @@ pub struct Accounting {
 pub struct Arriving<'a> {
     pub class: Class,
     pub header: &'a [u8; 12],
-    pub bytes: &'a [u8],
+    pub bytes: FrameBytes<'a>,
     pub arrival_ns: u64,
 }
 
@@ -128,7 +128,7 @@ impl RxQueue {
         frame: &Arriving<'_>,
         now_ns: u64,
     ) -> Publish {
-        let outcome = ring.write(frame.header, frame.bytes);
+        let outcome = ring.write_bytes(frame.header, frame.bytes);
         self.account(
             accounting,
             outcome,
@@ -182,7 +182,7 @@ impl RxQueue {
         state: &mut QueueState,
         class: Class,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
         arrival_ns: u64,
         wire_bytes: u64,
     ) -> bool {

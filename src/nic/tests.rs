@@ -89,7 +89,8 @@ impl Rig {
     fn send(&self, frame: &[u8], at_ns: u64) -> Option<usize> {
         let decision = self.nic.classify(frame);
         let wire = wire_bytes(frame.len(), 1, 0);
-        self.nic.receive(&decision, &[0; 12], frame, wire, at_ns)
+        self.nic
+            .receive(&decision, &[0; 12], FrameBytes::whole(frame), wire, at_ns)
     }
 
     fn counter(
@@ -315,8 +316,14 @@ impl Rig {
             .map(|(frame, at)| {
                 let decision = self.nic.classify(frame);
                 let wire = wire_bytes(frame.len(), 1, 0);
-                self.nic
-                    .stage(&mut burst, &decision, &[0; 12], frame, wire, *at)
+                self.nic.stage(
+                    &mut burst,
+                    &decision,
+                    &[0; 12],
+                    FrameBytes::whole(frame),
+                    wire,
+                    *at,
+                )
             })
             .collect();
         assert_eq!(
@@ -397,12 +404,24 @@ fn a_large_frame_goes_at_once_after_what_was_staged() {
     let mut burst = Burst::default();
     let small = frame(0, 1);
     let decision = rig.nic.classify(&small);
-    rig.nic
-        .stage(&mut burst, &decision, &[0; 12], &small, 84, 0);
+    rig.nic.stage(
+        &mut burst,
+        &decision,
+        &[0; 12],
+        FrameBytes::whole(&small),
+        84,
+        0,
+    );
     let mut large = frame(0, 2);
     large.resize(burst::STAGE_MAX_LEN + 100, 0);
-    rig.nic
-        .stage(&mut burst, &decision, &[0; 12], &large, 84, 0);
+    rig.nic.stage(
+        &mut burst,
+        &decision,
+        &[0; 12],
+        FrameBytes::whole(&large),
+        84,
+        0,
+    );
     assert!(burst.is_empty(), "the staged frame went first");
     assert_eq!(rig.rings[0].tags(), vec![1, 2]);
 }

@@ -249,6 +249,16 @@ fn le16(hdr: &[u8], at: usize) -> u16 {
 }
 
 impl Offload {
+    /// Whether [`from_virtio_hdr`](Self::from_virtio_hdr) reads the frame (its headers or
+    /// length) for this header: for a checksum or GSO request. When it does not, the frame
+    /// passed may be any prefix of it.
+    pub fn reads_frame(hdr: &[u8]) -> bool {
+        match hdr {
+            [flags, gso_type, ..] => flags & hdr_flags::NEEDS_CSUM != 0 || *gso_type != 0,
+            _ => true,
+        }
+    }
+
     /// Parses the 12-byte `virtio_net_hdr_v1` (flags u8, gso_type u8, hdr_len le16, gso_size
     /// le16, csum_start le16, csum_offset le16, num_buffers le16) a guest sent with `frame`
     /// after it, and validates it against the frame. `hdr_len` from the guest is ignored (Linux

@@ -11,17 +11,15 @@ use virtio_bindings::bindings::virtio_ring::{
 
 use super::host_memory::{self, HostMemory, volatile};
 use super::split_ring::SplitRing;
+use crate::nic::FrameBytes;
 
 /// Size of one split-ring descriptor in guest memory.
 const DESC_SIZE: u64 = 16;
 
 /// One piece of a guest buffer, translated: `len` bytes at host address `host`. A buffer that
-/// crosses guest memory regions becomes several segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    pub host: usize,
-    pub len: u32,
-}
+/// crosses guest memory regions becomes several segments. The same type the NIC copies a
+/// split frame's tail from (see `nic::frame`).
+pub use crate::nic::frame::HostPiece as Segment;
 
 /// Which way the data flows, as the device sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,21 +227,37 @@ pub fn gather(segments: &[Segment], buf: &mut [u8]) -> usize {
 
 /// Scatters `data` into the chain's buffers starting `skip` bytes in, returning bytes
 /// written. The segments must come from [`walk`] over a `HostMemory` that is still alive.
-pub fn scatter(segments: &[Segment], mut skip: usize, data: &[u8]) -> usize {
+pub fn scatter(segments: &[Segment], skip: usize, data: &[u8]) -> usize {
+    scatter_frame(segments, skip, &FrameBytes::whole(data), 0, data.len())
+}
+
+/// Scatters `len` bytes of `frame`, from byte `from` on, into the chain's buffers starting
+/// `skip` bytes in, returning bytes written. The frame's tail may be in another guest's
+/// memory (see `nic::frame`): it is copied from there directly. The segments must come from
+/// [`walk`] over a `HostMemory` that is still alive.
+pub fn scatter_frame(
+    segments: &[Segment],
+    mut skip: usize,
+    frame: &FrameBytes<'_>,
+    from: usize,
+    len: usize,
+) -> usize {
+    let len = len.min(frame.len().saturating_sub(from));
     let mut written = 0;
     for segment in segments {
-        if written == data.len() {
+        if written == len {
             break;
         }
-        let len = segment.len as usize;
-        if skip >= len {
-            skip -= len;
+        let seg_len = segment.len as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
             continue;
         }
-        let take = (len - skip).min(data.len() - written);
-        // SAFETY: the segment was translated by `walk`, and `skip + take <= len`.
-        unsafe { host_memory::copy_to_guest(segment.host + skip, &data[written..written + take]) };
-        written += take;
+        let take = (seg_len - skip).min(len - written);
+        // SAFETY: the segment was translated by `walk` and `skip + take <= seg_len`; the
+        // frame holds `from + written + take <= frame.len()` bytes.
+        written +=
+            unsafe { frame.copy_to_ptr(from + written, take, (segment.host + skip) as *mut u8) };
         skip = 0;
     }
     written

@@ -14,7 +14,7 @@ use super::chain::{self, Direction, Segment};
 use super::host_memory::HostMemory;
 use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
-use crate::nic::{GuestRxRing, RingWrite, RxOffloads};
+use crate::nic::{FrameBytes, GuestRxRing, RingWrite, RxOffloads};
 use crate::stats::{self, QueueCounters};
 
 pub type GuestMemory_ = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -308,7 +308,7 @@ impl VhostRxRing {
     fn write_frames<'a>(
         &self,
         count: usize,
-        frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
+        frame: impl Fn(usize) -> (&'a [u8; 12], FrameBytes<'a>),
     ) -> (usize, Option<RingWrite>) {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let scratch = &mut *guard;
@@ -377,7 +377,7 @@ impl VhostRxRing {
         scratch: &mut FrameScratch<'_>,
         mergeable: bool,
         header: &[u8; 12],
-        frame: &[u8],
+        frame: FrameBytes<'_>,
     ) -> RingWrite {
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
         if *scratch.avail_next != Some(state.get_queue().next_avail()) {
@@ -456,8 +456,7 @@ impl VhostRxRing {
             }
             if written < take {
                 let start = offset + written - VIRTIO_NET_HDR_LEN;
-                let part = &frame[start..start + (take - written)];
-                written += chain::scatter(segments, written, part);
+                written += chain::scatter_frame(segments, written, &frame, start, take - written);
             }
             offset += written;
             put_used(queue, ring, head, written as u32);
@@ -481,7 +480,11 @@ struct FrameScratch<'s> {
 
 impl GuestRxRing for VhostRxRing {
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
-        match self.write_frames(1, &|_| (header, frame)) {
+        self.write_bytes(header, FrameBytes::whole(frame))
+    }
+
+    fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
+        match self.write_frames(1, |_| (header, frame)) {
             (_, Some(outcome)) => outcome,
             (_, None) => RingWrite::Written,
         }
@@ -492,7 +495,10 @@ impl GuestRxRing for VhostRxRing {
         count: usize,
         frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
     ) -> (usize, Option<RingWrite>) {
-        self.write_frames(count, frame)
+        self.write_frames(count, |index| {
+            let (header, bytes) = frame(index);
+            (header, FrameBytes::whole(bytes))
+        })
     }
 
     fn publish(&self) {

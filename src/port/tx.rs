@@ -13,6 +13,7 @@ use super::ring::{
 };
 use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
+use crate::nic::TxFrame;
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
 use crate::switch::PortId;
@@ -24,6 +25,17 @@ pub const MAX_TX_CHAIN: usize = VIRTIO_NET_HDR_LEN + 14 + 8 + 40 + 65535;
 
 /// Smallest frame: an Ethernet header.
 const MIN_FRAME: usize = 14;
+
+/// Frames longer than this leave the guest in two parts (see `nic::frame`): their head is
+/// copied into the worker's buffer, the rest is copied straight into each receiver (a NIC
+/// buffer or the receiving guest), one copy of the payload fewer. Below it, one copy of
+/// the whole frame costs less than keeping track of the pieces.
+const SPLIT_FROM_LEN: usize = 1024;
+
+/// Bytes of a split frame copied out for the switch, the classifier and the offload checks:
+/// every header of all but exotic frames (a frame whose headers go on past it is gathered
+/// whole when the classifier finds its head cut short).
+const SPLIT_HEAD_LEN: usize = 256;
 
 /// Chains handled before the worker lets go of the TX ring and flushes notifications, so a
 /// guest that keeps its ring full cannot hold the ring lock (or its receivers) indefinitely.
@@ -260,7 +272,6 @@ fn forward_chain(
             .warn(|| format!("TX chain {head} of {len} bytes is larger than any frame"));
         return;
     }
-    chain::gather(&scratch.segments, &mut scratch.chain[..len]);
     if len < VIRTIO_NET_HDR_LEN {
         stats::inc(&counters.tx_errors_header);
         sender
@@ -268,15 +279,36 @@ fn forward_chain(
             .warn(|| format!("TX chain {head} of {len} bytes has no virtio-net header"));
         return;
     }
-    let (header, frame) = scratch.chain[..len].split_at_mut(VIRTIO_NET_HDR_LEN);
-    if frame.len() < MIN_FRAME {
+    let frame_len = len - VIRTIO_NET_HDR_LEN;
+    if frame_len < MIN_FRAME {
         stats::inc(&counters.tx_errors_frame);
         sender
             .log
-            .warn(|| format!("TX frame of {} bytes is a runt", frame.len()));
+            .warn(|| format!("TX frame of {frame_len} bytes is a runt"));
         return;
     }
-    let mut offload = match Offload::from_virtio_hdr(header, frame) {
+    let split = frame_len > SPLIT_FROM_LEN;
+    let gathered = if split {
+        VIRTIO_NET_HDR_LEN + SPLIT_HEAD_LEN
+    } else {
+        len
+    };
+    chain::gather(&scratch.segments, &mut scratch.chain[..gathered]);
+    let (header, frame) = scratch.chain[..len].split_at_mut(VIRTIO_NET_HDR_LEN);
+    let mut frame = if split {
+        // SAFETY: the segments were walked over `mem`, which this batch holds, and hold the
+        // whole chain; the chain is completed (and the guest may reuse its buffers) only
+        // after `forward` returns, and nothing keeps the frame's tail beyond that call.
+        unsafe { TxFrame::split(frame, SPLIT_HEAD_LEN, &scratch.segments, gathered) }
+    } else {
+        TxFrame::whole(frame)
+    };
+    if frame.is_split() && Offload::reads_frame(header) {
+        // Checksum and segmentation requests are checked against the frame's headers and
+        // length, and are rare on frames this size without GSO: take the frame whole.
+        frame.make_whole();
+    }
+    let mut offload = match Offload::from_virtio_hdr(header, frame.head()) {
         Ok(offload) => offload,
         Err(error) => {
             stats::inc(&counters.tx_errors_header);
@@ -288,10 +320,10 @@ fn forward_chain(
     };
     // Only this queue's worker writes its TX counters.
     stats::add_single_writer(&counters.tx_packets, 1);
-    stats::add_single_writer(&counters.tx_bytes, frame.len() as u64);
+    stats::add_single_writer(&counters.tx_bytes, frame_len as u64);
     sender.fabric.forward(
         sender.port,
-        frame,
+        &mut frame,
         &mut offload,
         &mut scratch.forward,
         counters,

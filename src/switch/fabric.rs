@@ -5,7 +5,7 @@ use std::sync::Arc;
 use log::debug;
 
 use super::{DecisionCache, Forward, IngressError, Mac, PortId, Switch};
-use crate::nic::{self, Nic};
+use crate::nic::{self, Nic, TxFrame};
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
 
@@ -64,10 +64,8 @@ pub struct Fabric {
     pub ports: Vec<FabricPort>,
 }
 
-fn mac_at(frame: &[u8], at: usize) -> Mac {
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&frame[at..at + 6]);
-    mac
+fn mac_at(frame: &[u8], at: usize) -> Option<Mac> {
+    frame.get(at..at + 6)?.try_into().ok()
 }
 
 impl Fabric {
@@ -75,18 +73,21 @@ impl Fabric {
         self.ports.iter().position(|port| port.name == name)
     }
 
-    /// Forwards one frame that arrived from `ingress`. `frame` is at least an Ethernet header
-    /// long (the caller checked), `offload` was validated against it.
+    /// Forwards one frame that arrived from `ingress`. `frame`'s head is at least an Ethernet
+    /// header long (the caller checked), `offload` was validated against it.
     pub fn forward(
         &self,
         ingress: PortId,
-        frame: &mut [u8],
+        frame: &mut TxFrame<'_>,
         offload: &mut Offload,
         scratch: &mut ForwardScratch,
         sender: &QueueCounters,
     ) {
-        let dst = mac_at(frame, 0);
-        let src = mac_at(frame, 6);
+        let (Some(dst), Some(src)) = (mac_at(frame.head(), 0), mac_at(frame.head(), 6)) else {
+            // Not even an Ethernet header: the caller's check failed us; drop, never panic.
+            stats::inc(&sender.tx_errors_frame);
+            return;
+        };
         let forward = match self
             .switch
             .decide(ingress, &src, &dst, &mut scratch.decisions)
@@ -115,7 +116,7 @@ impl Fabric {
     fn deliver_to(
         &self,
         port: PortId,
-        frame: &mut [u8],
+        frame: &mut TxFrame<'_>,
         offload: &mut Offload,
         scratch: &mut ForwardScratch,
         sender: &QueueCounters,

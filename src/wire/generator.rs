@@ -6,6 +6,7 @@ use std::thread;
 
 use etherparse::PacketBuilder;
 
+use crate::nic::TxFrame;
 use crate::packet::offload::Offload;
 use crate::stats;
 use crate::switch::PortId;
@@ -90,7 +91,8 @@ pub fn spawn(
                 // This thread is the only writer of the generator's TX counters.
                 stats::add_single_writer(&counters.tx_packets, 1);
                 stats::add_single_writer(&counters.tx_bytes, frame.len() as u64);
-                fabric.forward(port, frame, &mut offload, &mut scratch, &counters);
+                let mut frame = TxFrame::whole(frame);
+                fabric.forward(port, &mut frame, &mut offload, &mut scratch, &counters);
             }
             fabric.flush(&mut scratch);
         }

@@ -1,12 +1,16 @@
 //! A sink port: takes every frame and discards it, counting. A stand-in for a receiver that
 //! is never the bottleneck (benchmarks, loading a guest without a second VM).
 
-use crate::nic::{GuestRxRing, RingWrite, RxOffloads};
+use crate::nic::{FrameBytes, GuestRxRing, RingWrite, RxOffloads};
 
 pub struct SinkRing;
 
 impl GuestRxRing for SinkRing {
     fn write(&self, _header: &[u8; 12], _frame: &[u8]) -> RingWrite {
+        RingWrite::Written
+    }
+
+    fn write_bytes(&self, _header: &[u8; 12], _frame: FrameBytes<'_>) -> RingWrite {
         RingWrite::Written
     }
 

@@ -15,7 +15,7 @@ use std::thread;
 
 use log::{error, warn};
 
-use crate::nic::{GuestRxRing, RingWrite, RxOffloads};
+use crate::nic::{GuestRxRing, RingWrite, RxOffloads, TxFrame};
 use crate::packet::offload::{Offload, VIRTIO_NET_HDR_LEN};
 use crate::port::ring::RateLimitedLog;
 use crate::port::tx::MAX_TX_CHAIN;
@@ -183,7 +183,8 @@ fn read_loop(fabric: &Fabric, port: PortId, mut tap: Tap) {
         };
         stats::inc(&counters.tx_packets);
         stats::add(&counters.tx_bytes, frame.len() as u64);
-        fabric.forward(port, frame, &mut offload, &mut scratch, &counters);
+        let mut frame = TxFrame::whole(frame);
+        fabric.forward(port, &mut frame, &mut offload, &mut scratch, &counters);
         fabric.flush(&mut scratch);
         if len == buffer.len() {
             warn!("tap {}: frame filled the whole buffer", tap.name);

@@ -1,0 +1,339 @@
+//! A frame's bytes on their way from a sender to the NICs it is delivered to.
+//!
+//! A small frame is copied out of the sending guest whole: the copy is cheap and the switch,
+//! the classifier and the NIC then work on one slice. A large frame from a vhost-user port is
+//! not: only its head (every header the switch, the classifier and the offload checks read)
+//! is copied into the sender's buffer, and the rest stays in the sending guest's memory until
+//! the receiving NIC copies it straight into the receiving guest's buffers. That is one copy
+//! of the payload instead of two (guest to buffer, buffer to guest), which at 9000 bytes is
+//! most of the cost of a frame.
+//!
+//! Nothing ever parses the tail, so a sending guest that rewrites its buffer while we copy
+//! changes only its own payload, never a decision already made from the head. Whatever needs
+//! the whole frame in one place (a software checksum or segmentation, a capture, a NIC
+//! buffer when the ring is full) gathers it: [`TxFrame::make_whole`] or
+//! [`FrameBytes::copy_to`].
+
+/// `len` bytes of guest memory at host address `host`, translated and bounds-checked by the
+/// port that owns the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPiece {
+    pub host: usize,
+    pub len: u32,
+}
+
+/// The part of a frame still in the sending guest's memory: `len` bytes of `pieces`, starting
+/// `skip` bytes into them.
+#[derive(Clone, Copy, Debug)]
+struct GuestTail<'a> {
+    pieces: &'a [HostPiece],
+    skip: usize,
+    len: usize,
+}
+
+impl GuestTail<'_> {
+    /// Copies tail bytes `from..from + len` to `dst` (which may be guest memory too: the
+    /// ranges may even overlap when one guest owns both ports, hence `ptr::copy`).
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes of writes; the pieces must be readable (the
+    /// contract of [`FrameBytes::split`]); `from + len <= self.len`.
+    unsafe fn copy_to_ptr(&self, from: usize, len: usize, dst: *mut u8) {
+        let mut skip = self.skip + from;
+        let mut done = 0;
+        for piece in self.pieces {
+            if done == len {
+                break;
+            }
+            let piece_len = piece.len as usize;
+            if skip >= piece_len {
+                skip -= piece_len;
+                continue;
+            }
+            let take = (piece_len - skip).min(len - done);
+            // SAFETY: the piece is readable for `piece_len` bytes and `skip + take` stays
+            // within it; `dst` has room for `len` bytes and `done + take <= len`.
+            unsafe { std::ptr::copy((piece.host + skip) as *const u8, dst.add(done), take) };
+            done += take;
+            skip = 0;
+        }
+    }
+}
+
+/// A frame's bytes, read-only: `head` and, for a split frame, a tail in guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameBytes<'a> {
+    head: &'a [u8],
+    tail: Option<GuestTail<'a>>,
+}
+
+impl<'a> FrameBytes<'a> {
+    /// A frame held whole in one slice.
+    pub fn whole(bytes: &'a [u8]) -> Self {
+        FrameBytes {
+            head: bytes,
+            tail: None,
+        }
+    }
+
+    /// A frame of `head` followed by `tail_len` bytes of `pieces`, from `skip` bytes in.
+    ///
+    /// # Safety
+    /// The pieces must be readable host memory for as long as the result (or anything copied
+    /// from it) is used, and hold at least `skip + tail_len` bytes. A vhost-user port
+    /// guarantees it while it holds the guest's memory snapshot and has not completed the
+    /// chain, which is the whole of its call into the switch.
+    pub unsafe fn split(
+        head: &'a [u8],
+        pieces: &'a [HostPiece],
+        skip: usize,
+        tail_len: usize,
+    ) -> Self {
+        FrameBytes {
+            head,
+            tail: Some(GuestTail {
+                pieces,
+                skip,
+                len: tail_len,
+            }),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.map_or(0, |tail| tail.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes held in one slice: the headers, or all of a whole frame.
+    pub fn head(&self) -> &'a [u8] {
+        self.head
+    }
+
+    /// The frame as one slice, if it is held whole.
+    pub fn as_whole(&self) -> Option<&'a [u8]> {
+        match self.tail {
+            None => Some(self.head),
+            Some(_) => None,
+        }
+    }
+
+    /// Copies the frame's bytes `from..from + len` (clipped to the frame) to `dst`; returns
+    /// how many.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of the returned number of bytes, at most `len`.
+    pub unsafe fn copy_to_ptr(&self, from: usize, len: usize, dst: *mut u8) -> usize {
+        let len = len.min(self.len().saturating_sub(from));
+        let mut done = 0;
+        if from < self.head.len() {
+            done = (self.head.len() - from).min(len);
+            // SAFETY: `from + done` is within the head; `dst` has room for `len >= done`.
+            unsafe { std::ptr::copy(self.head.as_ptr().add(from), dst, done) };
+        }
+        if done < len
+            && let Some(tail) = &self.tail
+        {
+            let tail_from = from + done - self.head.len();
+            // SAFETY: `tail_from + (len - done) <= tail.len` since `from + len <= self.len()`;
+            // `dst + done` has room for the rest.
+            unsafe { tail.copy_to_ptr(tail_from, len - done, dst.add(done)) };
+        }
+        len
+    }
+
+    /// Copies bytes from `from` on into `out` (as many as fit); returns how many.
+    pub fn copy_to(&self, from: usize, out: &mut [u8]) -> usize {
+        // SAFETY: `out` is valid for `out.len()` bytes, the most `copy_to_ptr` writes.
+        unsafe { self.copy_to_ptr(from, out.len(), out.as_mut_ptr()) }
+    }
+
+    /// Appends the whole frame to `out`.
+    pub fn extend_vec(&self, out: &mut Vec<u8>) {
+        match self.as_whole() {
+            Some(bytes) => out.extend_from_slice(bytes),
+            None => {
+                let start = out.len();
+                out.resize(start + self.len(), 0);
+                self.copy_to(0, &mut out[start..]);
+            }
+        }
+    }
+}
+
+/// A frame as its sender holds it while the switch forwards it: the first `gathered` bytes in
+/// the sender's buffer, the rest (if any) still in the sending guest's memory.
+pub struct TxFrame<'a> {
+    buf: &'a mut [u8],
+    gathered: usize,
+    tail: Option<(&'a [HostPiece], usize)>,
+}
+
+impl<'a> TxFrame<'a> {
+    /// A frame held whole in `bytes`.
+    pub fn whole(bytes: &'a mut [u8]) -> Self {
+        let gathered = bytes.len();
+        TxFrame {
+            buf: bytes,
+            gathered,
+            tail: None,
+        }
+    }
+
+    /// A frame of `buf.len()` bytes of which the first `gathered` are in `buf` and the rest
+    /// in `pieces`, from `skip` bytes in.
+    ///
+    /// # Safety
+    /// As [`FrameBytes::split`], for `buf.len() - gathered` bytes of the pieces.
+    pub unsafe fn split(
+        buf: &'a mut [u8],
+        gathered: usize,
+        pieces: &'a [HostPiece],
+        skip: usize,
+    ) -> Self {
+        let gathered = gathered.min(buf.len());
+        TxFrame {
+            buf,
+            gathered,
+            tail: Some((pieces, skip)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Whether part of the frame is still in guest memory.
+    pub fn is_split(&self) -> bool {
+        self.tail.is_some()
+    }
+
+    /// The bytes in the sender's buffer: at least every header of a split frame.
+    pub fn head(&self) -> &[u8] {
+        &self.buf[..self.gathered]
+    }
+
+    /// The frame's bytes, split or whole.
+    pub fn bytes(&self) -> FrameBytes<'_> {
+        match self.tail {
+            None => FrameBytes::whole(&self.buf[..self.gathered]),
+            Some((pieces, skip)) => FrameBytes {
+                head: &self.buf[..self.gathered],
+                tail: Some(GuestTail {
+                    pieces,
+                    skip,
+                    len: self.buf.len() - self.gathered,
+                }),
+            },
+        }
+    }
+
+    /// The whole frame in the sender's buffer, gathering the tail first if it is still in
+    /// guest memory (once: later calls find it whole).
+    pub fn make_whole(&mut self) -> &mut [u8] {
+        if let Some((pieces, skip)) = self.tail.take() {
+            let tail = GuestTail {
+                pieces,
+                skip,
+                len: self.buf.len() - self.gathered,
+            };
+            let rest = &mut self.buf[self.gathered..];
+            // SAFETY: `rest` has room for the tail's `len` bytes; the pieces are readable
+            // (the contract of `split`).
+            unsafe { tail.copy_to_ptr(0, tail.len, rest.as_mut_ptr()) };
+            self.gathered = self.buf.len();
+        }
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces_of(chunks: &[&[u8]]) -> Vec<HostPiece> {
+        chunks
+            .iter()
+            .map(|chunk| HostPiece {
+                host: chunk.as_ptr() as usize,
+                len: chunk.len() as u32,
+            })
+            .collect()
+    }
+
+    /// A frame of 0..=199 split at `head` over pieces of 7, 50 and the rest, with `skip` bytes
+    /// of junk in front of the tail (as the virtio-net header and the head are in a chain).
+    fn check_split(head_len: usize) {
+        let frame: Vec<u8> = (0..200u32).map(|b| b as u8).collect();
+        let skip = 5;
+        let mut in_guest = vec![0xeeu8; skip];
+        in_guest.extend_from_slice(&frame[head_len..]);
+        let cut = [7.min(in_guest.len()), 57.min(in_guest.len())];
+        let chunks = [
+            &in_guest[..cut[0]],
+            &in_guest[cut[0]..cut[1]],
+            &in_guest[cut[1]..],
+        ];
+        let pieces = pieces_of(&chunks);
+        // SAFETY: the pieces point into `in_guest`, alive for the whole test.
+        let bytes =
+            unsafe { FrameBytes::split(&frame[..head_len], &pieces, skip, frame.len() - head_len) };
+        assert_eq!(bytes.len(), 200);
+        assert!(bytes.as_whole().is_none());
+        for from in [0, 1, head_len.saturating_sub(1), head_len, 60, 199, 200] {
+            let mut out = vec![0u8; 300];
+            let copied = bytes.copy_to(from, &mut out);
+            assert_eq!(copied, 200 - from.min(200));
+            assert_eq!(&out[..copied], &frame[from.min(200)..]);
+        }
+        // A copy shorter than the frame, across the head's end where there is one.
+        let from = head_len.saturating_sub(1).min(150);
+        let mut short = [0u8; 3];
+        assert_eq!(bytes.copy_to(from, &mut short), 3);
+        assert_eq!(short[..], frame[from..from + 3]);
+        let mut collected = vec![1, 2];
+        bytes.extend_vec(&mut collected);
+        assert_eq!(&collected[2..], &frame[..]);
+
+        let mut buf = frame.clone();
+        buf[head_len..].fill(0);
+        // SAFETY: as above.
+        let mut tx = unsafe { TxFrame::split(&mut buf, head_len, &pieces, skip) };
+        assert!(tx.is_split());
+        assert_eq!(tx.head(), &frame[..head_len]);
+        let mut via_bytes = vec![0u8; 200];
+        tx.bytes().copy_to(0, &mut via_bytes);
+        assert_eq!(via_bytes, frame);
+        assert_eq!(tx.make_whole(), &frame[..]);
+        assert!(!tx.is_split());
+        assert_eq!(tx.bytes().as_whole(), Some(&frame[..]));
+    }
+
+    #[test]
+    fn split_frames_read_as_the_frame_at_every_head_length() {
+        for head_len in [0, 1, 14, 100, 199, 200] {
+            check_split(head_len);
+        }
+    }
+
+    #[test]
+    fn whole_frames_copy_and_clip() {
+        let frame = [1u8, 2, 3, 4];
+        let bytes = FrameBytes::whole(&frame);
+        assert_eq!(bytes.as_whole(), Some(&frame[..]));
+        let mut out = [0u8; 8];
+        assert_eq!(bytes.copy_to(1, &mut out), 3);
+        assert_eq!(out[..3], [2, 3, 4]);
+        assert_eq!(bytes.copy_to(9, &mut out), 0);
+        let mut buf = frame;
+        let mut tx = TxFrame::whole(&mut buf);
+        assert!(!tx.is_split());
+        assert_eq!(tx.make_whole(), &frame);
+    }
+}
