@@ -1,9 +1,11 @@
 //! Classification rate with 0, 10, 100 and 1000 flow rules (plain `main`, no harness).
 //!
 //! Run: `cargo bench --bench classify`. Prints ns per frame and millions of frames per second
-//! for: parsing alone, the full classifier at each rule count under two traffic mixes, and
+//! for: parsing alone, the full classifier at each rule count under four traffic mixes, and
 //! (for comparison) a linear scan over 1000 rules in location order. Also the checksum rate,
 //! for the offload path. The mixes:
+//! - "nic64": what `benches/nic.py` measures the rule cost with: its generator's 64 IPv4/UDP
+//!   flows into a one-queue NIC whose rules (its rule file's) none of them match.
 //! - "steady": 256 flows sent round-robin, many frames each (what a NIC sees in the steady
 //!   state): the flow cache hits.
 //! - "steady64": the first 64 of them, as many flows as `benches/nic.py`'s generator sends:
@@ -163,6 +165,44 @@ fn rules(rng: &mut Rng, count: usize) -> Vec<Rule> {
         .collect()
 }
 
+/// The traffic of `benches/nic.py`'s rule-cost run: the generator's 64 flows (64-byte
+/// IPv4/UDP frames 10.255.0.1 -> 10.255.0.2, source ports 1024 to 1087, destination port 9).
+fn nic_frames() -> Vec<Vec<u8>> {
+    (0..64u16)
+        .map(|flow| {
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 0x0b])
+                .ipv4([10, 255, 0, 1], [10, 255, 0, 2], 64)
+                .udp(1024 + flow, 9)
+                .write(&mut frame, &[0u8; 18])
+                .unwrap();
+            frame
+        })
+        .collect()
+}
+
+/// `benches/nic.py`'s rule file as rules: `count` rules that its traffic does not match
+/// (UDP destination ports, TCP source ports, source and destination /32s it never uses), in
+/// shuffled locations.
+fn nic_rules(count: usize) -> Vec<Rule> {
+    (0..count)
+        .map(|i| {
+            let loc = (i * 7919) % 100_000;
+            let (a, b) = ((i / 250) % 250, i % 250);
+            let text = match i % 4 {
+                0 => format!("loc {loc} proto udp dst-port {} action queue 0", 20000 + i),
+                1 => format!(
+                    "loc {loc} proto tcp src-port {} action class high",
+                    30000 + i
+                ),
+                2 => format!("loc {loc} src-ip 192.168.{a}.{b}/32 action drop"),
+                _ => format!("loc {loc} dst-ip 172.16.{a}.{b}/32 proto udp action queue 0"),
+            };
+            text.parse().expect("generated rule")
+        })
+        .collect()
+}
+
 /// Runs `step` over the frames for at least `min_time` and returns ns per frame.
 fn measure(frames: &[Vec<u8>], min_time: Duration, mut step: impl FnMut(&[u8])) -> f64 {
     for frame in frames {
@@ -228,6 +268,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mix {
+    Nic64,
     Steady,
     Steady64,
     Spray,
@@ -258,6 +299,13 @@ fn main() {
         });
         report("parse only", ns);
     }
+    let nic_frames = nic_frames();
+    if selected("parse only, nic64") {
+        let ns = measure(&nic_frames, min_time, |f| {
+            black_box(FlowKey::parse(f, &DEFAULT_VXLAN_PORTS));
+        });
+        report("parse only, nic64", ns);
+    }
     let config = ClassifierConfig {
         num_queues: 4,
         high_queues: 1,
@@ -267,8 +315,19 @@ fn main() {
     let counts = [0usize, 10, 100, 1000];
     // Generate the rules even when skipped, so every case sees the same random stream.
     let sets: Vec<Vec<Rule>> = counts.iter().map(|&n| rules(&mut rng, n)).collect();
-    for mix in [Mix::Steady, Mix::Steady64, Mix::Spray] {
+    let nic_sets: Vec<Vec<Rule>> = counts.iter().map(|&n| nic_rules(n)).collect();
+    // benches/nic.py's sink port has one queue.
+    let nic_config = ClassifierConfig {
+        num_queues: 1,
+        ..config.clone()
+    };
+    for mix in [Mix::Nic64, Mix::Steady, Mix::Steady64, Mix::Spray] {
+        let (config, sets) = match mix {
+            Mix::Nic64 => (&nic_config, &nic_sets),
+            _ => (&config, &sets),
+        };
         let label = match mix {
+            Mix::Nic64 => "nic64",
             Mix::Steady => "steady",
             Mix::Steady64 => "steady64",
             Mix::Spray => "spray",
@@ -277,16 +336,17 @@ fn main() {
         let mut best = [f64::INFINITY; 4];
         let mut hits = [0u64; 4];
         for _ in 0..rounds {
-            for (i, (&count, set)) in counts.iter().zip(&sets).enumerate() {
+            for (i, (&count, set)) in counts.iter().zip(sets).enumerate() {
                 if !selected(&format!("classify {label}, {count} rules")) {
                     continue;
                 }
                 let set = RuleSet::new(set.clone()).expect("rule set");
-                let classifier = Classifier::new(&config, set).expect("classifier");
+                let classifier = Classifier::new(config, set).expect("classifier");
                 let step = |f: &[u8]| {
                     black_box(classifier.classify(f));
                 };
                 let ns = match mix {
+                    Mix::Nic64 => measure(&nic_frames, min_time, step),
                     Mix::Steady => measure(&frames, min_time, step),
                     Mix::Steady64 => measure(&frames[..64], min_time, step),
                     Mix::Spray => measure_spray(&mut frames.clone(), &spray_at, min_time, step),
