@@ -13,7 +13,7 @@ VM, no frontend: what is measured is the switch and the NIC).
    disabled (trust none: the EF frames share the FIFO with bulk, so the normal class's
    residence is theirs). Prints p50/p99/p99.9 and draws the CDFs to benches/out/residence.png.
 
-Usage: benches/nic.py [--secs 5] [--repeat 3] [--link-rate 100M]
+Usage: benches/nic.py [--secs 5] [--repeat 3] [--link-rate 100M] [--only rules|residence]
 Environment: PRISM_VNIC_BIN=path/to/prism-vnic (default: target/release/prism-vnic).
 """
 
@@ -127,63 +127,74 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--link-rate", default="100M")
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "out"))
+    ap.add_argument("--only", choices=("rules", "residence"),
+                    help="run one of the two benchmarks (default: both)")
     args = ap.parse_args()
     if not os.path.exists(PRISM):
         sys.exit(f"nic.py: {PRISM} missing: run .ci/patch-crates && cargo build --release "
                  "(or set PRISM_VNIC_BIN)")
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="nic-bench-") as work:
-        print("1. packet rate through a port's NIC with N flow rules (64 B, generator -> sink)")
-        print(f"{'rules':>6} | {'Mpps min/med/max':>22} | {'vs 0 rules':>10}")
-        # Interleaved (0, 10, 100, 1000, 0, 10, ...): on a shared machine the load drifts, and
-        # a drift then spreads over every rule count instead of landing on one.
-        counts = (0, 10, 100, 1000)
-        all_rates = {count: [] for count in counts}
-        for i in range(args.repeat):
-            for count in counts:
-                log(f"rules={count} run {i + 1}/{args.repeat}")
-                all_rates[count].append(rule_rate(work, count, args.secs))
-        base = None
-        for count in counts:
-            rates = sorted(all_rates[count])
-            med = statistics.median(rates)
-            base = base or med
-            print(f"{count:>6} | {rates[0] / 1e6:6.2f}/{med / 1e6:6.2f}/{rates[-1] / 1e6:6.2f} | "
-                  f"{(med / base - 1) * 100:+9.1f}%")
+        if args.only != "residence":
+            rule_cost(work, args)
+        if args.only != "rules":
+            priority(work, args)
 
-        print(f"\n2. NIC residence of a DSCP EF flow (1000 frames/s) with bulk saturating a "
-              f"{args.link_rate} link")
-        print(f"{'priority':>9} | {'frames':>7} | {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9} | drops (bulk)")
-        curves = {}
-        for trust, label in (("dscp", "on"), ("none", "off")):
-            runs = []
-            for i in range(args.repeat):
-                log(f"residence priority={label} run {i + 1}/{args.repeat}")
-                runs.append(residence(work, trust, args.link_rate, args.secs))
-            mid = sorted(runs, key=lambda r: r[0]["p99_ns"])[len(runs) // 2]
-            r, counters = mid
-            curves[label] = r["cdf_ns"]
-            print(f"{label:>9} | {r['count']:>7} | {r['p50_ns'] / 1e3:9.1f} {r['p99_ns'] / 1e3:9.1f} "
-                  f"{r['p999_ns'] / 1e3:9.1f} | {counters['rx_drops_no_buffer']}")
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for label, cdf in curves.items():
-                ax.plot([v / 1e3 for v in cdf], CDF_QUANTILES, marker="o", label=f"priority {label}")
-            ax.set_xscale("log")
-            ax.set_xlabel("NIC residence time of EF frames (us, log)")
-            ax.set_ylabel("CDF")
-            ax.set_title(f"EF flow under bulk, {args.link_rate} link")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-            path = os.path.join(args.out, "residence.png")
-            fig.tight_layout()
-            fig.savefig(path, dpi=120)
-            print(f"\nplot: {path}")
-        except ImportError:
-            print("\n(matplotlib missing: no plot; apt-get install python3-matplotlib, run with /usr/bin/python3)")
+
+def rule_cost(work, args):
+    print("1. packet rate through a port's NIC with N flow rules (64 B, generator -> sink)")
+    print(f"{'rules':>6} | {'Mpps min/med/max':>22} | {'vs 0 rules':>10}")
+    # Interleaved (0, 10, 100, 1000, 0, 10, ...): on a shared machine the load drifts, and
+    # a drift then spreads over every rule count instead of landing on one.
+    counts = (0, 10, 100, 1000)
+    all_rates = {count: [] for count in counts}
+    for i in range(args.repeat):
+        for count in counts:
+            log(f"rules={count} run {i + 1}/{args.repeat}")
+            all_rates[count].append(rule_rate(work, count, args.secs))
+    base = None
+    for count in counts:
+        rates = sorted(all_rates[count])
+        med = statistics.median(rates)
+        base = base or med
+        print(f"{count:>6} | {rates[0] / 1e6:6.2f}/{med / 1e6:6.2f}/{rates[-1] / 1e6:6.2f} | "
+              f"{(med / base - 1) * 100:+9.1f}%")
+
+
+def priority(work, args):
+    print(f"\n2. NIC residence of a DSCP EF flow (1000 frames/s) with bulk saturating a "
+          f"{args.link_rate} link")
+    print(f"{'priority':>9} | {'frames':>7} | {'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9} | drops (bulk)")
+    curves = {}
+    for trust, label in (("dscp", "on"), ("none", "off")):
+        runs = []
+        for i in range(args.repeat):
+            log(f"residence priority={label} run {i + 1}/{args.repeat}")
+            runs.append(residence(work, trust, args.link_rate, args.secs))
+        mid = sorted(runs, key=lambda r: r[0]["p99_ns"])[len(runs) // 2]
+        r, counters = mid
+        curves[label] = r["cdf_ns"]
+        print(f"{label:>9} | {r['count']:>7} | {r['p50_ns'] / 1e3:9.1f} {r['p99_ns'] / 1e3:9.1f} "
+              f"{r['p999_ns'] / 1e3:9.1f} | {counters['rx_drops_no_buffer']}")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, cdf in curves.items():
+            ax.plot([v / 1e3 for v in cdf], CDF_QUANTILES, marker="o", label=f"priority {label}")
+        ax.set_xscale("log")
+        ax.set_xlabel("NIC residence time of EF frames (us, log)")
+        ax.set_ylabel("CDF")
+        ax.set_title(f"EF flow under bulk, {args.link_rate} link")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        path = os.path.join(args.out, "residence.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        print(f"\nplot: {path}")
+    except ImportError:
+        print("\n(matplotlib missing: no plot; apt-get install python3-matplotlib, run with /usr/bin/python3)")
 
 
 if __name__ == "__main__":
