@@ -1,6 +1,6 @@
 //! An exact-match flow cache in front of the rule lookup (the idea of Open vSwitch's exact
 //! match cache, or of a NIC's flow-table cache): the fields of a parsed frame that the
-//! decision depends on, packed into words by the parser ([`PackedKey`]), map to the decision
+//! decision depends on, packed into words ([`PackedKey::of`]), map to the decision
 //! the classifier computed for them the last time. A frame of a flow seen recently then costs
 //! a multiply-add hash and a compare of four words (plain IPv4; twelve with IPv6 or VXLAN)
 //! instead of several bucket probes, the trust mode, the Toeplitz hash and the indirection

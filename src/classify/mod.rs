@@ -12,11 +12,16 @@
 //! decision. No I/O, no allocation, no locks: the only shared writes are the rule hit counters
 //! (relaxed atomics).
 //!
-//! With rules, the decision for a parsed frame is remembered in a per-thread exact-match flow
-//! cache ([`cache`]) keyed by the fields it depends on and this classifier's id: a frame of a
-//! recently seen flow skips the rule lookup, trust and RSS (a few ns instead of tens with many
-//! rules), still counting its rule's hit. With no rules there is nothing worth caching (trust
-//! and RSS alone cost about what a cache probe does), so the cache is not touched.
+//! With rules, a parsed frame first meets the rule screen ([`rules::RuleSet::may_match`]): a
+//! few bitmap tests of its ports, DSCP, VNI and addresses that prove, for most frames of most
+//! workloads (rules pick out a few flows), that no rule can match it. Such a frame is then
+//! decided exactly as without rules (trust and RSS), which is why rules that the traffic does
+//! not match cost about the screen and nothing more, however many there are. A frame some rule
+//! may match goes to a per-thread exact-match flow cache ([`cache`]) keyed by the fields its
+//! decision depends on and this classifier's id: a frame of a recently seen flow skips the
+//! rule lookup, trust and RSS (a few ns instead of tens with many rules), still counting its
+//! rule's hit; the screen costs less than the cache's probe (no thread-local access, no key
+//! to pack and hash, no entry to load), so it goes first. With no rules neither is used.
 
 pub mod cache;
 pub mod parse;
@@ -253,42 +258,42 @@ impl Classifier {
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Decision {
         let mut parsed = Parsed::default();
-        if self.rules.is_empty() {
-            FlowKey::parse_into(frame, &self.vxlan_ports, &mut parsed);
-            if let Some(error) = parsed.error {
-                return self.parse_error_decision(error);
-            }
-            return self.decide(&parsed.key, None).decision;
-        }
-        let mut packed = PackedKey::default();
-        FlowKey::parse_packed_into(frame, &self.vxlan_ports, &mut parsed, &mut packed);
+        FlowKey::parse_into(frame, &self.vxlan_ports, &mut parsed);
         if let Some(error) = parsed.error {
             return self.parse_error_decision(error);
         }
         let key = &parsed.key;
-        packed.words[0] = self.id;
-        let cached = packed
-            .is_complete()
-            .then(|| {
-                cache::with_thread_cache(|cache| {
-                    let cached = cache.get_or_insert(&packed, || self.decide_with_rules(key));
-                    if let Some(index) = cached.rule_index {
-                        cache.count_hit(self.id, &self.rules, index as usize);
-                    }
-                    cached
-                })
-            })
-            .flatten();
-        match cached {
-            Some(cached) => cached.decision,
-            None => {
-                let decided = self.decide_with_rules(key);
-                if let Some(index) = decided.rule_index {
-                    self.rules.count_hit(index as usize);
+        if self.rules.is_empty() || !self.rules.may_match(key) {
+            // No rule can match (with rules, the case of most frames: rules pick out a few
+            // flows). The screen proved it in fewer steps than a cache probe takes.
+            return self.decide(key, None).decision;
+        }
+        self.classify_cached(key)
+    }
+
+    /// The decision for a parsed frame some rule may match: from this thread's flow cache,
+    /// else computed and cached. Out of line: the common case above stays small.
+    #[inline(never)]
+    fn classify_cached(&self, key: &FlowKey) -> Decision {
+        let mut packed = PackedKey::of(key);
+        if packed.is_complete() {
+            packed.words[0] = self.id;
+            let cached = cache::with_thread_cache(|cache| {
+                let cached = cache.get_or_insert(&packed, || self.decide_with_rules(key));
+                if let Some(index) = cached.rule_index {
+                    cache.count_hit(self.id, &self.rules, index as usize);
                 }
-                decided.decision
+                cached.decision
+            });
+            if let Some(decision) = cached {
+                return decision;
             }
         }
+        let decided = self.decide_with_rules(key);
+        if let Some(index) = decided.rule_index {
+            self.rules.count_hit(index as usize);
+        }
+        decided.decision
     }
 
     /// The decision for a frame the parser could not finish: the defaults, with the reason.

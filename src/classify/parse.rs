@@ -179,18 +179,22 @@ impl ParseError {
 /// Words in a [`PackedKey`].
 pub const PACKED_WORDS: usize = 12;
 
-/// The fields of a [`FlowKey`] that classification depends on, packed into words while
-/// parsing (by [`FlowKey::parse_packed_into`]), as the flow cache's key ([`super::cache`]).
+/// The fields of a [`FlowKey`] that classification depends on, packed into words
+/// ([`PackedKey::of`]), as the flow cache's key ([`super::cache`]). Packed after parsing, and
+/// only for frames the classifier looks up in the cache: most frames with rules are decided
+/// without it (see [`super`]), and would pay for the packing for nothing.
 ///
 /// `words[0]` is left 0 for the classifier to put its id in. `words[1]` holds the VNI
-/// (bits 0..24), the outer layer's [`packed`] flags (bits 24..32), the inner layer's (32..40),
-/// and whether there is a VNI (bit 40) and an inner layer (bit 41). Then, per layer reached,
-/// outer first: its addresses (IPv4: one word, source in the high half; IPv6: four words,
-/// source first, high half first) when it has IP, then its meta word: source port (bits
-/// 48..64), destination port (32..48), protocol (24..32), DSCP (16..24), and the outermost
-/// VLAN tag's PCP and id (bits 0..16, as in the tag with the DEI bit clear). Absent fields are
-/// 0 and the flags say which are present, so equal words mean equal fields (given the flags in
-/// `words[1]`, the layout of the rest is fixed); unused words stay 0.
+/// (bits 0..24), the outer layer's [`packed`] flags (bits 24..36), the inner layer's (36..48),
+/// and whether there is a VNI (bit 48) and an inner layer (bit 49). Then, per layer present,
+/// outer first: its addresses (two IPv4 addresses: one word, source in the high half; else
+/// each address present, source first: IPv4 one word, IPv6 two, high half first), then its
+/// meta word: source port (bits 48..64), destination port (32..48), protocol (24..32), DSCP
+/// (16..24), and the outermost VLAN tag's PCP and id (bits 0..16, as in the tag with the DEI
+/// bit clear). Absent fields are 0 and the flags say which are present, so equal words mean
+/// equal fields (given the flags in `words[1]`, the layout of the rest is fixed) for every
+/// key the parser makes (its VLAN ids fit 12 bits, PCPs 3, DSCPs 6, VNIs 24); unused words
+/// stay 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PackedKey {
     pub words: [u64; PACKED_WORDS],
@@ -202,23 +206,104 @@ pub struct PackedKey {
 pub mod packed {
     /// A VLAN tag is present (its PCP and id are in the meta word).
     pub const VLAN: u64 = 1 << 0;
-    /// IPv4 addresses, DSCP and protocol are present.
-    pub const IPV4: u64 = 1 << 1;
-    /// IPv6 addresses, DSCP and protocol are present.
-    pub const IPV6: u64 = 1 << 2;
-    /// Source and destination ports are present.
-    pub const PORTS: u64 = 1 << 3;
+    /// The source (destination) address is present, IPv4 or IPv6.
+    pub const SRC_V4: u64 = 1 << 1;
+    pub const SRC_V6: u64 = 1 << 2;
+    pub const DST_V4: u64 = 1 << 3;
+    pub const DST_V6: u64 = 1 << 4;
+    /// DSCP, protocol, source port and destination port are present.
+    pub const DSCP: u64 = 1 << 5;
+    pub const PROTO: u64 = 1 << 6;
+    pub const SRC_PORT: u64 = 1 << 7;
+    pub const DST_PORT: u64 = 1 << 8;
     /// The packet is an IP fragment.
-    pub const FRAGMENT: u64 = 1 << 4;
+    pub const FRAGMENT: u64 = 1 << 9;
     pub const OUTER_FLAGS_SHIFT: u32 = 24;
-    pub const INNER_FLAGS_SHIFT: u32 = 32;
-    pub const HAS_VNI: u64 = 1 << 40;
-    pub const HAS_INNER: u64 = 1 << 41;
+    pub const INNER_FLAGS_SHIFT: u32 = 36;
+    pub const HAS_VNI: u64 = 1 << 48;
+    pub const HAS_INNER: u64 = 1 << 49;
 }
 
 impl PackedKey {
-    /// Appends a word (a full key is a bug in this module: the word is dropped, and the key,
-    /// which then misses a field, is marked unusable by `len` past the end).
+    /// The packed form of `key`, word 0 left 0.
+    #[inline]
+    pub fn of(key: &FlowKey) -> PackedKey {
+        let mut packed = PackedKey {
+            words: [0; PACKED_WORDS],
+            len: 2,
+        };
+        let mut misc = packed.push_layer(&key.outer) << packed::OUTER_FLAGS_SHIFT;
+        if let Some(vni) = key.vni {
+            misc |= u64::from(vni & 0x00ff_ffff) | packed::HAS_VNI;
+        }
+        if let Some(inner) = &key.inner {
+            misc |= packed::HAS_INNER | (packed.push_layer(inner) << packed::INNER_FLAGS_SHIFT);
+        }
+        packed.words[1] = misc;
+        packed
+    }
+
+    /// Appends the words of one layer; returns its flags.
+    #[inline(always)]
+    fn push_layer(&mut self, layer: &LayerKey) -> u64 {
+        let mut flags = 0;
+        let mut meta = 0;
+        if let Some(tag) = layer.outer_vlan() {
+            flags |= packed::VLAN;
+            meta |= (u64::from(tag.pcp & 7) << 13) | u64::from(tag.vid & 0x0fff);
+        }
+        match (layer.src_ip, layer.dst_ip) {
+            (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) => {
+                flags |= packed::SRC_V4 | packed::DST_V4;
+                self.push((u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst)));
+            }
+            (src, dst) => {
+                for (address, v4, v6) in [
+                    (src, packed::SRC_V4, packed::SRC_V6),
+                    (dst, packed::DST_V4, packed::DST_V6),
+                ] {
+                    match address {
+                        Some(IpAddr::V4(address)) => {
+                            flags |= v4;
+                            self.push(u64::from(u32::from(address)));
+                        }
+                        Some(IpAddr::V6(address)) => {
+                            flags |= v6;
+                            let address = u128::from(address);
+                            self.push((address >> 64) as u64);
+                            self.push(address as u64);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        if let Some(dscp) = layer.dscp {
+            flags |= packed::DSCP;
+            meta |= u64::from(dscp) << 16;
+        }
+        if let Some(proto) = layer.proto {
+            flags |= packed::PROTO;
+            meta |= u64::from(proto) << 24;
+        }
+        if let Some(port) = layer.dst_port {
+            flags |= packed::DST_PORT;
+            meta |= u64::from(port) << 32;
+        }
+        if let Some(port) = layer.src_port {
+            flags |= packed::SRC_PORT;
+            meta |= u64::from(port) << 48;
+        }
+        if layer.fragment {
+            flags |= packed::FRAGMENT;
+        }
+        self.push(meta);
+        flags
+    }
+
+    /// Appends a word (past the end: the word is dropped, and the key, which then misses a
+    /// field, is marked unusable by `len` past the end; two layers of at most five words
+    /// after the id and misc words fit exactly, so this does not happen).
     #[inline(always)]
     fn push(&mut self, word: u64) {
         if let Some(slot) = self.words.get_mut(self.len) {
@@ -227,92 +312,10 @@ impl PackedKey {
         self.len += 1;
     }
 
-    /// True when every field fitted (always, for keys the parser makes).
+    /// True when every field fitted (always, for keys of parsed frames).
     #[inline]
     pub fn is_complete(&self) -> bool {
         self.len <= PACKED_WORDS
-    }
-}
-
-/// What the walk reports, field by field, besides the [`LayerKey`]: nothing for plain parsing
-/// ([`NoPacking`], which compiles away), the packed key's words for the flow cache
-/// ([`LayerPacker`]).
-trait Packer {
-    fn vlan(&mut self, vid: u16, pcp: u8);
-    fn ipv4(&mut self, src: [u8; 4], dst: [u8; 4], dscp: u8, proto: u8, fragment: bool);
-    fn ipv6(&mut self, src: [u8; 16], dst: [u8; 16], dscp: u8, proto: u8, fragment: bool);
-    fn ports(&mut self, src: u16, dst: u16);
-    /// The layer's walk ended without an error.
-    fn finish(self, flags_shift: u32);
-}
-
-struct NoPacking;
-
-impl Packer for NoPacking {
-    #[inline(always)]
-    fn vlan(&mut self, _: u16, _: u8) {}
-    #[inline(always)]
-    fn ipv4(&mut self, _: [u8; 4], _: [u8; 4], _: u8, _: u8, _: bool) {}
-    #[inline(always)]
-    fn ipv6(&mut self, _: [u8; 16], _: [u8; 16], _: u8, _: u8, _: bool) {}
-    #[inline(always)]
-    fn ports(&mut self, _: u16, _: u16) {}
-    #[inline(always)]
-    fn finish(self, _: u32) {}
-}
-
-/// Collects one layer's words for a [`PackedKey`].
-struct LayerPacker<'a> {
-    packed: &'a mut PackedKey,
-    flags: u64,
-    meta: u64,
-}
-
-impl LayerPacker<'_> {
-    #[inline(always)]
-    fn ip_meta(&mut self, family: u64, dscp: u8, proto: u8, fragment: bool) {
-        self.flags |= family;
-        if fragment {
-            self.flags |= packed::FRAGMENT;
-        }
-        self.meta |= (u64::from(proto) << 24) | (u64::from(dscp) << 16);
-    }
-}
-
-impl Packer for LayerPacker<'_> {
-    #[inline(always)]
-    fn vlan(&mut self, vid: u16, pcp: u8) {
-        self.flags |= packed::VLAN;
-        self.meta |= (u64::from(pcp & 7) << 13) | u64::from(vid & 0x0fff);
-    }
-
-    #[inline(always)]
-    fn ipv4(&mut self, src: [u8; 4], dst: [u8; 4], dscp: u8, proto: u8, fragment: bool) {
-        let addrs = (u64::from(u32::from_be_bytes(src)) << 32) | u64::from(u32::from_be_bytes(dst));
-        self.packed.push(addrs);
-        self.ip_meta(packed::IPV4, dscp, proto, fragment);
-    }
-
-    #[inline(always)]
-    fn ipv6(&mut self, src: [u8; 16], dst: [u8; 16], dscp: u8, proto: u8, fragment: bool) {
-        for addr in [u128::from_be_bytes(src), u128::from_be_bytes(dst)] {
-            self.packed.push((addr >> 64) as u64);
-            self.packed.push(addr as u64);
-        }
-        self.ip_meta(packed::IPV6, dscp, proto, fragment);
-    }
-
-    #[inline(always)]
-    fn ports(&mut self, src: u16, dst: u16) {
-        self.flags |= packed::PORTS;
-        self.meta |= (u64::from(src) << 48) | (u64::from(dst) << 32);
-    }
-
-    /// Appends the meta word and puts the flags in the misc word.
-    #[inline(always)]
-    fn finish(self, flags_shift: u32) {
-        self.packed.push(self.meta);
-        self.packed.words[1] |= self.flags << flags_shift;
     }
 }
 
@@ -331,26 +334,22 @@ struct LayerEnd<'a> {
     udp_payload: Option<&'a [u8]>,
 }
 
-/// The three stages of one layer, so one walk serves outer and inner, and where the layer's
-/// flags go in a [`PackedKey`].
+/// The three stages of one layer, so one walk serves outer and inner.
 struct LayerStages {
     l2: Stage,
     l3: Stage,
     l4: Stage,
-    flags_shift: u32,
 }
 
 const OUTER: LayerStages = LayerStages {
     l2: Stage::OuterL2,
     l3: Stage::OuterL3,
     l4: Stage::OuterL4,
-    flags_shift: packed::OUTER_FLAGS_SHIFT,
 };
 const INNER: LayerStages = LayerStages {
     l2: Stage::InnerL2,
     l3: Stage::InnerL3,
     l4: Stage::InnerL4,
-    flags_shift: packed::INNER_FLAGS_SHIFT,
 };
 
 impl FlowKey {
@@ -368,60 +367,17 @@ impl FlowKey {
     #[inline]
     pub fn parse_into(frame: &[u8], vxlan_ports: &[u16], parsed: &mut Parsed) {
         *parsed = Parsed::default();
-        let Some(udp_payload) = parse_outer(frame, vxlan_ports, parsed, NoPacking) else {
+        let Some(udp_payload) = parse_outer(frame, vxlan_ports, parsed) else {
             return;
         };
-        parse_vxlan(udp_payload, parsed, NoPacking);
-    }
-
-    /// [`parse_into`](Self::parse_into), also packing the fields into `packed` (reset
-    /// first; meaningful when `parsed.error` is `None`). Word 0 is left 0.
-    #[inline]
-    pub fn parse_packed_into(
-        frame: &[u8],
-        vxlan_ports: &[u16],
-        parsed: &mut Parsed,
-        packed: &mut PackedKey,
-    ) {
-        *parsed = Parsed::default();
-        *packed = PackedKey {
-            words: [0; PACKED_WORDS],
-            len: 2,
-        };
-        let outer = LayerPacker {
-            packed: &mut *packed,
-            flags: 0,
-            meta: 0,
-        };
-        let Some(udp_payload) = parse_outer(frame, vxlan_ports, parsed, outer) else {
-            return;
-        };
-        let inner = LayerPacker {
-            packed: &mut *packed,
-            flags: 0,
-            meta: 0,
-        };
-        if let Some(vni) = parse_vxlan(udp_payload, parsed, inner) {
-            packed.words[1] |= u64::from(vni & 0x00ff_ffff) | packed::HAS_VNI | packed::HAS_INNER;
-        }
+        parse_vxlan(udp_payload, parsed);
     }
 }
 
 /// Parses the outer layer; returns the UDP payload when it is to be decapsulated as VXLAN.
 #[inline(always)]
-fn parse_outer<'a>(
-    frame: &'a [u8],
-    vxlan_ports: &[u16],
-    parsed: &mut Parsed,
-    packer: impl Packer,
-) -> Option<&'a [u8]> {
-    let end = match parse_layer(
-        frame,
-        &mut parsed.key.outer,
-        &mut parsed.reached,
-        &OUTER,
-        packer,
-    ) {
+fn parse_outer<'a>(frame: &'a [u8], vxlan_ports: &[u16], parsed: &mut Parsed) -> Option<&'a [u8]> {
+    let end = match parse_layer(frame, &mut parsed.key.outer, &mut parsed.reached, &OUTER) {
         Ok(end) => end,
         Err(error) => {
             parsed.error = Some(error);
@@ -434,59 +390,35 @@ fn parse_outer<'a>(
     vxlan_ports.contains(&port).then_some(udp_payload)
 }
 
-/// Parses the VXLAN header and the inner layer; returns the VNI once the header was read.
+/// Parses the VXLAN header and the inner layer.
 #[inline(always)]
-fn parse_vxlan(udp_payload: &[u8], parsed: &mut Parsed, packer: impl Packer) -> Option<u32> {
+fn parse_vxlan(udp_payload: &[u8], parsed: &mut Parsed) {
     let vxlan = match VxlanPacket::new_checked(udp_payload) {
         Ok(vxlan) => vxlan,
         Err(ViewError::Truncated) => {
             parsed.error = Some(ParseError::VxlanTruncated);
-            return None;
+            return;
         }
         Err(ViewError::Malformed) => {
             parsed.error = Some(ParseError::VxlanNoVni);
-            return None;
+            return;
         }
     };
-    let vni = vxlan.vni();
-    parsed.key.vni = Some(vni);
+    parsed.key.vni = Some(vxlan.vni());
     parsed.reached = Stage::Vxlan;
     let inner = parsed.key.inner.insert(LayerKey::default());
-    let result = parse_layer(
-        vxlan.into_payload(),
-        inner,
-        &mut parsed.reached,
-        &INNER,
-        packer,
-    );
-    if let Err(error) = result {
+    if let Err(error) = parse_layer(vxlan.into_payload(), inner, &mut parsed.reached, &INNER) {
         parsed.error = Some(error);
     }
-    Some(vni)
 }
 
-/// Walks one Ethernet/VLAN/IP/L4 stack, filling `key` (and telling `packer`) as each header
-/// proves complete.
+/// Walks one Ethernet/VLAN/IP/L4 stack, filling `key` as each header proves complete.
 #[inline]
 fn parse_layer<'a>(
     frame: &'a [u8],
     key: &mut LayerKey,
     reached: &mut Stage,
     stages: &LayerStages,
-    mut packer: impl Packer,
-) -> Result<LayerEnd<'a>, ParseError> {
-    let end = walk_layer(frame, key, reached, stages, &mut packer)?;
-    packer.finish(stages.flags_shift);
-    Ok(end)
-}
-
-#[inline(always)]
-fn walk_layer<'a>(
-    frame: &'a [u8],
-    key: &mut LayerKey,
-    reached: &mut Stage,
-    stages: &LayerStages,
-    packer: &mut impl Packer,
 ) -> Result<LayerEnd<'a>, ParseError> {
     let none = LayerEnd { udp_payload: None };
     let eth = EthernetFrame::new_checked(frame).map_err(|_| ParseError::EthernetTruncated)?;
@@ -503,9 +435,6 @@ fn walk_layer<'a>(
             vid: tci.vid(),
             pcp: tci.pcp(),
         };
-        if tags == 0 {
-            packer.vlan(tci.vid(), tci.pcp());
-        }
         tags += 1;
         key.vlan_count = tags as u8;
         ether = tag.ethertype();
@@ -529,7 +458,6 @@ fn walk_layer<'a>(
             key.dscp = Some(ip.dscp());
             key.proto = Some(ip.protocol());
             key.fragment = ip.is_fragment();
-            packer.ipv4(src, dst, ip.dscp(), ip.protocol(), key.fragment);
             (ip.protocol(), ip.into_payload(), ip.fragment_offset() != 0)
         }
         ethertype::IPV6 => {
@@ -549,7 +477,6 @@ fn walk_layer<'a>(
                 })?;
             key.proto = Some(upper.protocol);
             key.fragment = upper.is_fragment;
-            packer.ipv6(src, dst, ip.dscp(), upper.protocol, upper.is_fragment);
             let upper_bytes = payload.get(upper.offset..).unwrap_or(&[]);
             (upper.protocol, upper_bytes, upper.later_fragment)
         }
@@ -568,7 +495,6 @@ fn walk_layer<'a>(
             })?;
             key.src_port = Some(tcp.src_port());
             key.dst_port = Some(tcp.dst_port());
-            packer.ports(tcp.src_port(), tcp.dst_port());
             *reached = stages.l4;
             Ok(none)
         }
@@ -576,7 +502,6 @@ fn walk_layer<'a>(
             let udp = UdpPacket::new_checked(l4).map_err(|_| ParseError::UdpTruncated)?;
             key.src_port = Some(udp.src_port());
             key.dst_port = Some(udp.dst_port());
-            packer.ports(udp.src_port(), udp.dst_port());
             *reached = stages.l4;
             Ok(LayerEnd {
                 udp_payload: Some(udp.into_payload()),

@@ -30,6 +30,15 @@
 //! first full match in a list is that list's best, and the lowest over all lists wins, exactly
 //! as a linear scan in location order would.
 //!
+//! Beside the buckets is a [`RuleScreen`]: per field, which values some bucketed rule names
+//! (a bit per port, a bit per DSCP value, and a small Bloom filter of the prefixes' networks
+//! and the VNIs). [`RuleSet::may_match`] reads it to prove "no rule can match this frame"
+//! with a handful of loads and no hash-table probe. Most frames of most workloads match no
+//! rule (the rules pick out a few flows), and for them this is cheaper than the lookup, and
+//! than the flow cache's probe too (see [`super`]). The screen errs only towards "may match"
+//! (it ignores the protocol and layer of a port, a Bloom filter has false positives), which
+//! costs the lookup and is never a wrong answer.
+//!
 //! Each rule has a hit counter ([`RuleSet::hits`]) readable while the data path runs: a
 //! shared atomic per rule, plus one [`HitShard`] per thread that counts through the flow
 //! cache (a thread alone writes its shard, so it counts with a plain load and store instead
@@ -602,6 +611,7 @@ const KIND_DSCP: u64 = 4;
 const KIND_SRC_NET: u64 = 5;
 const KIND_DST_NET: u64 = 6;
 
+#[inline(always)]
 fn bucket_key(kind: u64, layer: Layer, proto: u8, value: u32) -> u64 {
     let layer_bit = match layer {
         Layer::Outer => 0,
@@ -613,6 +623,7 @@ fn bucket_key(kind: u64, layer: Layer, proto: u8, value: u32) -> u64 {
 /// The bucket of an address prefix: a 64-bit digest of (kind, layer, family, length, network).
 /// Digests of different prefixes may collide; that only puts a few more rules in a list, since
 /// every candidate is fully matched anyway, so the lookup stays exact.
+#[inline(always)]
 fn net_key(kind: u64, layer: Layer, is_v6: bool, len: u8, bits: u128) -> u64 {
     let tag = bucket_key(kind, layer, u8::from(is_v6), u32::from(len));
     let folded = (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29);
@@ -638,6 +649,148 @@ struct NetShape {
     is_v6: bool,
     len: u8,
     mask: u128,
+    /// A digest of the above, setting this shape's networks apart in the [`NetworkFilter`].
+    tag: u64,
+}
+
+impl NetShape {
+    fn new(kind: u64, layer: Layer, prefix: &IpPrefix) -> Self {
+        let is_v6 = prefix.is_ipv6();
+        let tag = bucket_key(kind, layer, u8::from(is_v6), u32::from(prefix.len))
+            .wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+            .rotate_left(31);
+        NetShape {
+            kind,
+            layer,
+            is_v6,
+            len: prefix.len,
+            mask: prefix.mask,
+            tag,
+        }
+    }
+}
+
+/// An outer-layer IPv4 prefix shape (the common case), screened from the address as a `u32`:
+/// the [`NetworkFilter`] key [`network_filter_key`] gives for an IPv4 network is
+/// `u64::from(network) ^ tag`.
+#[derive(Debug, Clone, Copy)]
+struct OuterV4Shape {
+    /// All ones for a shape of source prefixes, 0 for destination ones: the address is then
+    /// `dst ^ ((src ^ dst) & select)`, with no branch and no memory access.
+    select: u32,
+    mask: u32,
+    tag: u64,
+}
+
+/// Which values of each bucketed field some rule names, for [`RuleSet::may_match`]. A bucket
+/// exists for a rule's key only if the rule's field value is in here, so a frame none of whose
+/// fields are in here can match no bucketed rule.
+#[derive(Debug, Default)]
+struct RuleScreen {
+    /// A bit per port (none when no rule is bucketed by that port): some rule bucketed by
+    /// its destination (source) port names it, for any protocol and layer.
+    dst_ports: Option<Box<PortBitmap>>,
+    src_ports: Option<Box<PortBitmap>>,
+    /// Bit `d`: some rule bucketed by its DSCP names `d`.
+    dscps: u64,
+    /// A Bloom filter of the networks of the rules bucketed by a prefix (each tagged with its
+    /// shape, so a probe for one shape cannot hit another's) and of the bucketed VNIs.
+    networks: NetworkFilter,
+}
+
+/// One bit for each of the 65536 ports (8 KiB, of which a frame reads one line per port).
+type PortBitmap = [u64; 1 << 10];
+
+impl RuleScreen {
+    #[inline(always)]
+    fn has_port(bitmap: &Option<Box<PortBitmap>>, port: u16) -> bool {
+        // `port >> 6` is below 1024: no bounds check.
+        bitmap
+            .as_ref()
+            .is_some_and(|bitmap| bitmap[usize::from(port >> 6)] & (1 << (port & 63)) != 0)
+    }
+
+    fn add_port(bitmap: &mut Option<Box<PortBitmap>>, port: u16) {
+        let bitmap = bitmap.get_or_insert_with(|| Box::new([0; 1 << 10]));
+        bitmap[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    /// Whether some rule bucketed by a field of `layer` may match it (its port and DSCP
+    /// fields; prefixes are screened per shape by [`RuleSet::may_match`]).
+    #[inline(always)]
+    fn layer_may_match(&self, layer: &LayerKey) -> bool {
+        // Plain `|`: the tests are cheap and independent, and no branch is then mispredicted
+        // on which of them fires.
+        layer
+            .dst_port
+            .is_some_and(|port| Self::has_port(&self.dst_ports, port))
+            | layer
+                .src_port
+                .is_some_and(|port| Self::has_port(&self.src_ports, port))
+            | layer
+                .dscp
+                .is_some_and(|dscp| self.dscps & (1 << (dscp & 63)) != 0)
+    }
+}
+
+/// The Bloom filter of a [`RuleScreen`]: one bit per key, picked by the top bits of one
+/// multiply (a short chain: multiply, shift, load, test). Its fixed size (4 KiB, of which a
+/// frame reads a line per network it names) spares the per-query loads of a size and a bounds
+/// check; a false "maybe" is about 1 in 64 with 500 keys (1000 rules, half of them on
+/// prefixes) and 1 in 7 with 5000. Not keyed: the keys come from the operator's rules, and a
+/// frame aimed at a false "maybe" only costs the lookup the screen would have saved.
+#[derive(Debug)]
+struct NetworkFilter {
+    words: Box<[u64; NetworkFilter::WORDS]>,
+}
+
+impl Default for NetworkFilter {
+    fn default() -> Self {
+        NetworkFilter {
+            words: Box::new([0; NetworkFilter::WORDS]),
+        }
+    }
+}
+
+impl NetworkFilter {
+    const BITS_LOG2: u32 = 15;
+    const WORDS: usize = 1 << (Self::BITS_LOG2 - 6);
+
+    fn new(keys: &[u64]) -> Self {
+        let mut filter = NetworkFilter::default();
+        for &key in keys {
+            let (index, bit) = Self::position(key);
+            filter.words[index] |= bit;
+        }
+        filter
+    }
+
+    /// The word of `key`'s bit (below [`WORDS`](Self::WORDS): no bounds check), and the bit.
+    #[inline(always)]
+    fn position(key: u64) -> (usize, u64) {
+        let index = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - Self::BITS_LOG2);
+        ((index >> 6) as usize, 1 << (index & 63))
+    }
+
+    /// False when `key` is certainly not one of the filter's keys.
+    #[inline(always)]
+    fn may_contain(&self, key: u64) -> bool {
+        let (index, bit) = Self::position(key);
+        self.words[index] & bit != 0
+    }
+}
+
+/// The [`NetworkFilter`] key of a network (an address already masked to the shape's length)
+/// of prefix shape `shape_tag` ([`NetShape::tag`]).
+#[inline(always)]
+fn network_filter_key(shape_tag: u64, network: u128) -> u64 {
+    (network as u64) ^ ((network >> 64) as u64).rotate_left(29) ^ shape_tag
+}
+
+/// The [`NetworkFilter`] key of a VNI: apart from the networks' keys by a tag of its own.
+#[inline(always)]
+fn vni_filter_key(vni: u32) -> u64 {
+    u64::from(vni) ^ 0x5bd1_e995_0000_0000
 }
 
 /// One thread's hit counters for the rules of one [`RuleSet`] (index = position in location
@@ -675,6 +828,11 @@ pub struct RuleSet {
     net_shapes: Box<[NetShape]>,
     /// Bit `1 << kind` set when some bucket of that kind exists (skips useless probes).
     present: u8,
+    /// Which field values the bucketed rules name (for [`may_match`](Self::may_match)).
+    screen: RuleScreen,
+    /// `net_shapes` split for the screen: the outer IPv4 ones, and the others.
+    outer_v4_shapes: Box<[OuterV4Shape]>,
+    other_shapes: Box<[NetShape]>,
 }
 
 impl RuleSet {
@@ -735,6 +893,8 @@ impl RuleSet {
         let mut residual = Vec::new();
         let mut net_shapes: Vec<NetShape> = Vec::new();
         let mut present = 0u8;
+        let mut screen = RuleScreen::default();
+        let mut network_keys = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
             let index = index as u32;
             let m = &rule.matches;
@@ -744,31 +904,30 @@ impl RuleSet {
                 None => &[proto::TCP, proto::UDP],
             };
             let (kind, keys): (u64, Vec<u64>) = if let Some(port) = m.dst_port {
+                RuleScreen::add_port(&mut screen.dst_ports, port);
                 let keys = protos
                     .iter()
                     .map(|&p| bucket_key(KIND_DST_PORT, m.layer, p, u32::from(port)));
                 (KIND_DST_PORT, keys.collect())
             } else if let Some(port) = m.src_port {
+                RuleScreen::add_port(&mut screen.src_ports, port);
                 let keys = protos
                     .iter()
                     .map(|&p| bucket_key(KIND_SRC_PORT, m.layer, p, u32::from(port)));
                 (KIND_SRC_PORT, keys.collect())
             } else if let Some(vni) = m.vni {
+                network_keys.push(vni_filter_key(vni));
                 (KIND_VNI, vec![bucket_key(KIND_VNI, Layer::Outer, 0, vni)])
             } else if let Some((kind, net)) = selective_prefix(m) {
-                let shape = NetShape {
-                    kind,
-                    layer: m.layer,
-                    is_v6: net.is_ipv6(),
-                    len: net.len,
-                    mask: net.mask,
-                };
+                let shape = NetShape::new(kind, m.layer, &net);
+                network_keys.push(network_filter_key(shape.tag, net.bits));
                 if !net_shapes.contains(&shape) {
                     net_shapes.push(shape);
                 }
                 let key = net_key(kind, m.layer, shape.is_v6, net.len, net.bits);
                 (kind, vec![key])
             } else if let Some(dscp) = m.dscp {
+                screen.dscps |= 1 << (dscp & 63);
                 (
                     KIND_DSCP,
                     vec![bucket_key(KIND_DSCP, m.layer, 0, u32::from(dscp))],
@@ -782,6 +941,22 @@ impl RuleSet {
                 lists.entry(key).or_default().push(index);
             }
         }
+        screen.networks = NetworkFilter::new(&network_keys);
+        let (outer_v4, other_shapes): (Vec<NetShape>, Vec<NetShape>) = net_shapes
+            .iter()
+            .partition(|shape| shape.layer == Layer::Outer && !shape.is_v6);
+        let outer_v4_shapes = outer_v4
+            .iter()
+            .map(|shape| OuterV4Shape {
+                select: if shape.kind == KIND_SRC_NET {
+                    u32::MAX
+                } else {
+                    0
+                },
+                mask: shape.mask as u32,
+                tag: shape.tag,
+            })
+            .collect();
         let buckets = lists
             .into_iter()
             .map(|(key, list)| (key, list.into_boxed_slice()))
@@ -795,6 +970,9 @@ impl RuleSet {
             residual: residual.into_boxed_slice(),
             net_shapes: net_shapes.into_boxed_slice(),
             present,
+            screen,
+            outer_v4_shapes,
+            other_shapes: other_shapes.into_boxed_slice(),
         })
     }
 
@@ -942,23 +1120,18 @@ impl RuleSet {
             }
         }
         for shape in self.net_shapes.iter() {
-            let layer_key = match shape.layer {
-                Layer::Outer => &key.outer,
-                Layer::Inner => match &key.inner {
-                    Some(inner) => inner,
-                    None => continue,
-                },
+            let Some(address) = shape_address(shape, key) else {
+                continue;
             };
-            let address = match shape.kind {
-                KIND_SRC_NET => layer_key.src_ip,
-                _ => layer_key.dst_ip,
-            };
-            let Some(address) = address else { continue };
-            let (bits, is_v6) = address_bits(address);
-            if is_v6 == shape.is_v6 {
-                let bucket = net_key(shape.kind, shape.layer, is_v6, shape.len, bits & shape.mask);
-                probe(bucket, &mut scan);
-            }
+            let (bits, _) = address_bits(address);
+            let bucket = net_key(
+                shape.kind,
+                shape.layer,
+                shape.is_v6,
+                shape.len,
+                bits & shape.mask,
+            );
+            probe(bucket, &mut scan);
         }
         if has(KIND_VNI)
             && let Some(vni) = key.vni
@@ -968,6 +1141,80 @@ impl RuleSet {
         scan(&self.residual);
         (best != u32::MAX).then_some(best as usize)
     }
+
+    /// False when no rule can match `key` ([`find_index`](Self::find_index) would return
+    /// `None`), proven from the [`RuleScreen`] with no hash-table probe: there is no residual
+    /// rule, and none of the frame's ports, DSCP values, VNI and networks (its addresses
+    /// masked to each prefix shape in use) is one a bucketed rule names. True when some rule
+    /// may match.
+    #[inline]
+    pub fn may_match(&self, key: &FlowKey) -> bool {
+        if !self.residual.is_empty() {
+            return true;
+        }
+        let screen = &self.screen;
+        let outer = &key.outer;
+        let mut hit = screen.layer_may_match(outer);
+        if !self.outer_v4_shapes.is_empty() {
+            match (outer.src_ip, outer.dst_ip) {
+                (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) => {
+                    let (src, dst) = (u32::from(src), u32::from(dst));
+                    let networks = &screen.networks;
+                    hit |= self.outer_v4_shapes.iter().fold(false, |hit, shape| {
+                        let address = dst ^ ((src ^ dst) & shape.select);
+                        hit | networks.may_contain(u64::from(address & shape.mask) ^ shape.tag)
+                    });
+                }
+                // No IPv4 address: no outer IPv4 prefix applies.
+                (None | Some(IpAddr::V6(_)), None | Some(IpAddr::V6(_))) => {}
+                // One IPv4 address (the parser reads both or none): not worth screening.
+                _ => return true,
+            }
+        }
+        if !self.other_shapes.is_empty() || key.inner.is_some() || key.vni.is_some() {
+            hit |= self.others_may_match(key);
+        }
+        hit
+    }
+
+    /// The part of [`may_match`](Self::may_match) for tunnelled frames and IPv6 or inner
+    /// prefixes: the inner layer's ports and DSCP, the VNI, and the prefix shapes other than
+    /// the outer IPv4 ones.
+    #[inline(never)]
+    fn others_may_match(&self, key: &FlowKey) -> bool {
+        let screen = &self.screen;
+        let mut hit = key
+            .inner
+            .as_ref()
+            .is_some_and(|inner| screen.layer_may_match(inner));
+        if let Some(vni) = key.vni {
+            hit |= screen.networks.may_contain(vni_filter_key(vni));
+        }
+        for shape in self.other_shapes.iter() {
+            if let Some(address) = shape_address(shape, key) {
+                let (bits, _) = address_bits(address);
+                hit |= screen
+                    .networks
+                    .may_contain(network_filter_key(shape.tag, bits & shape.mask));
+            }
+        }
+        hit
+    }
+}
+
+/// The frame's address prefix shape `shape` applies to (of the shape's layer, source or
+/// destination, and family), if the frame has one.
+#[inline(always)]
+fn shape_address(shape: &NetShape, key: &FlowKey) -> Option<IpAddr> {
+    let layer_key = match shape.layer {
+        Layer::Outer => &key.outer,
+        Layer::Inner => key.inner.as_ref()?,
+    };
+    let address = match shape.kind {
+        KIND_SRC_NET => layer_key.src_ip,
+        _ => layer_key.dst_ip,
+    }?;
+    (address.is_ipv6() == shape.is_v6).then_some(address)
 }
 
 #[cfg(test)]

@@ -208,6 +208,53 @@ fn cached_decisions_and_hit_counts_equal_the_uncached_ones() {
 }
 
 #[test]
+fn screened_decisions_and_hit_counts_equal_the_uncached_ones() {
+    // Rule sets with no residual rule (each has a port, DSCP, VNI or prefix), so the screen
+    // decides many frames without the cache; the others go through it. Either way the
+    // decision and the hit counts must be those of the plain lookup.
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let frames: Vec<Vec<u8>> = (0..400).map(|_| random_frame(&mut rng, true)).collect();
+    let mut screened_out = 0;
+    for set in 0..40 {
+        let count = rng.pick(&[1, 2, 5, 20]);
+        let rules: Vec<Rule> = (0..count)
+            .map(|i| {
+                let location = i as u32 * 10;
+                loop {
+                    let rule = random_rule(&mut rng, location);
+                    let m = &rule.matches;
+                    if m.dst_port.is_some()
+                        || m.src_port.is_some()
+                        || m.dscp.is_some()
+                        || m.vni.is_some()
+                        || m.src_ip.is_some()
+                        || m.dst_ip.is_some()
+                    {
+                        return rule;
+                    }
+                }
+            })
+            .collect();
+        let trust = match set % 3 {
+            0 => Trust::default_dscp(),
+            1 => Trust::default_pcp(),
+            _ => Trust::None,
+        };
+        let (cached, reference) = pair(&rules, trust);
+        screened_out += frames
+            .iter()
+            .map(|frame| FlowKey::parse(frame, &[4789]))
+            .filter(|parsed| parsed.error.is_none() && !cached.rules().may_match(&parsed.key))
+            .count();
+        assert_cache_exact(&cached, &reference, &frames, 2);
+    }
+    assert!(
+        screened_out > 1000,
+        "only {screened_out} frames screened out"
+    );
+}
+
+#[test]
 fn a_new_rule_set_is_used_from_the_next_frame_on() {
     let mut rng = Rng(0x0bad_cafe_dead_beef);
     let frames: Vec<Vec<u8>> = (0..200).map(|_| random_frame(&mut rng, true)).collect();
@@ -441,15 +488,9 @@ fn packed_keys_of_frames_that_differ_in_a_classified_field_differ() {
         vxlan_over_ipv4(2, 5, 10, &base),
     ];
     let pack = |frame: &[u8]| {
-        let mut parsed = crate::classify::parse::Parsed::default();
-        let mut packed = CacheKey::default();
-        FlowKey::parse_packed_into(
-            frame,
-            &crate::classify::parse::DEFAULT_VXLAN_PORTS,
-            &mut parsed,
-            &mut packed,
-        );
+        let parsed = FlowKey::parse(frame, &crate::classify::parse::DEFAULT_VXLAN_PORTS);
         assert_eq!(parsed.error, None);
+        let packed = CacheKey::of(&parsed.key);
         assert!(packed.is_complete());
         packed
     };
@@ -462,6 +503,66 @@ fn packed_keys_of_frames_that_differ_in_a_classified_field_differ() {
     // The same frame packs the same way; unused words are 0.
     assert_eq!(pack(&base), seen[0]);
     assert!(seen[0].words[seen[0].len..].iter().all(|&word| word == 0));
+}
+
+/// The fields of one layer the classifier reads: the outermost tag, the addresses, DSCP,
+/// protocol, fragment flag and ports.
+type LayerFields = (
+    Option<crate::classify::parse::Vlan>,
+    Option<std::net::IpAddr>,
+    Option<std::net::IpAddr>,
+    Option<u8>,
+    Option<u8>,
+    bool,
+    Option<u16>,
+    Option<u16>,
+);
+
+fn layer_fields(layer: &crate::classify::parse::LayerKey) -> LayerFields {
+    (
+        layer.outer_vlan(),
+        layer.src_ip,
+        layer.dst_ip,
+        layer.dscp,
+        layer.proto,
+        layer.fragment,
+        layer.src_port,
+        layer.dst_port,
+    )
+}
+
+#[test]
+fn frames_pack_alike_exactly_when_their_classified_fields_are_equal() {
+    let mut rng = Rng(0x7ac4_e0f1_2b3c_4d5e);
+    let keys: Vec<FlowKey> = (0..300)
+        .map(|_| {
+            FlowKey::parse(
+                &random_frame(&mut rng, true),
+                &crate::classify::parse::DEFAULT_VXLAN_PORTS,
+            )
+        })
+        .filter(|parsed| parsed.error.is_none())
+        .map(|parsed| parsed.key)
+        .collect();
+    let fields = |key: &FlowKey| {
+        (
+            layer_fields(&key.outer),
+            key.vni,
+            key.inner.as_ref().map(layer_fields),
+        )
+    };
+    let mut equal_pairs = 0;
+    for a in &keys {
+        let packed_a = CacheKey::of(a);
+        assert!(packed_a.is_complete());
+        for b in &keys {
+            let same = fields(a) == fields(b);
+            assert_eq!(CacheKey::of(b) == packed_a, same, "{a:?}\n{b:?}");
+            equal_pairs += usize::from(same);
+        }
+    }
+    // Random frames from small value ranges repeat: the "alike" side is tested too.
+    assert!(equal_pairs > keys.len(), "{equal_pairs} equal pairs");
 }
 
 /// How many of `keys` (short ones) have an entry in `cache`.

@@ -475,3 +475,110 @@ fn inherit_hits_keeps_counts_of_unchanged_rules_only() {
     new.inherit_hits(&old);
     assert_eq!(new.hits().collect::<Vec<_>>(), vec![(1, 2), (2, 0), (3, 0)]);
 }
+
+/// Whether `rule` goes into a bucket (else into the residual list, which the screen cannot
+/// rule out).
+fn is_bucketed(rule: &Rule) -> bool {
+    let m = &rule.matches;
+    m.dst_port.is_some()
+        || m.src_port.is_some()
+        || m.vni.is_some()
+        || m.src_ip.is_some_and(|p| !p.is_empty())
+        || m.dst_ip.is_some_and(|p| !p.is_empty())
+        || m.dscp.is_some()
+}
+
+#[test]
+fn the_screen_rules_out_only_frames_no_rule_matches() {
+    let mut rng = Rng(0x5c2e_e000_0000_0001);
+    let (mut screened_out, mut total) = (0usize, 0usize);
+    for round in 0..40 {
+        let count = [1usize, 2, 5, 10, 100][round % 5];
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut location = 0;
+        while rules.len() < count {
+            let rule = random_rule(&mut rng, location);
+            location += 1;
+            // Every other round keeps a residual rule or two, which the screen must answer
+            // "may match" for.
+            if is_bucketed(&rule) || (round % 2 == 1 && rules.len() < 2) {
+                rules.push(rule);
+            }
+        }
+        let has_residual = !rules.iter().all(is_bucketed);
+        let compiled = RuleSet::new(rules).unwrap();
+        for _ in 0..2000 {
+            let mut key = FlowKey {
+                outer: random_layer(&mut rng),
+                ..FlowKey::default()
+            };
+            if rng.chance(30) {
+                key.vni = Some(rng.below(3) as u32);
+                key.inner = Some(random_layer(&mut rng));
+            }
+            total += 1;
+            if !compiled.may_match(&key) {
+                screened_out += 1;
+                assert!(!has_residual, "a residual rule was screened out: {key:?}");
+                assert_eq!(
+                    compiled.find(&key),
+                    None,
+                    "screened out, but a rule matches {key:?}"
+                );
+            }
+        }
+    }
+    // The screen must also be of use: with few rules over these small value ranges, many
+    // frames match none, and most of those are screened out.
+    assert!(
+        screened_out * 5 > total,
+        "{screened_out} of {total} screened out"
+    );
+}
+
+#[test]
+fn the_screen_rules_out_traffic_far_from_the_rules() {
+    // Rules on ports, DSCP, VNIs and prefixes of both families and layers; frames that share
+    // none of their values are screened out, and one field in common is enough to let a frame
+    // through to the lookup.
+    let rules = RuleSet::new(vec![
+        rule("loc 1 proto udp dst-port 5001 action queue 1"),
+        rule("loc 2 proto tcp src-port 7000 action queue 1"),
+        rule("loc 3 dscp 46 action class high"),
+        rule("loc 4 vni 77 action queue 2"),
+        rule("loc 5 src-ip 192.168.1.0/24 action drop"),
+        rule("loc 6 dst-ip 172.16.0.9 proto udp action queue 0"),
+        rule("loc 7 inner src-ip 2001:db8::/32 action queue 3"),
+    ])
+    .unwrap();
+    let far = tcp4_key([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80, 0);
+    assert!(!rules.may_match(&far));
+    let mut tunnelled = far;
+    tunnelled.vni = Some(5);
+    tunnelled.inner = Some(tcp4_key([10, 1, 0, 1], [10, 1, 0, 2], 1, 2, 0).outer);
+    assert!(!rules.may_match(&tunnelled));
+    let near = [
+        tcp4_key([10, 0, 0, 1], [10, 0, 0, 2], 1234, 5001, 0),
+        tcp4_key([10, 0, 0, 1], [10, 0, 0, 2], 7000, 80, 0),
+        tcp4_key([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80, 46),
+        tcp4_key([192, 168, 1, 200], [10, 0, 0, 2], 1234, 80, 0),
+        tcp4_key([10, 0, 0, 1], [172, 16, 0, 9], 1234, 80, 0),
+    ];
+    for key in near {
+        assert!(rules.may_match(&key), "{key:?}");
+    }
+    let mut vni = tunnelled;
+    vni.vni = Some(77);
+    assert!(rules.may_match(&vni));
+    let mut inner_v6 = tunnelled;
+    if let Some(inner) = inner_v6.inner.as_mut() {
+        inner.src_ip = Some("2001:db8::5".parse().unwrap());
+        inner.dst_ip = Some("2001:db8::6".parse().unwrap());
+    }
+    assert!(rules.may_match(&inner_v6));
+    // A residual rule (no bucketed field) may match anything.
+    let residual = RuleSet::new(vec![rule("loc 1 proto tcp action queue 1")]).unwrap();
+    assert!(residual.may_match(&far));
+    // No rules: nothing can match.
+    assert!(!RuleSet::default().may_match(&far));
+}
