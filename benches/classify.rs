@@ -321,6 +321,29 @@ fn main() {
         num_queues: 1,
         ..config.clone()
     };
+    // The screen alone (RuleSet::may_match on parsed keys), per rule count of the nic64 mix.
+    let nic_keys: Vec<FlowKey> = nic_frames
+        .iter()
+        .map(|f| FlowKey::parse(f, &DEFAULT_VXLAN_PORTS).key)
+        .collect();
+    for (&count, set) in counts.iter().zip(&nic_sets).skip(1) {
+        let name = format!("screen nic64, {count} rules");
+        if !selected(&name) {
+            continue;
+        }
+        let set = RuleSet::new(set.clone()).expect("rule set");
+        let start = Instant::now();
+        let mut done = 0u64;
+        while start.elapsed() < min_time {
+            for _ in 0..64 {
+                for key in &nic_keys {
+                    black_box(set.may_match(black_box(key)));
+                }
+            }
+            done += 64 * nic_keys.len() as u64;
+        }
+        report(&name, start.elapsed().as_nanos() as f64 / done as f64);
+    }
     for mix in [Mix::Nic64, Mix::Steady, Mix::Steady64, Mix::Spray] {
         let (config, sets) = match mix {
             Mix::Nic64 => (&nic_config, &nic_sets),
