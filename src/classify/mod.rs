@@ -22,6 +22,9 @@
 //! rule lookup, trust and RSS (a few ns instead of tens with many rules), still counting its
 //! rule's hit; the screen costs less than the cache's probe (no thread-local access, no key
 //! to pack and hash, no entry to load), so it goes first. With no rules neither is used.
+//!
+//! On a NIC with one queue, RSS has nothing to choose, and the Toeplitz hash (a sizeable part
+//! of classifying a plain frame) is not computed: the queue is [`QueueChoice::Default`].
 
 pub mod cache;
 pub mod parse;
@@ -160,7 +163,8 @@ pub enum QueueChoice {
     Rule(u16),
     /// RSS over the class's queue set.
     Rss { queue: u16, hash: u32 },
-    /// Nothing to hash (not IP, or the parse stopped early): the class's first queue.
+    /// The class's first queue: nothing to hash (not IP, or the parse stopped early), or
+    /// nothing to choose from (the NIC has a single queue, so no hash is computed).
     Default(u16),
 }
 
@@ -203,6 +207,11 @@ pub struct Classifier {
     normal_table: IndirectionTable,
     first_high: u16,
     first_normal: u16,
+    /// The NIC has one queue: RSS has nothing to choose, so the Toeplitz hash (a sizeable
+    /// part of classifying a plain frame) is skipped. The NIC uses the hash only to pick
+    /// among its enabled queues when the chosen one is not enabled, which with one queue
+    /// leaves nothing to pick either.
+    single_queue: bool,
 }
 
 impl Classifier {
@@ -246,6 +255,7 @@ impl Classifier {
             normal_table: IndirectionTable::new(&normal, config.indirection_len)?,
             first_high: high[0],
             first_normal: normal[0],
+            single_queue: total == 1,
         })
     }
 
@@ -373,11 +383,26 @@ impl Classifier {
         }
     }
 
+    /// The queue of a frame of `class` not steered by a rule.
+    #[inline(always)]
     fn rss_queue(&self, class: Class, layer: &LayerKey) -> QueueChoice {
         let (table, first) = match class {
             Class::High => (&self.high_table, self.first_high),
             Class::Normal => (&self.normal_table, self.first_normal),
         };
+        if self.single_queue {
+            return QueueChoice::Default(first);
+        }
+        self.rss_hash_queue(table, first, layer)
+    }
+
+    /// [`rss_queue`](Self::rss_queue) by the Toeplitz hash.
+    fn rss_hash_queue(
+        &self,
+        table: &IndirectionTable,
+        first: u16,
+        layer: &LayerKey,
+    ) -> QueueChoice {
         let (Some(src), Some(dst)) = (layer.src_ip, layer.dst_ip) else {
             return QueueChoice::Default(first);
         };

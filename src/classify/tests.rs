@@ -97,6 +97,48 @@ fn rss_queue_is_the_indirection_of_the_toeplitz_hash() {
 }
 
 #[test]
+fn a_one_queue_nic_computes_no_rss_hash() {
+    // RSS has one queue to choose from: every frame not steered by a rule goes to queue 0
+    // without a hash (the NIC falls back on the hash only to pick among its enabled queues),
+    // whether decided without rules, by the rule screen, or from the flow cache.
+    let plain = classifier(1, 1, Trust::default_dscp(), &[]);
+    let ruled = classifier(
+        1,
+        1,
+        Trust::default_dscp(),
+        &[
+            "loc 1 proto udp dst-port 5001 action class high",
+            "loc 2 proto udp dst-port 53 action queue 0",
+        ],
+    );
+    for c in [&plain, &ruled] {
+        for sport in 0..50 {
+            // Twice: the second time a cached flow's decision, if it went through the cache.
+            for _ in 0..2 {
+                for dscp in [0, 46] {
+                    let decision = c.classify(&udp4(dscp, sport, 9));
+                    assert_eq!(decision.queue, QueueChoice::Default(0), "{decision:?}");
+                }
+                let steered = c.classify(&udp4(0, sport, 5001)).queue;
+                assert_eq!(steered, QueueChoice::Default(0));
+            }
+        }
+    }
+    let steered = ruled.classify(&udp4(0, 1, 5001));
+    assert_eq!(
+        (steered.class, steered.queue, steered.rule),
+        (Class::High, QueueChoice::Default(0), Some(1))
+    );
+    assert_eq!(ruled.classify(&udp4(0, 1, 53)).queue, QueueChoice::Rule(0));
+    // With two queues the hash is back.
+    let two = classifier(2, 1, Trust::None, &[]);
+    assert!(matches!(
+        two.classify(&udp4(0, 1, 9)).queue,
+        QueueChoice::Rss { .. }
+    ));
+}
+
+#[test]
 fn vxlan_frames_use_inner_dscp_and_inner_tuple() {
     let c = classifier(4, 1, Trust::default_dscp(), &[]);
     let inner_ef = ipv4_l4(&[], [172, 16, 0, 1], [172, 16, 0, 2], 46, 6, (5000, 80), 0);
