@@ -649,7 +649,7 @@ struct NetShape {
     is_v6: bool,
     len: u8,
     mask: u128,
-    /// A digest of the above, setting this shape's networks apart in the [`NetworkFilter`].
+    /// A digest of the above, setting this shape's networks apart in the network filter.
     tag: u64,
 }
 
@@ -671,7 +671,7 @@ impl NetShape {
 }
 
 /// An outer-layer IPv4 prefix shape (the common case), screened from the address as a `u32`:
-/// the [`NetworkFilter`] key [`network_filter_key`] gives for an IPv4 network is
+/// the network filter key [`network_filter_key`] gives for an IPv4 network is
 /// `u64::from(network) ^ tag`.
 #[derive(Debug, Clone, Copy)]
 struct OuterV4Shape {
@@ -685,109 +685,100 @@ struct OuterV4Shape {
 /// Which values of each bucketed field some rule names, for [`RuleSet::may_match`]. A bucket
 /// exists for a rule's key only if the rule's field value is in here, so a frame none of whose
 /// fields are in here can match no bucketed rule.
-#[derive(Debug, Default)]
+///
+/// The bitmaps are one allocation (20 KiB, of which a frame reads a line per field value it
+/// has): a screen then loads one pointer, and needs no check of which bitmaps exist (those of
+/// kinds no rule uses are all zeros). Words `0..1024`: a bit per destination port some rule
+/// bucketed by its destination port names (for any protocol and layer); `1024..2048`: the
+/// same for source ports; `2048..2560`: the network filter, a Bloom filter of the networks of
+/// the rules bucketed by a prefix (each tagged with its shape, so a probe for one shape cannot
+/// hit another's) and of the bucketed VNIs. Each of its keys sets one bit, picked by the top
+/// bits of one multiply (a short chain: multiply, shift, load, test); at its fixed 32768 bits
+/// a false "maybe" is about 1 in 64 with 500 keys (1000 rules, half of them on prefixes), 1 in
+/// 7 with 5000. Not keyed: the keys come from the operator's rules, and a frame aimed at a
+/// false "maybe" only costs the lookup the screen would have saved.
+#[derive(Debug)]
 struct RuleScreen {
-    /// A bit per port (none when no rule is bucketed by that port): some rule bucketed by
-    /// its destination (source) port names it, for any protocol and layer.
-    dst_ports: Option<Box<PortBitmap>>,
-    src_ports: Option<Box<PortBitmap>>,
+    bits: Box<[u64; RuleScreen::WORDS]>,
     /// Bit `d`: some rule bucketed by its DSCP names `d`.
     dscps: u64,
-    /// A Bloom filter of the networks of the rules bucketed by a prefix (each tagged with its
-    /// shape, so a probe for one shape cannot hit another's) and of the bucketed VNIs.
-    networks: NetworkFilter,
 }
 
-/// One bit for each of the 65536 ports (8 KiB, of which a frame reads one line per port).
-type PortBitmap = [u64; 1 << 10];
+impl Default for RuleScreen {
+    fn default() -> Self {
+        RuleScreen {
+            bits: Box::new([0; RuleScreen::WORDS]),
+            dscps: 0,
+        }
+    }
+}
 
 impl RuleScreen {
+    const DST_PORTS: usize = 0;
+    const SRC_PORTS: usize = 1 << 10;
+    const NETWORKS: usize = 2 << 10;
+    const NETWORK_BITS_LOG2: u32 = 15;
+    const WORDS: usize = Self::NETWORKS + (1 << (Self::NETWORK_BITS_LOG2 - 6));
+
+    /// The word and bit of `port` in the port bitmap at word `base`.
     #[inline(always)]
-    fn has_port(bitmap: &Option<Box<PortBitmap>>, port: u16) -> bool {
-        // `port >> 6` is below 1024: no bounds check.
-        bitmap
-            .as_ref()
-            .is_some_and(|bitmap| bitmap[usize::from(port >> 6)] & (1 << (port & 63)) != 0)
+    fn port_position(base: usize, port: u16) -> (usize, u64) {
+        (base + usize::from(port >> 6), 1 << (port & 63))
     }
 
-    fn add_port(bitmap: &mut Option<Box<PortBitmap>>, port: u16) {
-        let bitmap = bitmap.get_or_insert_with(|| Box::new([0; 1 << 10]));
-        bitmap[usize::from(port >> 6)] |= 1 << (port & 63);
+    /// The word and bit of network filter key `key`.
+    #[inline(always)]
+    fn network_position(key: u64) -> (usize, u64) {
+        let index = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - Self::NETWORK_BITS_LOG2);
+        (Self::NETWORKS + (index >> 6) as usize, 1 << (index & 63))
     }
 
-    /// Whether some rule bucketed by a field of `layer` may match it (its port and DSCP
-    /// fields; prefixes are screened per shape by [`RuleSet::may_match`]).
+    /// Whether the bit at `position` is set (the positions above are inside the table, so the
+    /// bounds check compiles away).
+    #[inline(always)]
+    fn test(&self, (word, bit): (usize, u64)) -> bool {
+        self.bits.get(word).is_some_and(|word| word & bit != 0)
+    }
+
+    fn set(&mut self, (word, bit): (usize, u64)) {
+        if let Some(word) = self.bits.get_mut(word) {
+            *word |= bit;
+        }
+    }
+
+    /// False when `key` is certainly not one of the network filter's keys.
+    #[inline(always)]
+    fn may_contain_network(&self, key: u64) -> bool {
+        self.test(Self::network_position(key))
+    }
+
+    /// Whether some rule bucketed by a port or DSCP field may match `layer` (prefixes are
+    /// screened per shape by [`RuleSet::may_match`]).
     #[inline(always)]
     fn layer_may_match(&self, layer: &LayerKey) -> bool {
         // Plain `|`: the tests are cheap and independent, and no branch is then mispredicted
         // on which of them fires.
         layer
             .dst_port
-            .is_some_and(|port| Self::has_port(&self.dst_ports, port))
+            .is_some_and(|port| self.test(Self::port_position(Self::DST_PORTS, port)))
             | layer
                 .src_port
-                .is_some_and(|port| Self::has_port(&self.src_ports, port))
+                .is_some_and(|port| self.test(Self::port_position(Self::SRC_PORTS, port)))
             | layer
                 .dscp
                 .is_some_and(|dscp| self.dscps & (1 << (dscp & 63)) != 0)
     }
 }
 
-/// The Bloom filter of a [`RuleScreen`]: one bit per key, picked by the top bits of one
-/// multiply (a short chain: multiply, shift, load, test). Its fixed size (4 KiB, of which a
-/// frame reads a line per network it names) spares the per-query loads of a size and a bounds
-/// check; a false "maybe" is about 1 in 64 with 500 keys (1000 rules, half of them on
-/// prefixes) and 1 in 7 with 5000. Not keyed: the keys come from the operator's rules, and a
-/// frame aimed at a false "maybe" only costs the lookup the screen would have saved.
-#[derive(Debug)]
-struct NetworkFilter {
-    words: Box<[u64; NetworkFilter::WORDS]>,
-}
-
-impl Default for NetworkFilter {
-    fn default() -> Self {
-        NetworkFilter {
-            words: Box::new([0; NetworkFilter::WORDS]),
-        }
-    }
-}
-
-impl NetworkFilter {
-    const BITS_LOG2: u32 = 15;
-    const WORDS: usize = 1 << (Self::BITS_LOG2 - 6);
-
-    fn new(keys: &[u64]) -> Self {
-        let mut filter = NetworkFilter::default();
-        for &key in keys {
-            let (index, bit) = Self::position(key);
-            filter.words[index] |= bit;
-        }
-        filter
-    }
-
-    /// The word of `key`'s bit (below [`WORDS`](Self::WORDS): no bounds check), and the bit.
-    #[inline(always)]
-    fn position(key: u64) -> (usize, u64) {
-        let index = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - Self::BITS_LOG2);
-        ((index >> 6) as usize, 1 << (index & 63))
-    }
-
-    /// False when `key` is certainly not one of the filter's keys.
-    #[inline(always)]
-    fn may_contain(&self, key: u64) -> bool {
-        let (index, bit) = Self::position(key);
-        self.words[index] & bit != 0
-    }
-}
-
-/// The [`NetworkFilter`] key of a network (an address already masked to the shape's length)
-/// of prefix shape `shape_tag` ([`NetShape::tag`]).
+/// The network filter key ([`RuleScreen`]) of a network (an address already masked to the
+/// shape's length) of prefix shape `shape_tag` ([`NetShape::tag`]).
 #[inline(always)]
 fn network_filter_key(shape_tag: u64, network: u128) -> u64 {
     (network as u64) ^ ((network >> 64) as u64).rotate_left(29) ^ shape_tag
 }
 
-/// The [`NetworkFilter`] key of a VNI: apart from the networks' keys by a tag of its own.
+/// The network filter key ([`RuleScreen`]) of a VNI: apart from the networks' keys by a tag
+/// of its own.
 #[inline(always)]
 fn vni_filter_key(vni: u32) -> u64 {
     u64::from(vni) ^ 0x5bd1_e995_0000_0000
@@ -904,13 +895,13 @@ impl RuleSet {
                 None => &[proto::TCP, proto::UDP],
             };
             let (kind, keys): (u64, Vec<u64>) = if let Some(port) = m.dst_port {
-                RuleScreen::add_port(&mut screen.dst_ports, port);
+                screen.set(RuleScreen::port_position(RuleScreen::DST_PORTS, port));
                 let keys = protos
                     .iter()
                     .map(|&p| bucket_key(KIND_DST_PORT, m.layer, p, u32::from(port)));
                 (KIND_DST_PORT, keys.collect())
             } else if let Some(port) = m.src_port {
-                RuleScreen::add_port(&mut screen.src_ports, port);
+                screen.set(RuleScreen::port_position(RuleScreen::SRC_PORTS, port));
                 let keys = protos
                     .iter()
                     .map(|&p| bucket_key(KIND_SRC_PORT, m.layer, p, u32::from(port)));
@@ -941,7 +932,9 @@ impl RuleSet {
                 lists.entry(key).or_default().push(index);
             }
         }
-        screen.networks = NetworkFilter::new(&network_keys);
+        for key in network_keys {
+            screen.set(RuleScreen::network_position(key));
+        }
         let (outer_v4, other_shapes): (Vec<NetShape>, Vec<NetShape>) = net_shapes
             .iter()
             .partition(|shape| shape.layer == Layer::Outer && !shape.is_v6);
@@ -1159,10 +1152,10 @@ impl RuleSet {
             match (outer.src_ip, outer.dst_ip) {
                 (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) => {
                     let (src, dst) = (u32::from(src), u32::from(dst));
-                    let networks = &screen.networks;
                     hit |= self.outer_v4_shapes.iter().fold(false, |hit, shape| {
                         let address = dst ^ ((src ^ dst) & shape.select);
-                        hit | networks.may_contain(u64::from(address & shape.mask) ^ shape.tag)
+                        let key = u64::from(address & shape.mask) ^ shape.tag;
+                        hit | screen.may_contain_network(key)
                     });
                 }
                 // No IPv4 address: no outer IPv4 prefix applies.
@@ -1188,14 +1181,12 @@ impl RuleSet {
             .as_ref()
             .is_some_and(|inner| screen.layer_may_match(inner));
         if let Some(vni) = key.vni {
-            hit |= screen.networks.may_contain(vni_filter_key(vni));
+            hit |= screen.may_contain_network(vni_filter_key(vni));
         }
         for shape in self.other_shapes.iter() {
             if let Some(address) = shape_address(shape, key) {
                 let (bits, _) = address_bits(address);
-                hit |= screen
-                    .networks
-                    .may_contain(network_filter_key(shape.tag, bits & shape.mask));
+                hit |= screen.may_contain_network(network_filter_key(shape.tag, bits & shape.mask));
             }
         }
         hit
