@@ -155,9 +155,17 @@ impl<'a> FrameBytes<'a> {
         match self.as_whole() {
             Some(bytes) => out.extend_from_slice(bytes),
             None => {
+                // Straight into the spare capacity: zeroing it first would cost as much as
+                // the copy.
+                let len = self.len();
+                out.reserve(len);
                 let start = out.len();
-                out.resize(start + self.len(), 0);
-                self.copy_to(0, &mut out[start..]);
+                // SAFETY: the spare capacity holds at least `len` bytes, and `copy_to_ptr`
+                // writes exactly `len` (the whole frame) before the length covers them.
+                unsafe {
+                    let copied = self.copy_to_ptr(0, len, out.as_mut_ptr().add(start));
+                    out.set_len(start + copied);
+                }
             }
         }
     }
