@@ -823,6 +823,10 @@ pub struct RuleSet {
     screen: RuleScreen,
     /// `net_shapes` split for the screen: the outer IPv4 ones, and the others.
     outer_v4_shapes: Box<[OuterV4Shape]>,
+    /// The screen would let every frame through, so [`may_match`](Self::may_match) skips
+    /// it: there is a residual rule (which may match anything), or every DSCP value has a rule
+    /// (every IP frame has a DSCP).
+    screen_passes_all: bool,
     other_shapes: Box<[NetShape]>,
 }
 
@@ -954,6 +958,7 @@ impl RuleSet {
             .into_iter()
             .map(|(key, list)| (key, list.into_boxed_slice()))
             .collect();
+        let screen_passes_all = !residual.is_empty() || screen.dscps == u64::MAX;
         let hits = rules.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(RuleSet {
             rules: rules.into_boxed_slice(),
@@ -966,6 +971,7 @@ impl RuleSet {
             screen,
             outer_v4_shapes,
             other_shapes: other_shapes.into_boxed_slice(),
+            screen_passes_all,
         })
     }
 
@@ -1139,10 +1145,11 @@ impl RuleSet {
     /// `None`), proven from the [`RuleScreen`] with no hash-table probe: there is no residual
     /// rule, and none of the frame's ports, DSCP values, VNI and networks (its addresses
     /// masked to each prefix shape in use) is one a bucketed rule names. True when some rule
-    /// may match.
+    /// may match, and without a test when the screen cannot rule frames out (a residual rule,
+    /// or a rule for every DSCP value).
     #[inline]
     pub fn may_match(&self, key: &FlowKey) -> bool {
-        if !self.residual.is_empty() {
+        if self.screen_passes_all {
             return true;
         }
         let screen = &self.screen;

@@ -579,6 +579,11 @@ fn the_screen_rules_out_traffic_far_from_the_rules() {
     // A residual rule (no bucketed field) may match anything.
     let residual = RuleSet::new(vec![rule("loc 1 proto tcp action queue 1")]).unwrap();
     assert!(residual.may_match(&far));
+    // Rules for every DSCP value may match every IP frame: the screen lets all through.
+    let every_dscp: Vec<Rule> = (0..64)
+        .map(|dscp| rule(&format!("loc {dscp} dscp {dscp} action class high")))
+        .collect();
+    assert!(RuleSet::new(every_dscp).unwrap().may_match(&far));
     // No rules: nothing can match.
     assert!(!RuleSet::default().may_match(&far));
 }
