@@ -285,7 +285,8 @@ impl Classifier {
     /// else computed and cached. Out of line: the common case above stays small.
     #[inline(never)]
     fn classify_cached(&self, key: &FlowKey) -> Decision {
-        let mut packed = PackedKey::of(key);
+        let mut packed = PackedKey::default();
+        packed.pack(key);
         if packed.is_complete() {
             packed.words[0] = self.id;
             let cached = cache::with_thread_cache(|cache| {

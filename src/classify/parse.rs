@@ -228,19 +228,25 @@ impl PackedKey {
     /// The packed form of `key`, word 0 left 0.
     #[inline]
     pub fn of(key: &FlowKey) -> PackedKey {
-        let mut packed = PackedKey {
-            words: [0; PACKED_WORDS],
-            len: 2,
-        };
-        let mut misc = packed.push_layer(&key.outer) << packed::OUTER_FLAGS_SHIFT;
+        let mut packed = PackedKey::default();
+        packed.pack(key);
+        packed
+    }
+
+    /// Packs `key` into `self` (all of it rewritten, word 0 left 0): in place, where the
+    /// caller keeps its key, rather than built elsewhere and copied there.
+    #[inline(always)]
+    pub fn pack(&mut self, key: &FlowKey) {
+        self.words = [0; PACKED_WORDS];
+        self.len = 2;
+        let mut misc = self.push_layer(&key.outer) << packed::OUTER_FLAGS_SHIFT;
         if let Some(vni) = key.vni {
             misc |= u64::from(vni & 0x00ff_ffff) | packed::HAS_VNI;
         }
         if let Some(inner) = &key.inner {
-            misc |= packed::HAS_INNER | (packed.push_layer(inner) << packed::INNER_FLAGS_SHIFT);
+            misc |= packed::HAS_INNER | (self.push_layer(inner) << packed::INNER_FLAGS_SHIFT);
         }
-        packed.words[1] = misc;
-        packed
+        self.words[1] = misc;
     }
 
     /// Appends the words of one layer; returns its flags.
