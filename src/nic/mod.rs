@@ -429,6 +429,7 @@ impl Nic {
         if burst.is_empty() {
             return;
         }
+        self.drain_ahead_of(Class::Normal, now_ns);
         let latency = self.link.latency_ns();
         let mut link = self.link.plan();
         // Queues already handled: a bit each (a NIC has at most 16), a scan beyond 64.
@@ -477,6 +478,18 @@ impl Nic {
             }
         }
         burst.clear();
+    }
+
+    /// Before frames that would queue behind frames waiting for room in a ring: delivers
+    /// what fits now. Without it the wait would last until the end of the sender's batch
+    /// (`Fabric::flush`) however soon the guest made room, and every frame that arrives
+    /// meanwhile would wait too, at the cost of two more copies each. Frames waiting for the
+    /// link's latency are the scheduler's business, so nothing is done then.
+    fn drain_ahead_of(&self, class: Class, now_ns: u64) {
+        let latency = self.link.latency_ns();
+        if latency == 0 && !self.may_skip_buffers(class, latency) {
+            let _ = self.drain(now_ns);
+        }
     }
 
     /// Whether a frame of `class` may go past the buffers into the ring (the link willing):
@@ -585,6 +598,7 @@ impl Nic {
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
+        self.drain_ahead_of(class, arrival_ns);
         let mut state = queue.lock();
         let direct = self.may_skip_buffers(class, self.link.latency_ns())
             && self.link.busy_until(arrival_ns).is_none();

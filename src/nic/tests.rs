@@ -366,16 +366,28 @@ fn a_burst_that_fills_the_ring_waits_and_keeps_strict_priority() {
 }
 
 #[test]
-fn a_burst_behind_waiting_frames_waits_too() {
+fn a_burst_behind_waiting_frames_never_overtakes_them() {
     let rig = Rig::new(1, config(), RuleSet::default());
     rig.rings[0].room.store(0, Ordering::Relaxed);
     rig.send(&frame(0, 1), 0);
-    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
-    // Room now, but frame 1 waits: the burst queues up behind it rather than overtaking.
+    // Still no room: the burst queues up behind frame 1.
     rig.send_burst(&[(frame(0, 2), 5), (frame(0, 3), 5)]);
     assert_eq!(rig.rings[0].tags(), Vec::<u8>::new());
-    rig.nic.drain(10);
-    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3]);
+    assert_eq!(rig.nic.buffered(), 3);
+    // Room now: the next burst first delivers what waits (not only at the sender's flush),
+    // then goes itself, in arrival order.
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.send_burst(&[(frame(0, 4), 10)]);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3, 4]);
+    assert_eq!(rig.nic.buffered(), 0);
+    // The same for a frame too large to stage, delivered on its own.
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    rig.send(&frame(0, 5), 20);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    let mut large = frame(0, 6);
+    large.resize(burst::STAGE_MAX_LEN + 100, 0);
+    rig.send(&large, 30);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
