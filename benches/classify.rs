@@ -5,11 +5,13 @@
 //! (for comparison) a linear scan over 1000 rules in location order. Also the checksum rate,
 //! for the offload path. The mixes:
 //! - "nic64": what `benches/nic.py` measures the rule cost with: its generator's 64 IPv4/UDP
-//!   flows into a one-queue NIC whose rules (its rule file's) none of them match.
+//!   flows into a one-queue NIC whose rules (its rule file's) none of them match, so the rule
+//!   screen rules every frame out ("screen nic64" times the screen alone).
 //! - "steady": 256 flows sent round-robin, many frames each (what a NIC sees in the steady
-//!   state): the flow cache hits.
-//! - "steady64": the first 64 of them, as many flows as `benches/nic.py`'s generator sends:
-//!   the cache's entries for them stay in the core's L1 cache, as in that benchmark.
+//!   state), many of them matching rules: the screen lets them through and the flow cache
+//!   hits.
+//! - "steady64": the first 64 of them: the cache's entries for them stay in the core's L1
+//!   cache.
 //! - "spray": every frame a new flow (its outer source port and the low half of its source
 //!   address rewritten from a random stream before it is classified), the worst case for a
 //!   flow cache: every frame a miss and a fill. The rewrite is timed too, at every rule count.
