@@ -8,7 +8,9 @@
 //! instead, after whatever was staged for the NIC before them, so order is kept.
 
 use super::FrameBytes;
-use crate::classify::Class;
+use std::sync::Arc;
+
+use crate::classify::{Class, Classifier};
 
 /// Frames staged per NIC before the burst is delivered regardless of the batch.
 pub const BURST_FRAMES: usize = 64;
@@ -35,6 +37,9 @@ pub struct Burst {
     pub(super) frames: Vec<Staged>,
     /// Indices of frames planned for the ring, reused by the delivery.
     pub(super) planned: Vec<usize>,
+    /// The sender's reference to the NIC's classifier, with the NIC's classifier generation
+    /// it was loaded at (see `Nic::classify_for`).
+    pub(super) classifier: Option<(u64, Arc<Classifier>)>,
 }
 
 impl Burst {

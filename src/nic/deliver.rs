@@ -32,10 +32,10 @@ pub fn deliver(
     burst: &mut Burst,
     sender: &QueueCounters,
 ) -> Result<Option<usize>, OffloadError> {
-    let mut decision = nic.classify(frame.head());
+    let mut decision = nic.classify_for(burst, frame.head());
     if decision.parse_error.is_some() && frame.is_split() {
         // The headers may go on past the head: decide from the whole frame.
-        decision = nic.classify(frame.make_whole());
+        decision = nic.classify_for(burst, frame.make_whole());
     }
     let plan = offload.rx_plan(&nic.offloads());
     let mut header = [0u8; VIRTIO_NET_HDR_LEN];

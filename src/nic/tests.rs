@@ -270,6 +270,25 @@ fn a_rule_overrides_trust_and_steers_to_its_queue() {
 }
 
 #[test]
+fn a_sender_with_its_own_classifier_reference_sees_new_rules_on_the_next_frame() {
+    let rig = Rig::new(4, config(), RuleSet::default());
+    let mut burst = Burst::default();
+    let udp = frame(0, 1);
+    let before = rig.nic.classify_for(&mut burst, &udp);
+    assert_eq!(before, rig.nic.classify(&udp));
+    assert_eq!(before.rule, None);
+    let rule: Rule = "loc 7 proto udp action queue 3".parse().unwrap();
+    rig.nic
+        .set_rules(RuleSet::new(vec![rule]).unwrap())
+        .unwrap();
+    let after = rig.nic.classify_for(&mut burst, &udp);
+    assert_eq!(after.rule, Some(7));
+    assert_eq!(after.queue.queue(), 3);
+    rig.nic.set_rules(RuleSet::default()).unwrap();
+    assert_eq!(rig.nic.classify_for(&mut burst, &udp).rule, None);
+}
+
+#[test]
 fn frames_for_a_disabled_queue_fold_onto_enabled_ones() {
     let rig = Rig::new(4, config(), RuleSet::default());
     for ring in &rig.rings[2..] {
