@@ -22,6 +22,36 @@ pub struct HostPiece {
     pub len: u32,
 }
 
+/// The byte ranges `skip..skip + len` of `pieces` (clipped to what they hold), as host
+/// address and length, piece by piece: how both a split frame's tail (read) and a guest's RX
+/// buffers (written) are walked.
+pub fn ranges(
+    pieces: &[HostPiece],
+    skip: usize,
+    len: usize,
+) -> impl Iterator<Item = (usize, usize)> {
+    let mut skip = skip;
+    let mut left = len;
+    pieces
+        .iter()
+        .map_while(move |piece| {
+            if left == 0 {
+                return None;
+            }
+            let piece_len = piece.len as usize;
+            if skip >= piece_len {
+                skip -= piece_len;
+                return Some(None);
+            }
+            let take = (piece_len - skip).min(left);
+            let range = (piece.host + skip, take);
+            skip = 0;
+            left -= take;
+            Some(Some(range))
+        })
+        .flatten()
+}
+
 /// The part of a frame still in the sending guest's memory: `len` bytes of `pieces`, starting
 /// `skip` bytes into them.
 #[derive(Clone, Copy, Debug)]
@@ -39,23 +69,12 @@ impl GuestTail<'_> {
     /// `dst` must be valid for `len` bytes of writes; the pieces must be readable (the
     /// contract of [`FrameBytes::split`]); `from + len <= self.len`.
     unsafe fn copy_to_ptr(&self, from: usize, len: usize, dst: *mut u8) {
-        let mut skip = self.skip + from;
         let mut done = 0;
-        for piece in self.pieces {
-            if done == len {
-                break;
-            }
-            let piece_len = piece.len as usize;
-            if skip >= piece_len {
-                skip -= piece_len;
-                continue;
-            }
-            let take = (piece_len - skip).min(len - done);
-            // SAFETY: the piece is readable for `piece_len` bytes and `skip + take` stays
-            // within it; `dst` has room for `len` bytes and `done + take <= len`.
-            unsafe { std::ptr::copy((piece.host + skip) as *const u8, dst.add(done), take) };
+        for (host, take) in ranges(self.pieces, self.skip + from, len) {
+            // SAFETY: `ranges` stays within the pieces, which are readable; `dst` has room
+            // for `len` bytes and `ranges` yields at most `len` in all.
+            unsafe { std::ptr::copy(host as *const u8, dst.add(done), take) };
             done += take;
-            skip = 0;
         }
     }
 }
@@ -328,6 +347,22 @@ mod tests {
         for head_len in [0, 1, 14, 100, 199, 200] {
             check_split(head_len);
         }
+    }
+
+    #[test]
+    fn ranges_skip_whole_pieces_cut_partial_ones_and_stop_at_the_end() {
+        let pieces = [
+            HostPiece { host: 1000, len: 10 },
+            HostPiece { host: 2000, len: 0 },
+            HostPiece { host: 3000, len: 5 },
+            HostPiece { host: 4000, len: 20 },
+        ];
+        let all: Vec<_> = ranges(&pieces, 12, 100).collect();
+        assert_eq!(all, vec![(3002, 3), (4000, 20)]);
+        let cut: Vec<_> = ranges(&pieces, 3, 9).collect();
+        assert_eq!(cut, vec![(1003, 7), (3000, 2)]);
+        assert_eq!(ranges(&pieces, 35, 4).count(), 0);
+        assert_eq!(ranges(&pieces, 0, 0).count(), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use virtio_bindings::bindings::virtio_ring::{
 
 use super::host_memory::{self, HostMemory, volatile};
 use super::split_ring::SplitRing;
-use crate::nic::FrameBytes;
+use crate::nic::{FrameBytes, frame};
 
 /// Size of one split-ring descriptor in guest memory.
 const DESC_SIZE: u64 = 16;
@@ -237,28 +237,17 @@ pub fn scatter(segments: &[Segment], skip: usize, data: &[u8]) -> usize {
 /// [`walk`] over a `HostMemory` that is still alive.
 pub fn scatter_frame(
     segments: &[Segment],
-    mut skip: usize,
+    skip: usize,
     frame: &FrameBytes<'_>,
     from: usize,
     len: usize,
 ) -> usize {
     let len = len.min(frame.len().saturating_sub(from));
     let mut written = 0;
-    for segment in segments {
-        if written == len {
-            break;
-        }
-        let seg_len = segment.len as usize;
-        if skip >= seg_len {
-            skip -= seg_len;
-            continue;
-        }
-        let take = (seg_len - skip).min(len - written);
-        // SAFETY: the segment was translated by `walk` and `skip + take <= seg_len`; the
-        // frame holds `from + written + take <= frame.len()` bytes.
-        written +=
-            unsafe { frame.copy_to_ptr(from + written, take, (segment.host + skip) as *mut u8) };
-        skip = 0;
+    for (host, take) in frame::ranges(segments, skip, len) {
+        // SAFETY: `ranges` stays within the segments, translated by `walk`; the frame holds
+        // `from + written + take <= from + len <= frame.len()` bytes.
+        written += unsafe { frame.copy_to_ptr(from + written, take, host as *mut u8) };
     }
     written
 }
