@@ -352,10 +352,16 @@ mod tests {
     #[test]
     fn ranges_skip_whole_pieces_cut_partial_ones_and_stop_at_the_end() {
         let pieces = [
-            HostPiece { host: 1000, len: 10 },
+            HostPiece {
+                host: 1000,
+                len: 10,
+            },
             HostPiece { host: 2000, len: 0 },
             HostPiece { host: 3000, len: 5 },
-            HostPiece { host: 4000, len: 20 },
+            HostPiece {
+                host: 4000,
+                len: 20,
+            },
         ];
         let all: Vec<_> = ranges(&pieces, 12, 100).collect();
         assert_eq!(all, vec![(3002, 3), (4000, 20)]);
