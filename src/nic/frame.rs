@@ -67,7 +67,7 @@ impl GuestTail<'_> {
     ///
     /// # Safety
     /// `dst` must be valid for `len` bytes of writes; the pieces must be readable (the
-    /// contract of [`FrameBytes::split`]); `from + len <= self.len`.
+    /// contract of [`TxFrame::split`]); `from + len <= self.len`.
     unsafe fn copy_to_ptr(&self, from: usize, len: usize, dst: *mut u8) {
         let mut done = 0;
         for (host, take) in ranges(self.pieces, self.skip + from, len) {
@@ -95,40 +95,12 @@ impl<'a> FrameBytes<'a> {
         }
     }
 
-    /// A frame of `head` followed by `tail_len` bytes of `pieces`, from `skip` bytes in.
-    ///
-    /// # Safety
-    /// The pieces must be readable host memory for as long as the result (or anything copied
-    /// from it) is used, and hold at least `skip + tail_len` bytes. A vhost-user port
-    /// guarantees it while it holds the guest's memory snapshot and has not completed the
-    /// chain, which is the whole of its call into the switch.
-    pub unsafe fn split(
-        head: &'a [u8],
-        pieces: &'a [HostPiece],
-        skip: usize,
-        tail_len: usize,
-    ) -> Self {
-        FrameBytes {
-            head,
-            tail: Some(GuestTail {
-                pieces,
-                skip,
-                len: tail_len,
-            }),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.head.len() + self.tail.map_or(0, |tail| tail.len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The bytes held in one slice: the headers, or all of a whole frame.
-    pub fn head(&self) -> &'a [u8] {
-        self.head
     }
 
     /// The frame as one slice, if it is held whole.
@@ -169,6 +141,20 @@ impl<'a> FrameBytes<'a> {
         unsafe { self.copy_to_ptr(from, out.len(), out.as_mut_ptr()) }
     }
 
+    /// Calls `use_bytes` with the frame in one slice: its own for a whole frame, a gathered
+    /// copy for a split one (for the rare consumers that need one: a capture, a ring that
+    /// cannot copy from the pieces).
+    pub fn with_whole<R>(&self, use_bytes: impl FnOnce(&[u8]) -> R) -> R {
+        match self.as_whole() {
+            Some(bytes) => use_bytes(bytes),
+            None => {
+                let mut bytes = Vec::with_capacity(self.len());
+                self.extend_vec(&mut bytes);
+                use_bytes(&bytes)
+            }
+        }
+    }
+
     /// Appends the whole frame to `out`.
     pub fn extend_vec(&self, out: &mut Vec<u8>) {
         match self.as_whole() {
@@ -195,7 +181,7 @@ impl<'a> FrameBytes<'a> {
 pub struct TxFrame<'a> {
     buf: &'a mut [u8],
     gathered: usize,
-    tail: Option<(&'a [HostPiece], usize)>,
+    tail: Option<GuestTail<'a>>,
 }
 
 impl<'a> TxFrame<'a> {
@@ -213,7 +199,10 @@ impl<'a> TxFrame<'a> {
     /// in `pieces`, from `skip` bytes in.
     ///
     /// # Safety
-    /// As [`FrameBytes::split`], for `buf.len() - gathered` bytes of the pieces.
+    /// The pieces must be readable host memory for as long as the frame (or anything copied
+    /// from it) is used, and hold at least `skip + buf.len() - gathered` bytes. A vhost-user
+    /// port guarantees it while it holds the guest's memory snapshot and has not completed
+    /// the chain, which is the whole of its call into the switch.
     pub unsafe fn split(
         buf: &'a mut [u8],
         gathered: usize,
@@ -221,10 +210,11 @@ impl<'a> TxFrame<'a> {
         skip: usize,
     ) -> Self {
         let gathered = gathered.min(buf.len());
+        let len = buf.len() - gathered;
         TxFrame {
             buf,
             gathered,
-            tail: Some((pieces, skip)),
+            tail: Some(GuestTail { pieces, skip, len }),
         }
     }
 
@@ -248,28 +238,16 @@ impl<'a> TxFrame<'a> {
 
     /// The frame's bytes, split or whole.
     pub fn bytes(&self) -> FrameBytes<'_> {
-        match self.tail {
-            None => FrameBytes::whole(&self.buf[..self.gathered]),
-            Some((pieces, skip)) => FrameBytes {
-                head: &self.buf[..self.gathered],
-                tail: Some(GuestTail {
-                    pieces,
-                    skip,
-                    len: self.buf.len() - self.gathered,
-                }),
-            },
+        FrameBytes {
+            head: &self.buf[..self.gathered],
+            tail: self.tail,
         }
     }
 
     /// The whole frame in the sender's buffer, gathering the tail first if it is still in
     /// guest memory (once: later calls find it whole).
     pub fn make_whole(&mut self) -> &mut [u8] {
-        if let Some((pieces, skip)) = self.tail.take() {
-            let tail = GuestTail {
-                pieces,
-                skip,
-                len: self.buf.len() - self.gathered,
-            };
+        if let Some(tail) = self.tail.take() {
             let rest = &mut self.buf[self.gathered..];
             // SAFETY: `rest` has room for the tail's `len` bytes; the pieces are readable
             // (the contract of `split`).
@@ -308,9 +286,14 @@ mod tests {
             &in_guest[cut[1]..],
         ];
         let pieces = pieces_of(&chunks);
+        // The sender's buffer holds the head; what lies beyond it must come from the pieces.
+        let mut buf = frame.clone();
+        buf[head_len..].fill(0);
         // SAFETY: the pieces point into `in_guest`, alive for the whole test.
-        let bytes =
-            unsafe { FrameBytes::split(&frame[..head_len], &pieces, skip, frame.len() - head_len) };
+        let mut tx = unsafe { TxFrame::split(&mut buf, head_len, &pieces, skip) };
+        assert!(tx.is_split());
+        assert_eq!(tx.head(), &frame[..head_len]);
+        let bytes = tx.bytes();
         assert_eq!(bytes.len(), 200);
         assert!(bytes.as_whole().is_none());
         for from in [0, 1, head_len.saturating_sub(1), head_len, 60, 199, 200] {
@@ -327,16 +310,8 @@ mod tests {
         let mut collected = vec![1, 2];
         bytes.extend_vec(&mut collected);
         assert_eq!(&collected[2..], &frame[..]);
+        assert!(bytes.with_whole(|whole| whole == &frame[..]));
 
-        let mut buf = frame.clone();
-        buf[head_len..].fill(0);
-        // SAFETY: as above.
-        let mut tx = unsafe { TxFrame::split(&mut buf, head_len, &pieces, skip) };
-        assert!(tx.is_split());
-        assert_eq!(tx.head(), &frame[..head_len]);
-        let mut via_bytes = vec![0u8; 200];
-        tx.bytes().copy_to(0, &mut via_bytes);
-        assert_eq!(via_bytes, frame);
         assert_eq!(tx.make_whole(), &frame[..]);
         assert!(!tx.is_split());
         assert_eq!(tx.bytes().as_whole(), Some(&frame[..]));

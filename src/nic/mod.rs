@@ -74,14 +74,7 @@ pub trait GuestRxRing: Send + Sync {
     /// (see [`frame`]). A ring that cannot copy from the pieces itself takes the frame
     /// gathered into one buffer (split frames are large and rare outside vhost-user rings).
     fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
-        match frame.as_whole() {
-            Some(bytes) => self.write(header, bytes),
-            None => {
-                let mut bytes = Vec::with_capacity(frame.len());
-                frame.extend_vec(&mut bytes);
-                self.write(header, &bytes)
-            }
-        }
+        frame.with_whole(|bytes| self.write(header, bytes))
     }
     /// Writes frames `0..count` in order (`frame(i)` gives header and bytes of each) until
     /// one does not go in; returns how many went in and the outcome of the first that did
@@ -663,14 +656,7 @@ impl Nic {
         if self.capturing.load(Ordering::Relaxed)
             && let Some(capture) = self.capture.load().as_ref()
         {
-            match frame.as_whole() {
-                Some(bytes) => capture.record(queue, class, bytes),
-                None => {
-                    let mut bytes = Vec::with_capacity(frame.len());
-                    frame.extend_vec(&mut bytes);
-                    capture.record(queue, class, &bytes);
-                }
-            }
+            frame.with_whole(|bytes| capture.record(queue, class, bytes));
         }
     }
 

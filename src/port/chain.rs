@@ -213,13 +213,9 @@ pub fn walk(
 /// The segments must come from [`walk`] over a `HostMemory` that is still alive.
 pub fn gather(segments: &[Segment], buf: &mut [u8]) -> usize {
     let mut copied = 0;
-    for segment in segments {
-        if copied == buf.len() {
-            break;
-        }
-        let take = (segment.len as usize).min(buf.len() - copied);
-        // SAFETY: the segment was translated by `walk` (see above).
-        unsafe { host_memory::copy_from_guest(segment.host, &mut buf[copied..copied + take]) };
+    for (host, take) in frame::ranges(segments, 0, buf.len()) {
+        // SAFETY: `ranges` stays within the segments, translated by `walk` (see above).
+        unsafe { host_memory::copy_from_guest(host, &mut buf[copied..copied + take]) };
         copied += take;
     }
     copied

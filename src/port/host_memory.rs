@@ -205,22 +205,13 @@ pub fn prefetch(at: usize) {
     let _ = at;
 }
 
-/// Copies `data` to host address `at`.
+/// Copies `out.len()` bytes from host address `at`. (Copies into guest memory go through
+/// `nic::frame`, whose source may be another guest's memory.)
 ///
 /// # Safety
-/// `[at, at + data.len())` must lie in guest memory translated by a live `HostMemory`.
-#[inline]
-pub unsafe fn copy_to_guest(at: usize, data: &[u8]) {
-    // SAFETY: the caller's contract; guest memory never overlaps our own buffers.
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) }
-}
-
-/// Copies `out.len()` bytes from host address `at`.
-///
-/// # Safety
-/// As [`copy_to_guest`].
+/// `[at, at + out.len())` must lie in guest memory translated by a live `HostMemory`.
 #[inline]
 pub unsafe fn copy_from_guest(at: usize, out: &mut [u8]) {
-    // SAFETY: the caller's contract.
+    // SAFETY: the caller's contract; guest memory never overlaps our own buffers.
     unsafe { std::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), out.len()) }
 }
