@@ -3,7 +3,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::frames::{BROADCAST, VirtioNetHdr, mac, udp_frame, udp_frame_of_len, udp_tag};
@@ -150,7 +149,7 @@ fn large_frames_cross_intact_in_every_tx_layout_straight_or_after_waiting() {
     let mut got = Vec::new();
     while got.len() < frames.len() {
         let more = b
-            .recv_any(frames.len() - got.len(), Duration::from_secs(30))
+            .recv_any(frames.len() - got.len(), support::TIMEOUT)
             .expect("recv");
         assert!(
             !more.is_empty(),

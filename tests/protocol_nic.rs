@@ -212,9 +212,7 @@ fn a_large_frame_whose_headers_go_past_the_copied_head_is_classified_on_all_of_t
     b.post_rx_buffers_all(16, 2048).expect("post");
     let frame = frame_with_long_ipv6_options(5001, 7);
     a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
-    let got = b
-        .recv_any(1, std::time::Duration::from_secs(30))
-        .expect("recv");
+    let got = b.recv_any(1, support::TIMEOUT).expect("recv");
     let got = got.first().expect("the frame arrives");
     assert!(got.frame == frame, "the frame was altered");
     assert_eq!(
