@@ -8,9 +8,9 @@ Every figure is paired, in the same run, with DPDK's own vhost PMD in prism-vnic
       polls both sides (pcap infinite_rx -> virtio_user A, virtio_user B -> net_null), so
       scheduling cannot starve the receiver (see ../shared/BENCH.md for why the naive
       three-poller setup measures nothing); DPDK: io forwarding between net_vhost0/1.
-The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's per-second
-stats averaged after a warm-up; each configuration is repeated and min/median/max printed,
-with the backend's CPU use. Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c]
+The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's counters over
+--secs, from one second after frames start to flow; each configuration is repeated, the two
+backends taking turns, and min/median/max printed with the backend's CPU use. Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c] [--frames 64,1518,9000]
 """
 
 import argparse
@@ -130,6 +130,28 @@ def wait_blocks(proc, n, timeout=30):
     return False
 
 
+def wait_flowing(fe, ports, port, key, timeout=30):
+    """Asks for stats every half second until the measured counter grew over two intervals
+    in a row; returns how many stats blocks the log holds by then."""
+    deadline = time.time() + timeout
+    blocks, grew, last = 0, 0, None
+    while time.time() < deadline:
+        fe.command("show port stats all")
+        blocks += ports
+        if not wait_blocks(fe, blocks):
+            break
+        counts = port_counts(fe.text(), port, key)
+        if counts and last is not None and counts[-1] > last:
+            grew += 1
+            if grew == 2:
+                return blocks
+        else:
+            grew = 0
+        last = counts[-1] if counts else None
+        time.sleep(0.5)
+    raise RuntimeError(f"no frames flowed within {timeout} s; see {fe.log_path}")
+
+
 def run_case(case, backend, length, secs, work):
     """One measurement; returns (pps at the measured side, backend CPU %)."""
     sock_a, sock_b = os.path.join(work, "a.sock"), os.path.join(work, "b.sock")
@@ -181,16 +203,20 @@ def run_case(case, backend, length, secs, work):
                          ["-i", "--forward-mode=io", "--port-topology=paired"] + mbuf)
         measured = (3, "TX-packets")  # what B received, forwarded to the null port
     fe = Proc(fe_cmd, 0, os.path.join(work, f"fe-{backend}-{case}.log"))
+    ports = 4 if case == "c" else 1
     try:
         fe.command("start")
-        time.sleep(3)  # warm-up: connection, learning, rings filled
+        # Warm-up: connection, learning, rings filled. The window opens once frames flow:
+        # DPDK's vhost PMD takes 1-4 s here to map the frontend's memory (4 KiB pages), and
+        # a fixed warm-up shorter than that averaged seconds of nothing into its figure.
+        blocks = wait_flowing(fe, ports, *measured)
+        time.sleep(1)
         fe.command("show port stats all")
         t0, cpu0 = time.time(), be.cpu_seconds()
         time.sleep(secs)
         fe.command("show port stats all")
         t1, cpu1 = time.time(), be.cpu_seconds()
-        blocks = 2 * (4 if case == "c" else 1)
-        if not wait_blocks(fe, blocks):
+        if not wait_blocks(fe, blocks + 2 * ports):
             raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
         fe.command("stop")
         fe.command("quit")
@@ -200,7 +226,7 @@ def run_case(case, backend, length, secs, work):
     counts = port_counts(fe.text(), *measured)
     if len(counts) < 2:
         raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
-    return (counts[1] - counts[0]) / (t1 - t0), (cpu1 - cpu0) / (t1 - t0) * 100
+    return (counts[-1] - counts[-2]) / (t1 - t0), (cpu1 - cpu0) / (t1 - t0) * 100
 
 
 def main():
@@ -208,6 +234,7 @@ def main():
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="a,b,c")
+    ap.add_argument("--frames", help="only these frame sizes, e.g. 64 or 64,9000 (default: all)")
     ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
     ap.add_argument("--busy-poll-us", type=int, default=0,
                     help="prism-vnic's --busy-poll-us (0: event-driven, as by default)")
@@ -221,23 +248,27 @@ def main():
             sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev util-linux; .ci/install-deps does)")
     if not os.path.exists(PRISM):
         sys.exit(f"vs_dpdk: {PRISM} missing: run .ci/patch-crates && cargo build --release")
-    cases = [(c, l) for c in args.only.split(",") for l in ([64, 1518] + ([9000] if c == "c" else []))]
+    frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    cases = [(c, l) for c in args.only.split(",") for l in ([64, 1518] + ([9000] if c == "c" else []))
+             if frames is None or l in frames]
     rows = []
     if args.logs:
         os.makedirs(args.logs, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vs-dpdk-") as tmp:
         work = args.logs or tmp
         for case, length in cases:
-            result = {}
-            for backend in ("prism", "dpdk"):
-                runs = []
-                for i in range(args.repeat):
+            result = {"prism": [], "dpdk": []}
+            # The two backends take turns, so a change in the machine's load between runs
+            # falls on both figures alike.
+            for i in range(args.repeat):
+                for backend in ("prism", "dpdk"):
                     log(f"({case}) {length} B {backend} run {i + 1}/{args.repeat} ...")
                     try:
-                        runs.append(run_case(case, backend, length, args.secs, work))
+                        pps, cpu = run_case(case, backend, length, args.secs, work)
+                        log(f"  {pps / 1e6:.2f} Mpps, backend CPU {cpu:.0f}%")
+                        result[backend].append((pps, cpu))
                     except RuntimeError as e:
                         log(f"  failed: {e}")
-                result[backend] = runs
             rows.append((case, length, result))
     print(f"{'case':<5} {'frame':>6} | {'prism-vnic Mpps (min/med/max)':>30} {'CPU%':>5} | "
           f"{'DPDK vhost Mpps (min/med/max)':>30} {'CPU%':>5} | {'ratio':>5} {'Gbit/s':>7}")
