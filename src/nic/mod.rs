@@ -67,6 +67,13 @@ pub enum RingWrite {
 }
 
 /// A guest RX ring, as the NIC sees it. Implemented by the vhost-user port's RX vring.
+/// A frame of a burst as [`GuestRxRing::write_burst`] takes it: its virtio-net header and
+/// its bytes.
+pub type BurstFrame<'a> = (&'a [u8; 12], &'a [u8]);
+
+/// Frames handed to [`GuestRxRing::write_burst`] at once: a burst's worth.
+const WRITE_CHUNK: usize = burst::BURST_FRAMES;
+
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;
@@ -76,22 +83,17 @@ pub trait GuestRxRing: Send + Sync {
     fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
         frame.with_whole(|bytes| self.write(header, bytes))
     }
-    /// Writes frames `0..count` in order (`frame(i)` gives header and bytes of each) until
-    /// one does not go in; returns how many went in and the outcome of the first that did
-    /// not. A ring may take its locks once for all of them.
-    fn write_burst<'a>(
-        &self,
-        count: usize,
-        frame: &dyn Fn(usize) -> (&'a [u8; 12], &'a [u8]),
-    ) -> (usize, Option<RingWrite>) {
-        for index in 0..count {
-            let (header, bytes) = frame(index);
+    /// Writes `frames` (header and bytes of each) in order until one does not go in;
+    /// returns how many went in and the outcome of the first that did not. A ring may take
+    /// its locks once for all of them.
+    fn write_burst(&self, frames: &[BurstFrame<'_>]) -> (usize, Option<RingWrite>) {
+        for (index, &(header, bytes)) in frames.iter().enumerate() {
             match self.write(header, bytes) {
                 RingWrite::Written => {}
                 other => return (index, Some(other)),
             }
         }
-        (count, None)
+        (frames.len(), None)
     }
     /// Makes what `write` wrote visible to the guest. Writers call it once per batch (the
     /// NIC does, before its interrupt moderation decides anything), so a ring may defer
@@ -540,12 +542,20 @@ impl Nic {
         let ring: &dyn GuestRxRing = ring.as_ref().as_ref();
         let bytes_of = |frame: &burst::Staged| &bytes[frame.start..frame.start + frame.len];
         let mut from = 0;
+        // The frames' references, laid out before the writes start rather than handed out
+        // one by one: the ring then reads them from lines stored long before, and no load
+        // of theirs has to wait behind the stores into the guest's memory (see
+        // `write_header` in port/ring.rs for why such waits cost).
+        let none: BurstFrame<'_> = (&[0; 12], &[]);
+        let mut chunk = [none; WRITE_CHUNK];
         while from < planned.len() {
             let rest = &planned[from..];
-            let (written, outcome) = ring.write_burst(rest.len(), &|k| {
-                let frame = &frames[rest[k]];
-                (&frame.header, bytes_of(frame))
-            });
+            let count = rest.len().min(WRITE_CHUNK);
+            for (slot, &at) in chunk.iter_mut().zip(&rest[..count]) {
+                let frame = &frames[at];
+                *slot = (&frame.header, bytes_of(frame));
+            }
+            let (written, outcome) = ring.write_burst(&chunk[..count]);
             let account = |state: &mut queue::QueueState, outcome, frame: &burst::Staged| {
                 let len = frame.len;
                 queue.account(
@@ -565,7 +575,8 @@ impl Nic {
             }
             from += written;
             match outcome {
-                None | Some(RingWrite::Written) => break,
+                // This chunk went in; the loop goes on with the next, if any.
+                None | Some(RingWrite::Written) => {}
                 Some(RingWrite::Full) => {
                     for &at in &planned[from..] {
                         let frame = frames[at];

@@ -184,9 +184,10 @@ pub mod volatile {
     /// See the module.
     #[inline]
     pub unsafe fn write_used_elem(at: usize, id: u32, len: u32) {
-        let mut bytes = [0u8; 8];
-        bytes[..4].copy_from_slice(&id.to_le_bytes());
-        bytes[4..].copy_from_slice(&len.to_le_bytes());
+        // One 8-byte value, not two 4-byte halves put together in memory: reading such a
+        // pair back as one load cannot be forwarded from the two stores, and then waits for
+        // every older store, those into the guest's lines included.
+        let bytes = (u64::from(id) | u64::from(len) << 32).to_le_bytes();
         // SAFETY: the caller's contract.
         unsafe { std::ptr::write_volatile(at as *mut [u8; 8], bytes) }
     }

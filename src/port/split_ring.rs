@@ -28,6 +28,8 @@ pub enum RingError {
         addr: u64,
         len: usize,
     },
+    #[error("queue size {size} is not a power of two")]
+    BadSize { size: u16 },
     #[error("{area} at {addr:#x} is not {align}-byte aligned")]
     Misaligned {
         area: &'static str,
@@ -85,6 +87,10 @@ impl SplitRing {
         if size == 0 {
             return Err(RingError::NotReady);
         }
+        // virtio-queue refuses other sizes too; the slot arithmetic below relies on it.
+        if !size.is_power_of_two() {
+            return Err(RingError::BadSize { size });
+        }
         let entries = usize::from(size);
         // virtio 1.2, 2.7: alignment 16, 2 and 4; avail and used carry a trailing event field.
         Ok(SplitRing {
@@ -119,7 +125,7 @@ impl SplitRing {
     /// The head index in avail slot `position % size`.
     #[inline]
     pub fn avail_entry(&self, position: Wrapping<u16>) -> u16 {
-        let slot = usize::from(position.0 % self.size);
+        let slot = usize::from(position.0 & (self.size - 1));
         // SAFETY: the slot is inside the avail area.
         unsafe { volatile::read_u16(self.avail + 4 + 2 * slot) }
     }
@@ -147,7 +153,7 @@ impl SplitRing {
     /// Writes used element `position % size` (not yet visible to the driver).
     #[inline]
     pub fn put_used(&self, position: Wrapping<u16>, head: u16, len: u32) {
-        let slot = usize::from(position.0 % self.size);
+        let slot = usize::from(position.0 & (self.size - 1));
         // SAFETY: the element is inside the used area.
         unsafe { volatile::write_used_elem(self.used + 4 + 8 * slot, u32::from(head), len) }
     }
@@ -286,6 +292,15 @@ mod tests {
         assert_eq!(ring.avail_idx(), Wrapping(7));
         assert_eq!(ring.avail_entry(Wrapping(15)), 3);
         assert_eq!(ring.descriptor(SIZE), None);
+    }
+
+    #[test]
+    fn a_ring_whose_size_is_not_a_power_of_two_is_refused() {
+        let (_mem, host) = rig();
+        assert_eq!(
+            SplitRing::at(&host, DESC, AVAIL, USED, 6).unwrap_err(),
+            RingError::BadSize { size: 6 }
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use virtio_queue::{Queue, QueueT};
 use super::chain::{self, ChainError, Direction, Segment};
 use super::host_memory::{self, HostMemory};
 use super::ring::{
-    AvailCache, GuestMemory_, NextHead, RateLimitedLog, next_head, publish_used, put_used,
+    AvailCache, GuestMemory_, NextHead, RateLimitedLog, UsedShadow, next_head, publish_used,
+    put_used,
 };
 use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
@@ -57,6 +58,8 @@ pub struct TxScratch {
     ring: RingCache,
     /// Used entries published since the last interrupt decision.
     used: UsedSince,
+    /// Used entries put since the last publication.
+    shadow: UsedShadow,
 }
 
 impl Default for TxScratch {
@@ -69,6 +72,7 @@ impl Default for TxScratch {
             host: None,
             ring: RingCache::default(),
             used: UsedSince::default(),
+            shadow: UsedShadow::default(),
         }
     }
 }
@@ -136,7 +140,13 @@ fn process_chains(
         Taken::Chain(chain) => Some(chain),
         Taken::Empty => None,
         Taken::Broken => {
-            publish_used(queue, ring, used_before, &mut scratch.used);
+            publish_used(
+                queue,
+                ring,
+                &mut scratch.shadow,
+                used_before,
+                &mut scratch.used,
+            );
             return TxProgress::Broken;
         }
     };
@@ -162,7 +172,7 @@ fn process_chains(
         }
         let head = chain.head;
         forward_chain(head, chain.walked, scratch, sender);
-        if !put_used(queue, ring, head, 0) {
+        if !put_used(queue, ring, &mut scratch.shadow, head, 0) {
             // The head index itself is out of range: nothing valid can go to the used ring.
             stats::inc(&sender.counters.tx_errors_chain);
             sender
@@ -176,12 +186,24 @@ fn process_chains(
             // Give the guest its buffers back during a long batch too: its ring may be no
             // larger than the batch, and it cannot queue more until it sees completions.
             let published_to = queue.next_used();
-            publish_used(queue, ring, used_before, &mut scratch.used);
+            publish_used(
+                queue,
+                ring,
+                &mut scratch.shadow,
+                used_before,
+                &mut scratch.used,
+            );
             used_before = published_to;
         }
         std::mem::swap(&mut scratch.segments, &mut scratch.next_segments);
     }
-    publish_used(queue, ring, used_before, &mut scratch.used);
+    publish_used(
+        queue,
+        ring,
+        &mut scratch.shadow,
+        used_before,
+        &mut scratch.used,
+    );
     progress
 }
 
