@@ -64,8 +64,23 @@ pub struct Fabric {
     pub ports: Vec<FabricPort>,
 }
 
-fn mac_at(frame: &[u8], at: usize) -> Option<Mac> {
-    frame.get(at..at + 6)?.try_into().ok()
+/// The destination and source MACs of an Ethernet frame, if it is that long.
+///
+/// Read as one 8-byte and one 4-byte load from the frame (which the sender has just gathered
+/// with wide stores that forward to them), not copied out as 12 bytes first: the compiler
+/// made that a small memcpy whose overlapping stores the next loads could not be forwarded
+/// from, and the wait was a twentieth of the 64-byte TX path.
+#[inline]
+fn macs(frame: &[u8]) -> Option<(Mac, Mac)> {
+    let (low, high) = frame.get(..12)?.split_at(8);
+    let low = u64::from_le_bytes(low.try_into().ok()?);
+    let high = u32::from_le_bytes(high.try_into().ok()?);
+    let dst = low.to_le_bytes();
+    let src = (low >> 48 | u64::from(high) << 16).to_le_bytes();
+    Some((
+        [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]],
+        [src[0], src[1], src[2], src[3], src[4], src[5]],
+    ))
 }
 
 impl Fabric {
@@ -83,7 +98,7 @@ impl Fabric {
         scratch: &mut ForwardScratch,
         sender: &QueueCounters,
     ) {
-        let (Some(dst), Some(src)) = (mac_at(frame.head(), 0), mac_at(frame.head(), 6)) else {
+        let Some((dst, src)) = macs(frame.head()) else {
             // Not even an Ethernet header: the caller's check failed us; drop, never panic.
             stats::inc(&sender.tx_errors_frame);
             return;
@@ -191,5 +206,19 @@ impl Fabric {
                 nic.wake();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_the_first_twelve_bytes() {
+        let frame: Vec<u8> = (1..=14).collect();
+        let (dst, src) = macs(&frame).unwrap();
+        assert_eq!(dst, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(src, [7, 8, 9, 10, 11, 12]);
+        assert_eq!(macs(&frame[..11]), None);
     }
 }
