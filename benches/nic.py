@@ -6,8 +6,10 @@ VM, no frontend: what is measured is the switch and the NIC).
    holds 0, 10, 100 and 1000 flow rules (on ports, source and destination prefixes, none
    matching the traffic: the NIC's rule screen rules every frame out, and the frames are
    decided as without rules). Target: 1000 rules cost at most 10% against 0. The rule
-   counts are measured in turn, --repeat times over; on a shared machine, compare runs made
-   in one window (other load moves the rates by tens of percent).
+   counts are measured in turn, --repeat times over; on a shared machine other load moves
+   those rates by tens of percent, so the cost is also measured paired: a daemon with N
+   rules and one with none run at once on the same CPU, and their rate ratio is the ratio
+   of their per-frame costs, whatever else the machine does.
 2. Priority under congestion: a bulk generator saturates a paced link into a sink while a
    second generator sends a DSCP EF flow at 1000 frames/s. The NIC residence time of the
    priority frames with strict priority (trust dscp), against the same traffic with priority
@@ -58,9 +60,9 @@ def rules_file(path, count):
 
 
 class Daemon:
-    def __init__(self, work, args, cpus="1"):
-        self.control = os.path.join(work, "ctl.sock")
-        self.log = open(os.path.join(work, "daemon.log"), "w")
+    def __init__(self, work, args, cpus="1", name="daemon"):
+        self.control = os.path.join(work, f"{name}.sock")
+        self.log = open(os.path.join(work, f"{name}.log"), "w")
         self.p = subprocess.Popen(["taskset", "-c", cpus, PRISM, "--control", self.control, *args],
                                   stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 20
@@ -87,20 +89,42 @@ class Daemon:
         self.log.close()
 
 
-def rule_rate(work, count, secs):
+def rule_daemon(work, count, name="daemon"):
     # One CPU: the generator thread does all the work (switch, classifier, sink).
     args = ["--gen", "g=dst=02:00:00:00:00:0b,len=64,flows=64", "--sink", "s"]
     if count:
         args += ["--rules", "s=" + rules_file(os.path.join(work, f"rules{count}.toml"), count)]
-    d = Daemon(work, args)
+    return Daemon(work, args, name=name)
+
+
+def sink_rates(daemons, secs):
+    """The packet rate into each daemon's sink over the same `secs` window."""
+    time.sleep(1)
+    before = [(d.port("s")["counters"]["rx_packets"], time.time()) for d in daemons]
+    time.sleep(secs)
+    after = [(d.port("s")["counters"]["rx_packets"], time.time()) for d in daemons]
+    return [(b - a) / (t1 - t0) for (a, t0), (b, t1) in zip(before, after)]
+
+
+def rule_rate(work, count, secs):
+    d = rule_daemon(work, count)
     try:
-        time.sleep(1)
-        a, t0 = d.port("s")["counters"]["rx_packets"], time.time()
-        time.sleep(secs)
-        b, t1 = d.port("s")["counters"]["rx_packets"], time.time()
+        return sink_rates([d], secs)[0]
     finally:
         d.stop()
-    return (b - a) / (t1 - t0)
+
+
+def paired_ratio(work, count, secs):
+    """The rate with `count` rules over the rate with none, both daemons running at once on
+    the same CPU: the kernel shares the CPU between them evenly, so whatever else slows the
+    machine down slows both, and the ratio is the ratio of their per-frame costs."""
+    daemons = [rule_daemon(work, 0, "none"), rule_daemon(work, count, f"rules{count}")]
+    try:
+        none, rules = sink_rates(daemons, secs)
+    finally:
+        for d in daemons:
+            d.stop()
+    return rules / none
 
 
 def residence(work, trust, link_rate, secs):
@@ -160,6 +184,15 @@ def rule_cost(work, args):
         base = base or med
         print(f"{count:>6} | {rates[0] / 1e6:6.2f}/{med / 1e6:6.2f}/{rates[-1] / 1e6:6.2f} | "
               f"{(med / base - 1) * 100:+9.1f}%")
+    # The same comparison made robust against the machine's own swings: a daemon with N
+    # rules and one with none share one CPU for the whole window.
+    print("\n   paired: N rules and 0 rules at once on one CPU (rate ratio; other load falls on both)")
+    print(f"{'rules':>6} | {'vs 0 rules min/med/max':>24}")
+    for count in counts[1:]:
+        ratios = sorted(paired_ratio(work, count, args.secs) for _ in range(args.repeat))
+        log(f"rules={count} paired: {', '.join(f'{r:.3f}' for r in ratios)}")
+        low, med, high = ((r - 1) * 100 for r in (ratios[0], statistics.median(ratios), ratios[-1]))
+        print(f"{count:>6} | {low:+6.1f}%/{med:+6.1f}%/{high:+6.1f}%")
 
 
 def priority(work, args):
