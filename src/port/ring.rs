@@ -610,12 +610,8 @@ impl GuestRxRing for VhostRxRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::split_ring::tests::{AVAIL, DESC, SIZE, USED, rig};
     use vm_memory::{Bytes, GuestAddress};
-
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const SIZE: u16 = 8;
 
     fn used_elem(mem: &GuestMemoryMmap<()>, slot: u64) -> (u32, u32) {
         let at = USED + 4 + 8 * slot;
@@ -627,8 +623,7 @@ mod tests {
 
     #[test]
     fn used_entries_wait_in_the_shadow_then_land_in_order_across_the_wrap() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let host = HostMemory::new(Arc::new(mem.clone()));
+        let (mem, host) = rig();
         let ring = SplitRing::at(&host, DESC, AVAIL, USED, SIZE).unwrap();
         let mut queue = Queue::new(SIZE).unwrap();
         queue.set_next_used(6);

@@ -252,17 +252,18 @@ impl UsedSince {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const SIZE: u16 = 8;
+    pub(crate) const DESC: u64 = 0x1000;
+    pub(crate) const AVAIL: u64 = 0x2000;
+    pub(crate) const USED: u64 = 0x3000;
+    pub(crate) const SIZE: u16 = 8;
 
-    fn rig() -> (GuestMemoryMmap<()>, HostMemory) {
+    /// 64 KiB of guest memory with a ring of SIZE at DESC, AVAIL and USED, as the host sees it.
+    pub(crate) fn rig() -> (GuestMemoryMmap<()>, HostMemory) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let host = HostMemory::new(Arc::new(mem.clone()));
         (mem, host)

@@ -77,6 +77,13 @@ impl Default for TxScratch {
     }
 }
 
+impl TxScratch {
+    /// Stores and publishes the used entries put since `before` (see [`publish_used`]).
+    fn publish(&mut self, queue: &Queue, ring: &SplitRing, before: u16) {
+        publish_used(queue, ring, &mut self.shadow, before, &mut self.used);
+    }
+}
+
 /// Whether the ring has more to do after a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxProgress {
@@ -140,13 +147,7 @@ fn process_chains(
         Taken::Chain(chain) => Some(chain),
         Taken::Empty => None,
         Taken::Broken => {
-            publish_used(
-                queue,
-                ring,
-                &mut scratch.shadow,
-                used_before,
-                &mut scratch.used,
-            );
+            scratch.publish(queue, ring, used_before);
             return TxProgress::Broken;
         }
     };
@@ -186,24 +187,12 @@ fn process_chains(
             // Give the guest its buffers back during a long batch too: its ring may be no
             // larger than the batch, and it cannot queue more until it sees completions.
             let published_to = queue.next_used();
-            publish_used(
-                queue,
-                ring,
-                &mut scratch.shadow,
-                used_before,
-                &mut scratch.used,
-            );
+            scratch.publish(queue, ring, used_before);
             used_before = published_to;
         }
         std::mem::swap(&mut scratch.segments, &mut scratch.next_segments);
     }
-    publish_used(
-        queue,
-        ring,
-        &mut scratch.shadow,
-        used_before,
-        &mut scratch.used,
-    );
+    scratch.publish(queue, ring, used_before);
     progress
 }
 
