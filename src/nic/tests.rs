@@ -456,3 +456,43 @@ fn a_large_frame_goes_at_once_after_what_was_staged() {
     assert!(burst.is_empty(), "the staged frame went first");
     assert_eq!(rig.rings[0].tags(), vec![1, 2]);
 }
+
+#[test]
+fn a_staging_sender_sees_rings_attached_detached_or_disabled_since_its_last_frame() {
+    // Two queues: rx-0 takes the high class (EF), rx-1 the rest.
+    let rig = Rig::new(2, config(), RuleSet::default());
+    let (for_0, for_1) = (frame(EF, 1), frame(0, 2));
+    let stage = |burst: &mut Burst, f: &[u8]| {
+        let decision = rig.nic.classify(f);
+        let wire = wire_bytes(f.len(), 1, 0);
+        rig.nic
+            .stage(burst, &decision, &[0; 12], FrameBytes::whole(f), wire, 0)
+    };
+    let mut burst = Burst::default();
+    assert_eq!(stage(&mut burst, &for_1), Some(1));
+    // Disabled by its guest: folded onto queue 0 on the next frame.
+    rig.rings[1].disabled.store(true, Ordering::Relaxed);
+    assert_eq!(stage(&mut burst, &for_1), Some(0));
+    rig.rings[1].disabled.store(false, Ordering::Relaxed);
+    // Detached, then a new ring attached: each seen on the next frame.
+    rig.nic.attach_ring(1, None);
+    assert_eq!(stage(&mut burst, &for_1), Some(0));
+    let new_ring = Arc::new(FakeRing::default());
+    new_ring.room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.attach_ring(1, Some(Box::new(new_ring.clone())));
+    assert_eq!(stage(&mut burst, &for_1), Some(1));
+    assert_eq!(stage(&mut burst, &for_0), Some(0));
+    rig.nic.deliver_burst(&mut burst, 0);
+    // Staged frames go to the ring their queue has at delivery: the first frame too.
+    assert_eq!(new_ring.frames.lock().unwrap().len(), 2);
+    // A detached ring stays referenced by the sender until the end of its batch (a
+    // detached ring keeps its guest's memory mapped), then it is let go of.
+    rig.nic.attach_ring(1, None);
+    assert_eq!(
+        Arc::strong_count(&new_ring),
+        2,
+        "the test's and the burst's"
+    );
+    burst.release_rings();
+    assert_eq!(Arc::strong_count(&new_ring), 1);
+}
