@@ -28,6 +28,17 @@ DEBUG = os.environ.get("PRISM_KERNEL_DEBUG") == "1"
 LOG_DIR = Path(os.environ.get("PRISM_KERNEL_LOGS", Path(__file__).resolve().parent / "out"))
 
 CHECK_RE = re.compile(r"^PRISM-CHECK (\S+) (ok|fail) ?(.*)$")
+# A kernel message on the console: "[   34.354714] text" up to its newline.
+KERNEL_MESSAGE_RE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
+
+
+def protocol_lines(console):
+    """The console's lines with kernel messages taken out first. The kernel writes to the
+    same serial console as the test script, asynchronously (a network namespace is torn
+    down by a workqueue after the script has moved on), and a message can land in the
+    middle of a line the script is writing: "PRISM-CHECK dmes[  34.35] device vxlan0 left
+    promiscuous mode\ng_clean ok". Taken out, the script's line is whole again."""
+    return [line.strip("\r") for line in KERNEL_MESSAGE_RE.sub("", console).splitlines()]
 
 
 def build_kernel(flavour: str, debug: bool = False) -> Path:
@@ -152,8 +163,7 @@ def boot(kernel: Path, initrd: Path, name: str, test: str, mode: int = 1,
         qemu_err = err.read().decode(errors="replace")
     if qemu_err.strip():
         run.console += "\n[qemu stderr]\n" + qemu_err
-    for line in run.console.splitlines():
-        line = line.strip("\r")
+    for line in protocol_lines(run.console):
         m = CHECK_RE.match(line)
         if m:
             run.checks[m.group(1)] = (m.group(2), m.group(3))
