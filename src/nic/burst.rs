@@ -11,10 +11,6 @@ use super::FrameBytes;
 use std::sync::Arc;
 
 use crate::classify::{Class, Classifier};
-use crate::nic::GuestRxRing;
-
-/// A ring as the NIC's queues hold it.
-pub(super) type SharedRing = Arc<Box<dyn GuestRxRing>>;
 
 /// Frames staged per NIC before the burst is delivered regardless of the batch.
 pub const BURST_FRAMES: usize = 64;
@@ -35,7 +31,7 @@ pub(super) struct Staged {
 }
 
 /// A sender's frames for one NIC (reused: no allocation per frame once warm).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Burst {
     pub(super) bytes: Vec<u8>,
     pub(super) frames: Vec<Staged>,
@@ -44,9 +40,6 @@ pub struct Burst {
     /// The sender's reference to the NIC's classifier, with the NIC's classifier generation
     /// it was loaded at (see `Nic::classify_for`).
     pub(super) classifier: Option<(u64, Arc<Classifier>)>,
-    /// The sender's references to the NIC's rings, with the NIC's ring generation they were
-    /// loaded at (see `Nic::admit_staged`).
-    pub(super) rings: Option<(u64, Vec<Option<SharedRing>>)>,
 }
 
 impl Burst {
@@ -56,13 +49,6 @@ impl Burst {
 
     pub fn len(&self) -> usize {
         self.frames.len()
-    }
-
-    /// Lets go of the sender's references to the NIC's rings (at the end of its batch): a
-    /// detached ring holds its guest's memory mapped, and a sender that sends nothing more
-    /// to this NIC would otherwise keep it mapped.
-    pub fn release_rings(&mut self) {
-        self.rings = None;
     }
 
     pub(super) fn is_full(&self) -> bool {

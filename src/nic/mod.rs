@@ -144,9 +144,6 @@ pub struct Nic {
     /// Bumped after every change of `classifier`: senders keep their own reference to the
     /// classifier and check this instead of loading the arc-swap per frame.
     classifier_generation: AtomicU64,
-    /// Bumped after every ring attached or detached: senders keep their own references to
-    /// the rings for staging (see [`Nic::stage`]).
-    rings_generation: AtomicU64,
     classifier_config: ClassifierConfig,
     pub link: Link,
     /// Frames waiting in this NIC's buffers, per class: a frame may skip the buffers only when
@@ -192,7 +189,6 @@ impl Nic {
                 .collect(),
             classifier: ArcSwap::from_pointee(classifier),
             classifier_generation: AtomicU64::new(0),
-            rings_generation: AtomicU64::new(0),
             classifier_config,
             link: Link::new(config.link),
             buffered: [AtomicUsize::new(0), AtomicUsize::new(0)],
@@ -236,7 +232,6 @@ impl Nic {
             );
         }
         queue.ring.store(ring.map(Arc::new));
-        self.rings_generation.fetch_add(1, Ordering::Release);
         if detach {
             let dropped = queue.clear();
             for (count, dropped) in self.buffered.iter().zip(dropped) {
@@ -334,38 +329,34 @@ impl Nic {
     /// (loaded once: the caller writes into it). A guest that uses fewer queues (ethtool -L)
     /// has its classifier's choice folded onto those, as a NIC driver reprograms its
     /// indirection table; queue 0 is never disabled by Linux.
-    fn pick_queue(
-        &self,
-        decision: &Decision,
-        is_enabled: impl Fn(usize) -> bool,
-    ) -> Option<&RxQueue> {
+    fn pick_queue(&self, decision: &Decision, hash: u32) -> Option<(&RxQueue, queue::RingGuard)> {
         let wanted = usize::from(decision.queue.queue());
-        if wanted < self.queues.len() && is_enabled(wanted) {
-            return self.queues.get(wanted);
+        if let Some(queue) = self.queues.get(wanted) {
+            let ring = queue.ring();
+            if ring.as_ref().is_some_and(|ring| ring.is_enabled()) {
+                return Some((queue, ring));
+            }
         }
+        let enabled = self.queues.iter().filter(|q| q.is_enabled()).count();
+        if enabled == 0 {
+            return None;
+        }
+        let queue = self
+            .queues
+            .iter()
+            .filter(|q| q.is_enabled())
+            .nth(hash as usize % enabled)?;
+        Some((queue, queue.ring()))
+    }
+
+    /// The queue a frame with `decision` goes to, with its ring; counts what the NIC drops
+    /// before any buffer (no usable queue, a drop rule). `None`: the frame is dropped.
+    fn admit(&self, decision: &Decision) -> Option<(&RxQueue, queue::RingGuard)> {
         let hash = match decision.queue {
             crate::classify::QueueChoice::Rss { hash, .. } => hash,
             _ => 0,
         };
-        let enabled = (0..self.queues.len()).filter(|&q| is_enabled(q)).count();
-        if enabled == 0 {
-            return None;
-        }
-        let index = (0..self.queues.len())
-            .filter(|&q| is_enabled(q))
-            .nth(hash as usize % enabled)?;
-        self.queues.get(index)
-    }
-
-    /// The queue a frame with `decision` goes to (by `is_enabled`, whether queue `i` has an
-    /// enabled ring); counts what the NIC drops before any buffer (no usable queue, a drop
-    /// rule). `None`: the frame is dropped.
-    fn admit_by(
-        &self,
-        decision: &Decision,
-        is_enabled: impl Fn(usize) -> bool,
-    ) -> Option<&RxQueue> {
-        let Some(queue) = self.pick_queue(decision, is_enabled) else {
+        let Some((queue, ring_guard)) = self.pick_queue(decision, hash) else {
             stats::inc(&self.port_counters.rx_drops_not_ready);
             return None;
         };
@@ -376,36 +367,7 @@ impl Nic {
             stats::inc(&queue.counters.rx_drops_rule);
             return None;
         }
-        Some(queue)
-    }
-
-    /// [`admit_by`](Self::admit_by) the rings as they are now, with the chosen queue's ring.
-    fn admit(&self, decision: &Decision) -> Option<(&RxQueue, queue::RingGuard)> {
-        let queue = self.admit_by(decision, |index| self.queues[index].is_enabled())?;
-        Some((queue, queue.ring()))
-    }
-
-    /// [`admit_by`](Self::admit_by) the sender's own references to the rings, reloaded when
-    /// a ring was attached or detached since: one atomic load per frame instead of an
-    /// arc-swap load and release (5% of the 64-byte path). Whether a ring is enabled is
-    /// still asked of the ring itself.
-    fn admit_staged(&self, burst: &mut Burst, decision: &Decision) -> Option<&RxQueue> {
-        let generation = self.rings_generation.load(Ordering::Acquire);
-        if burst
-            .rings
-            .as_ref()
-            .is_none_or(|(seen, _)| *seen != generation)
-        {
-            let rings = self.queues.iter().map(|q| q.ring.load_full()).collect();
-            burst.rings = Some((generation, rings));
-        }
-        let rings = burst.rings.as_ref().map(|(_, rings)| rings)?;
-        self.admit_by(decision, |index| {
-            rings
-                .get(index)
-                .and_then(Option::as_ref)
-                .is_some_and(|ring| ring.is_enabled())
-        })
+        Some((queue, ring_guard))
     }
 
     /// Receives one frame from the wire (its header already adapted to this guest, its
@@ -443,12 +405,12 @@ impl Nic {
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
-        let queue = self.admit_staged(burst, decision)?;
+        let (queue, ring_guard) = self.admit(decision)?;
         if frame.len() > STAGE_MAX_LEN {
             self.deliver_burst(burst, arrival_ns);
             return self.receive_on(
                 queue,
-                &queue.ring(),
+                &ring_guard,
                 decision.class,
                 header,
                 frame,

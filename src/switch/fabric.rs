@@ -178,7 +178,6 @@ impl Fabric {
             if let Some(target) = self.ports.get(port) {
                 target.nic.deliver_burst(burst, target.nic.now_ns());
             }
-            burst.release_rings();
         }
         scratch.drained.clear();
         for &(port, _) in &scratch.touched {
