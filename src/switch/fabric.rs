@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use log::debug;
 
-use super::{DecisionCache, Forward, IngressError, Mac, PortId, Switch};
+use super::{DecisionCache, Forward, IngressError, MacKey, PortId, Switch};
 use crate::nic::{self, Nic, TxFrame};
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
@@ -64,23 +64,17 @@ pub struct Fabric {
     pub ports: Vec<FabricPort>,
 }
 
-/// The destination and source MACs of an Ethernet frame, if it is that long.
+/// The destination and source MACs of an Ethernet frame as [`MacKey`]s, if it is that long.
 ///
 /// Read as one 8-byte and one 4-byte load from the frame (which the sender has just gathered
-/// with wide stores that forward to them), not copied out as 12 bytes first: the compiler
-/// made that a small memcpy whose overlapping stores the next loads could not be forwarded
-/// from, and the wait was a twentieth of the 64-byte TX path.
+/// with wide stores that forward to them) and kept in registers: as arrays they went through
+/// the stack in pieces that the next loads could not be forwarded from (see [`MacKey`]).
 #[inline]
-fn macs(frame: &[u8]) -> Option<(Mac, Mac)> {
+fn macs(frame: &[u8]) -> Option<(MacKey, MacKey)> {
     let (low, high) = frame.get(..12)?.split_at(8);
     let low = u64::from_le_bytes(low.try_into().ok()?);
     let high = u32::from_le_bytes(high.try_into().ok()?);
-    let dst = low.to_le_bytes();
-    let src = (low >> 48 | u64::from(high) << 16).to_le_bytes();
-    Some((
-        [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]],
-        [src[0], src[1], src[2], src[3], src[4], src[5]],
-    ))
+    Some((low & 0xffff_ffff_ffff, low >> 48 | u64::from(high) << 16))
 }
 
 impl Fabric {
@@ -105,7 +99,7 @@ impl Fabric {
         };
         let forward = match self
             .switch
-            .decide(ingress, &src, &dst, &mut scratch.decisions)
+            .decide(ingress, src, dst, &mut scratch.decisions)
         {
             Ok(forward) => forward,
             Err(IngressError::MacLimit) => {
@@ -212,13 +206,15 @@ impl Fabric {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::switch::{key_mac, mac_key};
 
     #[test]
     fn macs_are_the_first_twelve_bytes() {
         let frame: Vec<u8> = (1..=14).collect();
         let (dst, src) = macs(&frame).unwrap();
-        assert_eq!(dst, [1, 2, 3, 4, 5, 6]);
-        assert_eq!(src, [7, 8, 9, 10, 11, 12]);
+        assert_eq!(key_mac(dst), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(key_mac(src), [7, 8, 9, 10, 11, 12]);
+        assert_eq!(mac_key([1, 2, 3, 4, 5, 6]), dst);
         assert_eq!(macs(&frame[..11]), None);
     }
 }

@@ -113,11 +113,30 @@ pub struct DecisionCache {
 #[derive(Clone, Copy)]
 struct CachedDecision {
     ingress: PortId,
-    src: Mac,
-    dst: Mac,
+    /// Source and destination as numbers ([`mac_key`]).
+    src: u64,
+    dst: u64,
     generation: u64,
     second: u64,
     forward: Forward,
+}
+
+/// A MAC as a number (its six bytes little-endian), the form the data path handles them in.
+/// As `[u8; 6]` values, LLVM kept them on the stack in 4- and 2-byte pieces and read them
+/// back with loads spanning both, which cannot be forwarded from those stores and wait for
+/// them to reach the cache: most of the switch's time per frame.
+pub type MacKey = u64;
+
+#[inline(always)]
+pub fn mac_key(mac: Mac) -> MacKey {
+    let [a, b, c, d, e, f] = mac;
+    u64::from_le_bytes([a, b, c, d, e, f, 0, 0])
+}
+
+#[inline(always)]
+pub fn key_mac(key: MacKey) -> Mac {
+    let [a, b, c, d, e, f, _, _] = key.to_le_bytes();
+    [a, b, c, d, e, f]
 }
 
 fn shard_of(mac: &Mac) -> usize {
@@ -209,19 +228,21 @@ impl Switch {
     }
 
     /// Learns the source and decides where the frame goes, through the sender's cache.
+    /// The addresses come as [`MacKey`]s, compared in registers against the sender's last
+    /// decision.
     pub fn decide(
         &self,
         ingress: PortId,
-        src: &Mac,
-        dst: &Mac,
+        src_key: MacKey,
+        dst_key: MacKey,
         cache: &mut DecisionCache,
     ) -> Result<Forward, IngressError> {
         let generation = self.generation.load(Ordering::Acquire);
         let second = self.now();
         if let Some(hit) = cache.last.filter(|c| {
             c.ingress == ingress
-                && c.src == *src
-                && c.dst == *dst
+                && c.src == src_key
+                && c.dst == dst_key
                 && c.generation == generation
                 && c.second == second
         }) {
@@ -233,12 +254,12 @@ impl Switch {
             cache.unsettled[kind] += 1;
             return Ok(hit.forward);
         }
-        self.learn(ingress, src)?;
-        let forward = self.lookup(ingress, dst);
+        self.learn(ingress, &key_mac(src_key))?;
+        let forward = self.lookup(ingress, &key_mac(dst_key));
         cache.last = Some(CachedDecision {
             ingress,
-            src: *src,
-            dst: *dst,
+            src: src_key,
+            dst: dst_key,
             generation,
             second,
             forward,
@@ -431,16 +452,28 @@ mod tests {
     fn cached_decisions_follow_table_changes() {
         let sw = switch();
         let mut cache = DecisionCache::default();
-        assert_eq!(sw.decide(0, &A, &B, &mut cache), Ok(Forward::Flood));
+        assert_eq!(
+            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            Ok(Forward::Flood)
+        );
         sw.learn(1, &B).unwrap();
-        assert_eq!(sw.decide(0, &A, &B, &mut cache), Ok(Forward::Unicast(1)));
+        assert_eq!(
+            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            Ok(Forward::Unicast(1))
+        );
         // B moves: the cached decision must not survive.
         sw.learn(2, &B).unwrap();
-        assert_eq!(sw.decide(0, &A, &B, &mut cache), Ok(Forward::Unicast(2)));
-        sw.flush_port(2);
-        assert_eq!(sw.decide(0, &A, &B, &mut cache), Ok(Forward::Flood));
         assert_eq!(
-            sw.decide(0, &BROADCAST, &B, &mut cache),
+            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            Ok(Forward::Unicast(2))
+        );
+        sw.flush_port(2);
+        assert_eq!(
+            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            Ok(Forward::Flood)
+        );
+        assert_eq!(
+            sw.decide(0, mac_key(BROADCAST), mac_key(B), &mut cache),
             Err(IngressError::MulticastSource)
         );
     }
