@@ -66,7 +66,6 @@ pub enum RingWrite {
     NotReady,
 }
 
-/// A guest RX ring, as the NIC sees it. Implemented by the vhost-user port's RX vring.
 /// A frame of a burst as [`GuestRxRing::write_burst`] takes it: its virtio-net header and
 /// its bytes.
 pub type BurstFrame<'a> = (&'a [u8; 12], &'a [u8]);
@@ -74,6 +73,7 @@ pub type BurstFrame<'a> = (&'a [u8; 12], &'a [u8]);
 /// Frames handed to [`GuestRxRing::write_burst`] at once: a burst's worth.
 const WRITE_CHUNK: usize = burst::BURST_FRAMES;
 
+/// A guest RX ring, as the NIC sees it. Implemented by the vhost-user port's RX vring.
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
     fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;

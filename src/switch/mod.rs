@@ -113,9 +113,8 @@ pub struct DecisionCache {
 #[derive(Clone, Copy)]
 struct CachedDecision {
     ingress: PortId,
-    /// Source and destination as numbers ([`mac_key`]).
-    src: u64,
-    dst: u64,
+    src: MacKey,
+    dst: MacKey,
     generation: u64,
     second: u64,
     forward: Forward,
