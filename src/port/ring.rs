@@ -200,6 +200,30 @@ struct RxScratch {
     used: UsedSince,
     /// Used entries put by the current burst, stored at its end.
     shadow: UsedShadow,
+    /// Small frames of the current burst, copied into their buffers at its end.
+    deferred: Vec<DeferredCopy>,
+}
+
+/// Frames up to this long (with the header) are copied at the end of the burst.
+const DEFER_COPY_MAX: usize = 256;
+
+/// A small frame bound for one buffer, copied at the end of the burst rather than when its
+/// chain is taken (what DPDK's vhost does with its "batch copies", for the same reason).
+///
+/// The guest's CPU last touched these lines (its driver read the previous frame's header
+/// there), so every first store into one waits for the line to come over, and stores leave
+/// the store buffer in order: interleaved with the stores of the chain walk, the counters and
+/// the bookkeeping, the store buffer filled behind each frame's first miss and every frame
+/// waited for its own. Stored back to back, the frames' misses are in flight together.
+#[derive(Clone, Copy)]
+struct DeferredCopy {
+    /// Host address of the buffer (at least `12 + len` bytes).
+    to: usize,
+    /// The virtio-net header with `num_buffers` in place, as written by [`write_header`].
+    header: [u8; 12],
+    /// Host address and length of the frame's bytes (the burst's, alive for the write).
+    from: usize,
+    len: usize,
 }
 
 /// A guest's RX vring, as the NIC writes into it.
@@ -386,6 +410,7 @@ impl VhostRxRing {
             }
         }
         let mut frames = FrameScratch {
+            deferred: &mut scratch.deferred,
             avail: &mut scratch.avail,
             avail_next: &mut scratch.avail_next,
             unpublished: &mut scratch.unpublished,
@@ -415,6 +440,19 @@ impl VhostRxRing {
                     break;
                 }
             }
+        }
+        for copy in frames.deferred.drain(..) {
+            write_header(copy.to, &copy.header, 1);
+            // SAFETY: `to` is a translated guest buffer of at least `12 + len` bytes (checked
+            // when the chain was walked), alive with `mem`; `from` is a frame of this burst,
+            // borrowed for this call. They never overlap: one is guest memory, the other ours.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    copy.from as *const u8,
+                    (copy.to + VIRTIO_NET_HDR_LEN) as *mut u8,
+                    copy.len,
+                )
+            };
         }
         // Still under the locks that the entries were put under, so into the same ring.
         frames.chains.used.store(&ring);
@@ -496,6 +534,22 @@ impl VhostRxRing {
         let chains = &mut scratch.chains;
         let buffers = chains.chains.len() as u16;
         let queue = state.get_queue_mut();
+        if let (&[(head, first, _, _)], Some(bytes)) = (&chains.chains[..], frame.as_whole())
+            && needed <= DEFER_COPY_MAX
+            && chains.segments[first].len as usize >= needed
+        {
+            scratch.deferred.push(DeferredCopy {
+                to: chains.segments[first].host,
+                header: *header,
+                from: bytes.as_ptr() as usize,
+                len: bytes.len(),
+            });
+            put_used(queue, ring, chains.used, head, needed as u32);
+            if scratch.unpublished.is_none() {
+                *scratch.unpublished = Some(used_before);
+            }
+            return RingWrite::Written;
+        }
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
         for &(head, first, end, capacity) in chains.chains.iter() {
             let segments = &chains.segments[first..end];
@@ -548,6 +602,7 @@ fn write_header(at: usize, header: &[u8; 12], buffers: u16) {
 /// The parts of [`RxScratch`] that writing frames uses, borrowed apart from the memory
 /// snapshot and the ring view (which the frames are written through).
 struct FrameScratch<'s> {
+    deferred: &'s mut Vec<DeferredCopy>,
     avail: &'s mut AvailCache,
     avail_next: &'s mut Option<u16>,
     unpublished: &'s mut Option<u16>,
