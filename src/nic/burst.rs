@@ -40,6 +40,11 @@ pub struct Burst {
     /// The sender's reference to the NIC's classifier, with the NIC's classifier generation
     /// it was loaded at (see `Nic::classify_for`).
     pub(super) classifier: Option<(u64, Arc<Classifier>)>,
+    /// Queues (below 64) found usable since the burst was last delivered: a frame bound for
+    /// one of them is staged without loading the queue's ring again. Loading it (an
+    /// arc-swap guard) costs a store and a full fence per frame; whether a guest enables
+    /// or disables a queue within one burst makes no difference a guest could tell.
+    pub(super) usable: u64,
 }
 
 impl Burst {
@@ -82,6 +87,7 @@ impl Burst {
     }
 
     pub(super) fn clear(&mut self) {
+        self.usable = 0;
         self.bytes.clear();
         self.frames.clear();
         self.planned.clear();

@@ -405,7 +405,22 @@ impl Nic {
         wire_bytes: u64,
         arrival_ns: u64,
     ) -> Option<usize> {
+        let wanted = usize::from(decision.queue.queue());
+        if wanted < 64 && burst.usable & 1 << wanted != 0 && !decision.drop {
+            // Known usable in this burst: what `admit` would pick, without loading the ring.
+            if decision.parse_error.is_some() {
+                stats::inc(&self.queues[wanted].counters.rx_parse_errors);
+            }
+            if frame.len() <= STAGE_MAX_LEN {
+                return self.push_staged(
+                    burst, wanted, decision, header, frame, wire_bytes, arrival_ns,
+                );
+            }
+        }
         let (queue, ring_guard) = self.admit(decision)?;
+        if queue.index == wanted && wanted < 64 {
+            burst.usable |= 1 << wanted;
+        }
         if frame.len() > STAGE_MAX_LEN {
             self.deliver_burst(burst, arrival_ns);
             return self.receive_on(
@@ -418,18 +433,35 @@ impl Nic {
                 arrival_ns,
             );
         }
-        burst.push(
+        self.push_staged(
+            burst,
             queue.index,
-            decision.class,
+            decision,
             header,
             frame,
             wire_bytes,
             arrival_ns,
-        );
+        )
+    }
+
+    /// Stages a frame admitted to queue `index` (see [`Nic::stage`]).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn push_staged(
+        &self,
+        burst: &mut Burst,
+        index: usize,
+        decision: &Decision,
+        header: &[u8; 12],
+        frame: FrameBytes<'_>,
+        wire_bytes: u64,
+        arrival_ns: u64,
+    ) -> Option<usize> {
+        burst.push(index, decision.class, header, frame, wire_bytes, arrival_ns);
         if burst.is_full() {
             self.deliver_burst(burst, arrival_ns);
         }
-        Some(queue.index)
+        Some(index)
     }
 
     /// Delivers a sender's staged frames, queue by queue, each under one acquisition of the
@@ -444,6 +476,7 @@ impl Nic {
     /// counts from arrival.
     pub fn deliver_burst(&self, burst: &mut Burst, now_ns: u64) {
         if burst.is_empty() {
+            burst.usable = 0;
             return;
         }
         self.drain_ahead_of(Class::Normal, now_ns);

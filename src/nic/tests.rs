@@ -359,6 +359,30 @@ impl Rig {
 }
 
 #[test]
+fn a_queue_disabled_between_bursts_is_not_staged_for_again() {
+    let rig = Rig::new(2, config(), RuleSet::default());
+    // One flow: every frame of it hashes to queue 1, the only normal queue.
+    let udp = frame(0, 1);
+    let decision = rig.nic.classify(&udp);
+    // One sender's burst, delivered twice, as across two batches.
+    let mut burst = Burst::default();
+    let stage = |burst: &mut Burst| {
+        rig.nic
+            .stage(burst, &decision, &[0; 12], FrameBytes::whole(&udp), 84, 10)
+    };
+    assert_eq!(stage(&mut burst), Some(1));
+    assert_eq!(stage(&mut burst), Some(1));
+    rig.nic.deliver_burst(&mut burst, 10);
+    // The guest turns the queue off (ethtool -L): the next burst folds onto queue 0.
+    rig.rings[1].disabled.store(true, Ordering::Relaxed);
+    assert_eq!(stage(&mut burst), Some(0));
+    rig.nic.deliver_burst(&mut burst, 10);
+    assert_eq!(rig.rings[1].tags(), vec![1, 1]);
+    assert_eq!(rig.rings[0].tags(), vec![1]);
+    assert_eq!(rig.counter(1, |c| &c.rx_drops_no_buffer), 0);
+}
+
+#[test]
 fn a_burst_with_room_reaches_the_ring_in_order() {
     let rig = Rig::new(1, config(), RuleSet::default());
     let frames: Vec<_> = (1..=5).map(|tag| (frame(0, tag), 10)).collect();
