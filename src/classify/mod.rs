@@ -32,9 +32,11 @@ pub mod rss;
 pub mod rules;
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::packet::ethernet::ethertype;
 use cache::Cached;
 use parse::{FlowKey, LayerKey, PackedKey, ParseError, Parsed, proto};
 use rss::{IndirectionTable, Toeplitz};
@@ -267,6 +269,11 @@ impl Classifier {
     /// Classifies one frame.
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Decision {
+        if self.rules.is_empty()
+            && let Some(decision) = self.classify_plain_ipv4(frame)
+        {
+            return decision;
+        }
         let mut parsed = Parsed::default();
         FlowKey::parse_into(frame, &self.vxlan_ports, &mut parsed);
         if let Some(error) = parsed.error {
@@ -279,6 +286,76 @@ impl Classifier {
             return self.decide(key, None).decision;
         }
         self.classify_cached(key)
+    }
+
+    /// The decision for the commonest frame, untagged IPv4 without options or fragments
+    /// (TCP, UDP other than VXLAN, or another protocol), when there are no rules: read
+    /// straight from the frame, the same decision the full parse leads to (a test holds the
+    /// two to it over frames of every kind). `None` for any other frame, which takes the
+    /// full parse. Building the full key (two layers of optional fields, IPv6-sized
+    /// addresses) and reading it back was a sixth of the switching path at 64 bytes.
+    #[inline(always)]
+    fn classify_plain_ipv4(&self, frame: &[u8]) -> Option<Decision> {
+        let header: &[u8; 34] = frame.get(..34)?.try_into().ok()?;
+        let be16 = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+        // IPv4 with a 20-byte header, neither a fragment nor a first fragment.
+        if be16(12) != ethertype::IPV4 || header[14] != 0x45 || be16(20) & 0x3fff != 0 {
+            return None;
+        }
+        let total_len = usize::from(be16(16));
+        if total_len < 20 {
+            return None;
+        }
+        // The transport header inside both the packet's announced length and the frame.
+        let l4 = &frame[34..(14 + total_len).min(frame.len())];
+        let ports = match header[23] {
+            proto::UDP => {
+                let udp = l4.get(..8)?;
+                let (src, dst) = (
+                    u16::from_be_bytes([udp[0], udp[1]]),
+                    u16::from_be_bytes([udp[2], udp[3]]),
+                );
+                if self.vxlan_ports.contains(&dst) {
+                    return None;
+                }
+                Some((src, dst))
+            }
+            proto::TCP => {
+                let tcp = l4.get(..20)?;
+                let data_offset = usize::from(tcp[12] >> 4) * 4;
+                if data_offset < 20 || l4.len() < data_offset {
+                    return None;
+                }
+                Some((
+                    u16::from_be_bytes([tcp[0], tcp[1]]),
+                    u16::from_be_bytes([tcp[2], tcp[3]]),
+                ))
+            }
+            _ => None,
+        };
+        let class = match &self.trust {
+            Trust::Dscp { high } if high[usize::from(header[15] >> 2)] => Class::High,
+            // Untagged: PCP trust finds nothing to trust.
+            _ => Class::Normal,
+        };
+        let addresses = || {
+            let ip = |at: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    header[at],
+                    header[at + 1],
+                    header[at + 2],
+                    header[at + 3],
+                ))
+            };
+            (ip(26), ip(30))
+        };
+        Some(Decision {
+            class,
+            queue: self.rss_queue_of(class, addresses, ports),
+            rule: None,
+            drop: false,
+            parse_error: None,
+        })
     }
 
     /// The decision for a parsed frame some rule may match: from this thread's flow cache,
@@ -387,25 +464,8 @@ impl Classifier {
     /// The queue of a frame of `class` not steered by a rule.
     #[inline(always)]
     fn rss_queue(&self, class: Class, layer: &LayerKey) -> QueueChoice {
-        let (table, first) = match class {
-            Class::High => (&self.high_table, self.first_high),
-            Class::Normal => (&self.normal_table, self.first_normal),
-        };
-        if self.single_queue {
-            return QueueChoice::Default(first);
-        }
-        self.rss_hash_queue(table, first, layer)
-    }
-
-    /// [`rss_queue`](Self::rss_queue) by the Toeplitz hash.
-    fn rss_hash_queue(
-        &self,
-        table: &IndirectionTable,
-        first: u16,
-        layer: &LayerKey,
-    ) -> QueueChoice {
         let (Some(src), Some(dst)) = (layer.src_ip, layer.dst_ip) else {
-            return QueueChoice::Default(first);
+            return QueueChoice::Default(self.first_of(class));
         };
         // The 4-tuple for TCP/UDP with ports (first fragments excluded: later fragments of the
         // same datagram have no ports and must land on the same queue), else the 2-tuple.
@@ -413,6 +473,35 @@ impl Classifier {
             (Some(proto::TCP | proto::UDP), Some(s), Some(d)) if !layer.fragment => Some((s, d)),
             _ => None,
         };
+        self.rss_queue_of(class, || (src, dst), ports)
+    }
+
+    /// The first queue of `class`'s set.
+    #[inline(always)]
+    fn first_of(&self, class: Class) -> u16 {
+        match class {
+            Class::High => self.first_high,
+            Class::Normal => self.first_normal,
+        }
+    }
+
+    /// The queue of a frame of `class` with `addresses` (read only when there is a choice
+    /// to make) and `ports`, by the Toeplitz hash over `class`'s queue set.
+    #[inline(always)]
+    fn rss_queue_of(
+        &self,
+        class: Class,
+        addresses: impl FnOnce() -> (IpAddr, IpAddr),
+        ports: Option<(u16, u16)>,
+    ) -> QueueChoice {
+        if self.single_queue {
+            return QueueChoice::Default(self.first_of(class));
+        }
+        let table = match class {
+            Class::High => &self.high_table,
+            Class::Normal => &self.normal_table,
+        };
+        let (src, dst) = addresses();
         let hash = self.toeplitz.hash_flow(src, dst, ports);
         QueueChoice::Rss {
             queue: table.queue(hash),
