@@ -241,8 +241,8 @@ impl RxQueue {
     }
 
     pub fn residence(&self) -> [ResidenceSummary; 2] {
-        let state = self.lock();
-        let residence = &state.accounting.residence;
+        let mut state = self.lock();
+        let residence = &mut state.accounting.residence;
         [residence[0].summary(), residence[1].summary()]
     }
 

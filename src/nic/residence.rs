@@ -9,6 +9,11 @@ const MAX_NS: u64 = 60_000_000_000;
 
 pub struct Residence {
     histogram: Histogram<u64>,
+    /// A value recorded `.1` times in a row, not yet in the histogram. Frames of a burst
+    /// are published at one time and stamped on arrival eight at a time, so runs of equal
+    /// residences are common at high rates, and one histogram update per run instead of
+    /// per frame saves most of what recording cost (5% of the switching path at 64 bytes).
+    run: (u64, u64),
 }
 
 /// Quantiles reported besides the named percentiles, enough to draw a CDF.
@@ -40,18 +45,38 @@ impl Residence {
         // would be a programming error caught by the unit tests, so fall back to auto-resizing.
         let histogram = Histogram::new_with_bounds(1, MAX_NS, 2)
             .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()));
-        Residence { histogram }
+        Residence {
+            histogram,
+            run: (0, 0),
+        }
     }
 
+    #[inline]
     pub fn record(&mut self, ns: u64) {
-        self.histogram.saturating_record(ns.clamp(1, MAX_NS));
+        let ns = ns.clamp(1, MAX_NS);
+        if self.run.0 == ns {
+            self.run.1 += 1;
+        } else {
+            self.end_run();
+            self.run = (ns, 1);
+        }
+    }
+
+    /// Puts the current run of equal values into the histogram.
+    fn end_run(&mut self) {
+        let (ns, count) = std::mem::take(&mut self.run);
+        if count > 0 {
+            self.histogram.saturating_record_n(ns, count);
+        }
     }
 
     pub fn reset(&mut self) {
+        self.run = (0, 0);
         self.histogram.reset();
     }
 
-    pub fn summary(&self) -> ResidenceSummary {
+    pub fn summary(&mut self) -> ResidenceSummary {
+        self.end_run();
         let h = &self.histogram;
         if h.is_empty() {
             return ResidenceSummary::default();
@@ -84,6 +109,26 @@ mod tests {
         assert!((985_000..=995_000).contains(&summary.p99_ns), "{summary:?}");
         residence.reset();
         assert_eq!(residence.summary().count, 0);
+    }
+
+    #[test]
+    fn runs_of_equal_values_count_in_full_and_in_place() {
+        let mut residence = Residence::new();
+        for ns in [500, 500, 500, 9000, 9000, 500, 500] {
+            residence.record(ns);
+        }
+        let summary = residence.summary();
+        assert_eq!(summary.count, 7);
+        assert_eq!(summary.max_ns / 100, 9000 / 100);
+        // Five of the seven at 500 ns: the median is there.
+        assert_eq!(summary.p50_ns / 10, 50);
+        // Asked again with nothing new: the same.
+        assert_eq!(residence.summary(), summary);
+        residence.record(500);
+        assert_eq!(residence.summary().count, 8);
+        residence.reset();
+        residence.record(7);
+        assert_eq!(residence.summary().count, 1);
     }
 
     #[test]
