@@ -315,7 +315,10 @@ impl Classifier {
                     u16::from_be_bytes([udp[0], udp[1]]),
                     u16::from_be_bytes([udp[2], udp[3]]),
                 );
-                if self.vxlan_ports.contains(&dst) {
+                // Not `contains`: an out-of-line call for u16 (see `parse_outer`).
+                #[allow(clippy::manual_contains)]
+                let vxlan = self.vxlan_ports.iter().any(|&port| port == dst);
+                if vxlan {
                     return None;
                 }
                 Some((src, dst))

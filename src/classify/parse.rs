@@ -393,7 +393,12 @@ fn parse_outer<'a>(frame: &'a [u8], vxlan_ports: &[u16], parsed: &mut Parsed) ->
     let (Some(udp_payload), Some(port)) = (end.udp_payload, parsed.key.outer.dst_port) else {
         return None;
     };
-    vxlan_ports.contains(&port).then_some(udp_payload)
+    // Not `contains`: for u16 that is an out-of-line call, 1.4% of the switching path.
+    #[allow(clippy::manual_contains)]
+    vxlan_ports
+        .iter()
+        .any(|&vxlan| vxlan == port)
+        .then_some(udp_payload)
 }
 
 /// Parses the VXLAN header and the inner layer.
