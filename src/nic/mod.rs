@@ -600,12 +600,17 @@ impl Nic {
                     now,
                 )
             };
+            let mut wire_bytes = 0;
             for &at in &rest[..written] {
                 let frame = &frames[at];
                 account(state, RingWrite::Written, frame);
-                self.link.transmit(now, frame.wire_bytes);
+                wire_bytes += frame.wire_bytes;
                 self.captured(queue.index, frame.class, FrameBytes::whole(bytes_of(frame)));
             }
+            // The chunk goes on the wire back to back, at once: one update of the link
+            // (an atomic read-modify-write, which waits for every store before it) rather
+            // than one per frame.
+            self.link.transmit(now, wire_bytes);
             from += written;
             match outcome {
                 // This chunk went in; the loop goes on with the next, if any.
