@@ -7,7 +7,7 @@ mod support;
 use support::Result;
 use support::daemon::Daemon;
 use support::frames::{MSS, NET_HDR_LEN, VirtioNetHdr, mac, tagged_payload, tcp_tso_frame};
-use support::guest::{GuestOptions, RawRing, TestGuest};
+use support::guest::{GuestOptions, RawRing, TestGuest, feature};
 use support::guest_memory::{BEYOND_ADDR, GAP_ADDR, REGION_BASES, REGION_SIZE};
 use support::traffic::{assert_traffic_both_ways, flow_frame};
 use support::virtqueue::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Desc, InFlight};
@@ -588,4 +588,85 @@ fn rx_chain_that_loops_is_rejected() {
         )?;
         Ok((slots[0], chain))
     });
+}
+
+/// A one-descriptor RX chain: `room` bytes the device may write at `addr` (allocated when
+/// `None`), or, with `read_only`, the wrong direction.
+fn rx_single(raw: &mut RawRing<'_>, addr: Option<u64>, read_only: bool) -> Result<(u16, InFlight)> {
+    let mut chain = InFlight::default();
+    let slots = raw.reserve(1)?;
+    chain.descs = slots.clone();
+    let addr = match addr {
+        Some(addr) => addr,
+        None => raw.room(&mut chain, 2048)?,
+    };
+    let flags = if read_only { 0 } else { DESC_F_WRITE };
+    raw.write_desc(
+        slots[0],
+        Desc {
+            addr,
+            len: 2048,
+            flags,
+            next: 0,
+        },
+    )?;
+    Ok((slots[0], chain))
+}
+
+#[test]
+fn an_in_order_guest_gets_every_buffer_back_in_order_bad_ones_included() {
+    let daemon = Daemon::start(&["a", "b"], 1).expect("daemon starts");
+    let options = |id| GuestOptions::linux(id).with(feature::IN_ORDER);
+    let mut a = TestGuest::connect(&daemon.socket("a"), options(1)).expect("a");
+    let mut b = TestGuest::connect(&daemon.socket("b"), options(2)).expect("b");
+    assert!(a.has(feature::IN_ORDER) && b.has(feature::IN_ORDER));
+
+    // b's RX ring: good, wrong direction, good, outside guest memory, good.
+    let mut posted = Vec::new();
+    let mut raw = b.raw(TestGuest::rx_vring(0)).expect("raw ring");
+    for (addr, read_only) in [
+        (None, false),
+        (None, true),
+        (None, false),
+        (Some(GAP_ADDR), false),
+        (None, false),
+    ] {
+        let (head, chain) = rx_single(&mut raw, addr, read_only).expect("RX chain");
+        raw.publish(head, chain).expect("publish");
+        posted.push(head);
+    }
+    raw.kick().expect("kick");
+
+    // a's TX ring: good, a runt, good, good; one kick.
+    let mut sent = Vec::new();
+    let mut raw = a.raw(TestGuest::tx_vring(0)).expect("raw ring");
+    let mut runt = VirtioNetHdr::plain().to_bytes().to_vec();
+    runt.extend_from_slice(&[0xaa; 10]);
+    let good = good_bytes(VirtioNetHdr::plain());
+    for bytes in [&good, &runt, &good, &good] {
+        let (head, chain) = single(&mut raw, bytes).expect("TX chain");
+        raw.publish(head, chain).expect("publish");
+        sent.push(head);
+    }
+    raw.kick().expect("kick");
+
+    let collect = |guest: &mut TestGuest, vring: u16, count: usize| {
+        let mut heads = Vec::new();
+        support::wait_for("every chain to be used", support::TIMEOUT, || {
+            heads.extend(guest.used_entries(vring)?.iter().map(|entry| entry.head));
+            Ok((heads.len() >= count).then_some(()))
+        })
+        .expect("chains used");
+        heads
+    };
+    assert_eq!(
+        collect(&mut a, TestGuest::tx_vring(0), sent.len()),
+        sent,
+        "TX order"
+    );
+    assert_eq!(
+        collect(&mut b, TestGuest::rx_vring(0), posted.len()),
+        posted,
+        "RX order"
+    );
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -20,6 +20,7 @@ use super::{HarnessError, Result, TIMEOUT, wait_for};
 pub mod feature {
     use super::*;
     pub const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
+    pub const IN_ORDER: u64 = 1 << VIRTIO_F_IN_ORDER;
     pub const MQ: u64 = 1 << VIRTIO_NET_F_MQ;
     pub const MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
     pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
@@ -36,6 +37,7 @@ pub mod feature {
 
     /// Everything the daemon is specified to offer.
     pub const DAEMON_OFFERS: u64 = VERSION_1
+        | IN_ORDER
         | MQ
         | MRG_RXBUF
         | EVENT_IDX
