@@ -591,11 +591,22 @@ fn write_header(at: usize, header: &[u8; 12], buffers: u16) {
     let (low, high) = header.split_at(8);
     let low = u64::from_le_bytes(low.try_into().expect("8 bytes"));
     let high = u32::from(u16::from_le_bytes([high[0], high[1]])) | u32::from(buffers) << 16;
+    // Stored only where the buffer does not hold the value already, as DPDK's vhost does
+    // (`ASSIGN_UNLESS_EQUAL`): a driver that reuses its buffers finds the same header there
+    // (no offloads, one buffer), and the line, which its CPU read the header from last
+    // time, is then not taken away from it. A store would wait for that line to come over
+    // (a load can overlap with others; stores leave in order), and the driver would then
+    // miss on its next read of the header.
     // SAFETY: the caller's contract: `at` is a translated guest buffer of at least 12 bytes,
-    // alive while the memory snapshot is.
+    // alive while the memory snapshot is. Volatile: the guest may write it meanwhile, and
+    // can garble nothing but its own header that way.
     unsafe {
-        std::ptr::write_unaligned(at as *mut u64, low.to_le());
-        std::ptr::write_unaligned((at + 8) as *mut u32, high.to_le());
+        if std::ptr::read_volatile(at as *const [u8; 8]) != low.to_le_bytes() {
+            std::ptr::write_unaligned(at as *mut u64, low.to_le());
+        }
+        if std::ptr::read_volatile((at + 8) as *const [u8; 4]) != high.to_le_bytes() {
+            std::ptr::write_unaligned((at + 8) as *mut u32, high.to_le());
+        }
     }
 }
 
@@ -717,6 +728,13 @@ mod tests {
         write_header(buffer.as_mut_ptr() as usize, &header, 0x0203);
         assert_eq!(buffer[..10], header[..10]);
         assert_eq!(buffer[10..12], [0x03, 0x02]);
+        assert_eq!(buffer[12..], [0xff; 4]);
+        // The same again, and then a buffer count alone changed: only what differs is stored.
+        write_header(buffer.as_mut_ptr() as usize, &header, 0x0203);
+        assert_eq!(buffer[10..12], [0x03, 0x02]);
+        write_header(buffer.as_mut_ptr() as usize, &header, 1);
+        assert_eq!(buffer[..10], header[..10]);
+        assert_eq!(buffer[10..12], [1, 0]);
         assert_eq!(buffer[12..], [0xff; 4]);
     }
 }
