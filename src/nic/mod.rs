@@ -406,16 +406,18 @@ impl Nic {
         arrival_ns: u64,
     ) -> Option<usize> {
         let wanted = usize::from(decision.queue.queue());
-        if wanted < 64 && burst.usable & 1 << wanted != 0 && !decision.drop {
+        if wanted < 64
+            && burst.usable & 1 << wanted != 0
+            && !decision.drop
+            && frame.len() <= STAGE_MAX_LEN
+        {
             // Known usable in this burst: what `admit` would pick, without loading the ring.
             if decision.parse_error.is_some() {
                 stats::inc(&self.queues[wanted].counters.rx_parse_errors);
             }
-            if frame.len() <= STAGE_MAX_LEN {
-                return self.push_staged(
-                    burst, wanted, decision, header, frame, wire_bytes, arrival_ns,
-                );
-            }
+            return self.push_staged(
+                burst, wanted, decision, header, frame, wire_bytes, arrival_ns,
+            );
         }
         let (queue, ring_guard) = self.admit(decision)?;
         if queue.index == wanted && wanted < 64 {

@@ -383,6 +383,37 @@ fn a_queue_disabled_between_bursts_is_not_staged_for_again() {
 }
 
 #[test]
+fn parse_errors_count_once_per_frame_staged_or_sent_at_once() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    // IPv4 ethertype with a version-5 header: the parser stops (malformed).
+    let malformed = |len: usize| {
+        let mut bytes = frame(0, 1);
+        bytes[14] = 0x55;
+        bytes.resize(len, 0);
+        bytes
+    };
+    let mut burst = Burst::default();
+    for len in [64, STAGE_MAX_LEN + 100] {
+        let bytes = malformed(len);
+        let decision = rig.nic.classify(&bytes);
+        assert!(decision.parse_error.is_some());
+        let wire = wire_bytes(len, 1, 0);
+        let queue = rig.nic.stage(
+            &mut burst,
+            &decision,
+            &[0; 12],
+            FrameBytes::whole(&bytes),
+            wire,
+            10,
+        );
+        assert_eq!(queue, Some(0));
+    }
+    rig.nic.deliver_burst(&mut burst, 10);
+    assert_eq!(rig.counter(0, |c| &c.rx_parse_errors), 2);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 2);
+}
+
+#[test]
 fn a_burst_with_room_reaches_the_ring_in_order() {
     let rig = Rig::new(1, config(), RuleSet::default());
     let frames: Vec<_> = (1..=5).map(|tag| (frame(0, tag), 10)).collect();
