@@ -36,7 +36,18 @@ pub enum NextHead {
 #[derive(Default)]
 pub struct AvailCache {
     known: Option<Wrapping<u16>>,
+    /// Heads of the entries from `base` on, `count` of them, copied from the avail ring
+    /// together. The driver appends to the line that holds them as it makes more chains
+    /// available, which takes the line away from us: read one at a time, entry after entry
+    /// missed again. Published entries do not change until they are used, so the copy
+    /// stays right (also across an RX rewind, which only moves back within it).
+    base: Wrapping<u16>,
+    count: u16,
+    heads: [u16; AVAIL_COPY],
 }
+
+/// Avail entries copied at once (64 bytes of the ring: one or two lines).
+const AVAIL_COPY: usize = 32;
 
 impl AvailCache {
     /// Whether the guest's index as last read is ahead of `position` (an entry is there).
@@ -70,7 +81,17 @@ pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) ->
     };
     debug_assert_ne!(avail, next);
     queue.set_next_avail((next + Wrapping(1)).0);
-    NextHead::Head(ring.avail_entry(next))
+    let offset = (next - cache.base).0;
+    if offset >= cache.count {
+        let count = (avail - next).0.min(AVAIL_COPY as u16);
+        for (at, head) in cache.heads[..usize::from(count)].iter_mut().enumerate() {
+            *head = ring.avail_entry(next + Wrapping(at as u16));
+        }
+        cache.base = next;
+        cache.count = count;
+        return NextHead::Head(cache.heads[0]);
+    }
+    NextHead::Head(cache.heads[usize::from(offset)])
 }
 
 /// Whether the guest made chains available that we have not taken yet.
@@ -719,6 +740,46 @@ mod tests {
         assert!(put_used(&mut queue, &ring, &mut shadow, 7, 1));
         shadow.store(&ring);
         assert_eq!(used_elem(&mem, 2), (7, 1));
+    }
+
+    fn make_available(mem: &GuestMemoryMmap<()>, position: u16, head: u16) {
+        let slot = u64::from(position % SIZE);
+        mem.write_obj(head.to_le(), GuestAddress(AVAIL + 4 + 2 * slot))
+            .unwrap();
+        mem.write_obj(position.wrapping_add(1).to_le(), GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    #[test]
+    fn heads_come_in_ring_order_across_the_wrap_a_rewind_and_new_entries() {
+        let (mem, host) = rig();
+        let ring = SplitRing::at(&host, DESC, AVAIL, USED, SIZE).unwrap();
+        let mut queue = Queue::new(SIZE).unwrap();
+        queue.set_next_avail(6);
+        for (position, head) in (6..11).zip([3, 1, 4, 0, 5]) {
+            make_available(&mem, position, head);
+        }
+        let mut cache = AvailCache::default();
+        let take = |queue: &mut Queue, cache: &mut AvailCache| match next_head(queue, &ring, cache)
+        {
+            NextHead::Head(head) => Some(head),
+            NextHead::Empty => None,
+            NextHead::Broken { .. } => panic!("not broken"),
+        };
+        let heads: Vec<_> = std::iter::from_fn(|| take(&mut queue, &mut cache)).collect();
+        assert_eq!(heads, vec![3, 1, 4, 0, 5]);
+        // An RX frame that ran out gives its chains back: they come again, in order.
+        queue.set_next_avail(8);
+        assert_eq!(take(&mut queue, &mut cache), Some(4));
+        assert_eq!(take(&mut queue, &mut cache), Some(0));
+        // The driver makes more available (reusing slots): the new heads, not the old ones.
+        make_available(&mem, 11, 6);
+        make_available(&mem, 12, 7);
+        assert_eq!(take(&mut queue, &mut cache), Some(5));
+        assert_eq!(take(&mut queue, &mut cache), Some(6));
+        assert_eq!(take(&mut queue, &mut cache), Some(7));
+        assert_eq!(take(&mut queue, &mut cache), None);
+        assert_eq!(queue.next_avail(), 13);
     }
 
     #[test]
