@@ -315,10 +315,7 @@ impl Classifier {
                     u16::from_be_bytes([udp[0], udp[1]]),
                     u16::from_be_bytes([udp[2], udp[3]]),
                 );
-                // Not `contains`: an out-of-line call for u16 (see `parse_outer`).
-                #[allow(clippy::manual_contains)]
-                let vxlan = self.vxlan_ports.iter().any(|&port| port == dst);
-                if vxlan {
+                if parse::is_vxlan_port(&self.vxlan_ports, dst) {
                     return None;
                 }
                 Some((src, dst))

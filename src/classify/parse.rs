@@ -393,12 +393,15 @@ fn parse_outer<'a>(frame: &'a [u8], vxlan_ports: &[u16], parsed: &mut Parsed) ->
     let (Some(udp_payload), Some(port)) = (end.udp_payload, parsed.key.outer.dst_port) else {
         return None;
     };
+    is_vxlan_port(vxlan_ports, port).then_some(udp_payload)
+}
+
+/// Whether UDP destination `port` is one of `vxlan_ports`.
+#[inline(always)]
+pub(super) fn is_vxlan_port(vxlan_ports: &[u16], port: u16) -> bool {
     // Not `contains`: for u16 that is an out-of-line call, 1.4% of the switching path.
     #[allow(clippy::manual_contains)]
-    vxlan_ports
-        .iter()
-        .any(|&vxlan| vxlan == port)
-        .then_some(udp_payload)
+    vxlan_ports.iter().any(|&vxlan| vxlan == port)
 }
 
 /// Parses the VXLAN header and the inner layer.

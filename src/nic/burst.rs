@@ -56,6 +56,18 @@ impl Burst {
         self.frames.len()
     }
 
+    /// Whether `queue` was found usable since the burst was last delivered.
+    pub(super) fn is_usable(&self, queue: usize) -> bool {
+        queue < 64 && self.usable & 1 << queue != 0
+    }
+
+    /// Notes that `queue` is usable until the burst is delivered.
+    pub(super) fn mark_usable(&mut self, queue: usize) {
+        if queue < 64 {
+            self.usable |= 1 << queue;
+        }
+    }
+
     pub(super) fn is_full(&self) -> bool {
         self.frames.len() >= BURST_FRAMES
     }

@@ -360,9 +360,7 @@ impl Nic {
             stats::inc(&self.port_counters.rx_drops_not_ready);
             return None;
         };
-        if decision.parse_error.is_some() {
-            stats::inc(&queue.counters.rx_parse_errors);
-        }
+        count_parse_error(queue, decision);
         if decision.drop {
             stats::inc(&queue.counters.rx_drops_rule);
             return None;
@@ -406,22 +404,16 @@ impl Nic {
         arrival_ns: u64,
     ) -> Option<usize> {
         let wanted = usize::from(decision.queue.queue());
-        if wanted < 64
-            && burst.usable & 1 << wanted != 0
-            && !decision.drop
-            && frame.len() <= STAGE_MAX_LEN
-        {
+        if burst.is_usable(wanted) && !decision.drop && frame.len() <= STAGE_MAX_LEN {
             // Known usable in this burst: what `admit` would pick, without loading the ring.
-            if decision.parse_error.is_some() {
-                stats::inc(&self.queues[wanted].counters.rx_parse_errors);
-            }
+            count_parse_error(&self.queues[wanted], decision);
             return self.push_staged(
                 burst, wanted, decision, header, frame, wire_bytes, arrival_ns,
             );
         }
         let (queue, ring_guard) = self.admit(decision)?;
-        if queue.index == wanted && wanted < 64 {
-            burst.usable |= 1 << wanted;
+        if queue.index == wanted {
+            burst.mark_usable(wanted);
         }
         if frame.len() > STAGE_MAX_LEN {
             self.deliver_burst(burst, arrival_ns);
@@ -478,7 +470,8 @@ impl Nic {
     /// counts from arrival.
     pub fn deliver_burst(&self, burst: &mut Burst, now_ns: u64) {
         if burst.is_empty() {
-            burst.usable = 0;
+            // Nothing to deliver, but what the burst knew about its queues ends here too.
+            burst.clear();
             return;
         }
         self.drain_ahead_of(Class::Normal, now_ns);
@@ -840,6 +833,13 @@ impl Nic {
     pub fn set_link(&self, settings: LinkSettings) {
         self.link.set(settings);
         self.wake();
+    }
+}
+
+/// Counts on `queue` that the parser could not finish the frame `decision` is for.
+fn count_parse_error(queue: &RxQueue, decision: &Decision) {
+    if decision.parse_error.is_some() {
+        stats::inc(&queue.counters.rx_parse_errors);
     }
 }
 

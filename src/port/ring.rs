@@ -81,7 +81,7 @@ pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) ->
     };
     debug_assert_ne!(avail, next);
     queue.set_next_avail((next + Wrapping(1)).0);
-    let offset = (next - cache.base).0;
+    let mut offset = (next - cache.base).0;
     if offset >= cache.count {
         let count = (avail - next).0.min(AVAIL_COPY as u16);
         for (at, head) in cache.heads[..usize::from(count)].iter_mut().enumerate() {
@@ -89,7 +89,7 @@ pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) ->
         }
         cache.base = next;
         cache.count = count;
-        return NextHead::Head(cache.heads[0]);
+        offset = 0;
     }
     NextHead::Head(cache.heads[usize::from(offset)])
 }
@@ -240,7 +240,7 @@ const DEFER_COPY_MAX: usize = 256;
 struct DeferredCopy {
     /// Host address of the buffer (at least `12 + len` bytes).
     to: usize,
-    /// The virtio-net header with `num_buffers` in place, as written by [`write_header`].
+    /// The virtio-net header, written by [`write_header`] with one buffer.
     header: [u8; 12],
     /// Host address and length of the frame's bytes (the burst's, alive for the write).
     from: usize,
@@ -553,7 +553,6 @@ impl VhostRxRing {
             *scratch.armed = false;
         }
         let chains = &mut scratch.chains;
-        let buffers = chains.chains.len() as u16;
         let queue = state.get_queue_mut();
         if let (&[(head, first, _, _)], Some(bytes)) = (&chains.chains[..], frame.as_whole())
             && needed <= DEFER_COPY_MAX
@@ -566,11 +565,26 @@ impl VhostRxRing {
                 len: bytes.len(),
             });
             put_used(queue, ring, chains.used, head, needed as u32);
-            if scratch.unpublished.is_none() {
-                *scratch.unpublished = Some(used_before);
-            }
-            return RingWrite::Written;
+        } else {
+            Self::scatter_now(queue, ring, chains, header, &frame, needed);
         }
+        if scratch.unpublished.is_none() {
+            *scratch.unpublished = Some(used_before);
+        }
+        RingWrite::Written
+    }
+
+    /// Writes the header and `frame` (`needed` bytes together) into the chains taken for
+    /// it, and puts their used entries.
+    fn scatter_now(
+        queue: &mut Queue,
+        ring: &SplitRing,
+        chains: &mut ChainScratch<'_>,
+        header: &[u8; 12],
+        frame: &FrameBytes<'_>,
+        needed: usize,
+    ) {
+        let buffers = chains.chains.len() as u16;
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
         for &(head, first, end, capacity) in chains.chains.iter() {
             let segments = &chains.segments[first..end];
@@ -588,15 +602,11 @@ impl VhostRxRing {
             }
             if written < take {
                 let start = offset + written - VIRTIO_NET_HDR_LEN;
-                written += chain::scatter_frame(segments, written, &frame, start, take - written);
+                written += chain::scatter_frame(segments, written, frame, start, take - written);
             }
             offset += written;
             put_used(queue, ring, chains.used, head, written as u32);
         }
-        if scratch.unpublished.is_none() {
-            *scratch.unpublished = Some(used_before);
-        }
-        RingWrite::Written
     }
 }
 
