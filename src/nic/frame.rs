@@ -14,6 +14,8 @@
 //! buffer when the ring is full) gathers it: [`TxFrame::make_whole`] or
 //! [`FrameBytes::copy_to`].
 
+use crate::packet::copy::copy_bytes;
+
 /// `len` bytes of guest memory at host address `host`, translated and bounds-checked by the
 /// port that owns the memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl GuestTail<'_> {
         for (host, take) in ranges(self.pieces, self.skip + from, len) {
             // SAFETY: `ranges` stays within the pieces, which are readable; `dst` has room
             // for `len` bytes and `ranges` yields at most `len` in all.
-            unsafe { std::ptr::copy(host as *const u8, dst.add(done), take) };
+            unsafe { copy_bytes(host as *const u8, dst.add(done), take) };
             done += take;
         }
     }
@@ -122,7 +124,7 @@ impl<'a> FrameBytes<'a> {
         if from < self.head.len() {
             done = (self.head.len() - from).min(len);
             // SAFETY: `from + done` is within the head; `dst` has room for `len >= done`.
-            unsafe { std::ptr::copy(self.head.as_ptr().add(from), dst, done) };
+            unsafe { copy_bytes(self.head.as_ptr().add(from), dst, done) };
         }
         if done < len
             && let Some(tail) = &self.tail

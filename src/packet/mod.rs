@@ -18,6 +18,7 @@
 //!
 //! Modules:
 //! - [`checksum`]: RFC 1071 internet checksum, 16 bytes per step, and pseudo-header sums.
+//! - [`copy`]: bulk copies of frame bytes that avoid `rep movsb`'s slow alignments.
 //! - [`ethernet`]: Ethernet II, 802.1Q / 802.1ad tags, [`ethernet::parse_l2`] for up to two tags.
 //! - [`ipv4`], [`ipv6`] (with [`ipv6::skip_extension_headers`]), [`tcp`], [`udp`], [`icmp`],
 //!   [`vxlan`].
@@ -27,6 +28,7 @@
 //!   header offset, shared by offload and its tests.
 
 pub mod checksum;
+pub mod copy;
 pub mod ethernet;
 pub mod headers;
 pub mod icmp;

@@ -570,7 +570,7 @@ pub fn segment(
         let segment_len = header_end + chunk.len();
         let out = &mut scratch[..segment_len];
         out[..header_end].copy_from_slice(&frame[..header_end]);
-        out[header_end..].copy_from_slice(chunk);
+        super::copy::copy_slice(&mut out[header_end..], chunk);
 
         let ip_len = (segment_len - layers.l3_offset - ip_fixed) as u16;
         match layers.ip {

@@ -214,5 +214,5 @@ pub fn prefetch(at: usize) {
 #[inline]
 pub unsafe fn copy_from_guest(at: usize, out: &mut [u8]) {
     // SAFETY: the caller's contract; guest memory never overlaps our own buffers.
-    unsafe { std::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), out.len()) }
+    unsafe { crate::packet::copy::copy_bytes(at as *const u8, out.as_mut_ptr(), out.len()) }
 }
