@@ -268,10 +268,18 @@ impl Offload {
         // Most frames ask for nothing (no flags, no GSO): decided inline, so the caller gets
         // a constant rather than a result copied out of memory (a copy whose loads could not
         // be forwarded from its stores: a twentieth of the 64-byte TX path).
-        if hdr.len() >= VIRTIO_NET_HDR_LEN && hdr[0] == 0 && hdr[1] == 0 {
+        if Self::asks_nothing(hdr) {
             return Ok(Offload::default());
         }
         Self::parse_virtio_hdr(hdr, frame)
+    }
+
+    /// Whether `hdr` is a whole virtio-net header that asks for nothing (no flags, no GSO):
+    /// its [`Offload`] is the default, whatever the frame. A hot path tests this first and
+    /// keeps the default in place, rather than moving a parsed result out of a `Result`.
+    #[inline]
+    pub fn asks_nothing(hdr: &[u8]) -> bool {
+        hdr.len() >= VIRTIO_NET_HDR_LEN && hdr[0] == 0 && hdr[1] == 0
     }
 
     /// [`from_virtio_hdr`](Self::from_virtio_hdr) for headers that ask for something.

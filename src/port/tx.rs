@@ -319,16 +319,22 @@ fn forward_chain(
         // length, and are rare on frames this size without GSO: take the frame whole.
         frame.make_whole();
     }
-    let mut offload = match Offload::from_virtio_hdr(header, frame.head()) {
-        Ok(offload) => offload,
-        Err(error) => {
-            stats::inc(&counters.tx_errors_header);
-            sender
-                .log
-                .warn(|| format!("TX virtio-net header rejected: {error}"));
-            return;
+    // The common header is tested for in place: moving the parsed value out of a `Result`
+    // read it back with loads wider than the stores that wrote it, which wait for every
+    // earlier store to drain (a third of this function's time at 64 bytes).
+    let mut offload = Offload::default();
+    if !Offload::asks_nothing(header) {
+        match Offload::from_virtio_hdr(header, frame.head()) {
+            Ok(parsed) => offload = parsed,
+            Err(error) => {
+                stats::inc(&counters.tx_errors_header);
+                sender
+                    .log
+                    .warn(|| format!("TX virtio-net header rejected: {error}"));
+                return;
+            }
         }
-    };
+    }
     // Only this queue's worker writes its TX counters.
     stats::add_single_writer(&counters.tx_packets, 1);
     stats::add_single_writer(&counters.tx_bytes, frame_len as u64);
