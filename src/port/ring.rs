@@ -216,7 +216,6 @@ struct RxScratch {
     segments: Vec<Segment>,
     /// (head, first segment, end segment, capacity) of each chain taken for the frame.
     chains: Vec<(u16, usize, usize, u32)>,
-    walk: Vec<Segment>,
     /// Used entries published since the last interrupt decision.
     used: UsedSince,
     /// Used entries put by the current burst, stored at its end.
@@ -269,7 +268,6 @@ enum Take {
 struct ChainScratch<'a> {
     segments: &'a mut Vec<Segment>,
     chains: &'a mut Vec<(u16, usize, usize, u32)>,
-    walk: &'a mut Vec<Segment>,
     used: &'a mut UsedShadow,
 }
 
@@ -339,15 +337,14 @@ impl VhostRxRing {
                     return Err(RingWrite::NotReady);
                 }
             };
-            match chain::walk(mem, ring, head, Direction::DeviceWrites, scratch.walk) {
+            let first = scratch.segments.len();
+            match chain::walk_append(mem, ring, head, Direction::DeviceWrites, scratch.segments) {
                 Ok(len) => {
                     if !mergeable && (len as usize) < needed {
                         // This guest's buffers can never hold the frame; leave the chain for
                         // the next (smaller) frame.
                         return Err(RingWrite::TooBig);
                     }
-                    let first = scratch.segments.len();
-                    scratch.segments.extend_from_slice(scratch.walk);
                     scratch
                         .chains
                         .push((head, first, scratch.segments.len(), len));
@@ -439,7 +436,6 @@ impl VhostRxRing {
             chains: ChainScratch {
                 segments: &mut scratch.segments,
                 chains: &mut scratch.chains,
-                walk: &mut scratch.walk,
                 used: &mut scratch.shadow,
             },
         };
