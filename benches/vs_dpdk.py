@@ -269,14 +269,23 @@ def main():
                         result[backend].append((pps, cpu))
                     except RuntimeError as e:
                         log(f"  failed: {e}")
+                        result[backend].append(None)  # keeps the rounds aligned for pairing
             rows.append((case, length, result))
-    # Two ratios: of the medians, and of the best runs. Other load on a shared machine only
-    # ever slows a run down, so the best run is the better estimate of what each can do;
-    # the median shows what a user typically sees.
+    # Three ratios: of the medians, of the best runs, and the median of each round's pair.
+    # Other load on a shared machine only ever slows a run down, so the best run is the
+    # better estimate of what each can do; the median shows what a user typically sees. The
+    # reference machine also flips between a fast and a slow state for seconds to minutes,
+    # moving both backends by up to 2x: the two runs of one round are the most likely to
+    # share a state, so the paired ratio is the least disturbed by it.
     print(f"{'case':<5} {'frame':>6} | {'prism-vnic Mpps (min/med/max)':>30} {'CPU%':>5} | "
-          f"{'DPDK vhost Mpps (min/med/max)':>30} {'CPU%':>5} | {'ratio':>5} {'best':>5} {'Gbit/s':>7}")
+          f"{'DPDK vhost Mpps (min/med/max)':>30} {'CPU%':>5} | {'ratio':>5} {'best':>5} {'paired':>6} "
+          f"{'Gbit/s':>7}")
     for case, length, result in rows:
+        pairs = [p[0] / d[0] for p, d in zip(result["prism"], result["dpdk"]) if p and d and d[0]]
+        paired = statistics.median(pairs) if pairs else 0.0
+
         def summary(runs):
+            runs = [r for r in runs if r]
             if not runs:
                 return "failed", 0.0, 0.0, 0.0
             pps = sorted(r[0] for r in runs)
@@ -289,7 +298,7 @@ def main():
         best = p_max / d_max if d_max else 0.0
         gbps = p_med * length * 8 / 1e9
         print(f"({case})  {length:>6} | {p_text:>30} {p_cpu:>5.0f} | {d_text:>30} {d_cpu:>5.0f} | "
-              f"{ratio:>5.2f} {best:>5.2f} {gbps:>7.1f}")
+              f"{ratio:>5.2f} {best:>5.2f} {paired:>6.2f} {gbps:>7.1f}")
 
 
 if __name__ == "__main__":
