@@ -37,6 +37,22 @@ pub fn deliver(
         // The headers may go on past the head: decide from the whole frame.
         decision = nic.classify_for(burst, frame.make_whole());
     }
+    if offload.is_plain() {
+        // Most frames: delivered as they are whatever the guest negotiated, so neither the
+        // guest's offloads nor a header need working out per frame.
+        if nic.is_capturing() {
+            frame.make_whole();
+        }
+        let wire = wire_bytes(frame.len(), 1, 0);
+        return Ok(nic.stage(
+            burst,
+            &decision,
+            &offload::PLAIN_RX_HEADER,
+            frame.bytes(),
+            wire,
+            arrival_ns,
+        ));
+    }
     let plan = offload.rx_plan(&nic.offloads());
     let mut header = [0u8; VIRTIO_NET_HDR_LEN];
     plan.header.write_virtio_hdr(&mut header, 1);

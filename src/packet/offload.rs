@@ -75,6 +75,10 @@ pub struct GsoRequest {
     pub hdr_len: u16,
 }
 
+/// The virtio-net header of a frame delivered as it is ([`Offload::is_plain`]) in one
+/// buffer: no flags, no GSO, `num_buffers` 1. What `rx_plan` and `write_virtio_hdr` give for it.
+pub const PLAIN_RX_HEADER: [u8; VIRTIO_NET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
 /// The offloads of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Offload {
@@ -417,6 +421,14 @@ impl Offload {
             action: RxAction::Deliver,
             header,
         }
+    }
+
+    /// Whether this frame asks for nothing and claims nothing (no checksum request, no GSO,
+    /// not DATA_VALID): every receiving guest then gets it as it is, under
+    /// [`PLAIN_RX_HEADER`], whatever it negotiated.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.csum.is_none() && self.gso.is_none() && !self.data_valid
     }
 
     /// Writes the `virtio_net_hdr_v1` a receiving guest should see for this frame.

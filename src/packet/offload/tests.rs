@@ -797,3 +797,55 @@ fn every_error_has_a_distinct_counter_name() {
     names.dedup();
     assert_eq!(names.len(), OffloadError::COUNT);
 }
+
+/// The shortcut the NIC takes for plain frames gives every guest the header the full plan
+/// would: for each of the 16 offload sets a guest can negotiate, and only for plain frames.
+#[test]
+fn the_plain_header_is_what_the_full_plan_writes_for_every_guest() {
+    let plain = Offload::default();
+    assert!(plain.is_plain());
+    for bits in 0..16u8 {
+        let guest = GuestOffloads {
+            csum: bits & 1 != 0,
+            tso4: bits & 2 != 0,
+            tso6: bits & 4 != 0,
+            ecn: bits & 8 != 0,
+        };
+        let plan = plain.rx_plan(&guest);
+        assert_eq!(plan.action, RxAction::Deliver, "guest {guest:?}");
+        let mut header = [0xffu8; VIRTIO_NET_HDR_LEN];
+        plan.header.write_virtio_hdr(&mut header, 1);
+        assert_eq!(header, PLAIN_RX_HEADER, "guest {guest:?}");
+    }
+    let csum = CsumRequest {
+        start: 34,
+        offset: 6,
+    };
+    assert!(
+        !Offload {
+            csum: Some(csum),
+            ..plain
+        }
+        .is_plain()
+    );
+    assert!(
+        !Offload {
+            data_valid: true,
+            ..plain
+        }
+        .is_plain()
+    );
+    let gso = GsoRequest {
+        kind: GsoKind::Tcp4,
+        ecn: false,
+        size: 1448,
+        hdr_len: 54,
+    };
+    assert!(
+        !Offload {
+            gso: Some(gso),
+            ..plain
+        }
+        .is_plain()
+    );
+}
