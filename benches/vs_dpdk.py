@@ -2,7 +2,9 @@
 """prism-vnic against DPDK's vhost PMD, driven by DPDK's virtio-user frontend (dpdk-testpmd).
 
 Every figure is paired, in the same run, with DPDK's own vhost PMD in prism-vnic's place:
-  (a) frontend txonly into one port, the backend discarding (prism-vnic: --sink);
+  (a) frontend txonly into one port, the backend discarding (prism-vnic: --discard, which
+      drops at the switch as testpmd's rxonly drops after the vhost PMD; --a-receiver sink
+      measures --sink instead, a NIC model that classifies each frame onto a queue first);
   (b) the backend generating into one port, frontend rxonly (prism-vnic: --gen);
   (c) two ports, A -> backend switches -> B. One frontend testpmd with one forwarding lcore
       polls both sides (pcap infinite_rx -> virtio_user A, virtio_user B -> net_null), so
@@ -38,6 +40,7 @@ BUSY_POLL_US = 0
 # 1518-byte ones at 8.1 Mpps); DPDK's vhost PMD has no line rate. The comparison measures
 # the software, so prism-vnic's links run unpaced unless --link-rate says otherwise.
 LINK_RATE = "0"
+A_RECEIVER = "discard"
 
 
 def log(msg):
@@ -173,7 +176,7 @@ def run_case(case, backend, length, secs, work):
         cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, "ctl.sock"),
                "--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
         if case == "a":
-            cmd += ["--port", f"a={sock_a}", "--sink", "null"]
+            cmd += ["--port", f"a={sock_a}", f"--{A_RECEIVER}", "null"]
         elif case == "b":
             cmd += ["--port", f"a={sock_a}", "--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
         else:
@@ -249,12 +252,16 @@ def main():
                          "100G caps 9000-byte frames at 1.36 Mpps)")
     ap.add_argument("--busy-poll-us", type=int, default=0,
                     help="prism-vnic's --busy-poll-us (0: event-driven, as by default)")
+    ap.add_argument("--a-receiver", choices=("discard", "sink"), default="discard",
+                    help="prism-vnic's receiving port in (a): discard (dropped at the switch, "
+                         "as testpmd's rxonly does) or sink (a NIC model that classifies first)")
     args = ap.parse_args()
-    global BUSY_POLL_US, LINK_RATE
+    global BUSY_POLL_US, LINK_RATE, A_RECEIVER
+    A_RECEIVER = args.a_receiver
     BUSY_POLL_US = args.busy_poll_us
     LINK_RATE = args.link_rate
     print(f"prism-vnic: {'event-driven' if not BUSY_POLL_US else f'busy-poll {BUSY_POLL_US} us'}, "
-          f"links {'unpaced' if LINK_RATE == '0' else 'at ' + LINK_RATE}; "
+          f"links {'unpaced' if LINK_RATE == '0' else 'at ' + LINK_RATE}, (a) into --{A_RECEIVER}; "
           "DPDK vhost PMD: polling")
     for tool in ("dpdk-testpmd", "taskset"):
         if not shutil.which(tool):

@@ -143,9 +143,14 @@ pub struct RunArgs {
     /// A port attached to an existing host tap device. Repeatable.
     #[arg(long = "tap", value_name = "NAME=IFNAME", value_parser = parse_named_string)]
     pub taps: Vec<(String, String)>,
-    /// A port that discards everything it receives. Repeatable.
+    /// A port whose NIC takes frames as a guest's would (classification onto its queue,
+    /// per-class counters, link pacing), then discards them. Repeatable.
     #[arg(long = "sink", value_name = "NAME", value_parser = parse_name)]
     pub sinks: Vec<String>,
+    /// A port that drops every frame at the switch, counting packets and bytes on its queue
+    /// 0; no NIC model, the cheapest receiver (as testpmd's rxonly). Repeatable.
+    #[arg(long = "discard", value_name = "NAME", value_parser = parse_name)]
+    pub discards: Vec<String>,
     /// A port that sends UDP frames: NAME=dst=MAC[,src=MAC][,len=BYTES][,flows=N][,dscp=N][,pps=N]
     /// (pps 0 or absent: as fast as the switch takes them).
     #[arg(long = "gen", value_name = "NAME=SPEC", value_parser = parse_generator)]
@@ -434,10 +439,11 @@ impl RunArgs {
         names.extend(self.ports.iter().map(|(n, _)| n.as_str()));
         names.extend(self.taps.iter().map(|(n, _)| n.as_str()));
         names.extend(self.sinks.iter().map(String::as_str));
+        names.extend(self.discards.iter().map(String::as_str));
         names.extend(self.generators.iter().map(|(n, _)| n.as_str()));
         if names.is_empty() {
             return Err(
-                "no ports: give at least one --port NAME=SOCKET (or --tap, --sink, --gen)".into(),
+                "no ports: give at least one --port NAME=SOCKET (or --tap, --sink, --discard, --gen)".into(),
             );
         }
         let mut sorted = names.clone();
@@ -539,6 +545,8 @@ mod tests {
     #[test]
     fn duplicate_names_and_sockets_are_refused() {
         let cli = parse(&["--port", "a=/x", "--sink", "a"]).unwrap();
+        assert!(cli.run.validate().unwrap_err().contains("used twice"));
+        let cli = parse(&["--discard", "d", "--sink", "d"]).unwrap();
         assert!(cli.run.validate().unwrap_err().contains("used twice"));
         let cli = parse(&["--port", "a=/x", "--port", "b=/x"]).unwrap();
         assert!(cli.run.validate().unwrap_err().contains("two ports"));

@@ -64,6 +64,7 @@ fn make_port(
     .map_err(|e| DaemonError::Usage(format!("port {name}: {e}")))?;
     Ok(FabricPort {
         name: name.to_string(),
+        discards: kind == PortKind::Discard,
         kind,
         nic: Arc::new(nic),
         queue_counters,
@@ -188,6 +189,15 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
             rules_for(&args, name)?,
         )?);
     }
+    for name in &args.discards {
+        ports.push(make_port(
+            name,
+            PortKind::Discard,
+            1,
+            &nic,
+            RuleSet::default(),
+        )?);
+    }
     for (name, _) in &args.generators {
         ports.push(make_port(
             name,
@@ -245,6 +255,11 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         id += 1;
     }
     for _ in &args.sinks {
+        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
+        id += 1;
+    }
+    for _ in &args.discards {
+        // Never reached: the switch drops the frames for it.
         fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
         id += 1;
     }

@@ -15,6 +15,7 @@ pub enum PortKind {
     VhostUser { socket: String },
     Tap { ifname: String },
     Sink,
+    Discard,
     Generator,
 }
 
@@ -24,6 +25,7 @@ impl PortKind {
             PortKind::VhostUser { .. } => "vhost-user",
             PortKind::Tap { .. } => "tap",
             PortKind::Sink => "sink",
+            PortKind::Discard => "discard",
             PortKind::Generator => "generator",
         }
     }
@@ -36,6 +38,9 @@ pub struct FabricPort {
     pub nic: Arc<Nic>,
     /// Per-queue counters of the port (TX and RX sides share them, ethtool style).
     pub queue_counters: Vec<Arc<QueueCounters>>,
+    /// Frames to this port are dropped at the switch, before its NIC (see
+    /// [`PortKind::Discard`]); cached from `kind` for the data path.
+    pub discards: bool,
 }
 
 /// A worker's reusable state for forwarding: the segmentation buffer and the RX queues it
@@ -50,6 +55,9 @@ pub struct ForwardScratch {
     /// Frames staged for each port's NIC (indexed by port), delivered by `flush`.
     bursts: Vec<nic::Burst>,
     arrivals: ArrivalClock,
+    /// Frames and bytes dropped at each discarding port (indexed by port) since the last
+    /// flush: added to the port's counters once per batch, as the switch's are.
+    discarded: Vec<(u64, u64)>,
 }
 
 /// Frames of a batch stamped with one reading of the clock.
@@ -165,6 +173,15 @@ impl Fabric {
         let Some(target) = self.ports.get(port) else {
             return;
         };
+        if target.discards {
+            if scratch.discarded.len() <= port {
+                scratch.discarded.resize(port + 1, (0, 0));
+            }
+            let count = &mut scratch.discarded[port];
+            count.0 += 1;
+            count.1 += frame.len() as u64;
+            return;
+        }
         let arrival = scratch.arrivals.stamp(&target.nic);
         if scratch.bursts.len() <= port {
             scratch.bursts.resize_with(port + 1, Default::default);
@@ -200,6 +217,14 @@ impl Fabric {
     /// thread gets a CPU, which a busy sender on the same core does not give up.
     pub fn flush(&self, scratch: &mut ForwardScratch) {
         self.switch.settle(&mut scratch.decisions);
+        for (port, (packets, bytes)) in scratch.discarded.iter_mut().enumerate() {
+            if *packets > 0
+                && let Some(counters) = self.ports.get(port).and_then(|p| p.queue_counters.first())
+            {
+                stats::add(&counters.rx_packets, std::mem::take(packets));
+                stats::add(&counters.rx_bytes, std::mem::take(bytes));
+            }
+        }
         scratch.arrivals.restart();
         for (port, burst) in scratch.bursts.iter_mut().enumerate() {
             if let Some(target) = self.ports.get(port) {

@@ -1,0 +1,149 @@
+//! The ports without a guest behind them, driven from a vhost-user guest: a discard port
+//! drops at the switch, a sink takes frames through its NIC model and then drops them, a
+//! generator loads a guest with the UDP frames it was told to send.
+
+mod support;
+
+use std::collections::HashSet;
+
+use support::daemon::Daemon;
+use support::frames::{BROADCAST, VirtioNetHdr, mac, udp_frame_of_len};
+use support::guest::{GuestOptions, TestGuest};
+
+/// A MAC nobody has: frames to it are flooded, which is how a port that never sends (and so
+/// is never learned) receives unicast.
+const UNKNOWN: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+
+/// Sends `small` frames of 64 bytes and `large` of 1500 (long enough to leave the guest in
+/// two parts, see `nic::frame`) from `guest` to `dst`; returns their total length.
+fn send_mix(guest: &mut TestGuest, dst: [u8; 6], small: usize, large: usize) -> u64 {
+    let mut frames: Vec<Vec<u8>> = (0..small)
+        .map(|i| udp_frame_of_len(1, dst, 2, i as u32, 64))
+        .collect();
+    frames.extend((0..large).map(|i| udp_frame_of_len(1, dst, 2, 1000 + i as u32, 1500)));
+    for frame in &frames {
+        guest.send(0, VirtioNetHdr::plain(), frame).expect("send");
+    }
+    frames.iter().map(|f| f.len() as u64).sum()
+}
+
+#[test]
+fn a_discard_port_counts_every_frame_it_drops_and_delivers_none() {
+    let mut daemon = Daemon::builder()
+        .port("a")
+        .port("b")
+        .arg("--discard")
+        .arg("null")
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    b.post_rx_buffers_all(64, 2048).expect("post");
+
+    // Unknown unicast floods to b and to the discard port alike.
+    let bytes = send_mix(&mut a, UNKNOWN, 20, 5);
+    assert_eq!(b.expect_frames(25).expect("b gets the flood").len(), 25);
+    daemon
+        .wait_counter("null", "rx_packets", 25)
+        .expect("the discard port counts the frames");
+    assert_eq!(daemon.counter("null", "rx_packets").unwrap(), 25);
+    assert_eq!(daemon.counter("null", "rx_bytes").unwrap(), bytes);
+
+    // A broadcast too; b's own frames reach the discard port as well.
+    let frame = udp_frame_of_len(2, BROADCAST, 1, 7, 100);
+    b.send(0, VirtioNetHdr::plain(), &frame).expect("send");
+    daemon
+        .wait_counter("null", "rx_packets", 26)
+        .expect("broadcast counted");
+    assert_eq!(
+        daemon.counter("null", "rx_bytes").unwrap(),
+        bytes + frame.len() as u64
+    );
+    // Nothing was modelled: no NIC drops, no parse errors, nothing buffered.
+    for counter in ["rx_drops_not_ready", "rx_drops_no_buffer", "rx_buffered"] {
+        assert_eq!(daemon.counter("null", counter).unwrap(), 0, "{counter}");
+    }
+    daemon.check_running().expect("daemon still running");
+}
+
+#[test]
+fn a_sink_takes_frames_through_its_nic_and_counts_priority_apart() {
+    let mut daemon = Daemon::builder()
+        .port("a")
+        .arg("--sink")
+        .arg("s")
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let bytes = send_mix(&mut a, UNKNOWN, 30, 3);
+    // One frame marked EF (DSCP 46), which the NIC's default DSCP trust classifies high.
+    let mut marked = udp_frame_of_len(1, UNKNOWN, 2, 99, 80);
+    marked[15] = 46 << 2;
+    marked[24..26].copy_from_slice(&[0, 0]);
+    let checksum = ipv4_checksum(&marked[14..34]);
+    marked[24..26].copy_from_slice(&checksum.to_be_bytes());
+    a.send(0, VirtioNetHdr::plain(), &marked).expect("send");
+
+    daemon
+        .wait_counter("s", "rx_packets", 34)
+        .expect("the sink counts the frames");
+    assert_eq!(daemon.counter("s", "rx_packets").unwrap(), 34);
+    assert_eq!(
+        daemon.counter("s", "rx_bytes").unwrap(),
+        bytes + marked.len() as u64
+    );
+    assert_eq!(daemon.counter("s", "rx_high_packets").unwrap(), 1);
+}
+
+#[test]
+fn a_generator_loads_a_guest_with_the_flows_it_was_given() {
+    let guest_mac = mac(1);
+    let spec = format!(
+        "g=dst={},len=128,flows=4,pps=2000",
+        guest_mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let mut daemon = Daemon::builder()
+        .port("a")
+        .arg("--gen")
+        .arg(&spec)
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    a.post_rx_buffers_all(64, 2048).expect("post");
+    let got = a.expect_frames(16).expect("generated frames arrive");
+    let mut flows = HashSet::new();
+    for rx in &got {
+        let frame = &rx.frame;
+        assert_eq!(frame.len(), 128, "the requested length");
+        assert_eq!(&frame[..6], &guest_mac, "to the guest");
+        assert_eq!(frame[23], 17, "UDP");
+        assert!(
+            ipv4_checksum(&frame[14..34]) == 0,
+            "a valid IPv4 header checksum"
+        );
+        assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), 9, "to port 9");
+        flows.insert(u16::from_be_bytes([frame[34], frame[35]]));
+    }
+    assert_eq!(
+        flows,
+        (1024..1028).collect::<HashSet<u16>>(),
+        "four flows, by source port"
+    );
+    assert!(daemon.counter("g", "tx_packets").unwrap() >= 16);
+}
+
+/// The Internet checksum of `bytes` (0 over a header whose checksum field is right).
+fn ipv4_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
