@@ -69,6 +69,7 @@ pub fn spawn(
         };
         // Notify receivers once per batch, as a NIC's TX engine would (not per frame).
         const BATCH: usize = 32;
+        let flows = frames.len();
         let mut next = 0;
         let start = std::time::Instant::now();
         let mut sent: u64 = 0;
@@ -83,17 +84,24 @@ pub fn spawn(
                 thread::sleep(wait);
             }
             sent += BATCH as u64;
+            let mut bytes = 0;
             for _ in 0..BATCH {
-                let flows = frames.len();
                 let frame = &mut frames[next];
-                next = (next + 1) % flows;
+                // Not `% flows`: a division per frame was 5% of this loop.
+                next += 1;
+                if next == flows {
+                    next = 0;
+                }
                 let mut offload = Offload::default();
-                // This thread is the only writer of the generator's TX counters.
-                stats::add_single_writer(&counters.tx_packets, 1);
-                stats::add_single_writer(&counters.tx_bytes, frame.len() as u64);
+                bytes += frame.len() as u64;
                 let mut frame = TxFrame::whole(frame);
                 fabric.forward(port, &mut frame, &mut offload, &mut scratch, &counters);
             }
+            // Once per batch: the counters live in memory the stats reader shares, and two
+            // read-modify-writes per frame were 2% of the thread at 64 bytes. This thread
+            // is their only writer.
+            stats::add_single_writer(&counters.tx_packets, BATCH as u64);
+            stats::add_single_writer(&counters.tx_bytes, bytes);
             fabric.flush(&mut scratch);
         }
     })
