@@ -97,9 +97,20 @@ fn a_sink_takes_frames_through_its_nic_and_counts_priority_apart() {
 
 #[test]
 fn a_generator_loads_a_guest_with_the_flows_it_was_given() {
+    generator_frames_arrive_as_asked(128);
+}
+
+/// Jumbo frames go by reference into the NIC's burst (`TxFrame::lasting`) and over
+/// several mergeable buffers into the guest.
+#[test]
+fn a_generator_sends_jumbo_frames_intact() {
+    generator_frames_arrive_as_asked(9000);
+}
+
+fn generator_frames_arrive_as_asked(len: usize) {
     let guest_mac = mac(1);
     let spec = format!(
-        "g=dst={},len=128,flows=4,pps=2000",
+        "g=dst={},len={len},flows=4,pps=2000",
         guest_mac
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -113,19 +124,25 @@ fn a_generator_loads_a_guest_with_the_flows_it_was_given() {
         .spawn()
         .expect("daemon starts");
     let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-    a.post_rx_buffers_all(64, 2048).expect("post");
+    a.post_rx_buffers_all(128, 2048).expect("post");
     let got = a.expect_frames(16).expect("generated frames arrive");
     let mut flows = HashSet::new();
     for rx in &got {
         let frame = &rx.frame;
-        assert_eq!(frame.len(), 128, "the requested length");
+        assert_eq!(frame.len(), len, "the requested length");
         assert_eq!(&frame[..6], &guest_mac, "to the guest");
         assert_eq!(frame[23], 17, "UDP");
         assert!(
             ipv4_checksum(&frame[14..34]) == 0,
             "a valid IPv4 header checksum"
         );
+        assert_eq!(
+            usize::from(u16::from_be_bytes([frame[16], frame[17]])),
+            len - 14,
+            "IPv4 total length"
+        );
         assert_eq!(u16::from_be_bytes([frame[36], frame[37]]), 9, "to port 9");
+        assert!(frame[42..].iter().all(|&b| b == 0), "the zero payload");
         flows.insert(u16::from_be_bytes([frame[34], frame[35]]));
     }
     assert_eq!(

@@ -5,7 +5,9 @@
 //!
 //! Staging copies the frame (the sender reuses its buffer), which is cheap for small frames
 //! and not for large ones; frames longer than [`STAGE_MAX_LEN`] are delivered at once
-//! instead, after whatever was staged for the NIC before them, so order is kept.
+//! instead, after whatever was staged for the NIC before them, so order is kept. A frame
+//! whose sender keeps it unchanged until its flush (a generator's) is staged by reference,
+//! at any length.
 
 use super::FrameBytes;
 use std::sync::Arc;
@@ -24,7 +26,10 @@ pub(super) struct Staged {
     pub queue: usize,
     pub class: Class,
     pub header: [u8; 12],
+    /// Where the bytes start: in the burst's buffer, or (`external`) at this address in the
+    /// sender's memory.
     pub start: usize,
+    pub external: bool,
     pub len: usize,
     pub wire_bytes: u64,
     pub arrival_ns: u64,
@@ -45,6 +50,18 @@ pub struct Burst {
     /// arc-swap guard) costs a store and a full fence per frame; whether a guest enables
     /// or disables a queue within one burst makes no difference a guest could tell.
     pub(super) usable: u64,
+}
+
+/// The bytes of `frame`, staged in a burst whose buffer is `bytes`.
+pub(super) fn staged_bytes<'b>(bytes: &'b [u8], frame: &Staged) -> &'b [u8] {
+    if frame.external {
+        // SAFETY: the sender staged a reference only to a frame it promised to keep valid
+        // and unchanged until its flush (`TxFrame::lasting`); the burst is emptied at every
+        // delivery, and the flush delivers it, so no reference outlives the promise.
+        unsafe { std::slice::from_raw_parts(frame.start as *const u8, frame.len) }
+    } else {
+        &bytes[frame.start..frame.start + frame.len]
+    }
 }
 
 impl Burst {
@@ -81,13 +98,20 @@ impl Burst {
         wire_bytes: u64,
         arrival_ns: u64,
     ) {
-        let start = self.bytes.len();
-        frame.extend_vec(&mut self.bytes);
+        let (start, external) = match frame.lasting() {
+            Some(bytes) => (bytes.as_ptr() as usize, true),
+            None => {
+                let start = self.bytes.len();
+                frame.extend_vec(&mut self.bytes);
+                (start, false)
+            }
+        };
         self.frames.push(Staged {
             queue,
             class,
             header: *header,
             start,
+            external,
             len: frame.len(),
             wire_bytes,
             arrival_ns,
@@ -95,7 +119,7 @@ impl Burst {
     }
 
     pub(super) fn bytes_of(&self, frame: &Staged) -> &[u8] {
-        &self.bytes[frame.start..frame.start + frame.len]
+        staged_bytes(&self.bytes, frame)
     }
 
     pub(super) fn clear(&mut self) {

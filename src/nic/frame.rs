@@ -86,6 +86,8 @@ impl GuestTail<'_> {
 pub struct FrameBytes<'a> {
     head: &'a [u8],
     tail: Option<GuestTail<'a>>,
+    /// Whole, and staying as it is until the sender's flush (see [`TxFrame::lasting`]).
+    lasting: bool,
 }
 
 impl<'a> FrameBytes<'a> {
@@ -94,6 +96,7 @@ impl<'a> FrameBytes<'a> {
         FrameBytes {
             head: bytes,
             tail: None,
+            lasting: false,
         }
     }
 
@@ -103,6 +106,12 @@ impl<'a> FrameBytes<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The frame's bytes if its sender promised to keep them, unchanged, until its next
+    /// flush (see [`TxFrame::lasting`]): a burst may then refer to them instead of copying.
+    pub(super) fn lasting(&self) -> Option<&'a [u8]> {
+        (self.lasting && self.tail.is_none()).then_some(self.head)
     }
 
     /// The frame as one slice, if it is held whole.
@@ -184,6 +193,7 @@ pub struct TxFrame<'a> {
     buf: &'a mut [u8],
     gathered: usize,
     tail: Option<GuestTail<'a>>,
+    lasting: bool,
 }
 
 impl<'a> TxFrame<'a> {
@@ -194,6 +204,23 @@ impl<'a> TxFrame<'a> {
             buf: bytes,
             gathered,
             tail: None,
+            lasting: false,
+        }
+    }
+
+    /// A frame held whole in `bytes`, which its sender keeps as they are past the call into
+    /// the switch: a NIC stages a reference to it rather than a copy (a generator's frames,
+    /// sent over and over; at 1518 bytes the copy was one of the two per frame).
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unmodified until the sender's next `Fabric::flush` with
+    /// the `ForwardScratch` the frame is forwarded with has returned (that flush delivers
+    /// every burst holding a reference), or until that scratch is dropped. The switch itself
+    /// writes to a frame only through [`TxFrame::make_whole`], which gives the promise up.
+    pub unsafe fn lasting(bytes: &'a mut [u8]) -> Self {
+        TxFrame {
+            lasting: true,
+            ..TxFrame::whole(bytes)
         }
     }
 
@@ -217,6 +244,7 @@ impl<'a> TxFrame<'a> {
             buf,
             gathered,
             tail: Some(GuestTail { pieces, skip, len }),
+            lasting: false,
         }
     }
 
@@ -243,12 +271,16 @@ impl<'a> TxFrame<'a> {
         FrameBytes {
             head: &self.buf[..self.gathered],
             tail: self.tail,
+            lasting: self.lasting,
         }
     }
 
     /// The whole frame in the sender's buffer, gathering the tail first if it is still in
     /// guest memory (once: later calls find it whole).
     pub fn make_whole(&mut self) -> &mut [u8] {
+        // The caller may write to it (a checksum completed in place), so a NIC must copy
+        // it from now on.
+        self.lasting = false;
         if let Some(tail) = self.tail.take() {
             let rest = &mut self.buf[self.gathered..];
             // SAFETY: `rest` has room for the tail's `len` bytes; the pieces are readable

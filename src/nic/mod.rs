@@ -393,7 +393,8 @@ impl Nic {
 
     /// Stages a frame in the sender's `burst` for this NIC; it reaches the ring when the
     /// sender delivers the burst ([`Nic::deliver_burst`], from `Fabric::flush`) or when the
-    /// burst fills. Frames too long to be worth copying go at once, after the burst.
+    /// burst fills. Frames too long to be worth copying go at once, after the burst; a
+    /// lasting frame (see `TxFrame::lasting`) is staged by reference, whatever its length.
     /// Returns the queue the frame goes to, if any.
     pub fn stage(
         &self,
@@ -405,7 +406,9 @@ impl Nic {
         arrival_ns: u64,
     ) -> Option<usize> {
         let wanted = usize::from(decision.queue.queue());
-        if burst.is_usable(wanted) && !decision.drop && frame.len() <= STAGE_MAX_LEN {
+        // A lasting frame is staged by reference, at no cost per byte, whatever its length.
+        let stageable = frame.len() <= STAGE_MAX_LEN || frame.lasting().is_some();
+        if burst.is_usable(wanted) && !decision.drop && stageable {
             // Known usable in this burst: what `admit` would pick, without loading the ring.
             count_parse_error(&self.queues[wanted], decision);
             return self.push_staged(
@@ -416,7 +419,7 @@ impl Nic {
         if queue.index == wanted {
             burst.mark_usable(wanted);
         }
-        if frame.len() > STAGE_MAX_LEN {
+        if !stageable {
             self.deliver_burst(burst, arrival_ns);
             return self.receive_on(
                 queue,
@@ -569,7 +572,7 @@ impl Nic {
             return;
         };
         let ring: &dyn GuestRxRing = ring.as_ref().as_ref();
-        let bytes_of = |frame: &burst::Staged| &bytes[frame.start..frame.start + frame.len];
+        let bytes_of = |frame: &burst::Staged| burst::staged_bytes(bytes, frame);
         let mut from = 0;
         // The frames' references, laid out before the writes start rather than handed out
         // one by one: the ring then reads them from lines stored long before, and no load

@@ -511,3 +511,46 @@ fn a_large_frame_goes_at_once_after_what_was_staged() {
     assert!(burst.is_empty(), "the staged frame went first");
     assert_eq!(rig.rings[0].tags(), vec![1, 2]);
 }
+
+#[test]
+fn lasting_frames_are_staged_by_reference_whatever_their_length() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    let mut jumbo = frame(0, 8);
+    jumbo.resize(9000, 0xab);
+    let mut frames = vec![frame(0, 7), jumbo, frame(0, 9)];
+    let copies = frames.clone();
+    let mut burst = Burst::default();
+    for (index, bytes) in frames.iter_mut().enumerate() {
+        // SAFETY: the frames outlive the burst's delivery below and are not written.
+        let frame = unsafe { TxFrame::lasting(bytes) };
+        let decision = rig.nic.classify(frame.head());
+        let wire = wire_bytes(frame.len(), 1, 0);
+        let queue = rig
+            .nic
+            .stage(&mut burst, &decision, &[0; 12], frame.bytes(), wire, 10);
+        assert_eq!(queue, Some(0), "frame {index}");
+    }
+    assert_eq!(burst.len(), 3, "the jumbo frame is staged too");
+    assert!(burst.bytes.is_empty(), "nothing was copied into the burst");
+    rig.nic.deliver_burst(&mut burst, 10);
+    assert_eq!(*rig.rings[0].frames.lock().unwrap(), copies);
+}
+
+#[test]
+fn a_frame_made_whole_for_writing_is_copied_not_referred_to() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    let mut bytes = frame(0, 9);
+    let expected = bytes.clone();
+    // SAFETY: `bytes` outlives the burst's delivery and is written only through
+    // `make_whole`, which gives the promise up.
+    let mut frame = unsafe { TxFrame::lasting(&mut bytes) };
+    frame.make_whole();
+    let mut burst = Burst::default();
+    let decision = rig.nic.classify(frame.head());
+    let wire = wire_bytes(frame.len(), 1, 0);
+    rig.nic
+        .stage(&mut burst, &decision, &[0; 12], frame.bytes(), wire, 0);
+    assert_eq!(burst.bytes.len(), expected.len(), "copied into the burst");
+    rig.nic.deliver_burst(&mut burst, 0);
+    assert_eq!(*rig.rings[0].frames.lock().unwrap(), vec![expected]);
+}
