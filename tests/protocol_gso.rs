@@ -222,3 +222,45 @@ fn tso6_frame_is_segmented_with_valid_checksums_for_a_guest_without_tso() {
     }
     assert_eq!(joined, payload, "payload altered");
 }
+
+/// A flooded frame with a partial checksum reaches a guest that takes partial checksums
+/// as it was sent, although a later receiver without GUEST_CSUM has the checksum completed
+/// in the sender's copy of the frame: the first receiver's copy must not see that write.
+#[test]
+fn a_flooded_partial_checksum_stays_partial_for_one_guest_and_is_completed_for_another() {
+    let daemon = Daemon::start(&["a", "b", "c"], 1).expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    let mut c = TestGuest::connect(
+        &daemon.socket("c"),
+        GuestOptions::linux(3).without(NO_TSO | feature::GUEST_CSUM),
+    )
+    .expect("c");
+    assert!(b.has(feature::GUEST_CSUM) && !c.has(feature::GUEST_CSUM));
+    b.post_rx_buffers(0, 8, 2048).expect("post");
+    c.post_rx_buffers(0, 8, 2048).expect("post");
+    // To a MAC nobody has: flooded to b, then c (port order).
+    let frame = tcp_tso_frame(1, [2, 0, 0, 0, 0, 0x77], 9, 7, &tagged_payload(3, 300));
+    let hdr = VirtioNetHdr {
+        gso_type: VIRTIO_NET_HDR_GSO_NONE as u8,
+        gso_size: 0,
+        hdr_len: 0,
+        ..VirtioNetHdr::tso4(MSS)
+    };
+    for _ in 0..4 {
+        a.send(0, hdr, &frame).expect("send");
+    }
+    for got in b.expect_frames(4).expect("b gets the frames") {
+        assert_eq!(
+            u32::from(got.net_hdr().flags),
+            VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            "still partial for b"
+        );
+        assert_eq!(got.frame, frame, "b's frame is the frame as sent");
+    }
+    for got in c.expect_frames(4).expect("c gets the frames") {
+        assert_eq!(got.net_hdr().flags, 0, "completed for c");
+        let tcp = parse_tcp4(&got.frame).expect("TCP frame");
+        assert!(tcp_checksum_ok(&got.frame, &tcp), "c's checksum is valid");
+    }
+}

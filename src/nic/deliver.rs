@@ -70,7 +70,9 @@ pub fn deliver(
             if nic.is_capturing() {
                 frame.make_whole();
             }
-            let bytes = frame.bytes();
+            // Copied, never referred to: a later receiver of a flooded frame may complete
+            // its checksum in place. (A plain frame, above, is never written to.)
+            let bytes = frame.bytes_to_copy();
             Ok(nic.stage(
                 burst,
                 &decision,

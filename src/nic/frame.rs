@@ -261,6 +261,16 @@ impl<'a> TxFrame<'a> {
         self.tail.is_some()
     }
 
+    /// The frame's bytes, to be copied by whoever keeps them: for a receiver whose frame
+    /// another receiver of the same (flooded) frame may then write to (a checksum completed
+    /// in place), which a reference would see.
+    pub fn bytes_to_copy(&self) -> FrameBytes<'_> {
+        FrameBytes {
+            lasting: false,
+            ..self.bytes()
+        }
+    }
+
     /// The bytes in the sender's buffer: at least every header of a split frame.
     pub fn head(&self) -> &[u8] {
         &self.buf[..self.gathered]
