@@ -64,7 +64,6 @@ fn make_port(
     .map_err(|e| DaemonError::Usage(format!("port {name}: {e}")))?;
     Ok(FabricPort {
         name: name.to_string(),
-        discards: kind == PortKind::Discard,
         kind,
         nic: Arc::new(nic),
         queue_counters,
@@ -254,12 +253,9 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         tap::start(fabric.clone(), id, tap).map_err(DaemonError::Thread)?;
         id += 1;
     }
-    for _ in &args.sinks {
-        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
-        id += 1;
-    }
-    for _ in &args.discards {
-        // Never reached: the switch drops the frames for it.
+    // A discard port's ring is never reached (the switch drops its frames), but attaching
+    // one marks it connected, as a sink is.
+    for _ in args.sinks.iter().chain(&args.discards) {
         fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
         id += 1;
     }

@@ -38,9 +38,6 @@ pub struct FabricPort {
     pub nic: Arc<Nic>,
     /// Per-queue counters of the port (TX and RX sides share them, ethtool style).
     pub queue_counters: Vec<Arc<QueueCounters>>,
-    /// Frames to this port are dropped at the switch, before its NIC (see
-    /// [`PortKind::Discard`]); cached from `kind` for the data path.
-    pub discards: bool,
 }
 
 /// A worker's reusable state for forwarding: the segmentation buffer and the RX queues it
@@ -173,7 +170,8 @@ impl Fabric {
         let Some(target) = self.ports.get(port) else {
             return;
         };
-        if target.discards {
+        // A discard port's frames are dropped here, before its NIC.
+        if matches!(target.kind, PortKind::Discard) {
             if scratch.discarded.len() <= port {
                 scratch.discarded.resize(port + 1, (0, 0));
             }
