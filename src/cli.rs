@@ -460,6 +460,7 @@ impl RunArgs {
             ));
         }
         let known = |port: &str| names.contains(&port);
+        let discard = |port: &str| self.discards.iter().any(|name| name == port);
         for (port, file) in &self.rules {
             if let Some(port) = port.as_deref().filter(|port| !known(port)) {
                 return Err(format!(
@@ -467,8 +468,22 @@ impl RunArgs {
                     file.display()
                 ));
             }
+            if let Some(port) = port.as_deref().filter(|port| discard(port)) {
+                return Err(format!(
+                    "--rules {port}={}: {port:?} is a discard port, which drops frames \
+                     before any NIC (use --sink for a port that classifies)",
+                    file.display()
+                ));
+            }
         }
         for pcap in &self.pcaps {
+            if discard(&pcap.port) {
+                return Err(format!(
+                    "--pcap {}: {:?} is a discard port, which drops frames before any NIC",
+                    pcap.file.display(),
+                    pcap.port
+                ));
+            }
             if !known(&pcap.port) {
                 return Err(format!(
                     "--pcap {}: there is no port {:?}",
@@ -552,6 +567,25 @@ mod tests {
         assert!(cli.run.validate().unwrap_err().contains("two ports"));
         let cli = parse(&[]).unwrap();
         assert!(cli.run.validate().unwrap_err().contains("no ports"));
+    }
+
+    #[test]
+    fn rules_and_captures_for_a_discard_port_are_refused() {
+        let cli = parse(&["--discard", "d", "--rules", "d=/r.toml"]).unwrap();
+        let error = cli.run.validate().unwrap_err();
+        assert!(
+            error.contains("--rules d=/r.toml") && error.contains("discard"),
+            "{error}"
+        );
+        let cli = parse(&["--discard", "d", "--pcap", "d=/t.pcapng"]).unwrap();
+        let error = cli.run.validate().unwrap_err();
+        assert!(
+            error.contains("--pcap /t.pcapng") && error.contains("discard"),
+            "{error}"
+        );
+        // Shared rules are for the ports that have a NIC; they do not name the discard port.
+        let cli = parse(&["--discard", "d", "--sink", "s", "--rules", "/r.toml"]).unwrap();
+        assert!(cli.run.validate().is_ok());
     }
 
     #[test]

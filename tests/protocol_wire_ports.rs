@@ -63,6 +63,16 @@ fn a_discard_port_counts_every_frame_it_drops_and_delivers_none() {
     for counter in ["rx_drops_not_ready", "rx_drops_no_buffer", "rx_buffered"] {
         assert_eq!(daemon.counter("null", counter).unwrap(), 0, "{counter}");
     }
+    // Nor can its NIC be configured: it would take effect on nothing.
+    let refused = std::process::Command::new(support::daemon::BINARY)
+        .args(["rule", "--control"])
+        .arg(daemon.control_socket())
+        .args(["list", "null"])
+        .output()
+        .expect("run prism-vnic rule list");
+    assert!(!refused.status.success(), "rules on a discard port refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("discard port"), "{stderr}");
     daemon.check_running().expect("daemon still running");
 }
 

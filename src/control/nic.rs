@@ -12,7 +12,7 @@ use crate::cli::{parse_coalesce, parse_rate};
 use crate::nic::capture::Capture;
 use crate::nic::link::LinkSettings;
 use crate::nic::moderation::CoalesceSettings;
-use crate::switch::fabric::{Fabric, FabricPort};
+use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -55,6 +55,19 @@ fn find<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
         .ok_or_else(|| format!("there is no port {name:?}"))
 }
 
+/// The port whose NIC a request configures: any but a discard port, whose frames never
+/// reach its NIC (the switch drops them), so rules, links, moderation and captures there
+/// would take effect on nothing.
+fn find_nic<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
+    let port = find(fabric, name)?;
+    if matches!(port.kind, PortKind::Discard) {
+        return Err(format!(
+            "port {name:?} is a discard port: the switch drops its frames before any NIC"
+        ));
+    }
+    Ok(port)
+}
+
 fn rules_json(port: &FabricPort) -> Value {
     let classifier = port.nic.rules();
     let rules = classifier.rules();
@@ -81,9 +94,9 @@ fn link_json(port: &FabricPort) -> Value {
 /// Answers one NIC request (without the "ok" field).
 pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
     match request {
-        NicRequest::Rules { port } => Ok(rules_json(find(fabric, &port)?)),
+        NicRequest::Rules { port } => Ok(rules_json(find_nic(fabric, &port)?)),
         NicRequest::RuleAdd { port, rule } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             let rule: Rule = rule.parse().map_err(|e| format!("rule {rule:?}: {e}"))?;
             let current = port.nic.rules();
             if current
@@ -101,7 +114,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             Ok(rules_json(port))
         }
         NicRequest::RuleDel { port, loc } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             let current = port.nic.rules();
             let rules: Vec<Rule> = current
                 .rules()
@@ -122,7 +135,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             rate,
             latency_us,
         } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             let mut settings = port.nic.link.settings();
             if let Some(rate) = rate {
                 settings.rate_bps = parse_rate(&rate)?;
@@ -141,7 +154,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             queue,
             settings,
         } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             let Some(rx_queue) = port.nic.queue(queue) else {
                 return Err(format!(
                     "port {} has queues 0 to {}, not {queue}",
@@ -156,7 +169,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             Ok(json!({ "port": port.name, "queue": queue, "coalesce": rx_queue.coalesce.get() }))
         }
         NicRequest::PriorityWeight { port, weight } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             port.nic.set_priority_weight(weight);
             Ok(json!({ "port": port.name, "priority_weight": weight }))
         }
@@ -176,7 +189,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             Ok(json!({}))
         }
         NicRequest::Capture { port, queue, file } => {
-            let port = find(fabric, &port)?;
+            let port = find_nic(fabric, &port)?;
             let queues = port.nic.queues().len();
             if queue.is_some_and(|q| q >= queues) {
                 return Err(format!("port {} has {queues} queues", port.name));
