@@ -15,6 +15,13 @@ The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's coun
 backends taking turns, and min/median/max printed with the backend's CPU use. prism-vnic's
 emulated links run unpaced (--link-rate 0) unless --link-rate is given: its default 100G link
 would cap 9000-byte frames at 1.36 Mpps, and DPDK's vhost PMD has no line rate.
+(c)'s largest frames are 9000-byte jumbo frames, not 64 KiB TSO. testpmd's csum engine does
+send TSO on virtio-user (`csum set tcp hw 1`, `tso set 1448 1`, from a pcap of 64 KiB TCP
+frames, mbufs of 64 KiB). But the receiving virtio-user, with LRO and TCP checksum offload on
+so that it takes GSO frames, stalled after 32-320 frames with DPDK's own vhost PMD as the
+backend, with and without mergeable buffers (DPDK 22.11, 6 tries). No reference figure can
+be had from it. prism-vnic passed the GSO frames to B intact, and segmented them in software
+for a receiver without LRO.
 Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c] [--frames 64,1518,9000]
        [--busy-poll-us N] [--link-rate RATE]
 """
