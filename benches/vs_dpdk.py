@@ -19,7 +19,7 @@ would cap 9000-byte frames at 1.36 Mpps, and DPDK's vhost PMD has no line rate.
 send TSO on virtio-user (`csum set tcp hw 1`, `tso set 1448 1`, from a pcap of 64 KiB TCP
 frames, mbufs of 64 KiB). But the receiving virtio-user, with LRO and TCP checksum offload on
 so that it takes GSO frames, stalled after 32-320 frames with DPDK's own vhost PMD as the
-backend, with and without mergeable buffers (DPDK 22.11, 6 tries). No reference figure can
+backend, with and without mergeable buffers (DPDK 22.11, 7 tries). No reference figure can
 be had from it. prism-vnic passed the GSO frames to B intact, and segmented them in software
 for a receiver without LRO.
 Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c] [--frames 64,1518,9000]
