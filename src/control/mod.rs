@@ -281,12 +281,13 @@ pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
                 if r["count"].as_u64().unwrap_or(0) == 0 {
                     continue;
                 }
+                // As numbers: a JSON `Value` prints without the width it is given.
                 out += &format!(
                     "{:<12} {:>5} {:<6} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
                     name,
-                    queue["index"],
+                    queue["index"].as_u64().unwrap_or(0),
                     class,
-                    r["count"],
+                    r["count"].as_u64().unwrap_or(0),
                     us(&r["p50_ns"]),
                     us(&r["p99_ns"]),
                     us(&r["p999_ns"]),
@@ -296,4 +297,36 @@ pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_residence;
+    use serde_json::json;
+
+    #[test]
+    fn residence_rows_line_up_under_their_headers() {
+        let stats = json!({"ports": [{"name": "vm1", "queues": [{"index": 3, "residence": {
+            "high": {"count": 0},
+            "normal": {"count": 14, "p50_ns": 5300, "p99_ns": 60900, "p999_ns": 60900, "max_ns": 60900},
+        }}]}]});
+        let table = format_residence(&stats, None);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "a header and the one class with frames:\n{table}"
+        );
+        assert_eq!(lines[0].len(), lines[1].len(), "{table}");
+        // Every column ends where its header does.
+        for header in ["queue", "frames", "p50 us", "max us"] {
+            let end = lines[0].find(header).expect("header") + header.len();
+            let cell = lines[1][..end].split_whitespace().last().expect("cell");
+            assert!(lines[1][..end].ends_with(cell), "{header} in\n{table}");
+            assert_ne!(lines[1].as_bytes()[end - 1], b' ', "{header} in\n{table}");
+        }
+        assert!(lines[1].starts_with("vm1"));
+        assert!(lines[1].contains(" 14 "), "{table}");
+        assert_eq!(format_residence(&stats, Some("vm2")).lines().count(), 1);
+    }
 }
