@@ -321,8 +321,6 @@ mod tests {
         // Every column ends where its header does.
         for header in ["queue", "frames", "p50 us", "max us"] {
             let end = lines[0].find(header).expect("header") + header.len();
-            let cell = lines[1][..end].split_whitespace().last().expect("cell");
-            assert!(lines[1][..end].ends_with(cell), "{header} in\n{table}");
             assert_ne!(lines[1].as_bytes()[end - 1], b' ', "{header} in\n{table}");
         }
         assert!(lines[1].starts_with("vm1"));
