@@ -177,20 +177,6 @@ pub mod volatile {
         }
         out
     }
-
-    /// A used-ring element: id and len, little endian.
-    ///
-    /// # Safety
-    /// See the module.
-    #[inline]
-    pub unsafe fn write_used_elem(at: usize, id: u32, len: u32) {
-        // One 8-byte value, not two 4-byte halves put together in memory: reading such a
-        // pair back as one load cannot be forwarded from the two stores, and then waits for
-        // every older store, those into the guest's lines included.
-        let bytes = (u64::from(id) | u64::from(len) << 32).to_le_bytes();
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::write_volatile(at as *mut [u8; 8], bytes) }
-    }
 }
 
 /// Asks the CPU to start loading the cache line at host address `at` (a hint: it never

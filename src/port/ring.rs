@@ -111,22 +111,24 @@ pub fn has_available<M: GuestMemory>(state: &VringState<GuestMemory_>, mem: &M) 
 /// load that could not be forwarded from a store (a value put together from narrower stores)
 /// waited for them all: per frame, one cross-core round trip in the TX profile. Stored
 /// together, the misses overlap.
+///
+/// The elements are kept as the ring lays them out (`struct vring_used_elem`, little-endian
+/// id then len), so they go out as one copy of up to two runs (DPDK does the same): an
+/// 8-byte store per element put 32 entries of a 32-frame burst into the store buffer, where
+/// they waited behind the frame copies' misses and kept later stores from entering.
 #[derive(Debug, Default)]
 pub struct UsedShadow {
     /// The used position of `elems[0]`.
     first: u16,
-    /// (head, len) in used order.
-    elems: Vec<(u16, u32)>,
+    /// Used elements in used order, in the ring's layout.
+    elems: Vec<[u8; 8]>,
 }
 
 impl UsedShadow {
     /// Stores the elements put since the last call into `ring`'s used area (the ring they
     /// were put for), still invisible to the driver until the used index moves.
     pub fn store(&mut self, ring: &SplitRing) {
-        let first = Wrapping(self.first);
-        for (offset, &(head, len)) in self.elems.iter().enumerate() {
-            ring.put_used(first + Wrapping(offset as u16), head, len);
-        }
+        ring.put_used_run(Wrapping(self.first), &self.elems);
         self.elems.clear();
     }
 }
@@ -147,9 +149,15 @@ pub fn put_used(
     if shadow.elems.is_empty() {
         shadow.first = next;
     }
-    shadow.elems.push((head, len));
+    shadow.elems.push(used_elem(head, len));
     queue.set_next_used(next.wrapping_add(1));
     true
+}
+
+/// `struct vring_used_elem { le32 id; le32 len; }` as the ring holds it.
+#[inline]
+fn used_elem(head: u16, len: u32) -> [u8; 8] {
+    (u64::from(head) | u64::from(len) << 32).to_le_bytes()
 }
 
 /// Stores and publishes the used elements put since `before` (the queue's next used index

@@ -150,12 +150,27 @@ impl SplitRing {
         }
     }
 
-    /// Writes used element `position % size` (not yet visible to the driver).
+    /// Writes `elems` (in the ring's layout) at used positions `first`, `first + 1`, ...
+    /// (modulo the size; at most the ring's size of them), not yet visible to the driver.
+    /// As one copy per run up to the ring's end rather than a store per element.
     #[inline]
-    pub fn put_used(&self, position: Wrapping<u16>, head: u16, len: u32) {
-        let slot = usize::from(position.0 & (self.size - 1));
-        // SAFETY: the element is inside the used area.
-        unsafe { volatile::write_used_elem(self.used + 4 + 8 * slot, u32::from(head), len) }
+    pub fn put_used_run(&self, first: Wrapping<u16>, elems: &[[u8; 8]]) {
+        let mut slot = usize::from(first.0 & (self.size - 1));
+        let mut rest = &elems[..elems.len().min(usize::from(self.size))];
+        while !rest.is_empty() {
+            let (run, next) = rest.split_at(rest.len().min(usize::from(self.size) - slot));
+            // SAFETY: slots `slot..slot + run.len()` are inside the used area (checked in
+            // `new`), which is guest memory and never overlaps our own `elems`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    run.as_ptr().cast::<u8>(),
+                    (self.used + 4 + 8 * slot) as *mut u8,
+                    8 * run.len(),
+                )
+            };
+            rest = next;
+            slot = 0;
+        }
     }
 
     /// Makes the used elements before `next_used` visible to the driver.
@@ -278,7 +293,7 @@ pub(crate) mod tests {
     fn used_entries_and_index_land_where_the_driver_reads_them() {
         let (mem, host) = rig();
         let ring = SplitRing::at(&host, DESC, AVAIL, USED, SIZE).unwrap();
-        ring.put_used(Wrapping(9), 5, 1500);
+        ring.put_used_run(Wrapping(9), &[(5u64 | 1500 << 32).to_le_bytes()]);
         ring.publish_used(Wrapping(10));
         let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
         assert_eq!(idx, 10);
