@@ -15,6 +15,7 @@ use super::host_memory::HostMemory;
 use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
 use crate::nic::{BurstFrame, FrameBytes, GuestRxRing, RingWrite, RxOffloads};
+use crate::packet::copy;
 use crate::stats::{self, QueueCounters};
 
 pub type GuestMemory_ = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -472,7 +473,7 @@ impl VhostRxRing {
             // when the chain was walked), alive with `mem`; `from` is a frame of this burst,
             // borrowed for this call. They never overlap: one is guest memory, the other ours.
             unsafe {
-                std::ptr::copy_nonoverlapping(
+                copy::copy_small(
                     copy.from as *const u8,
                     (copy.to + VIRTIO_NET_HDR_LEN) as *mut u8,
                     copy.len,
