@@ -12,7 +12,7 @@ use vm_memory::{GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::chain::{self, Direction, Segment};
 use super::host_memory::HostMemory;
-use super::split_ring::{RingCache, SplitRing, UsedSince};
+use super::split_ring::{RingCache, SplitRing, UsedSince, used_elem};
 use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
 use crate::nic::{BurstFrame, FrameBytes, GuestRxRing, RingWrite, RxOffloads};
 use crate::packet::copy;
@@ -153,12 +153,6 @@ pub fn put_used(
     shadow.elems.push(used_elem(head, len));
     queue.set_next_used(next.wrapping_add(1));
     true
-}
-
-/// `struct vring_used_elem { le32 id; le32 len; }` as the ring holds it.
-#[inline]
-fn used_elem(head: u16, len: u32) -> [u8; 8] {
-    (u64::from(head) | u64::from(len) << 32).to_le_bytes()
 }
 
 /// Stores and publishes the used elements put since `before` (the queue's next used index

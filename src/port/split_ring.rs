@@ -61,6 +61,12 @@ fn area(
         .ok_or(RingError::OutsideMemory { area, addr, len })
 }
 
+/// `struct vring_used_elem { le32 id; le32 len; }` as the used ring holds it.
+#[inline]
+pub fn used_elem(head: u16, len: u32) -> [u8; 8] {
+    (u64::from(head) | u64::from(len) << 32).to_le_bytes()
+}
+
 impl SplitRing {
     /// The areas of `queue` (which must be ready) in `mem`.
     pub fn new(mem: &HostMemory, queue: &Queue) -> Result<Self, RingError> {
@@ -150,13 +156,13 @@ impl SplitRing {
         }
     }
 
-    /// Writes `elems` (in the ring's layout) at used positions `first`, `first + 1`, ...
-    /// (modulo the size; at most the ring's size of them), not yet visible to the driver.
-    /// As one copy per run up to the ring's end rather than a store per element.
+    /// Writes `elems` (each made by [`used_elem`]) at used positions `first`, `first + 1`,
+    /// ... (modulo the size), not yet visible to the driver. As one copy per run up to the
+    /// ring's end rather than a store per element.
     #[inline]
     pub fn put_used_run(&self, first: Wrapping<u16>, elems: &[[u8; 8]]) {
         let mut slot = usize::from(first.0 & (self.size - 1));
-        let mut rest = &elems[..elems.len().min(usize::from(self.size))];
+        let mut rest = elems;
         while !rest.is_empty() {
             let (run, next) = rest.split_at(rest.len().min(usize::from(self.size) - slot));
             // SAFETY: slots `slot..slot + run.len()` are inside the used area (checked in
@@ -293,7 +299,7 @@ pub(crate) mod tests {
     fn used_entries_and_index_land_where_the_driver_reads_them() {
         let (mem, host) = rig();
         let ring = SplitRing::at(&host, DESC, AVAIL, USED, SIZE).unwrap();
-        ring.put_used_run(Wrapping(9), &[(5u64 | 1500 << 32).to_le_bytes()]);
+        ring.put_used_run(Wrapping(9), &[used_elem(5, 1500)]);
         ring.publish_used(Wrapping(10));
         let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
         assert_eq!(idx, 10);
