@@ -63,14 +63,13 @@ struct RawDescriptor {
 }
 
 impl RawDescriptor {
-    fn from_bytes(raw: [u8; 16]) -> Self {
-        let mut addr = [0u8; 8];
-        addr.copy_from_slice(&raw[0..8]);
+    /// From the descriptor's two little-endian words: `addr`, then `len`, `flags`, `next`.
+    fn from_words((addr, rest): (u64, u64)) -> Self {
         RawDescriptor {
-            addr: u64::from_le_bytes(addr),
-            len: u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]),
-            flags: u16::from_le_bytes([raw[12], raw[13]]),
-            next: u16::from_le_bytes([raw[14], raw[15]]),
+            addr,
+            len: rest as u32,
+            flags: (rest >> 32) as u16,
+            next: (rest >> 48) as u16,
         }
     }
 }
@@ -99,10 +98,10 @@ impl Table<'_> {
                     return None;
                 }
                 // SAFETY: `host` covers `entries` descriptors (translated in `walk`).
-                unsafe { volatile::read_16_bytes(host + DESC_SIZE as usize * usize::from(index)) }
+                unsafe { volatile::read_two_words(host + DESC_SIZE as usize * usize::from(index)) }
             }
         };
-        Some(RawDescriptor::from_bytes(raw))
+        Some(RawDescriptor::from_words(raw))
     }
 }
 

@@ -150,32 +150,42 @@ pub mod volatile {
     /// See the module.
     #[inline]
     pub unsafe fn read_u16(at: usize) -> u16 {
-        // SAFETY: the caller's contract.
-        u16::from_le_bytes(unsafe { std::ptr::read_volatile(at as *const [u8; 2]) })
+        if at.is_multiple_of(2) {
+            // One 2-byte load (ring fields are 2-aligned, checked when the ring is set up):
+            // a volatile byte array is read a byte at a time and put together with shifts.
+            // SAFETY: the caller's contract, and the alignment just checked.
+            u16::from_le(unsafe { std::ptr::read_volatile(at as *const u16) })
+        } else {
+            // SAFETY: the caller's contract.
+            u16::from_le_bytes(unsafe { std::ptr::read_volatile(at as *const [u8; 2]) })
+        }
     }
 
+    /// The 16 bytes at `at` as two little-endian words (low first), which is how a
+    /// descriptor's fields are taken apart: with shifts of registers, not from bytes.
+    ///
     /// # Safety
     /// See the module.
     #[inline]
-    pub unsafe fn read_16_bytes(at: usize) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    pub unsafe fn read_two_words(at: usize) -> (u64, u64) {
         if at.is_multiple_of(8) {
-            // Two 8-byte loads (descriptor tables are 16-aligned; indirect ones in practice):
-            // a volatile byte array would be read a byte at a time.
+            // Two 8-byte loads (descriptor tables are 16-aligned; indirect ones in practice).
             // SAFETY: the caller's contract, and the alignment just checked.
-            let (low, high) = unsafe {
+            unsafe {
                 (
-                    std::ptr::read_volatile(at as *const u64),
-                    std::ptr::read_volatile((at + 8) as *const u64),
+                    u64::from_le(std::ptr::read_volatile(at as *const u64)),
+                    u64::from_le(std::ptr::read_volatile((at + 8) as *const u64)),
                 )
-            };
-            out[..8].copy_from_slice(&low.to_ne_bytes());
-            out[8..].copy_from_slice(&high.to_ne_bytes());
+            }
         } else {
             // SAFETY: the caller's contract.
-            out = unsafe { std::ptr::read_volatile(at as *const [u8; 16]) };
+            let raw = unsafe { std::ptr::read_volatile(at as *const [u8; 16]) };
+            let (low, high) = raw.split_at(8);
+            (
+                u64::from_le_bytes(low.try_into().expect("8 bytes")),
+                u64::from_le_bytes(high.try_into().expect("8 bytes")),
+            )
         }
-        out
     }
 }
 

@@ -55,6 +55,20 @@ impl AvailCache {
     pub fn is_ahead_of(&self, position: Wrapping<u16>) -> bool {
         self.known.is_some_and(|known| known != position)
     }
+
+    /// Starts loading the descriptor of the chain at avail `position`, if the guest made one
+    /// available there. The head comes from the copy when it holds the entry: read from the
+    /// ring, it was a miss on the line the driver is appending to (5% of the two-port path).
+    pub fn prefetch_descriptor(&self, ring: &SplitRing, position: Wrapping<u16>) {
+        if !self.is_ahead_of(position) {
+            return;
+        }
+        let offset = usize::from((position - self.base).0);
+        match self.heads[..usize::from(self.count)].get(offset) {
+            Some(&head) => ring.prefetch_descriptor(head),
+            None => ring.prefetch_descriptor_of(position),
+        }
+    }
 }
 
 /// Reads the next chain head the guest made available, advancing our avail index.
@@ -85,9 +99,7 @@ pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) ->
     let mut offset = (next - cache.base).0;
     if offset >= cache.count {
         let count = (avail - next).0.min(AVAIL_COPY as u16);
-        for (at, head) in cache.heads[..usize::from(count)].iter_mut().enumerate() {
-            *head = ring.avail_entry(next + Wrapping(at as u16));
-        }
+        ring.copy_avail_entries(next, &mut cache.heads[..usize::from(count)]);
         cache.base = next;
         cache.count = count;
         offset = 0;
@@ -320,10 +332,7 @@ impl VhostRxRing {
             let head = match next_head(queue, ring, avail) {
                 NextHead::Head(head) => {
                     // The next frame's descriptor: its miss then overlaps with this copy.
-                    let next = Wrapping(queue.next_avail());
-                    if avail.is_ahead_of(next) {
-                        ring.prefetch_descriptor_of(next);
-                    }
+                    avail.prefetch_descriptor(ring, Wrapping(queue.next_avail()));
                     head
                 }
                 NextHead::Empty => {
@@ -427,7 +436,7 @@ impl VhostRxRing {
                 if !scratch.avail.is_ahead_of(position) {
                     break;
                 }
-                ring.prefetch_descriptor_of(position);
+                scratch.avail.prefetch_descriptor(&ring, position);
             }
         }
         let mut frames = FrameScratch {

@@ -136,23 +136,54 @@ impl SplitRing {
         unsafe { volatile::read_u16(self.avail + 4 + 2 * slot) }
     }
 
-    /// The raw 16 bytes of descriptor `index`, or `None` past the table.
+    /// Descriptor `index` as two little-endian words (address; length, flags and next),
+    /// or `None` past the table.
     #[inline]
-    pub fn descriptor(&self, index: u16) -> Option<[u8; 16]> {
+    pub fn descriptor(&self, index: u16) -> Option<(u64, u64)> {
         if index >= self.size {
             return None;
         }
         // SAFETY: the entry is inside the descriptor area.
-        Some(unsafe { volatile::read_16_bytes(self.desc + 16 * usize::from(index)) })
+        Some(unsafe { volatile::read_two_words(self.desc + 16 * usize::from(index)) })
     }
 
     /// Starts loading the descriptor the avail entry at `position` names (a hint; nothing
     /// is checked or read that the walk will not check again).
     #[inline]
     pub fn prefetch_descriptor_of(&self, position: Wrapping<u16>) {
-        let head = self.avail_entry(position);
+        self.prefetch_descriptor(self.avail_entry(position));
+    }
+
+    /// Starts loading descriptor `head` (a hint; nothing past the table).
+    #[inline]
+    pub fn prefetch_descriptor(&self, head: u16) {
         if head < self.size {
             host_memory::prefetch(self.desc + 16 * usize::from(head));
+        }
+    }
+
+    /// Copies the heads in avail slots `first`, `first + 1`, ... (modulo the size) into
+    /// `heads`, at most a ring's worth. Entries before the avail index do not change until
+    /// they are used, so a plain copy (one or two runs) reads them; a volatile load per
+    /// entry cannot be merged into wider loads.
+    pub fn copy_avail_entries(&self, first: Wrapping<u16>, heads: &mut [u16]) {
+        let size = usize::from(self.size);
+        assert!(heads.len() <= size, "more entries than the ring holds");
+        let start = usize::from(first.0) & (size - 1);
+        let (before_end, after_wrap) = heads.split_at_mut(heads.len().min(size - start));
+        for (slot, run) in [(start, before_end), (0, after_wrap)] {
+            // SAFETY: `slot + run.len() <= size`, so the run is inside the avail area; guest
+            // memory never overlaps our own.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (self.avail + 4 + 2 * slot) as *const u16,
+                    run.as_mut_ptr(),
+                    run.len(),
+                );
+            }
+            for head in run.iter_mut() {
+                *head = u16::from_le(*head);
+            }
         }
     }
 
@@ -314,6 +345,28 @@ pub(crate) mod tests {
         assert_eq!(ring.avail_idx(), Wrapping(7));
         assert_eq!(ring.avail_entry(Wrapping(15)), 3);
         assert_eq!(ring.descriptor(SIZE), None);
+    }
+
+    #[test]
+    fn avail_entries_copy_in_ring_order_across_the_wrap() {
+        let (mem, host) = rig();
+        let ring = SplitRing::at(&host, DESC, AVAIL, USED, SIZE).unwrap();
+        for slot in 0..SIZE {
+            mem.write_obj(
+                (100 + slot).to_le(),
+                GuestAddress(AVAIL + 4 + 2 * u64::from(slot)),
+            )
+            .unwrap();
+        }
+        // Positions 65533.. are slots 5, 6, 7, then 0, 1 after the wrap.
+        let mut heads = [0u16; 5];
+        ring.copy_avail_entries(Wrapping(65533), &mut heads);
+        assert_eq!(heads, [105, 106, 107, 100, 101]);
+        let mut all = [0u16; SIZE as usize];
+        ring.copy_avail_entries(Wrapping(0), &mut all);
+        assert_eq!(all, [100, 101, 102, 103, 104, 105, 106, 107]);
+        let mut none = [0u16; 0];
+        ring.copy_avail_entries(Wrapping(3), &mut none);
     }
 
     #[test]

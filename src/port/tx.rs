@@ -242,10 +242,7 @@ fn take_chain(
             return Taken::Broken;
         }
     };
-    let next = Wrapping(queue.next_avail());
-    if avail.is_ahead_of(next) {
-        ring.prefetch_descriptor_of(next);
-    }
+    avail.prefetch_descriptor(ring, Wrapping(queue.next_avail()));
     let walked = chain::walk(mem, ring, head, Direction::DeviceReads, segments);
     if walked.is_ok() {
         // The virtio-net header and the Ethernet, IP and L4 headers: what is read first.
