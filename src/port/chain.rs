@@ -105,6 +105,33 @@ impl Table<'_> {
     }
 }
 
+/// The host address of the buffer of chain `head` when the chain is the commonest RX chain:
+/// one device-writable descriptor, in one memory region, of at least `needed` bytes. `None`
+/// for any other chain, good or bad, which [`walk`] then takes (and reports, if bad).
+///
+/// Why: a driver posts one buffer per chain when it can (Linux with mergeable buffers, DPDK
+/// always), and for a small frame the general walk (a call, a loop, the segment list and
+/// the frame's chain list, read back) cost more than the copy.
+#[inline]
+pub fn single_writable_buffer(
+    mem: &HostMemory,
+    ring: &SplitRing,
+    head: u16,
+    needed: usize,
+) -> Option<usize> {
+    let desc = RawDescriptor::from_words(ring.descriptor(head)?);
+    let flags = u32::from(desc.flags);
+    if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT) != 0
+        || flags & VRING_DESC_F_WRITE == 0
+        || (desc.len as usize) < needed
+    {
+        return None;
+    }
+    // The whole buffer is checked, as the walk does: a buffer partly outside guest memory is
+    // a bad chain, however little of it a frame needs.
+    mem.range(desc.addr, desc.len as usize)
+}
+
 /// Walks the chain starting at `head` of `ring`, putting its buffers in `out` (cleared
 /// first) as host segments, and returning their total length.
 ///
@@ -311,6 +338,55 @@ mod tests {
 
     fn walk_tx(mem: &GuestMemoryMmap<()>, head: u16) -> Result<u32, ChainError> {
         walk_at(mem, TABLE, head, Direction::DeviceReads, &mut Vec::new())
+    }
+
+    #[test]
+    fn only_one_writable_buffer_large_enough_and_inside_memory_is_a_single_buffer() {
+        let mem = memory();
+        let host = HostMemory::new(Arc::new(mem.clone()));
+        let ring = SplitRing::at(&host, TABLE, AVAIL, USED, 8).expect("ring in memory");
+        let base = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let single = |head| single_writable_buffer(&host, &ring, head, 76);
+        put(&mem, TABLE, 0, 0x4000, 2048, VRING_DESC_F_WRITE, 0);
+        assert_eq!(single(0), Some(base + 0x4000));
+        // Exactly large enough, and the NEXT field ignored without the flag.
+        put(&mem, TABLE, 1, 0x5000, 76, VRING_DESC_F_WRITE, 7);
+        assert_eq!(single(1), Some(base + 0x5000));
+        // Everything else is left to the walk, which names the fault if there is one.
+        put(&mem, TABLE, 2, 0x5000, 75, VRING_DESC_F_WRITE, 0);
+        put(&mem, TABLE, 3, 0x5000, 2048, 0, 0);
+        put(
+            &mem,
+            TABLE,
+            4,
+            0x5000,
+            2048,
+            VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+            0,
+        );
+        put(
+            &mem,
+            TABLE,
+            5,
+            0x5000,
+            128,
+            VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT,
+            0,
+        );
+        put(
+            &mem,
+            TABLE,
+            6,
+            MEM_SIZE as u64 - 64,
+            2048,
+            VRING_DESC_F_WRITE,
+            0,
+        );
+        put(&mem, TABLE, 7, u64::MAX - 16, 2048, VRING_DESC_F_WRITE, 0);
+        for head in 2..8 {
+            assert_eq!(single(head), None, "descriptor {head}");
+        }
+        assert_eq!(single(8), None, "past the table");
     }
 
     #[test]

@@ -508,6 +508,15 @@ impl VhostRxRing {
             *scratch.armed = false;
         }
         let used_before = state.get_queue().next_used();
+        if let Some(bytes) = frame.as_whole()
+            && needed <= DEFER_COPY_MAX
+            && Self::write_single_buffer(state, mem, ring, scratch, header, bytes, needed)
+        {
+            if scratch.unpublished.is_none() {
+                *scratch.unpublished = Some(used_before);
+            }
+            return RingWrite::Written;
+        }
         let mut rewind_to = state.get_queue().next_avail();
         let mut attempt = 0;
         let outcome = loop {
@@ -580,6 +589,48 @@ impl VhostRxRing {
             *scratch.unpublished = Some(used_before);
         }
         RingWrite::Written
+    }
+
+    /// The commonest write: a small frame into the next chain, which is one buffer large
+    /// enough (`chain::single_writable_buffer`). Its copy is deferred to the burst's end
+    /// and its used entry put. False, with nothing taken, for any other chain or none: the
+    /// general path then takes it and reports what is wrong with it.
+    fn write_single_buffer(
+        state: &mut VringState<GuestMemory_>,
+        mem: &HostMemory,
+        ring: &SplitRing,
+        scratch: &mut FrameScratch<'_>,
+        header: &[u8; 12],
+        bytes: &[u8],
+        needed: usize,
+    ) -> bool {
+        let queue = state.get_queue_mut();
+        let position = queue.next_avail();
+        let NextHead::Head(head) = next_head(queue, ring, scratch.avail) else {
+            return false;
+        };
+        let Some(to) = chain::single_writable_buffer(mem, ring, head, needed) else {
+            queue.set_next_avail(position);
+            return false;
+        };
+        // The next frame's descriptor: its miss then overlaps with this frame's work.
+        scratch
+            .avail
+            .prefetch_descriptor(ring, Wrapping(queue.next_avail()));
+        scratch.deferred.push(DeferredCopy {
+            to,
+            header: *header,
+            from: bytes.as_ptr() as usize,
+            len: bytes.len(),
+        });
+        put_used(queue, ring, scratch.chains.used, head, needed as u32);
+        *scratch.avail_next = Some(queue.next_avail());
+        if *scratch.armed {
+            // Room again: stop the guest's kicks for every buffer it adds.
+            let _ = state.disable_notification();
+            *scratch.armed = false;
+        }
+        true
     }
 
     /// Writes the header and `frame` (`needed` bytes together) into the chains taken for
