@@ -21,7 +21,7 @@ use super::ring::{self, GuestMemory_, RateLimitedLog, VhostRxRing, Vring};
 use super::tx::{self, TxProgress, TxScratch, TxSender};
 use super::virtio_net::{self, Negotiated};
 use crate::switch::PortId;
-use crate::switch::fabric::Fabric;
+use crate::switch::fabric::{Fabric, ForwardScratch};
 
 /// Local vring index within a worker (each worker owns one pair).
 const RX: u16 = 0;
@@ -109,6 +109,7 @@ impl NetBackend {
                 self.mem.clone(),
                 self.acked_features.clone(),
                 counters.clone(),
+                port.nic.retry_promises(),
             );
             port.nic.attach_ring(pair, Some(Box::new(ring)));
         }
@@ -116,8 +117,9 @@ impl NetBackend {
 
     /// With --busy-poll, watches the TX ring for up to that long before going back to
     /// notifications: a guest sending steadily then costs no kick and no wakeup per burst
-    /// (vhost-net's busy_poll). Returns whether chains arrived.
-    fn busy_poll(&self, vring: &Vring) -> bool {
+    /// (vhost-net's busy_poll). Frames this worker left waiting for a full ring are tried
+    /// again meanwhile (its retry promises hold). Returns whether chains arrived.
+    fn busy_poll(&self, vring: &Vring, forward: &ForwardScratch) -> bool {
         if self.config.busy_poll.is_zero() {
             return false;
         }
@@ -129,6 +131,9 @@ impl NetBackend {
                 if ring::has_available(&state, &*mem) {
                     return true;
                 }
+            }
+            if forward.has_promises() {
+                self.fabric.retry_promised(forward);
             }
             std::hint::spin_loop();
         }
@@ -159,11 +164,16 @@ impl NetBackend {
             self.fabric.flush(&mut worker.tx.forward);
             match progress {
                 TxProgress::More => continue,
-                TxProgress::Broken => return,
+                TxProgress::Broken => {
+                    worker.tx.forward.release_promises();
+                    return;
+                }
                 TxProgress::Drained => {
-                    if self.busy_poll(vring) {
+                    if self.busy_poll(vring, &worker.tx.forward) {
                         continue;
                     }
+                    // Idle from here: frames left waiting need the guests' kicks now.
+                    worker.tx.forward.release_promises();
                     // Re-enable notifications, then look again: the guest may have added
                     // chains after our last look and before it saw notifications on.
                     let more = vring.get_mut().enable_notification().unwrap_or(false);

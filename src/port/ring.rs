@@ -2,7 +2,7 @@
 //! guest's index checked, and the guest RX ring as the NIC writes into it.
 
 use std::num::Wrapping;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::warn;
@@ -267,6 +267,9 @@ pub struct VhostRxRing {
     mem: GuestMemory_,
     acked_features: Arc<AtomicU64>,
     counters: Arc<QueueCounters>,
+    /// Senders that promised to try this NIC's waiting frames again (`Nic::promise_retry`):
+    /// while there are any, running out of buffers does not ask the guest for a kick.
+    retry_promises: Arc<AtomicU32>,
     scratch: Mutex<RxScratch>,
     log: RateLimitedLog,
 }
@@ -292,12 +295,14 @@ impl VhostRxRing {
         mem: GuestMemory_,
         acked_features: Arc<AtomicU64>,
         counters: Arc<QueueCounters>,
+        retry_promises: Arc<AtomicU32>,
     ) -> Self {
         VhostRxRing {
             vring,
             mem,
             acked_features,
             counters,
+            retry_promises,
             // Armed: the first write turns off the guest's kicks for every buffer it adds.
             scratch: Mutex::new(RxScratch {
                 armed: true,
@@ -535,8 +540,9 @@ impl VhostRxRing {
                 Ok(Take::RanOut) => {
                     queue.set_next_avail(rewind_to);
                     // Ask the guest to kick when it adds buffers, then look once more: it may
-                    // have added some between our check and the request.
-                    if !*scratch.armed {
+                    // have added some between our check and the request. Not while a sender
+                    // has promised to try again: it will, or it asks when it goes idle.
+                    if !*scratch.armed && self.retry_promises.load(Ordering::SeqCst) == 0 {
                         *scratch.armed = true;
                         if let Ok(true) = state.enable_notification() {
                             attempt += 1;

@@ -68,7 +68,7 @@ impl Default for TxScratch {
             chain: vec![0; MAX_TX_CHAIN],
             segments: Vec::with_capacity(64),
             next_segments: Vec::with_capacity(64),
-            forward: ForwardScratch::default(),
+            forward: ForwardScratch::promising(),
             host: None,
             ring: RingCache::default(),
             used: UsedSince::default(),

@@ -55,6 +55,52 @@ pub struct ForwardScratch {
     /// Frames and bytes dropped at each discarding port (indexed by port) since the last
     /// flush: added to the port's counters once per batch, as the switch's are.
     discarded: Vec<(u64, u64)>,
+    /// Whether this sender makes retry promises (`Nic::promise_retry`): only one that calls
+    /// `ForwardScratch::release_promises` before it goes idle may.
+    promising: bool,
+    /// The promises this sender holds (`Nic::promise_retry`), by port. Released when
+    /// dropped, so that a promise cannot outlive its holder however it ends.
+    promised: Vec<(PortId, RetryPromise)>,
+}
+
+/// A sender's promise to try a NIC's waiting frames again (see [`Nic::promise_retry`]),
+/// released when dropped.
+struct RetryPromise(Arc<Nic>);
+
+impl RetryPromise {
+    fn new(nic: &Arc<Nic>) -> Self {
+        nic.promise_retry();
+        RetryPromise(nic.clone())
+    }
+}
+
+impl Drop for RetryPromise {
+    fn drop(&mut self) {
+        self.0.release_retry();
+    }
+}
+
+impl ForwardScratch {
+    /// The state of a sender that, before it goes idle, always calls
+    /// [`ForwardScratch::release_promises`]: it may then leave frames waiting for a full ring
+    /// without the ring asking its guest for a kick (see `Nic::promise_retry`).
+    pub fn promising() -> Self {
+        ForwardScratch {
+            promising: true,
+            ..ForwardScratch::default()
+        }
+    }
+
+    /// Whether this sender holds retry promises.
+    pub fn has_promises(&self) -> bool {
+        !self.promised.is_empty()
+    }
+
+    /// Ends this sender's retry promises: it is going idle. Each NIC tries its waiting
+    /// frames once more and asks its guests for a kick where a ring is still out of room.
+    pub fn release_promises(&mut self) {
+        self.promised.clear();
+    }
 }
 
 /// Frames of a batch stamped with one reading of the clock.
@@ -230,16 +276,24 @@ impl Fabric {
             }
         }
         scratch.drained.clear();
-        for &(port, _) in &scratch.touched {
-            let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
-                continue;
-            };
-            if nic.buffered() > 0 && !scratch.drained.contains(&port) {
+        let touched = scratch.touched.iter().map(|&(port, _)| port);
+        for port in touched.chain(scratch.promised.iter().map(|&(port, _)| port)) {
+            if !scratch.drained.contains(&port) && self.drain_port(port) {
                 scratch.drained.push(port);
-                // Draining may write into any queue: settle the notifications of them all.
-                let waits = nic.drain(nic.now_ns());
-                if nic.flush_notifications(nic.now_ns()).is_some() || waits.is_some() {
-                    nic.wake();
+            }
+        }
+        if scratch.promising {
+            // Every NIC this sender delivers to, while it is busy: a ring that runs out
+            // mid-batch and has room again by the flush (the sender drains before each
+            // frame it adds) would otherwise ask its guest for a kick every time.
+            for &(port, _) in &scratch.touched {
+                if !scratch
+                    .promised
+                    .iter()
+                    .any(|&(promised, _)| promised == port)
+                {
+                    let promise = RetryPromise::new(&self.ports[port].nic);
+                    scratch.promised.push((port, promise));
                 }
             }
         }
@@ -255,6 +309,30 @@ impl Fabric {
             {
                 nic.wake();
             }
+        }
+    }
+
+    /// Delivers what fits of the frames waiting in `port`'s NIC, if any wait; whether any
+    /// did. Draining may write into any queue: the notifications of them all are settled.
+    fn drain_port(&self, port: PortId) -> bool {
+        let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
+            return false;
+        };
+        if nic.buffered() == 0 {
+            return false;
+        }
+        let waits = nic.drain(nic.now_ns());
+        if nic.flush_notifications(nic.now_ns()).is_some() || waits.is_some() {
+            nic.wake();
+        }
+        true
+    }
+
+    /// Tries again the frames waiting in the NICs this sender promised to (see
+    /// `Nic::promise_retry`): for a sender that polls for work, between polls.
+    pub fn retry_promised(&self, scratch: &ForwardScratch) {
+        for &(port, _) in &scratch.promised {
+            self.drain_port(port);
         }
     }
 }

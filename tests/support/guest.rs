@@ -564,6 +564,40 @@ impl TestGuest {
         Ok(heads)
     }
 
+    /// Posts `count` single-descriptor RX buffers of `size` bytes on `pair`, and kicks only
+    /// if the device asked for it (see `SplitQueue::kick_if_asked`); whether it kicked.
+    pub fn post_rx_buffers_as_driver(
+        &mut self,
+        pair: u16,
+        count: usize,
+        size: u32,
+    ) -> Result<bool> {
+        let old_avail = self.queue(Self::rx_vring(pair))?.avail_idx();
+        self.post_rx_buffers_without_kick(pair, count, size)?;
+        let (queue, ram) = self.queue_and_ram(Self::rx_vring(pair))?;
+        queue.kick_if_asked(ram, old_avail)
+    }
+
+    /// Posts `count` single-descriptor RX buffers of `size` bytes on `pair`, and no kick.
+    pub fn post_rx_buffers_without_kick(
+        &mut self,
+        pair: u16,
+        count: usize,
+        size: u32,
+    ) -> Result<()> {
+        let (queue, ram) = self.queue_and_ram(Self::rx_vring(pair))?;
+        for _ in 0..count {
+            queue.add_chain(ram, &[ChainBuf::Writable(size)])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the device asks for a kick when the next RX buffer on `pair` is posted.
+    pub fn rx_asks_for_kick(&mut self, pair: u16) -> Result<bool> {
+        let (queue, ram) = self.queue_and_ram(Self::rx_vring(pair))?;
+        queue.asks_for_kick(ram)
+    }
+
     /// Posts RX buffers on every pair.
     pub fn post_rx_buffers_all(&mut self, count: usize, size: u32) -> Result<()> {
         for pair in 0..self.pairs {

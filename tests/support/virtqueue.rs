@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::guest_memory::GuestRam;
@@ -292,6 +294,39 @@ impl SplitQueue {
         self.kick
             .write(1)
             .map_err(|e| self.err(format!("kick: {e}")))
+    }
+
+    /// Notifies the device only if it asked to be, as a driver that honours notification
+    /// suppression does (DPDK's virtio PMD, Linux): with EVENT_IDX when the avail index
+    /// passed the device's avail_event since `old_avail`, without it when the used ring's
+    /// flags lack NO_NOTIFY. Returns whether it kicked.
+    pub fn kick_if_asked(&self, ram: &GuestRam, old_avail: u16) -> Result<bool> {
+        let asked = self.asks_for_kick_since(ram, old_avail)?;
+        if asked {
+            self.kick()?;
+        }
+        Ok(asked)
+    }
+
+    /// Whether the device wants a kick for chains made available after avail index `old`.
+    fn asks_for_kick_since(&self, ram: &GuestRam, old: u16) -> Result<bool> {
+        Ok(if self.event_idx {
+            let event = ram.read_u16(self.used_ring + 4 + 8 * u64::from(self.size))?;
+            let new = self.avail_idx;
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            ram.read_u16(self.used_ring)? & VRING_USED_F_NO_NOTIFY as u16 == 0
+        })
+    }
+
+    /// Whether the device would want a kick for the next chain made available.
+    pub fn asks_for_kick(&self, ram: &GuestRam) -> Result<bool> {
+        let next = self.avail_idx;
+        if self.event_idx {
+            let event = ram.read_u16(self.used_ring + 4 + 8 * u64::from(self.size))?;
+            return Ok(event == next);
+        }
+        self.asks_for_kick_since(ram, next)
     }
 
     /// Consumes the used ring: returns every newly completed chain, reclaiming its slots and
