@@ -150,7 +150,7 @@ pub struct Nic {
     /// Frames waiting in this NIC's buffers, per class: a frame may skip the buffers only when
     /// nothing of its class or a higher one waits.
     buffered: [AtomicUsize; 2],
-    /// Senders that left frames waiting here and will try them again before they go idle
+    /// Busy senders that promised to try the frames waiting here again until they go idle
     /// (see [`Nic::promise_retry`]). Shared with the rings, which ask the guest for a kick
     /// when they run out of buffers only while nobody has promised.
     retry_promises: Arc<AtomicU32>,
@@ -800,17 +800,20 @@ impl Nic {
         next
     }
 
-    /// The guest posted RX buffers or enabled a ring: delivers what waits right away, on the
-    /// caller's thread (the port's worker), rather than waking the scheduler for it; the
-    /// scheduler is woken only for what must wait for a time (link, latency, moderation).
-    pub fn rx_kick(&self) {
+    /// Delivers what waits and fits right away, on the caller's thread (the port's worker
+    /// when the guest posted RX buffers or enabled a ring, a sender at its flush), rather
+    /// than waking the scheduler for it; the scheduler is woken only for what must wait for
+    /// a time (link, latency, moderation). Draining may write into any queue, so the
+    /// notifications of them all are settled. Returns whether anything waited.
+    pub fn drain_waiting(&self) -> bool {
         if self.buffered() == 0 {
-            return;
+            return false;
         }
         let waits = self.drain(self.now_ns());
         if self.flush_notifications(self.now_ns()).is_some() || waits.is_some() {
             self.wake();
         }
+        true
     }
 
     /// Applies interrupt moderation on every queue; returns the earliest pending deadline.
@@ -837,9 +840,9 @@ impl Nic {
         self.retry_promises.clone()
     }
 
-    /// A sender that left frames waiting here promises to try them again at each of its
-    /// flushes and to call [`Nic::release_retry`] before it goes idle. Meanwhile a ring that
-    /// runs out of buffers does not ask its guest for a kick.
+    /// A busy sender delivering to this NIC promises to try its waiting frames again at each
+    /// of its flushes and to call [`Nic::release_retry`] before it goes idle. Meanwhile a
+    /// ring that runs out of buffers does not ask its guest for a kick.
     ///
     /// Why: a guest whose driver polls (DPDK) kicks on every refill once asked, and the
     /// port's worker thread then woke on the backend's CPU for each full-ring episode:
@@ -856,7 +859,7 @@ impl Nic {
     /// move it.
     pub fn release_retry(&self) {
         self.retry_promises.fetch_sub(1, Ordering::SeqCst);
-        self.rx_kick();
+        self.drain_waiting();
     }
 
     /// Coalescing settings of one queue.

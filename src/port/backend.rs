@@ -286,7 +286,9 @@ impl VhostUserBackend for NetBackend {
         match device_event {
             // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
             // buffers go now, without waiting for traffic to push them.
-            RX => nic.rx_kick(),
+            RX => {
+                nic.drain_waiting();
+            }
             TX => self.run_tx(thread_id, &mut worker, tx),
             _ => {}
         }

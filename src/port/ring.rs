@@ -570,26 +570,17 @@ impl VhostRxRing {
         if let Some(outcome) = outcome {
             return outcome;
         }
-        if *scratch.armed {
-            // Room again: stop the guest's kicks for every buffer it adds.
-            let _ = state.disable_notification();
-            *scratch.armed = false;
-        }
-        let chains = &mut scratch.chains;
+        scratch.disarm(state);
         let queue = state.get_queue_mut();
-        if let (&[(head, first, _, _)], Some(bytes)) = (&chains.chains[..], frame.as_whole())
+        if let (&[(head, first, _, _)], Some(bytes)) =
+            (&scratch.chains.chains[..], frame.as_whole())
             && needed <= DEFER_COPY_MAX
-            && chains.segments[first].len as usize >= needed
+            && scratch.chains.segments[first].len as usize >= needed
         {
-            scratch.deferred.push(DeferredCopy {
-                to: chains.segments[first].host,
-                header: *header,
-                from: bytes.as_ptr() as usize,
-                len: bytes.len(),
-            });
-            put_used(queue, ring, chains.used, head, needed as u32);
+            let to = scratch.chains.segments[first].host;
+            scratch.defer_copy(queue, ring, head, to, header, bytes);
         } else {
-            Self::scatter_now(queue, ring, chains, header, &frame, needed);
+            Self::scatter_now(queue, ring, &mut scratch.chains, header, &frame, needed);
         }
         if scratch.unpublished.is_none() {
             *scratch.unpublished = Some(used_before);
@@ -623,19 +614,9 @@ impl VhostRxRing {
         scratch
             .avail
             .prefetch_descriptor(ring, Wrapping(queue.next_avail()));
-        scratch.deferred.push(DeferredCopy {
-            to,
-            header: *header,
-            from: bytes.as_ptr() as usize,
-            len: bytes.len(),
-        });
-        put_used(queue, ring, scratch.chains.used, head, needed as u32);
+        scratch.defer_copy(queue, ring, head, to, header, bytes);
         *scratch.avail_next = Some(queue.next_avail());
-        if *scratch.armed {
-            // Room again: stop the guest's kicks for every buffer it adds.
-            let _ = state.disable_notification();
-            *scratch.armed = false;
-        }
+        scratch.disarm(state);
         true
     }
 
@@ -715,6 +696,40 @@ struct FrameScratch<'s> {
     unpublished: &'s mut Option<u16>,
     armed: &'s mut bool,
     chains: ChainScratch<'s>,
+}
+
+impl FrameScratch<'_> {
+    /// Leaves the copy of a small frame (and its header) into the one buffer at `to` for
+    /// the end of the burst, and puts the buffer's used entry.
+    #[inline]
+    fn defer_copy(
+        &mut self,
+        queue: &mut Queue,
+        ring: &SplitRing,
+        head: u16,
+        to: usize,
+        header: &[u8; 12],
+        bytes: &[u8],
+    ) {
+        self.deferred.push(DeferredCopy {
+            to,
+            header: *header,
+            from: bytes.as_ptr() as usize,
+            len: bytes.len(),
+        });
+        let written = (VIRTIO_NET_HDR_LEN + bytes.len()) as u32;
+        put_used(queue, ring, self.chains.used, head, written);
+    }
+
+    /// A frame went in: if the guest was asked to kick when it adds buffers, it is told to
+    /// stop (it would otherwise kick for every buffer it adds).
+    #[inline]
+    fn disarm(&mut self, state: &mut VringState<GuestMemory_>) {
+        if *self.armed {
+            let _ = state.disable_notification();
+            *self.armed = false;
+        }
+    }
 }
 
 impl GuestRxRing for VhostRxRing {

@@ -312,20 +312,11 @@ impl Fabric {
         }
     }
 
-    /// Delivers what fits of the frames waiting in `port`'s NIC, if any wait; whether any
-    /// did. Draining may write into any queue: the notifications of them all are settled.
+    /// `Nic::drain_waiting` on `port`'s NIC: whether frames waited there.
     fn drain_port(&self, port: PortId) -> bool {
-        let Some(nic) = self.ports.get(port).map(|p| &p.nic) else {
-            return false;
-        };
-        if nic.buffered() == 0 {
-            return false;
-        }
-        let waits = nic.drain(nic.now_ns());
-        if nic.flush_notifications(nic.now_ns()).is_some() || waits.is_some() {
-            nic.wake();
-        }
-        true
+        self.ports
+            .get(port)
+            .is_some_and(|target| target.nic.drain_waiting())
     }
 
     /// Tries again the frames waiting in the NICs this sender promised to (see

@@ -555,12 +555,8 @@ impl TestGuest {
 
     /// Posts `count` single-descriptor RX buffers of `size` bytes on `pair` and kicks.
     pub fn post_rx_buffers(&mut self, pair: u16, count: usize, size: u32) -> Result<Vec<u16>> {
-        let vring = Self::rx_vring(pair);
-        let (queue, ram) = self.queue_and_ram(vring)?;
-        let heads = (0..count)
-            .map(|_| queue.add_chain(ram, &[ChainBuf::Writable(size)]))
-            .collect::<Result<Vec<u16>>>()?;
-        queue.kick()?;
+        let heads = self.post_rx_buffers_without_kick(pair, count, size)?;
+        self.queue(Self::rx_vring(pair))?.kick()?;
         Ok(heads)
     }
 
@@ -584,12 +580,11 @@ impl TestGuest {
         pair: u16,
         count: usize,
         size: u32,
-    ) -> Result<()> {
+    ) -> Result<Vec<u16>> {
         let (queue, ram) = self.queue_and_ram(Self::rx_vring(pair))?;
-        for _ in 0..count {
-            queue.add_chain(ram, &[ChainBuf::Writable(size)])?;
-        }
-        Ok(())
+        (0..count)
+            .map(|_| queue.add_chain(ram, &[ChainBuf::Writable(size)]))
+            .collect()
     }
 
     /// Whether the device asks for a kick when the next RX buffer on `pair` is posted.
