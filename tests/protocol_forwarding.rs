@@ -3,7 +3,9 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
+use support::TIMEOUT;
 use support::daemon::Daemon;
 use support::frames::{BROADCAST, VirtioNetHdr, mac, udp_frame, udp_frame_of_len, udp_tag};
 use support::guest::{GuestOptions, TestGuest, TxLayout};
@@ -282,6 +284,45 @@ fn a_batch_of_mixed_sizes_arrives_intact_and_in_order() {
             got.used_lens.len(),
             "frame {at}: num_buffers"
         );
+    }
+}
+
+#[test]
+fn a_receiver_sees_frames_while_the_senders_batch_is_still_forwarded() {
+    // a's 256 frames come as one TX batch. b's used index must move during it, not only
+    // at its end: a polling receiver then takes frames while the batch runs, and a ring no
+    // larger than the batch does not run out of buffers its driver has long been given
+    // frames in. Frames over 2 KiB go straight into b's ring (smaller ones are staged and
+    // published a burst at a time), and every 32 frames the daemon publishes b's ring
+    // before a's completions: once a sees 128 frames completed, b sees them too.
+    let (_daemon, mut a, mut b) = two_guests(1);
+    b.post_rx_buffers(0, 256, 4096).expect("post");
+    let frames: Vec<Vec<u8>> = (0..256u32)
+        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 3000))
+        .collect();
+    a.send_batch(0, &frames).expect("send");
+    // A tight spin, not `wait_for`: the batch takes tens of microseconds.
+    let deadline = Instant::now() + TIMEOUT;
+    let a_done = loop {
+        let done = a
+            .device_used_idx(TestGuest::tx_vring(0))
+            .expect("a's used index");
+        if done >= 128 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "a's frames did not complete");
+        std::hint::spin_loop();
+    };
+    let b_seen = b
+        .device_used_idx(TestGuest::rx_vring(0))
+        .expect("b's used index");
+    assert!(
+        b_seen >= 128,
+        "a saw {a_done} frames completed while b saw only {b_seen}"
+    );
+    let got = b.expect_frames(frames.len()).expect("all frames arrive");
+    for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(&got.frame, sent, "frame {at}");
     }
 }
 

@@ -198,14 +198,20 @@ impl RxQueue {
         }
     }
 
+    /// Makes the frames written into the ring so far visible to the guest (a polling driver
+    /// takes them from here), without notifying it.
+    pub fn publish_ring(&self) {
+        if let Some(ring) = self.ring().as_ref() {
+            ring.publish();
+        }
+    }
+
     /// Applies interrupt moderation to what was published: notifies the guest now, or
     /// returns when it should be notified.
     pub fn flush_notify(&self, now_ns: u64) -> Option<u64> {
         // What was written becomes visible now, whatever moderation decides about telling
         // the guest: a polling driver must not wait for the interrupt.
-        if let Some(ring) = self.ring().as_ref() {
-            ring.publish();
-        }
+        self.publish_ring();
         let decision = {
             let mut state = self.lock();
             let decision = state.accounting.pending.decide(self.coalesce.get(), now_ns);

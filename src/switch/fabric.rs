@@ -312,6 +312,17 @@ impl Fabric {
         }
     }
 
+    /// Makes what this sender wrote so far into the rings it delivered to visible to their
+    /// guests, mid-batch, without notifying them (the flush decides that). Frames still
+    /// staged in a burst are not written yet, and wait for it.
+    pub fn publish_touched(&self, scratch: &ForwardScratch) {
+        for &(port, queue) in &scratch.touched {
+            if let Some(queue) = self.ports.get(port).and_then(|p| p.nic.queue(queue)) {
+                queue.publish_ring();
+            }
+        }
+    }
+
     /// `Nic::drain_waiting` on `port`'s NIC: whether frames waited there.
     fn drain_port(&self, port: PortId) -> bool {
         self.ports
