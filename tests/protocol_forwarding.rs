@@ -288,6 +288,24 @@ fn a_batch_of_mixed_sizes_arrives_intact_and_in_order() {
 }
 
 #[test]
+fn a_frame_that_fits_one_buffer_takes_exactly_one() {
+    // Buffers that each hold a whole frame, as DPDK's and Linux's mergeable buffers are
+    // posted: small frames (copied at the end of their burst), larger ones staged whole,
+    // and frames over 1 KiB whose tail is copied straight from a's memory (over 2 KiB they
+    // skip the burst too). Each must fill one buffer, num_buffers 1.
+    let (_daemon, mut a, mut b) = two_guests(1);
+    b.post_rx_buffers(0, 12, 9100).expect("post");
+    for (tag, len) in [60, 250, 1400, 1518, 3000, 9000].into_iter().enumerate() {
+        let frame = udp_frame_of_len(1, mac(2), 2, tag as u32, len);
+        a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
+        let got = b.expect_frames(1).expect("the frame arrives");
+        assert_eq!(got[0].frame, frame, "{len}-byte frame");
+        assert_eq!(got[0].used_lens, [12 + len as u32], "{len}-byte frame");
+        assert_eq!(got[0].net_hdr().num_buffers, 1, "{len}-byte frame");
+    }
+}
+
+#[test]
 fn a_receiver_sees_frames_while_the_senders_batch_is_still_forwarded() {
     // a's 256 frames come as one TX batch. b's used index must move during it, not only
     // at its end: a polling receiver then takes frames while the batch runs, and a ring no
