@@ -242,6 +242,13 @@ struct RxScratch {
 /// Frames up to this long (with the header) are copied at the end of the burst.
 const DEFER_COPY_MAX: usize = 256;
 
+/// The bytes of `frame` if its copy is left for the end of the burst: a small frame held
+/// whole (a split frame's tail is copied at once, from the sender's memory). `needed` is
+/// the frame's length with the header.
+fn deferrable<'f>(frame: &FrameBytes<'f>, needed: usize) -> Option<&'f [u8]> {
+    frame.as_whole().filter(|_| needed <= DEFER_COPY_MAX)
+}
+
 /// A small frame bound for one buffer, copied at the end of the burst rather than when its
 /// chain is taken (what DPDK's vhost does with its "batch copies", for the same reason).
 ///
@@ -570,8 +577,7 @@ impl VhostRxRing {
         scratch.disarm(state);
         let queue = state.get_queue_mut();
         if let (&[(head, first, _, _)], Some(bytes)) =
-            (&scratch.chains.chains[..], frame.as_whole())
-            && needed <= DEFER_COPY_MAX
+            (&scratch.chains.chains[..], deferrable(&frame, needed))
             && scratch.chains.segments[first].len as usize >= needed
         {
             let to = scratch.chains.segments[first].host;
@@ -616,11 +622,9 @@ impl VhostRxRing {
         scratch
             .avail
             .prefetch_descriptor(ring, Wrapping(queue.next_avail()));
-        match frame.as_whole() {
-            Some(bytes) if needed <= DEFER_COPY_MAX => {
-                scratch.defer_copy(queue, ring, head, to, header, bytes);
-            }
-            _ => {
+        match deferrable(&frame, needed) {
+            Some(bytes) => scratch.defer_copy(queue, ring, head, to, header, bytes),
+            None => {
                 write_header(to, header, 1);
                 // SAFETY: `to` is a translated guest buffer of at least `needed` =
                 // 12 + `frame.len()` bytes (checked by `single_writable_buffer`), alive
