@@ -230,7 +230,7 @@ struct RxScratch {
     armed: bool,
     segments: Vec<Segment>,
     /// (head, first segment, end segment, capacity) of each chain taken for the frame.
-    chains: Vec<(u16, usize, usize, u32)>,
+    chains: Vec<(u16, usize, usize, usize)>,
     /// Used entries published since the last interrupt decision.
     used: UsedSince,
     /// Used entries put by the current burst, stored at its end.
@@ -292,7 +292,7 @@ enum Take {
 /// The parts of [`RxScratch`] that taking chains fills.
 struct ChainScratch<'a> {
     segments: &'a mut Vec<Segment>,
-    chains: &'a mut Vec<(u16, usize, usize, u32)>,
+    chains: &'a mut Vec<(u16, usize, usize, usize)>,
     used: &'a mut UsedShadow,
 }
 
@@ -364,7 +364,7 @@ impl VhostRxRing {
             let first = scratch.segments.len();
             match chain::walk_append(mem, ring, head, Direction::DeviceWrites, scratch.segments) {
                 Ok(len) => {
-                    if !mergeable && (len as usize) < needed {
+                    if !mergeable && len < needed {
                         // This guest's buffers can never hold the frame; leave the chain for
                         // the next (smaller) frame.
                         return Err(RingWrite::TooBig);
@@ -372,7 +372,7 @@ impl VhostRxRing {
                     scratch
                         .chains
                         .push((head, first, scratch.segments.len(), len));
-                    capacity += len as usize;
+                    capacity += len;
                 }
                 Err(error) => {
                     stats::inc(&self.counters.rx_errors_chain);
@@ -652,7 +652,7 @@ impl VhostRxRing {
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
         for &(head, first, end, capacity) in chains.chains.iter() {
             let segments = &chains.segments[first..end];
-            let take = (capacity as usize).min(needed - offset);
+            let take = capacity.min(needed - offset);
             let mut written = 0;
             // The part of the header that falls in this chain.
             if offset == 0 && segments[0].len as usize >= VIRTIO_NET_HDR_LEN {

@@ -6,7 +6,7 @@ use std::num::Wrapping;
 use vhost_user_backend::VringState;
 use virtio_queue::{Queue, QueueT};
 
-use super::chain::{self, ChainError, Direction, Segment};
+use super::chain::{self, Direction, Segment};
 use super::host_memory::{self, HostMemory};
 use super::ring::{
     AvailCache, GuestMemory_, NextHead, RateLimitedLog, UsedShadow, next_head, publish_used,
@@ -219,7 +219,7 @@ pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScra
 /// A chain taken from the avail ring and walked (its segments in the caller's buffer).
 struct TakenChain {
     head: u16,
-    walked: Result<u32, ChainError>,
+    walked: chain::Walked,
 }
 
 enum Taken {
@@ -263,15 +263,10 @@ fn take_chain(
     Taken::Chain(TakenChain { head, walked })
 }
 
-fn forward_chain(
-    head: u16,
-    walked: Result<u32, ChainError>,
-    scratch: &mut TxScratch,
-    sender: &TxSender<'_>,
-) {
+fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, sender: &TxSender<'_>) {
     let counters = sender.counters;
     let len = match walked {
-        Ok(len) => len as usize,
+        Ok(len) => len,
         Err(error) => {
             stats::inc(&counters.tx_errors_chain);
             sender
