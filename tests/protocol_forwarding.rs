@@ -183,6 +183,58 @@ fn large_frames_cross_intact_in_every_tx_layout_straight_or_after_waiting() {
 }
 
 #[test]
+fn a_batch_larger_than_the_tx_arena_arrives_intact_and_in_order() {
+    // 256 frames of 1,000 bytes in one TX batch: the daemon keeps a batch's small frames
+    // in a 64 KiB arena until its flush and stages references to them, so some 60 frames
+    // in, the rest are gathered and staged as copies. Both kinds must arrive as sent,
+    // including across the bursts delivered mid-batch (64 frames each).
+    let (_daemon, mut a, mut b) = two_guests(1);
+    b.post_rx_buffers(0, 256, 2048).expect("post");
+    let frames: Vec<Vec<u8>> = (0..256u32)
+        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 1000))
+        .collect();
+    a.send_batch(0, &frames).expect("send");
+    let got = b.expect_frames(frames.len()).expect("all frames arrive");
+    for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(&got.frame, sent, "frame {at}");
+    }
+    // The next batch reuses the arena from its start.
+    b.post_rx_buffers(0, 64, 2048).expect("post again");
+    let again: Vec<Vec<u8>> = (1000..1064u32)
+        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 200))
+        .collect();
+    a.send_batch(0, &again).expect("send again");
+    let got = b
+        .expect_frames(again.len())
+        .expect("the second batch arrives");
+    for (at, (got, sent)) in got.iter().zip(&again).enumerate() {
+        assert_eq!(&got.frame, sent, "second batch, frame {at}");
+    }
+}
+
+#[test]
+fn a_flooded_batch_reaches_every_other_port_intact() {
+    // Each broadcast frame is staged for b and for c by reference to the same copy.
+    let daemon = Daemon::start(&["a", "b", "c"], 1).expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    let mut c = TestGuest::connect(&daemon.socket("c"), GuestOptions::linux(3)).expect("c");
+    for g in [&mut b, &mut c] {
+        g.post_rx_buffers(0, 100, 2048).expect("post");
+    }
+    let frames: Vec<Vec<u8>> = (0..100u32)
+        .map(|tag| udp_frame(1, BROADCAST, 255, 68, 67, tag, 60 + 7 * tag as usize))
+        .collect();
+    a.send_batch(0, &frames).expect("send");
+    for (name, g) in [("b", &mut b), ("c", &mut c)] {
+        let got = g.expect_frames(frames.len()).expect("all frames arrive");
+        for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
+            assert_eq!(&got.frame, sent, "{name}: frame {at}");
+        }
+    }
+}
+
+#[test]
 fn broadcast_reaches_every_other_port_once() {
     let daemon = Daemon::start(&["a", "b", "c"], 2).expect("daemon starts");
     let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");

@@ -45,9 +45,50 @@ pub const TX_BATCH: usize = 256;
 /// Completions are published at least this often within a batch.
 const TX_PUBLISH_EVERY: usize = 32;
 
+/// Bytes of a batch's frames kept until the batch's flush (see [`TxArena`]): a batch of
+/// 256 frames of up to 244 bytes, or fewer larger ones.
+const ARENA_BYTES: usize = 64 * 1024;
+
+/// Where a batch's small frames are gathered, each in its own place, and left as they are
+/// until the worker's flush after the batch: the NIC then stages a reference to the frame
+/// (`TxFrame::lasting`) instead of copying it into its burst, one copy per frame fewer (the
+/// staging copy was 4% of the worker in benchmark case (c) at 64 bytes).
+///
+/// Only our copy is referred to, never the guest's buffer: the switch and the classifier
+/// decide on bytes the guest can no longer change.
+struct TxArena {
+    bytes: Vec<u8>,
+    used: usize,
+}
+
+impl Default for TxArena {
+    fn default() -> Self {
+        TxArena {
+            bytes: vec![0; ARENA_BYTES],
+            used: 0,
+        }
+    }
+}
+
+impl TxArena {
+    /// `len` bytes of their own, if the batch has not used up the arena. Each place starts
+    /// a cache line, so no two frames share one.
+    fn place(&mut self, len: usize) -> Option<&mut [u8]> {
+        let start = self.used;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len())?;
+        self.used = end.next_multiple_of(64);
+        Some(&mut self.bytes[start..end])
+    }
+}
+
 /// The reusable buffers of one TX worker (no allocation per frame).
 pub struct TxScratch {
+    /// Where a frame is gathered when the arena is full or the frame is split.
     pub chain: Vec<u8>,
+    /// Where a batch's small frames are gathered.
+    arena: TxArena,
     pub segments: Vec<Segment>,
     /// The next chain's segments (walked one frame ahead).
     next_segments: Vec<Segment>,
@@ -66,6 +107,7 @@ impl Default for TxScratch {
     fn default() -> Self {
         TxScratch {
             chain: vec![0; MAX_TX_CHAIN],
+            arena: TxArena::default(),
             segments: Vec::with_capacity(64),
             next_segments: Vec::with_capacity(64),
             forward: ForwardScratch::promising(),
@@ -112,6 +154,12 @@ pub fn process_batch(
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
+    // The arena's frames may be referred to until the flush after the batch that gathered
+    // them (the worker's loop flushes after every batch; this makes sure of it).
+    if !scratch.forward.is_flushed() {
+        sender.fabric.flush(&mut scratch.forward);
+    }
+    scratch.arena.used = 0;
     let mut host = scratch.host.take();
     let mem = HostMemory::current(space, &mut host);
     let progress = match scratch.ring.get(mem, state.get_queue()) {
@@ -298,18 +346,33 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
         return;
     }
     let split = frame_len > SPLIT_FROM_LEN;
+    let placed = if split {
+        None
+    } else {
+        scratch.arena.place(len)
+    };
+    let lasting = placed.is_some();
+    let chain_buf = match placed {
+        Some(place) => place,
+        None => &mut scratch.chain[..len],
+    };
     let gathered = if split {
         VIRTIO_NET_HDR_LEN + SPLIT_HEAD_LEN
     } else {
         len
     };
-    chain::gather(&scratch.segments, &mut scratch.chain[..gathered]);
-    let (header, frame) = scratch.chain[..len].split_at_mut(VIRTIO_NET_HDR_LEN);
+    chain::gather(&scratch.segments, &mut chain_buf[..gathered]);
+    let (header, frame) = chain_buf.split_at_mut(VIRTIO_NET_HDR_LEN);
     let mut frame = if split {
         // SAFETY: the segments were walked over `mem`, which this batch holds, and hold the
         // whole chain; the chain is completed (and the guest may reuse its buffers) only
         // after `forward` returns, and nothing keeps the frame's tail beyond that call.
         unsafe { TxFrame::split(frame, SPLIT_HEAD_LEN, &scratch.segments, gathered) }
+    } else if lasting {
+        // SAFETY: the frame's place in the arena is its own until `process_batch` is called
+        // again, which first makes sure that the flush after this batch, with this
+        // `ForwardScratch`, has run (and the scratch is dropped with the arena).
+        unsafe { TxFrame::lasting(frame) }
     } else {
         TxFrame::whole(frame)
     };

@@ -91,6 +91,12 @@ impl ForwardScratch {
         }
     }
 
+    /// Whether every frame staged with this scratch has been delivered (by `Fabric::flush`
+    /// or a full burst): no burst refers to a sender's lasting frame any more.
+    pub fn is_flushed(&self) -> bool {
+        self.bursts.iter().all(nic::Burst::is_empty)
+    }
+
     /// Whether this sender holds retry promises.
     pub fn has_promises(&self) -> bool {
         !self.promised.is_empty()
