@@ -14,7 +14,8 @@ The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's coun
 --secs, from one second after frames start to flow, read every second; each configuration is
 repeated, the two backends taking turns, and the 10th/50th/90th percentiles of the per-second
 rates printed with the backend's CPU use. Before each round a probe (benches/probe/) times a
-cache line's trip between CPUs 0 and 1, the machine's state that moves both backends most. prism-vnic's
+cache line's trip between CPUs 0 and 1, which every frame makes a few times; the log and the
+summary show it, for comparing machines. prism-vnic's
 emulated links run unpaced (--link-rate 0) unless --link-rate is given: its default 100G link
 would cap 9000-byte frames at 1.36 Mpps, and DPDK's vhost PMD has no line rate.
 (c)'s largest frames are 9000-byte jumbo frames, not 64 KiB TSO. testpmd's csum engine does
@@ -231,9 +232,9 @@ def run_case(case, backend, length, secs, work):
         # a fixed warm-up shorter than that averaged seconds of nothing into its figure.
         blocks = wait_flowing(fe, ports, *measured)
         time.sleep(1)
-        # A reading every second: the machine's state changes within seconds (see
-        # benches/probe/core_to_core.c), and per-second rates show it where one figure
-        # for the window would average it away.
+        # A reading every second: the reference machine changes state every few seconds,
+        # and per-second rates show it where one figure for the window would average it
+        # away.
         times = []
         cpu0 = be.cpu_seconds()
         for _ in range(secs + 1):
@@ -347,9 +348,9 @@ def main():
                         log(f"  failed: {e}")
                         result[backend].append(None)  # keeps the rounds aligned for pairing
             rows.append((case, length, result))
-    # Rates are pooled per second over every round of a backend: the machine's state changes
-    # within seconds (core-to-core times of 25 to 170 ns, both backends moving up to 3x), so
-    # the median of a few rounds' means drew lots; the median of many seconds, taken in
+    # Rates are pooled per second over every round of a backend: the reference machine
+    # changes state every few seconds, both backends moving up to 3x, so the median of a few
+    # rounds' means drew lots; the median of many seconds, taken in
     # turns by both, is what each typically does here. Three ratios: of those medians; of
     # the 90th percentiles (the machine's fast state: other load only ever slows a second
     # down); and the median of each round's pair of means (the two runs of a round are the

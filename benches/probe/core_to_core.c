@@ -3,10 +3,12 @@
  * back and forth; prints the mean one-way time in nanoseconds.
  *
  * Why: benches/vs_dpdk.py measures two processes that talk through shared memory on those
- * two CPUs, so every frame costs a few cache-line transfers between them. On a VM whose
- * vCPUs the host moves about, that transfer took 25 ns at one moment and 170 ns a few
- * seconds later, and both backends' rates moved up to 3x with it. The benchmark samples
- * this before every round so that its figures can be read against the machine's state.
+ * two CPUs, so every frame costs a few cache-line transfers between them, and a reader
+ * comparing figures across machines needs to know what a transfer costs on each. On the
+ * reference VM, whose vCPUs the host moves about, it took 25-50 ns at one moment and
+ * 170-190 ns a few seconds later. (That is not what swings the benchmark's rates by up
+ * to 3x there: 5 and 16 Mpps rounds came after probes of either kind.) The benchmark
+ * samples it before every round and reports the spread.
  *
  * Usage: core_to_core [round trips]   (default 100000, about 5-35 ms)
  */
