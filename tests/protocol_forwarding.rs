@@ -20,6 +20,23 @@ fn two_guests(pairs: u16) -> (Daemon, TestGuest, TestGuest) {
     (daemon, a, b)
 }
 
+/// `n` frames from 1 to 2 of `len` bytes, tagged `first`, `first + 1`, ...
+fn tagged_frames(first: u32, n: u32, len: usize) -> Vec<Vec<u8>> {
+    (first..first + n)
+        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, len))
+        .collect()
+}
+
+/// Receives as many frames as were `sent` and checks each is the one sent, in order.
+fn expect_as_sent(receiver: &mut TestGuest, sent: &[Vec<u8>], what: &str) {
+    let got = receiver
+        .expect_frames(sent.len())
+        .unwrap_or_else(|error| panic!("{what}: not every frame arrives: {error}"));
+    for (at, (got, sent)) in got.iter().zip(sent).enumerate() {
+        assert_eq!(&got.frame, sent, "{what}: frame {at}");
+    }
+}
+
 #[test]
 fn frames_from_every_tx_queue_arrive_intact_exactly_once() {
     let (_daemon, mut a, mut b) = two_guests(PAIRS);
@@ -190,26 +207,14 @@ fn a_batch_larger_than_the_tx_arena_arrives_intact_and_in_order() {
     // including across the bursts delivered mid-batch (64 frames each).
     let (_daemon, mut a, mut b) = two_guests(1);
     b.post_rx_buffers(0, 256, 2048).expect("post");
-    let frames: Vec<Vec<u8>> = (0..256u32)
-        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 1000))
-        .collect();
+    let frames = tagged_frames(0, 256, 1000);
     a.send_batch(0, &frames).expect("send");
-    let got = b.expect_frames(frames.len()).expect("all frames arrive");
-    for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
-        assert_eq!(&got.frame, sent, "frame {at}");
-    }
+    expect_as_sent(&mut b, &frames, "first batch");
     // The next batch reuses the arena from its start.
     b.post_rx_buffers(0, 64, 2048).expect("post again");
-    let again: Vec<Vec<u8>> = (1000..1064u32)
-        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 200))
-        .collect();
+    let again = tagged_frames(1000, 64, 200);
     a.send_batch(0, &again).expect("send again");
-    let got = b
-        .expect_frames(again.len())
-        .expect("the second batch arrives");
-    for (at, (got, sent)) in got.iter().zip(&again).enumerate() {
-        assert_eq!(&got.frame, sent, "second batch, frame {at}");
-    }
+    expect_as_sent(&mut b, &again, "second batch");
 }
 
 #[test]
@@ -226,12 +231,8 @@ fn a_flooded_batch_reaches_every_other_port_intact() {
         .map(|tag| udp_frame(1, BROADCAST, 255, 68, 67, tag, 60 + 7 * tag as usize))
         .collect();
     a.send_batch(0, &frames).expect("send");
-    for (name, g) in [("b", &mut b), ("c", &mut c)] {
-        let got = g.expect_frames(frames.len()).expect("all frames arrive");
-        for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
-            assert_eq!(&got.frame, sent, "{name}: frame {at}");
-        }
-    }
+    expect_as_sent(&mut b, &frames, "b");
+    expect_as_sent(&mut c, &frames, "c");
 }
 
 #[test]
@@ -367,9 +368,7 @@ fn a_receiver_sees_frames_while_the_senders_batch_is_still_forwarded() {
     // before a's completions: once a sees 128 frames completed, b sees them too.
     let (_daemon, mut a, mut b) = two_guests(1);
     b.post_rx_buffers(0, 256, 4096).expect("post");
-    let frames: Vec<Vec<u8>> = (0..256u32)
-        .map(|tag| udp_frame_of_len(1, mac(2), 2, tag, 3000))
-        .collect();
+    let frames = tagged_frames(0, 256, 3000);
     a.send_batch(0, &frames).expect("send");
     // A tight spin, not `wait_for`: the batch takes tens of microseconds.
     let deadline = Instant::now() + TIMEOUT;
@@ -390,10 +389,7 @@ fn a_receiver_sees_frames_while_the_senders_batch_is_still_forwarded() {
         b_seen >= 128,
         "a saw {a_done} frames completed while b saw only {b_seen}"
     );
-    let got = b.expect_frames(frames.len()).expect("all frames arrive");
-    for (at, (got, sent)) in got.iter().zip(&frames).enumerate() {
-        assert_eq!(&got.frame, sent, "frame {at}");
-    }
+    expect_as_sent(&mut b, &frames, "the batch");
 }
 
 /// Streams `n` frames from a to b on TX queue 0, b replacing every buffer it gets back;
