@@ -5,6 +5,7 @@
 //! transmit. The frame is classified once, before any segmentation: every segment of a GSO
 //! frame belongs to the same flow.
 
+use super::burst::STAGE_MAX_LEN;
 use super::link::wire_bytes;
 use super::{Burst, FrameBytes, Nic, TxFrame};
 use crate::packet::offload::{
@@ -42,6 +43,9 @@ pub fn deliver(
         // guest's offloads nor a header need working out per frame.
         if nic.is_capturing() {
             frame.make_whole();
+        } else if frame.len() <= STAGE_MAX_LEN {
+            // It will be staged: by reference, if its sender's buffer lasts.
+            frame.fill_lasting();
         }
         let wire = wire_bytes(frame.len(), 1, 0);
         return Ok(nic.stage(

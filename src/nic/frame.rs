@@ -248,6 +248,35 @@ impl<'a> TxFrame<'a> {
         }
     }
 
+    /// [`TxFrame::split`], with `buf` kept as [`TxFrame::lasting`] promises: once the tail is
+    /// in it ([`TxFrame::fill_lasting`]), a NIC may stage a reference to the whole frame.
+    ///
+    /// # Safety
+    /// The contracts of both [`TxFrame::split`] and [`TxFrame::lasting`].
+    pub unsafe fn split_lasting(
+        buf: &'a mut [u8],
+        gathered: usize,
+        pieces: &'a [HostPiece],
+        skip: usize,
+    ) -> Self {
+        TxFrame {
+            lasting: true,
+            // SAFETY: the caller's contract.
+            ..unsafe { TxFrame::split(buf, gathered, pieces, skip) }
+        }
+    }
+
+    /// Gathers the tail of a split frame whose buffer lasts ([`TxFrame::split_lasting`]),
+    /// keeping the promise: a NIC then stages a reference to the frame rather than copying
+    /// it into its burst, head and tail. Any other frame is left as it is: for one in a
+    /// reused buffer, gathering first would only add a copy. The frame's bytes do not
+    /// change, so whoever staged a reference to its head before still sees it right.
+    pub fn fill_lasting(&mut self) {
+        if self.lasting {
+            self.gather_tail();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -291,6 +320,12 @@ impl<'a> TxFrame<'a> {
         // The caller may write to it (a checksum completed in place), so a NIC must copy
         // it from now on.
         self.lasting = false;
+        self.gather_tail();
+        self.buf
+    }
+
+    /// Copies the tail, if still in guest memory, into the sender's buffer (once).
+    fn gather_tail(&mut self) {
         if let Some(tail) = self.tail.take() {
             let rest = &mut self.buf[self.gathered..];
             // SAFETY: `rest` has room for the tail's `len` bytes; the pieces are readable
@@ -298,7 +333,6 @@ impl<'a> TxFrame<'a> {
             unsafe { tail.copy_to_ptr(0, tail.len, rest.as_mut_ptr()) };
             self.gathered = self.buf.len();
         }
-        self.buf
     }
 }
 
@@ -365,6 +399,36 @@ mod tests {
     fn split_frames_read_as_the_frame_at_every_head_length() {
         for head_len in [0, 1, 14, 100, 199, 200] {
             check_split(head_len);
+        }
+    }
+
+    #[test]
+    fn a_lasting_split_frame_is_filled_in_place_and_stays_lasting() {
+        let frame: Vec<u8> = (0..100u32).map(|b| b as u8).collect();
+        let in_guest = frame[40..].to_vec();
+        let pieces = pieces_of(&[&in_guest[..]]);
+        for lasting in [true, false] {
+            let mut buf = frame.clone();
+            buf[40..].fill(0);
+            // SAFETY: the pieces point into `in_guest`, and `buf` outlives `tx`.
+            let mut tx = unsafe {
+                if lasting {
+                    TxFrame::split_lasting(&mut buf, 40, &pieces, 0)
+                } else {
+                    TxFrame::split(&mut buf, 40, &pieces, 0)
+                }
+            };
+            assert!(tx.bytes().lasting().is_none(), "split: a NIC must copy it");
+            tx.fill_lasting();
+            if lasting {
+                // Whole in the sender's lasting buffer: a NIC may refer to it.
+                assert!(!tx.is_split());
+                assert_eq!(tx.bytes().lasting(), Some(&frame[..]));
+            } else {
+                // Gathering into a reused buffer would only add a copy: left split.
+                assert!(tx.is_split());
+                assert!(tx.bytes().lasting().is_none());
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use super::ring::{
 use super::split_ring::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
 use crate::nic::TxFrame;
+use crate::nic::burst::STAGE_MAX_LEN;
 use crate::packet::offload::Offload;
 use crate::stats::{self, QueueCounters};
 use crate::switch::PortId;
@@ -45,14 +46,17 @@ pub const TX_BATCH: usize = 256;
 /// Completions are published at least this often within a batch.
 const TX_PUBLISH_EVERY: usize = 32;
 
-/// Bytes of a batch's frames kept until the batch's flush (see [`TxArena`]): a batch of
-/// 256 frames of up to 244 bytes, or fewer larger ones.
+/// Bytes of staged frames kept until they are delivered (see [`TxArena`]): a batch of 256
+/// frames of up to 244 bytes, or a burst of 42 frames of 1518.
 const ARENA_BYTES: usize = 64 * 1024;
 
-/// Where a batch's small frames are gathered, each in its own place, and left as they are
-/// until the worker's flush after the batch: the NIC then stages a reference to the frame
-/// (`TxFrame::lasting`) instead of copying it into its burst, one copy per frame fewer (the
-/// staging copy was 4% of the worker in benchmark case (c) at 64 bytes).
+/// Where the frames a NIC will stage (up to `STAGE_MAX_LEN`) are gathered, each in its own
+/// place, and left as they are until they are delivered: the NIC then stages a reference
+/// to the frame (`TxFrame::lasting`) instead of copying it into its burst, one copy per
+/// frame fewer (the staging copy was 4% of the worker in benchmark case (c) at 64 bytes).
+/// A frame over `SPLIT_FROM_LEN` gets a place of its full length but only its head is
+/// gathered; the NIC gathers the tail into the place when it stages the frame, so a frame
+/// that is dropped at the switch (a discard port) costs only its head.
 ///
 /// Only our copy is referred to, never the guest's buffer: the switch and the classifier
 /// decide on bytes the guest can no longer change.
@@ -71,23 +75,30 @@ impl Default for TxArena {
 }
 
 impl TxArena {
-    /// `len` bytes of their own, if the batch has not used up the arena. Each place starts
-    /// a cache line, so no two frames share one.
-    fn place(&mut self, len: usize) -> Option<&mut [u8]> {
-        let start = self.used;
-        let end = start
+    /// Whether `len` more bytes fit.
+    fn has_room(&self, len: usize) -> bool {
+        self.used
             .checked_add(len)
-            .filter(|&end| end <= self.bytes.len())?;
-        self.used = end.next_multiple_of(64);
-        Some(&mut self.bytes[start..end])
+            .is_some_and(|end| end <= self.bytes.len())
+    }
+
+    /// `len` bytes of their own, if they fit. Each place starts a cache line, so no two
+    /// frames share one.
+    fn place(&mut self, len: usize) -> Option<&mut [u8]> {
+        if !self.has_room(len) {
+            return None;
+        }
+        let start = self.used;
+        self.used = (start + len).next_multiple_of(64);
+        Some(&mut self.bytes[start..start + len])
     }
 }
 
 /// The reusable buffers of one TX worker (no allocation per frame).
 pub struct TxScratch {
-    /// Where a frame is gathered when the arena is full or the frame is split.
+    /// Where a frame the NIC does not stage (over `STAGE_MAX_LEN`) is gathered.
     pub chain: Vec<u8>,
-    /// Where a batch's small frames are gathered.
+    /// Where the frames the NIC stages are gathered.
     arena: TxArena,
     pub segments: Vec<Segment>,
     /// The next chain's segments (walked one frame ahead).
@@ -346,13 +357,18 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
         return;
     }
     let split = frame_len > SPLIT_FROM_LEN;
-    let placed = if split {
-        None
-    } else {
+    if frame_len <= STAGE_MAX_LEN && !scratch.arena.has_room(len) {
+        // Every place is referred to by a staged frame: deliver them, and start again.
+        sender.fabric.deliver_staged(&mut scratch.forward);
+        scratch.arena.used = 0;
+    }
+    let placed = if frame_len <= STAGE_MAX_LEN {
         scratch.arena.place(len)
+    } else {
+        None
     };
     let lasting = placed.is_some();
-    let chain_buf = match placed {
+    let buf = match placed {
         Some(place) => place,
         None => &mut scratch.chain[..len],
     };
@@ -361,20 +377,23 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
     } else {
         len
     };
-    chain::gather(&scratch.segments, &mut chain_buf[..gathered]);
-    let (header, frame) = chain_buf.split_at_mut(VIRTIO_NET_HDR_LEN);
-    let mut frame = if split {
-        // SAFETY: the segments were walked over `mem`, which this batch holds, and hold the
-        // whole chain; the chain is completed (and the guest may reuse its buffers) only
-        // after `forward` returns, and nothing keeps the frame's tail beyond that call.
-        unsafe { TxFrame::split(frame, SPLIT_HEAD_LEN, &scratch.segments, gathered) }
-    } else if lasting {
-        // SAFETY: the frame's place in the arena is its own until `process_batch` is called
-        // again, which first makes sure that the flush after this batch, with this
-        // `ForwardScratch`, has run (and the scratch is dropped with the arena).
-        unsafe { TxFrame::lasting(frame) }
-    } else {
-        TxFrame::whole(frame)
+    chain::gather(&scratch.segments, &mut buf[..gathered]);
+    let (header, frame) = buf.split_at_mut(VIRTIO_NET_HDR_LEN);
+    // SAFETY (split): the segments were walked over `mem`, which this batch holds, and hold
+    // the whole chain; the chain is completed (and the guest may reuse its buffers) only
+    // after `forward` returns, and nothing keeps the frame's tail beyond that call.
+    // SAFETY (lasting): the frame's place in the arena is its own until the frames staged
+    // with `scratch.forward` are delivered: by the flush after the batch (`process_batch`
+    // makes sure it ran before it reuses the arena), or just above.
+    let mut frame = unsafe {
+        match (split, lasting) {
+            (true, true) => {
+                TxFrame::split_lasting(frame, SPLIT_HEAD_LEN, &scratch.segments, gathered)
+            }
+            (true, false) => TxFrame::split(frame, SPLIT_HEAD_LEN, &scratch.segments, gathered),
+            (false, true) => TxFrame::lasting(frame),
+            (false, false) => TxFrame::whole(frame),
+        }
     };
     if frame.is_split() && Offload::reads_frame(header) {
         // Checksum and segmentation requests are checked against the frame's headers and

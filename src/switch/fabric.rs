@@ -276,11 +276,7 @@ impl Fabric {
             }
         }
         scratch.arrivals.restart();
-        for (port, burst) in scratch.bursts.iter_mut().enumerate() {
-            if let Some(target) = self.ports.get(port) {
-                target.nic.deliver_burst(burst, target.nic.now_ns());
-            }
-        }
+        self.deliver_staged(scratch);
         scratch.drained.clear();
         let touched = scratch.touched.iter().map(|&(port, _)| port);
         for port in touched.chain(scratch.promised.iter().map(|&(port, _)| port)) {
@@ -325,6 +321,17 @@ impl Fabric {
         for &(port, queue) in &scratch.touched {
             if let Some(queue) = self.ports.get(port).and_then(|p| p.nic.queue(queue)) {
                 queue.publish_ring();
+            }
+        }
+    }
+
+    /// Delivers the frames staged with `scratch` (see `Nic::stage`), as a full burst is,
+    /// without the rest of a flush: for a sender that reuses what its staged frames refer
+    /// to before its batch ends.
+    pub fn deliver_staged(&self, scratch: &mut ForwardScratch) {
+        for (port, burst) in scratch.bursts.iter_mut().enumerate() {
+            if let Some(target) = self.ports.get(port) {
+                target.nic.deliver_burst(burst, target.nic.now_ns());
             }
         }
     }
