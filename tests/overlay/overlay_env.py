@@ -220,8 +220,9 @@ class Overlay:
         for port in iperf_ports:
             self.c(n, f"iperf3 -s -p {port} -D")
         if sockperf_port is not None:
-            self.c(n, f"ip netns exec c1 sockperf sr -i {CONTAINER[n]} -p {sockperf_port} "
-                      f"> /tmp/sockperf-sr-{sockperf_port}.log 2>&1 &", netns=False)
+            # Not a job of the console shell (see `bg`).
+            self.c(n, f"( ip netns exec c1 sockperf sr -i {CONTAINER[n]} -p {sockperf_port} "
+                      f"> /tmp/sockperf-sr-{sockperf_port}.log 2>&1 & )", netns=False)
         # iperf3 -D returns before it listens: wait until the ports are bound.
         for port in iperf_ports:
             self.wait_until(n, f"ip netns exec c1 netstat -ltn | grep -q ':{port} '", 120)
@@ -237,16 +238,26 @@ class Overlay:
                   f"{pause}done )", timeout=timeout + 60, netns=False)
 
     def bg(self, n: int, name: str, cmd: str) -> None:
-        """Starts cmd in the background in guest n (a subshell, so the console shell does not
-        track it); its output goes to /tmp/NAME.out and its exit status to /tmp/NAME.rc."""
-        self.c(n, f"rm -f /tmp/{name}.rc; ( {cmd} > /tmp/{name}.out 2>&1; "
-                  f"echo $? > /tmp/{name}.rc ) &", netns=False)
+        """Starts cmd in the background in guest n; its output goes to /tmp/NAME.out and its
+        exit status to /tmp/NAME.rc.
+
+        Backgrounded from a subshell that exits at once, so the job is not the console
+        shell's: an interactive shell reports its own jobs' ends ("[4]+ Done ...") at its
+        next prompt, into the output of whatever command runs then (a CI run read that
+        notice as part of a `cat` of the exit status)."""
+        self.c(n, f"rm -f /tmp/{name}.rc; ( ( {cmd} > /tmp/{name}.out 2>&1; "
+                  f"echo $? > /tmp/{name}.rc ) & )", netns=False)
 
     def wait_bg(self, n: int, name: str, timeout: float) -> tuple[int, str]:
         """Waits for a bg() command to end; returns (exit status, output)."""
         self.wait_until(n, f"[ -s /tmp/{name}.rc ]", timeout)
-        rc = int(self.c(n, f"cat /tmp/{name}.rc", netns=False).strip())
-        return rc, self.c(n, f"cat /tmp/{name}.out", netns=False)
+        text = self.c(n, f"cat /tmp/{name}.rc", netns=False)
+        # The status is the line that is a number: anything else the console printed
+        # around it (a job notice of some other command) is not part of it.
+        status = re.search(r"^\s*(-?\d+)\s*$", text, re.MULTILINE)
+        if status is None:
+            raise OverlayError(f"guest {n}: /tmp/{name}.rc holds no exit status: {text!r}")
+        return int(status.group(1)), self.c(n, f"cat /tmp/{name}.out", netns=False)
 
     def rule(self, *args: str) -> str:
         """`prism-vnic rule ARGS` on the backend's control socket."""
