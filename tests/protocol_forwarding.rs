@@ -20,6 +20,14 @@ fn two_guests(pairs: u16) -> (Daemon, TestGuest, TestGuest) {
     (daemon, a, b)
 }
 
+fn three_guests(pairs: u16) -> (Daemon, TestGuest, TestGuest, TestGuest) {
+    let daemon = Daemon::start(&["a", "b", "c"], pairs).expect("daemon starts");
+    let a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    let c = TestGuest::connect(&daemon.socket("c"), GuestOptions::linux(3)).expect("c");
+    (daemon, a, b, c)
+}
+
 /// `n` frames from 1 to 2 of `len` bytes, tagged `first`, `first + 1`, ...
 fn tagged_frames(first: u32, n: u32, len: usize) -> Vec<Vec<u8>> {
     (first..first + n)
@@ -219,10 +227,7 @@ fn batches_larger_than_the_tx_arena_arrive_intact_and_in_order() {
 fn a_flooded_batch_reaches_every_other_port_intact() {
     // Each broadcast frame is staged for b and for c by reference to the same copy; those
     // over 1 KiB have their tail gathered into it when the first of the two stages it.
-    let daemon = Daemon::start(&["a", "b", "c"], 1).expect("daemon starts");
-    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
-    let mut c = TestGuest::connect(&daemon.socket("c"), GuestOptions::linux(3)).expect("c");
+    let (_daemon, mut a, mut b, mut c) = three_guests(1);
     for g in [&mut b, &mut c] {
         g.post_rx_buffers(0, 100, 2048).expect("post");
     }
@@ -236,10 +241,7 @@ fn a_flooded_batch_reaches_every_other_port_intact() {
 
 #[test]
 fn broadcast_reaches_every_other_port_once() {
-    let daemon = Daemon::start(&["a", "b", "c"], 2).expect("daemon starts");
-    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
-    let mut c = TestGuest::connect(&daemon.socket("c"), GuestOptions::linux(3)).expect("c");
+    let (_daemon, mut a, mut b, mut c) = three_guests(2);
     for g in [&mut a, &mut b, &mut c] {
         g.post_rx_buffers_all(8, 2048).expect("post");
     }
@@ -262,10 +264,7 @@ fn broadcast_reaches_every_other_port_once() {
 
 #[test]
 fn unicast_to_a_learned_mac_is_not_flooded() {
-    let daemon = Daemon::start(&["a", "b", "c"], 2).expect("daemon starts");
-    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
-    let mut c = TestGuest::connect(&daemon.socket("c"), GuestOptions::linux(3)).expect("c");
+    let (_daemon, mut a, mut b, mut c) = three_guests(2);
     for g in [&mut a, &mut b, &mut c] {
         g.post_rx_buffers_all(8, 2048).expect("post");
     }

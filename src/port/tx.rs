@@ -94,6 +94,15 @@ impl TxArena {
     }
 }
 
+/// Starts the arena again, first delivering the frames staged with the worker's
+/// `ForwardScratch`, which may refer to its places.
+fn restart_arena(scratch: &mut TxScratch, fabric: &Fabric) {
+    if !scratch.forward.is_flushed() {
+        fabric.deliver_staged(&mut scratch.forward);
+    }
+    scratch.arena.used = 0;
+}
+
 /// The reusable buffers of one TX worker (no allocation per frame).
 pub struct TxScratch {
     /// Where a frame the NIC does not stage (over `STAGE_MAX_LEN`) is gathered.
@@ -165,12 +174,9 @@ pub fn process_batch(
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
-    // The arena's frames may be referred to until the flush after the batch that gathered
-    // them (the worker's loop flushes after every batch; this makes sure of it).
-    if !scratch.forward.is_flushed() {
-        sender.fabric.flush(&mut scratch.forward);
-    }
-    scratch.arena.used = 0;
+    // Staged frames may refer to the arena until they are delivered: by the flush after
+    // the batch that gathered them (the worker's loop flushes after every batch), or here.
+    restart_arena(scratch, sender.fabric);
     let mut host = scratch.host.take();
     let mem = HostMemory::current(space, &mut host);
     let progress = match scratch.ring.get(mem, state.get_queue()) {
@@ -358,9 +364,7 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
     }
     let split = frame_len > SPLIT_FROM_LEN;
     if frame_len <= STAGE_MAX_LEN && !scratch.arena.has_room(len) {
-        // Every place is referred to by a staged frame: deliver them, and start again.
-        sender.fabric.deliver_staged(&mut scratch.forward);
-        scratch.arena.used = 0;
+        restart_arena(scratch, sender.fabric);
     }
     let placed = if frame_len <= STAGE_MAX_LEN {
         scratch.arena.place(len)
@@ -382,9 +386,9 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
     // SAFETY (split): the segments were walked over `mem`, which this batch holds, and hold
     // the whole chain; the chain is completed (and the guest may reuse its buffers) only
     // after `forward` returns, and nothing keeps the frame's tail beyond that call.
-    // SAFETY (lasting): the frame's place in the arena is its own until the frames staged
-    // with `scratch.forward` are delivered: by the flush after the batch (`process_batch`
-    // makes sure it ran before it reuses the arena), or just above.
+    // SAFETY (lasting): the frame's place in the arena is its own until the arena is
+    // restarted, and `restart_arena` first delivers every frame staged with
+    // `scratch.forward`.
     let mut frame = unsafe {
         match (split, lasting) {
             (true, true) => {
