@@ -10,12 +10,17 @@ Every figure is paired, in the same run, with DPDK's own vhost PMD in prism-vnic
       polls both sides (pcap infinite_rx -> virtio_user A, virtio_user B -> net_null), so
       scheduling cannot starve the receiver (see ../shared/BENCH.md for why the naive
       three-poller setup measures nothing); DPDK: io forwarding between net_vhost0/1.
-The backend runs alone on CPU 1, the frontend on CPU 0. Rates are testpmd's counters over
---secs, from one second after frames start to flow, read every second; each configuration is
-repeated, the two backends taking turns, and the 10th/50th/90th percentiles of the per-second
-rates printed with the backend's CPU use. Before each round a probe (benches/probe/) times a
-cache line's trip between CPUs 0 and 1, which every frame makes a few times; the log and the
-summary show it, for comparing machines. prism-vnic's
+The backend runs on CPU 1, the frontend on CPU 0. Rates are testpmd's counters, read every
+second once frames flow. By default (--mode interleaved) both backends are set up at once,
+each with its own frontend, and take turns of --secs seconds on the CPUs while the other pair
+is stopped (SIGSTOP): turns seconds apart see the same machine. --mode rounds starts each
+backend alone for a round of --secs, the two taking turns. The summary gives the 10th/50th/
+90th percentiles of the per-second rates with the backend's CPU use, the ratios, and the same
+by where the host had placed the two vCPUs: a probe (benches/probe/) times a cache line's
+trip between CPUs 0 and 1 before and after every turn, and on the reference machine (an AMD
+EPYC VM) it reads 25-55 ns on cores that share a cache and 170-215 ns on cores that do not;
+the host moves the vCPUs between the two every few tens of seconds, and at 64 B both backends
+run about 3x slower in (a) and 1.6x slower in (b) on far cores. prism-vnic's
 emulated links run unpaced (--link-rate 0) unless --link-rate is given: its default 100G link
 would cap 9000-byte frames at 1.36 Mpps, and DPDK's vhost PMD has no line rate.
 (c)'s largest frames are 9000-byte jumbo frames, not 64 KiB TSO. testpmd's csum engine does
@@ -25,8 +30,8 @@ so that it takes GSO frames, stalled after 32-320 frames with DPDK's own vhost P
 backend, with and without mergeable buffers (DPDK 22.11, 7 tries). No reference figure can
 be had from it. prism-vnic passed the GSO frames to B intact, and segmented them in software
 for a receiver without LRO.
-Usage: benches/vs_dpdk.py [--secs 10] [--repeat 3] [--only a,b,c] [--frames 64,1518,9000]
-       [--busy-poll-us N] [--link-rate RATE]
+Usage: benches/vs_dpdk.py [--mode interleaved|rounds] [--secs N] [--repeat N] [--only a,b,c]
+       [--frames 64,1518,9000] [--busy-poll-us N] [--link-rate RATE] [--logs DIR]
 """
 
 import argparse
@@ -51,6 +56,32 @@ BUSY_POLL_US = 0
 # the software, so prism-vnic's links run unpaced unless --link-rate says otherwise.
 LINK_RATE = "0"
 A_RECEIVER = "discard"
+# A resumed rig refills its rings and caches before its turn is measured.
+SETTLE_SECS = 0.5
+# The core-to-core probe is bimodal on the reference machine (an AMD EPYC VM): 25-55 ns when
+# the host runs the two vCPUs on cores that share a cache, 170-215 ns when it does not.
+NEAR_NS = 100
+
+
+class Run:
+    """One backend's measured turn or round: per-second rates, backend CPU %, and the
+    core-to-core probe (ns or None) just before and just after."""
+
+    def __init__(self, rates, cpu, c2c):
+        self.rates, self.cpu, self.c2c = rates, cpu, c2c
+
+    def placement(self):
+        """near or far: where the probes around the run found the two vCPUs; moved if they
+        disagree (the host moved them during it), unknown without a probe."""
+        if None in self.c2c:
+            return "unknown"
+        near = [c < NEAR_NS for c in self.c2c]
+        return "moved" if near[0] != near[1] else ("near" if near[0] else "far")
+
+    def c2c_text(self):
+        if None in self.c2c:
+            return ""
+        return f", core-to-core {self.c2c[0]:.0f}/{self.c2c[1]:.0f} ns before/after ({self.placement()})"
 
 
 def log(msg):
@@ -173,89 +204,157 @@ def wait_flowing(fe, ports, port, key, timeout=30):
     raise RuntimeError(f"no frames flowed within {timeout} s; see {fe.log_path}")
 
 
-def run_case(case, backend, length, secs, work):
-    """One measurement; returns (pps at the measured side, backend CPU %)."""
-    sock_a, sock_b = os.path.join(work, "a.sock"), os.path.join(work, "b.sock")
-    for s in (sock_a, sock_b):
-        if os.path.exists(s):
-            os.unlink(s)
-    big = length > 1518
-    mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
-    # The backend.
-    if backend == "prism":
-        cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, "ctl.sock"),
-               "--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
-        if case == "a":
-            cmd += ["--port", f"a={sock_a}", f"--{A_RECEIVER}", "null"]
-        elif case == "b":
-            cmd += ["--port", f"a={sock_a}", "--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
+class Rig:
+    """One backend and the testpmd frontend that drives it, set up for one case and running:
+    frames flow once the constructor returns. Both processes can be paused (SIGSTOP), so two
+    rigs can share the two CPUs by taking turns."""
+
+    def __init__(self, case, backend, length, work):
+        self.backend = backend
+        tag = f"{backend}-{case}"
+        sock_a, sock_b = os.path.join(work, f"{tag}-a.sock"), os.path.join(work, f"{tag}-b.sock")
+        for s in (sock_a, sock_b):
+            if os.path.exists(s):
+                os.unlink(s)
+        big = length > 1518
+        mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
+        # The backend.
+        if backend == "prism":
+            cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, f"{tag}-ctl.sock"),
+                   "--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
+            if case == "a":
+                cmd += ["--port", f"a={sock_a}", f"--{A_RECEIVER}", "null"]
+            elif case == "b":
+                cmd += ["--port", f"a={sock_a}", "--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
+            else:
+                cmd += ["--port", f"a={sock_a}", "--port", f"b={sock_b}"]
+            self.be = Proc(cmd, 1, os.path.join(work, f"be-{tag}.log"))
         else:
-            cmd += ["--port", f"a={sock_a}", "--port", f"b={sock_b}"]
-        be = Proc(cmd, 1, os.path.join(work, f"be-{backend}-{case}.log"))
-    else:
-        tso = ",tso=1" if big else ""
-        vdevs = [f"net_vhost0,iface={sock_a},queues=1{tso}"]
-        if case == "c":
-            vdevs.append(f"net_vhost1,iface={sock_b},queues=1{tso}")
-        mode = {"a": "rxonly", "b": "txonly", "c": "io"}[case]
-        extra = [f"--txpkts={length}"] if case == "b" else []
-        be = Proc(testpmd("be", vdevs, [f"--forward-mode={mode}", "--auto-start"] + extra + mbuf, "0@1,1@1"),
-                  1, os.path.join(work, f"be-{backend}-{case}.log"))
-    if not wait_for(sock_a) or (case == "c" and not wait_for(sock_b)):
-        be.stop()
-        raise RuntimeError(f"{backend}: backend sockets did not appear; see {be.log_path}")
-    # The frontend.
-    if case == "a":
-        fe_cmd = testpmd("fe", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
-                         ["-i", "--forward-mode=txonly", f"--txpkts={length}",
-                          f"--eth-peer=0,{MAC_B}"] + mbuf)
-        measured = (0, "TX-packets")
-    elif case == "b":
-        fe_cmd = testpmd("fe", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
-                         ["-i", "--forward-mode=rxonly"] + mbuf)
-        measured = (0, "RX-packets")
-    else:
-        pcap = os.path.join(work, f"frame{length}.pcap")
-        write_pcap(pcap, udp_frame(length, MAC_A, MAC_B))
-        fe_cmd = testpmd("fe", [f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
-                                f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}",
-                                f"virtio_user1,path={sock_b},queues=1,mac={MAC_B}",
-                                "net_null0,no-rx=1"],
-                         ["-i", "--forward-mode=io", "--port-topology=paired"] + mbuf)
-        measured = (3, "TX-packets")  # what B received, forwarded to the null port
-    fe = Proc(fe_cmd, 0, os.path.join(work, f"fe-{backend}-{case}.log"))
-    ports = 4 if case == "c" else 1
+            tso = ",tso=1" if big else ""
+            vdevs = [f"net_vhost0,iface={sock_a},queues=1{tso}"]
+            if case == "c":
+                vdevs.append(f"net_vhost1,iface={sock_b},queues=1{tso}")
+            mode = {"a": "rxonly", "b": "txonly", "c": "io"}[case]
+            extra = [f"--txpkts={length}"] if case == "b" else []
+            self.be = Proc(testpmd(f"be-{tag}", vdevs, [f"--forward-mode={mode}", "--auto-start"] + extra + mbuf,
+                                   "0@1,1@1"), 1, os.path.join(work, f"be-{tag}.log"))
+        self.fe = None
+        if not wait_for(sock_a) or (case == "c" and not wait_for(sock_b)):
+            self.close()
+            raise RuntimeError(f"{backend}: backend sockets did not appear; see {self.be.log_path}")
+        # The frontend.
+        if case == "a":
+            fe_cmd = testpmd(f"fe-{tag}", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
+                             ["-i", "--forward-mode=txonly", f"--txpkts={length}",
+                              f"--eth-peer=0,{MAC_B}"] + mbuf)
+            self.measured = (0, "TX-packets")
+        elif case == "b":
+            fe_cmd = testpmd(f"fe-{tag}", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
+                             ["-i", "--forward-mode=rxonly"] + mbuf)
+            self.measured = (0, "RX-packets")
+        else:
+            pcap = os.path.join(work, f"frame{length}.pcap")
+            write_pcap(pcap, udp_frame(length, MAC_A, MAC_B))
+            fe_cmd = testpmd(f"fe-{tag}", [f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
+                                           f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}",
+                                           f"virtio_user1,path={sock_b},queues=1,mac={MAC_B}",
+                                           "net_null0,no-rx=1"],
+                             ["-i", "--forward-mode=io", "--port-topology=paired"] + mbuf)
+            self.measured = (3, "TX-packets")  # what B received, forwarded to the null port
+        self.fe = Proc(fe_cmd, 0, os.path.join(work, f"fe-{tag}.log"))
+        self.ports = 4 if case == "c" else 1
+        try:
+            self.fe.command("start")
+            # Warm-up: connection, learning, rings filled. Frames flow once this returns:
+            # DPDK's vhost PMD takes 1-4 s here to map the frontend's memory (4 KiB pages),
+            # and a fixed warm-up shorter than that averaged seconds of nothing into its figure.
+            self.blocks = wait_flowing(self.fe, self.ports, *self.measured)
+        except RuntimeError:
+            self.close()
+            raise
+
+    def reading(self):
+        """(time, the measured counter) now. Waits for testpmd's answer, so a pause that
+        follows cannot delay it into the next turn."""
+        self.fe.command("show port stats all")
+        now = time.time()
+        self.blocks += self.ports
+        if not wait_blocks(self.fe, self.blocks):
+            raise RuntimeError(f"no stats from the frontend; see {self.fe.log_path}")
+        return now, port_counts(self.fe.text(), *self.measured)[-1]
+
+    def measure(self, secs):
+        """A reading every second for `secs` seconds: (per-second rates, backend CPU %)."""
+        cpu0 = self.be.cpu_seconds()
+        readings = [self.reading()]
+        for k in range(1, secs + 1):
+            time.sleep(max(0.0, readings[0][0] + k - time.time()))
+            readings.append(self.reading())
+        cpu = (self.be.cpu_seconds() - cpu0) / (readings[-1][0] - readings[0][0]) * 100
+        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(readings, readings[1:])]
+        return rates, cpu
+
+    def pause(self):
+        for proc in (self.fe, self.be):
+            os.killpg(proc.p.pid, signal.SIGSTOP)
+
+    def resume(self):
+        for proc in (self.be, self.fe):
+            os.killpg(proc.p.pid, signal.SIGCONT)
+
+    def close(self):
+        for proc in (self.fe, self.be):
+            if not proc:
+                continue
+            if proc.p.poll() is None:
+                os.killpg(proc.p.pid, signal.SIGCONT)  # a stopped process cannot quit
+                if proc is self.fe:
+                    try:
+                        proc.command("stop")
+                        proc.command("quit")
+                    except OSError:
+                        pass
+            proc.stop()
+
+
+def run_case(case, backend, length, secs, work):
+    """One round of one backend alone: (per-second rates, backend CPU %)."""
+    rig = Rig(case, backend, length, work)
     try:
-        fe.command("start")
-        # Warm-up: connection, learning, rings filled. The window opens once frames flow:
-        # DPDK's vhost PMD takes 1-4 s here to map the frontend's memory (4 KiB pages), and
-        # a fixed warm-up shorter than that averaged seconds of nothing into its figure.
-        blocks = wait_flowing(fe, ports, *measured)
         time.sleep(1)
-        # A reading every second: the reference machine changes state every few seconds,
-        # and per-second rates show it where one figure for the window would average it
-        # away.
-        times = []
-        cpu0 = be.cpu_seconds()
-        for _ in range(secs + 1):
-            if times:
-                time.sleep(max(0.0, times[0] + len(times) - time.time()))
-            fe.command("show port stats all")
-            times.append(time.time())
-        cpu1 = be.cpu_seconds()
-        if not wait_blocks(fe, blocks + len(times) * ports):
-            raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
-        fe.command("stop")
-        fe.command("quit")
+        return rig.measure(secs)
     finally:
-        fe.stop()
-        be.stop()
-    counts = port_counts(fe.text(), *measured)[-len(times):]
-    if len(counts) < len(times):
-        raise RuntimeError(f"no stats from the frontend; see {fe.log_path}")
-    per_second = [(c1 - c0) / (t1 - t0) for c0, c1, t0, t1 in zip(counts, counts[1:], times, times[1:])]
-    window = times[-1] - times[0]
-    return (counts[-1] - counts[0]) / window, (cpu1 - cpu0) / window * 100, per_second
+        rig.close()
+
+
+def run_interleaved(case, length, turns, secs, work, probe):
+    """Both backends set up at once, taking turns of `secs` seconds on the CPUs while the
+    other rig is stopped: {backend: [Run per turn]}. Turns seconds
+    apart see the same machine; rounds a minute apart did not (see the module's notes)."""
+    rigs, result = {}, {"prism": [], "dpdk": []}
+    try:
+        for backend in ("prism", "dpdk"):
+            rigs[backend] = Rig(case, backend, length, work)
+            rigs[backend].pause()
+        for turn in range(turns):
+            # Who goes first alternates: a turn's first second after a switch may differ.
+            order = ("prism", "dpdk") if turn % 2 == 0 else ("dpdk", "prism")
+            for backend in order:
+                before = core_to_core_ns(probe)
+                rig = rigs[backend]
+                rig.resume()
+                time.sleep(SETTLE_SECS)
+                rates, cpu = rig.measure(secs)
+                rig.pause()
+                run = Run(rates, cpu, (before, core_to_core_ns(probe)))
+                result[backend].append(run)
+                log(f"({case}) {length} B turn {turn + 1}/{turns} {backend}: per second "
+                    + " ".join(f"{r / 1e6:.2f}" for r in rates) + f" Mpps, backend CPU {cpu:.0f}%"
+                    + run.c2c_text())
+    finally:
+        for rig in rigs.values():
+            rig.close()
+    return result
 
 
 def build_probe(work):
@@ -292,8 +391,12 @@ def percentile(values, fraction):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--secs", type=int, default=10)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--mode", choices=("interleaved", "rounds"), default="interleaved",
+                    help="interleaved (default): both backends set up at once, taking turns of "
+                         "--secs on the CPUs, the other one stopped; rounds: each backend started "
+                         "alone per round, the two taking turns")
+    ap.add_argument("--secs", type=int, help="seconds measured per turn (default 2) or round (default 10)")
+    ap.add_argument("--repeat", type=int, help="turns per backend (default 10) or rounds (default 3)")
     ap.add_argument("--only", default="a,b,c")
     ap.add_argument("--frames", help="only these frame sizes, e.g. 64 or 64,9000 (default: all)")
     ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
@@ -306,6 +409,12 @@ def main():
                     help="prism-vnic's receiving port in (a): discard (dropped at the switch, "
                          "as testpmd's rxonly does) or sink (a NIC model that classifies first)")
     args = ap.parse_args()
+    if args.secs is None:
+        args.secs = 2 if args.mode == "interleaved" else 10
+    if args.repeat is None:
+        args.repeat = 10 if args.mode == "interleaved" else 3
+    if args.secs < 1 or args.repeat < 1:
+        sys.exit("vs_dpdk: --secs and --repeat must be at least 1")
     global BUSY_POLL_US, LINK_RATE, A_RECEIVER
     A_RECEIVER = args.a_receiver
     BUSY_POLL_US = args.busy_poll_us
@@ -324,67 +433,90 @@ def main():
     rows = []
     if args.logs:
         os.makedirs(args.logs, exist_ok=True)
-    probes = {"prism": [], "dpdk": []}
     with tempfile.TemporaryDirectory(prefix="vs-dpdk-") as tmp:
         work = args.logs or tmp
         probe = build_probe(tmp)
         for case, length in cases:
+            if args.mode == "interleaved":
+                try:
+                    result = run_interleaved(case, length, args.repeat, args.secs, work, probe)
+                except RuntimeError as e:
+                    log(f"({case}) {length} B failed: {e}")
+                    result = {"prism": [], "dpdk": []}
+                rows.append((case, length, result))
+                continue
             result = {"prism": [], "dpdk": []}
             # The two backends take turns, so a change in the machine's load between runs
             # falls on both figures alike.
             for i in range(args.repeat):
                 for backend in ("prism", "dpdk"):
-                    c2c = core_to_core_ns(probe)
-                    state = f", core-to-core {c2c:.0f} ns before" if c2c is not None else ""
-                    if c2c is not None:
-                        probes[backend].append(c2c)
                     log(f"({case}) {length} B {backend} run {i + 1}/{args.repeat} ...")
+                    before = core_to_core_ns(probe)
                     try:
-                        pps, cpu, per_second = run_case(case, backend, length, args.secs, work)
-                        spread = "-".join(f"{r / 1e6:.2f}" for r in (min(per_second), max(per_second)))
-                        log(f"  {pps / 1e6:.2f} Mpps (per second {spread}), backend CPU {cpu:.0f}%{state}")
-                        result[backend].append((pps, cpu, per_second))
+                        rates, cpu = run_case(case, backend, length, args.secs, work)
                     except RuntimeError as e:
                         log(f"  failed: {e}")
                         result[backend].append(None)  # keeps the rounds aligned for pairing
+                        continue
+                    run = Run(rates, cpu, (before, core_to_core_ns(probe)))
+                    log(f"  {statistics.mean(rates) / 1e6:.2f} Mpps (per second {min(rates) / 1e6:.2f}-"
+                        f"{max(rates) / 1e6:.2f}), backend CPU {cpu:.0f}%{run.c2c_text()}")
+                    result[backend].append(run)
             rows.append((case, length, result))
-    # Rates are pooled per second over every round of a backend: the reference machine
-    # changes state every few seconds, both backends moving up to 3x, so the median of a few
-    # rounds' means drew lots; the median of many seconds, taken in
-    # turns by both, is what each typically does here. Three ratios: of those medians; of
-    # the 90th percentiles (the machine's fast state: other load only ever slows a second
-    # down); and the median of each round's pair of means (the two runs of a round are the
-    # likeliest to share a state).
+    print_summary(rows)
+
+
+def print_summary(rows):
+    # Rates are pooled per second over every turn of a backend, and three ratios given: of
+    # the medians; of the 90th percentiles; and the median of each turn's pair of means (a
+    # pair runs seconds apart, the likeliest to share the machine's state). Then the same by
+    # where the host had put the two vCPUs, as the probes around each turn saw it: the
+    # reference machine moves them between near and far cores every few tens of seconds, and
+    # every figure with them, both backends alike (up to 3x at 64 B).
     print(f"{'case':<5} {'frame':>6} | {'prism-vnic Mpps/s (p10/med/p90)':>31} {'CPU%':>5} | "
           f"{'DPDK vhost Mpps/s (p10/med/p90)':>31} {'CPU%':>5} | {'ratio':>5} {'p90':>5} {'paired':>6} "
           f"{'Gbit/s':>7}")
     for case, length, result in rows:
-        pairs = [p[0] / d[0] for p, d in zip(result["prism"], result["dpdk"]) if p and d and d[0]]
-        paired = statistics.median(pairs) if pairs else 0.0
-
-        def summary(runs):
-            runs = [r for r in runs if r]
-            if not runs:
-                return "failed", 0.0, 0.0, 0.0
-            seconds = [rate for r in runs for rate in r[2]]
-            cpu = statistics.median(r[1] for r in runs)
-            low, mid, high = (percentile(seconds, f) for f in (0.1, 0.5, 0.9))
-            text = f"{low / 1e6:.2f}/{mid / 1e6:.2f}/{high / 1e6:.2f}"
-            return text, mid, high, cpu
-        p_text, p_med, p_high, p_cpu = summary(result.get("prism"))
-        d_text, d_med, d_high, d_cpu = summary(result.get("dpdk"))
+        p_text, p_med, p_high, p_cpu = per_second_summary(result["prism"])
+        d_text, d_med, d_high, d_cpu = per_second_summary(result["dpdk"])
         ratio = p_med / d_med if d_med else 0.0
         fast = p_high / d_high if d_high else 0.0
         gbps = p_med * length * 8 / 1e9
         print(f"({case})  {length:>6} | {p_text:>31} {p_cpu:>5.0f} | {d_text:>31} {d_cpu:>5.0f} | "
-              f"{ratio:>5.2f} {fast:>5.2f} {paired:>6.2f} {gbps:>7.1f}")
-    for backend, name in (("prism", "prism-vnic"), ("dpdk", "DPDK")):
-        if probes[backend]:
-            values = probes[backend]
-            print(f"machine state before {name}'s rounds: core-to-core "
-                  f"{min(values):.0f}/{statistics.median(values):.0f}/{max(values):.0f} ns "
-                  f"(min/median/max of {len(values)})")
+              f"{ratio:>5.2f} {fast:>5.2f} {paired_ratio(result['prism'], result['dpdk']):>6.2f} {gbps:>7.1f}")
+        for where in ("near", "far"):
+            pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
+                     if p and d and p.placement() == where and d.placement() == where]
+            if not pairs:
+                continue
+            prism, dpdk = [p for p, _ in pairs], [d for _, d in pairs]
+            p_med, d_med = per_second_summary(prism)[1], per_second_summary(dpdk)[1]
+            print(f"{'':<5} {'':>6} | {where} cores, {len(pairs)} pairs: prism-vnic {p_med / 1e6:.2f}, "
+                  f"DPDK {d_med / 1e6:.2f} Mpps/s (medians): ratio {p_med / d_med if d_med else 0.0:.2f}, "
+                  f"paired {paired_ratio(prism, dpdk):.2f}")
+    probes = [c for _, _, result in rows for runs in result.values() for r in runs if r for c in r.c2c
+              if c is not None]
+    if probes:
+        print(f"core-to-core around the turns: {min(probes):.0f}/{statistics.median(probes):.0f}/"
+              f"{max(probes):.0f} ns (min/median/max of {len(probes)}); near below {NEAR_NS} ns")
 
+
+def per_second_summary(runs):
+    """(text, median, 90th percentile, CPU %) of the per-second rates of `runs`."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return "failed", 0.0, 0.0, 0.0
+    seconds = [rate for r in runs for rate in r.rates]
+    cpu = statistics.median(r.cpu for r in runs)
+    low, mid, high = (percentile(seconds, f) for f in (0.1, 0.5, 0.9))
+    return f"{low / 1e6:.2f}/{mid / 1e6:.2f}/{high / 1e6:.2f}", mid, high, cpu
+
+
+def paired_ratio(prism, dpdk):
+    """The median of the turn-by-turn ratios of the two backends' mean rates."""
+    ratios = [statistics.mean(p.rates) / statistics.mean(d.rates)
+              for p, d in zip(prism, dpdk) if p and d and statistics.mean(d.rates)]
+    return statistics.median(ratios) if ratios else 0.0
 
 if __name__ == "__main__":
     main()
