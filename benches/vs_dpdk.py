@@ -35,6 +35,7 @@ Usage: benches/vs_dpdk.py [--mode interleaved|rounds] [--secs N] [--repeat N] [-
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,8 @@ SETTLE_SECS = 0.5
 # The core-to-core probe is bimodal on the reference machine (an AMD EPYC VM): 25-55 ns when
 # the host runs the two vCPUs on cores that share a cache, 170-215 ns when it does not.
 NEAR_NS = 100
+# Issue 2's targets: prism-vnic's packet rate as a multiple of DPDK's.
+TARGETS = {("a", 64): 0.8, ("b", 64): 0.8, ("c", 64): 0.8, ("c", 9000): 1.0}
 
 
 class Run:
@@ -400,6 +403,8 @@ def main():
     ap.add_argument("--only", default="a,b,c")
     ap.add_argument("--frames", help="only these frame sizes, e.g. 64 or 64,9000 (default: all)")
     ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
+    ap.add_argument("--out", default=os.path.join(REPO, "benches", "out"),
+                    help="where vs_dpdk.json and the plots go (default benches/out)")
     ap.add_argument("--link-rate", default="0",
                     help="prism-vnic's --link-rate (default 0: unpaced, as DPDK's vhost PMD; "
                          "100G caps 9000-byte frames at 1.36 Mpps)")
@@ -464,6 +469,7 @@ def main():
                     result[backend].append(run)
             rows.append((case, length, result))
     print_summary(rows)
+    save(rows, args.out)
 
 
 def print_summary(rows):
@@ -517,6 +523,81 @@ def paired_ratio(prism, dpdk):
     ratios = [statistics.mean(p.rates) / statistics.mean(d.rates)
               for p, d in zip(prism, dpdk) if p and d and statistics.mean(d.rates)]
     return statistics.median(ratios) if ratios else 0.0
+
+
+def save(rows, out):
+    """Writes every turn's figures to vs_dpdk.json and draws them (matplotlib, if present):
+    vs_dpdk.png, each backend's rate turn by turn with the far-core turns shaded, and
+    vs_dpdk_ratios.png, the paired ratios overall and per placement against the targets."""
+    os.makedirs(out, exist_ok=True)
+    data = [{"case": case, "frame": length,
+             **{backend: [r and {"rates": r.rates, "cpu": r.cpu, "c2c": r.c2c, "placement": r.placement()}
+                          for r in result[backend]] for backend in ("prism", "dpdk")}}
+            for case, length, result in rows]
+    with open(os.path.join(out, "vs_dpdk.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"wrote {out}/vs_dpdk.json (matplotlib missing: no plots; "
+              "apt-get install python3-matplotlib, run with /usr/bin/python3)")
+        return
+    colours = {"prism": "tab:blue", "dpdk": "tab:orange"}
+    names = {"prism": "prism-vnic", "dpdk": "DPDK vhost PMD"}
+    cols = min(len(rows), 4)
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(rows) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, (case, length, result) in zip(axes.flat, rows):
+        for turn, (p, d) in enumerate(zip(result["prism"], result["dpdk"])):
+            if p and d and p.placement() == d.placement() == "far":
+                ax.axvspan(turn - 0.5, turn + 0.5, color="0.88", lw=0)
+        for backend in ("prism", "dpdk"):
+            # Each turn's seconds side by side within the turn's slot.
+            xs, ys = [], []
+            for turn, run in enumerate(result[backend]):
+                if run:
+                    n = len(run.rates)
+                    xs += [turn - 0.3 + 0.6 * (i + 0.5) / n for i in range(n)]
+                    ys += [r / 1e6 for r in run.rates]
+            ax.plot(xs, ys, ".", color=colours[backend], label=names[backend])
+        ax.set_title(f"({case}) {length} B: paired {paired_ratio(result['prism'], result['dpdk']):.2f}")
+        ax.set_xlabel("turn (grey: both on far cores)")
+        ax.set_ylabel("Mpps, per second")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "vs_dpdk.png"), dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 3.6))
+    width = 0.27
+    for k, (label, where) in enumerate((("all turns", None), ("near cores", "near"), ("far cores", "far"))):
+        heights = []
+        for _, _, result in rows:
+            pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
+                     if p and d and (where is None or p.placement() == d.placement() == where)]
+            heights.append(paired_ratio([p for p, _ in pairs], [d for _, d in pairs]) if pairs else 0.0)
+        ax.bar([i + (k - 1) * width for i in range(len(rows))], heights, width, label=label)
+    for i, (case, length, _) in enumerate(rows):
+        target = TARGETS.get((case, length))
+        if target:
+            ax.hlines(target, i - 1.5 * width, i + 1.5 * width, colors="red")
+    ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+    ax.set_xticks(range(len(rows)), [f"({c}) {n} B" for c, n, _ in rows])
+    ax.set_ylabel("prism-vnic / DPDK, paired")
+    ax.set_title("Packet rate against DPDK's vhost PMD (red: target)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "vs_dpdk_ratios.png"), dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}/vs_dpdk.json, {out}/vs_dpdk.png and {out}/vs_dpdk_ratios.png")
+
 
 if __name__ == "__main__":
     main()
