@@ -7,6 +7,7 @@ use std::thread;
 use etherparse::PacketBuilder;
 
 use crate::nic::TxFrame;
+use crate::nic::burst::BURST_FRAMES;
 use crate::packet::offload::Offload;
 use crate::stats;
 use crate::switch::PortId;
@@ -52,6 +53,26 @@ pub fn build_frame(spec: &GeneratorSpec, flow: u16) -> Vec<u8> {
     frame
 }
 
+/// The most frames a generator sends between two flushes: a NIC's full burst. Receivers are
+/// notified once per batch, as a NIC's TX engine would (not per frame), so an unpaced
+/// generator sends full batches: the flush, the ring's lock and its publication are paid
+/// once per 64 frames (32 was 4-6% slower at 64 bytes, both builds at once).
+const BATCH_MAX: usize = BURST_FRAMES;
+
+/// How many frames to send now, `elapsed_ns` after the start with `sent` sent so far: a
+/// full batch unpaced (`pps` 0); paced, every frame due by now (frame `k` is due at
+/// `k / pps` s), at least one and at most a batch. A paced flow thus goes out as evenly
+/// as the thread wakes, not in batches of 64 (an EF flow of 1000 pps measured in bursts
+/// would queue behind itself).
+fn frames_due(elapsed_ns: u128, pps: u64, sent: u64) -> usize {
+    if pps == 0 {
+        return BATCH_MAX;
+    }
+    let due = elapsed_ns * u128::from(pps) / 1_000_000_000 + 1;
+    due.saturating_sub(u128::from(sent))
+        .clamp(1, BATCH_MAX as u128) as usize
+}
+
 /// Starts the generator thread for port `port`.
 pub fn spawn(
     fabric: Arc<Fabric>,
@@ -67,8 +88,6 @@ pub fn spawn(
         let Some(counters) = fabric.ports[port].queue_counters.first().cloned() else {
             return;
         };
-        // Notify receivers once per batch, as a NIC's TX engine would (not per frame).
-        const BATCH: usize = 32;
         let flows = frames.len();
         let mut next = 0;
         let start = std::time::Instant::now();
@@ -76,16 +95,17 @@ pub fn spawn(
         // SAFETY: prctl(PR_SET_TIMERSLACK) only affects this thread; paced sleeps are short.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
         loop {
-            // Pace: the batch goes when its first frame is due.
+            // Pace: sleep until the next frame is due, then send every frame due by now.
             if let Some(due_ns) = sent.saturating_mul(1_000_000_000).checked_div(spec.pps)
                 && let Some(wait) =
                     std::time::Duration::from_nanos(due_ns).checked_sub(start.elapsed())
             {
                 thread::sleep(wait);
             }
-            sent += BATCH as u64;
+            let batch = frames_due(start.elapsed().as_nanos(), spec.pps, sent);
+            sent += batch as u64;
             let mut bytes = 0;
-            for _ in 0..BATCH {
+            for _ in 0..batch {
                 let frame = &mut frames[next];
                 // Not `% flows`: a division per frame was 5% of this loop.
                 next += 1;
@@ -104,7 +124,7 @@ pub fn spawn(
             // Once per batch: the counters live in memory the stats reader shares, and two
             // read-modify-writes per frame were 2% of the thread at 64 bytes. This thread
             // is their only writer.
-            stats::add_single_writer(&counters.tx_packets, BATCH as u64);
+            stats::add_single_writer(&counters.tx_packets, batch as u64);
             stats::add_single_writer(&counters.tx_bytes, bytes);
             fabric.flush(&mut scratch);
         }
@@ -114,6 +134,26 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unpaced_generator_sends_full_batches() {
+        assert_eq!(frames_due(0, 0, 0), BATCH_MAX);
+        assert_eq!(frames_due(123_456_789, 0, 1 << 40), BATCH_MAX);
+    }
+
+    #[test]
+    fn a_paced_generator_sends_what_is_due_and_no_more() {
+        // 1000 pps: frame k is due at k ms.
+        assert_eq!(frames_due(0, 1000, 0), 1, "frame 0 at once");
+        assert_eq!(frames_due(500_000, 1000, 1), 1, "early wake-up: still one");
+        assert_eq!(frames_due(1_000_000, 1000, 1), 1, "frame 1 at 1 ms");
+        assert_eq!(frames_due(4_999_999, 1000, 2), 3, "late: frames 2, 3 and 4");
+        assert_eq!(
+            frames_due(1_000_000_000, 1000, 5),
+            BATCH_MAX,
+            "far behind: a batch"
+        );
+    }
 
     #[test]
     fn frames_have_the_requested_length_and_flow() {
