@@ -491,13 +491,11 @@ def print_summary(rows):
         print(f"({case})  {length:>6} | {p_text:>31} {p_cpu:>5.0f} | {d_text:>31} {d_cpu:>5.0f} | "
               f"{ratio:>5.2f} {fast:>5.2f} {paired_ratio(result['prism'], result['dpdk']):>6.2f} {gbps:>7.1f}")
         for where in ("near", "far"):
-            pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
-                     if p and d and p.placement() == where and d.placement() == where]
-            if not pairs:
+            prism, dpdk = pairs_at(result, where)
+            if not prism:
                 continue
-            prism, dpdk = [p for p, _ in pairs], [d for _, d in pairs]
             p_med, d_med = per_second_summary(prism)[1], per_second_summary(dpdk)[1]
-            print(f"{'':<5} {'':>6} | {where} cores, {len(pairs)} pairs: prism-vnic {p_med / 1e6:.2f}, "
+            print(f"{'':<5} {'':>6} | {where} cores, {len(prism)} pairs: prism-vnic {p_med / 1e6:.2f}, "
                   f"DPDK {d_med / 1e6:.2f} Mpps/s (medians): ratio {p_med / d_med if d_med else 0.0:.2f}, "
                   f"paired {paired_ratio(prism, dpdk):.2f}")
     probes = [c for _, _, result in rows for runs in result.values() for r in runs if r for c in r.c2c
@@ -505,6 +503,14 @@ def print_summary(rows):
     if probes:
         print(f"core-to-core around the turns: {min(probes):.0f}/{statistics.median(probes):.0f}/"
               f"{max(probes):.0f} ns (min/median/max of {len(probes)}); near below {NEAR_NS} ns")
+
+
+def pairs_at(result, where=None):
+    """The turn pairs (prism-vnic's runs, DPDK's runs) in which both backends ran with the
+    vCPUs at `where` (near or far; None: every pair that both completed)."""
+    pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
+             if p and d and (where is None or p.placement() == d.placement() == where)]
+    return [p for p, _ in pairs], [d for _, d in pairs]
 
 
 def per_second_summary(runs):
@@ -547,8 +553,8 @@ def save(rows, out):
     colours = {"prism": "tab:blue", "dpdk": "tab:orange"}
     names = {"prism": "prism-vnic", "dpdk": "DPDK vhost PMD"}
     cols = min(len(rows), 4)
-    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(rows) + cols - 1) // cols)),
-                             squeeze=False)
+    grid_rows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(4 * cols, 3.2 * grid_rows), squeeze=False)
     for ax, (case, length, result) in zip(axes.flat, rows):
         for turn, (p, d) in enumerate(zip(result["prism"], result["dpdk"])):
             if p and d and p.placement() == d.placement() == "far":
@@ -579,9 +585,8 @@ def save(rows, out):
     for k, (label, where) in enumerate((("all turns", None), ("near cores", "near"), ("far cores", "far"))):
         heights = []
         for _, _, result in rows:
-            pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
-                     if p and d and (where is None or p.placement() == d.placement() == where)]
-            heights.append(paired_ratio([p for p, _ in pairs], [d for _, d in pairs]) if pairs else 0.0)
+            prism, dpdk = pairs_at(result, where)
+            heights.append(paired_ratio(prism, dpdk))
         ax.bar([i + (k - 1) * width for i in range(len(rows))], heights, width, label=label)
     for i, (case, length, _) in enumerate(rows):
         target = TARGETS.get((case, length))

@@ -384,10 +384,10 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
         return;
     }
     let split = frame_len > SPLIT_FROM_LEN;
-    if frame_len <= STAGE_MAX_LEN && !scratch.arena.has_room(len) {
-        restart_arena(scratch, sender.fabric);
-    }
     let placed = if frame_len <= STAGE_MAX_LEN {
+        if !scratch.arena.has_room(len) {
+            restart_arena(scratch, sender.fabric);
+        }
         scratch.arena.place(len)
     } else {
         None
