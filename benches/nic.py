@@ -17,7 +17,7 @@ VM, no frontend: what is measured is the switch and the NIC).
    residence is theirs). Prints p50/p99/p99.9 and draws the CDFs to benches/out/residence.png.
 
 Usage: benches/nic.py [--secs 5] [--repeat 3] [--link-rate 100M] [--only rules|residence]
-Environment: PRISM_VNIC_BIN=path/to/prism-vnic (default: target/release/prism-vnic).
+Environment: PRISM_VNIC=path/to/prism-vnic (default: target/release/prism-vnic).
 """
 
 import argparse
@@ -29,9 +29,12 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# PRISM_VNIC_BIN: a prism-vnic binary built elsewhere (e.g. in a CARGO_TARGET_DIR of one's own).
-PRISM = os.environ.get("PRISM_VNIC_BIN") or os.path.join(REPO, "target", "release", "prism-vnic")
+from prismtb import REPO
+from prismtb.interp import ensure_system_python
+from prismtb.switch import release_binary
+
+# PRISM_VNIC (or PRISM_VNIC_BIN): a prism-vnic built elsewhere (e.g. in a CARGO_TARGET_DIR of one's own).
+PRISM = str(release_binary())
 CDF_QUANTILES = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
 
 
@@ -232,4 +235,5 @@ def priority(work, args):
 
 
 if __name__ == "__main__":
+    ensure_system_python()
     main()

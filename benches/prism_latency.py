@@ -5,7 +5,7 @@ against PRISM-batch and PRISM-sync.
     benches/prism_latency.py [--reps 3] [--secs 10] [--kernels vanilla,prism] [--smp 1]
                              [--mps 200] [--bulk-flows 2] [--no-nic-rules]
 
-The testbed is tests/overlay's (overlay_env.Overlay): prism-vnic with ports vm1 and vm2 (4
+The testbed is tests/overlay's (prismtb.overlay.Overlay): prism-vnic with ports vm1 and vm2 (4
 queue pairs), a guest on each, and in each guest vxlan0 (id 42, dstport 4789) and a container
 veth (MTU 1450) on br0, the container being netns c1 (192.168.42.N). In each measurement:
 
@@ -40,11 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "overlay"))
-
-from overlay_env import (CONTAINER, KNOBS, RX0_FLAG, GuestError, Overlay,  # noqa: E402
-                         OverlayError, SwitchError, build_initramfs, build_kernel, parse_sockperf)
+from prismtb import REPO
+from prismtb.interp import ensure_system_python
+from prismtb.overlay import (CONTAINER, KNOBS, RX0_FLAG, GuestError, Overlay, OverlayError,
+                             SwitchError, build_initramfs, build_kernel, parse_sockperf)
 
 OUT = REPO / "benches" / "out"
 PRIO_PORT, BULK_PORT = 11111, 5301
@@ -226,4 +225,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    ensure_system_python()
     sys.exit(main())

@@ -47,8 +47,11 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRISM = os.path.join(REPO, "target", "release", "prism-vnic")
+from prismtb import REPO
+from prismtb.interp import ensure_system_python
+from prismtb.switch import release_binary
+
+PRISM = str(release_binary())
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"
 BUSY_POLL_US = 0
@@ -605,4 +608,5 @@ def save(rows, out):
 
 
 if __name__ == "__main__":
+    ensure_system_python()
     main()

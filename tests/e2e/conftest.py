@@ -1,70 +1,30 @@
 """Fixtures for the end-to-end tests: a vhost-user backend (prism-vnic) and QEMU guests on it.
 
-Run: python3 -m pytest tests/e2e -v      (as root: QEMU, memfd, /var/cache)
-Against a stand-in backend: PRISM_SWITCH_CMD=... PRISM_SWITCH_EXIT_OK=0,-15 (see switch.py).
-The only reason these tests skip is a missing QEMU; a missing prism-vnic is a failure.
-Console and backend logs: tests/e2e/out/<test module>/.
+Run: tests/run -k e2e, or /usr/bin/python3 -m pytest tests/e2e -v   (as root: QEMU, memfd,
+/var/cache). Against a stand-in backend: PRISM_SWITCH_CMD=... PRISM_SWITCH_EXIT_OK=0,-15
+(see prismtb.switch). The only reason these tests skip is a missing QEMU; a missing
+prism-vnic is a failure. Console and backend logs: tests/e2e/out/<test module>/.
+(report, out_dir and qemu_binary come from tests/conftest.py.)
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from switch import Switch, SwitchError
-from vm import REPO, Guest, GuestConfig
-from session import Figures, lower_priority
-
-OUT_ROOT = Path(__file__).resolve().parent / "out"
-
-_figures = Figures("e2e figures")
-
-
-def pytest_configure(config):
-    lower_priority()
-
-
-def pytest_terminal_summary(terminalreporter):
-    _figures.summarize(terminalreporter)
-
-
-@pytest.fixture(scope="session")
-def report():
-    """report(line): records a figure for the terminal summary (and prints it for -s)."""
-    return _figures.add
-
-
-@pytest.fixture(scope="session")
-def qemu_binary() -> str:
-    name = os.environ.get("PRISM_QEMU", "qemu-system-x86_64")
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"QEMU missing: {name} not found (apt-get install qemu-system-x86, "
-                    "see .ci/install-deps)")
-    return path
+from prismtb.guest import Guest, GuestConfig
+from prismtb.image import ImageError, build_initramfs
+from prismtb.switch import Switch, SwitchError
 
 
 @pytest.fixture(scope="session")
 def initramfs(qemu_binary) -> str:
     """The guest image for the default kernel, built once (cached by content across runs)."""
-    res = subprocess.run([str(REPO / "images" / "build-initramfs")], capture_output=True,
-                         text=True, timeout=900)
-    if res.returncode != 0:
-        pytest.fail(f"images/build-initramfs failed ({res.returncode}):\n{res.stderr}")
-    return res.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def out_dir(request) -> Path:
-    """tests/e2e/out/<module>/, emptied first so every file in it is from this run."""
-    d = OUT_ROOT / Path(request.module.__file__).stem
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    return d
+    try:
+        return str(build_initramfs(no_modules=False))
+    except ImageError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="module")

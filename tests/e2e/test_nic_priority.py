@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from vm import Guest
+from prismtb.guest import Guest
 
 QUEUES = 4
 VM1_IP, VM2_IP = "10.0.0.1", "10.0.0.2"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from vm import Guest, GuestError
+from prismtb.guest import Guest, GuestError
 
 VM1_IP, VM2_IP = "10.0.0.1", "10.0.0.2"
 PREFIX = 24

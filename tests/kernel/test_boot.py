@@ -8,7 +8,7 @@ sanitizer report (dmesg_clean). Console logs are kept in tests/kernel/out/.
 
 import pytest
 
-from conftest import boot
+from prismtb.kernel import boot
 
 OVERLAY_TRAFFIC = [
     "overlay_up", "servers_up",

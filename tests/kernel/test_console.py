@@ -1,6 +1,6 @@
 """The console protocol's parser (no guest needed)."""
 
-from conftest import protocol_lines
+from prismtb.parsers import protocol_lines
 
 
 def test_a_kernel_message_in_the_middle_of_a_check_line_is_taken_out():

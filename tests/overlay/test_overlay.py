@@ -2,7 +2,7 @@
 
 Each guest is one "host" of the PRISM experiment: eth0 on a prism-vnic port (4 queue pairs) is
 the underlay; vxlan0 (id 42, dstport 4789) and the container's veth (MTU 1450) sit on br0; the
-container is netns c1 with 192.168.42.N/24 (topology in overlay_env.py). The guests boot once
+container is netns c1 with 192.168.42.N/24 (topology in prismtb.overlay). The guests boot once
 for the module. Ports used by the iperf3 servers in both containers:
 
     5201  marked by the port table (net.core.prism_ports)
@@ -21,7 +21,7 @@ import shlex
 
 import pytest
 
-from overlay_env import CONTAINER, KNOBS, RX0_FLAG, Overlay, iperf_udp_summary
+from prismtb.overlay import CONTAINER, KNOBS, RX0_FLAG, Overlay, iperf_udp_summary
 
 MODES = [0, 1, 2]
 MODE_IDS = ["vanilla", "batch", "sync"]

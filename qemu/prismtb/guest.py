@@ -20,15 +20,18 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import die_with_parent
+from . import REPO
+from .parsers import vcpu_threads
+from .procs import die_with_parent, pid_alive
+from .shell import Shell
 
-REPO = Path(__file__).resolve().parents[2]
 QEMU_VM = REPO / "qemu" / "vm"
 
 READY_RE = re.compile(r"PRISM-GUEST-(READY|FAILED)([^\r\n]*)")
@@ -58,11 +61,13 @@ class GuestConfig:
     initrd: str | None = None
     append: str | None = None
     extra_qemu_args: list[str] = field(default_factory=list)
+    # "stdio", or a unix socket path QEMU listens on (then QEMU also logs to PATH.log).
+    console: str = "stdio"
 
     def command(self) -> list[str]:
         cmd = [str(QEMU_VM), "--name", self.name, "--socket", str(self.socket),
                "--queues", str(self.queues), "--smp", str(self.smp), "--mem", self.mem,
-               "--console", "stdio"]
+               "--console", self.console]
         if self.ip:
             cmd += ["--ip", self.ip]
         if self.kernel:
@@ -76,7 +81,7 @@ class GuestConfig:
         return cmd
 
 
-class Guest:
+class Guest(Shell):
     def __init__(self, config: GuestConfig, out_dir: Path):
         self.config = config
         self.name = config.name
@@ -84,7 +89,11 @@ class Guest:
         self.console_log_path = out_dir / f"{self.name}.console.log"
         self.qemu_log_path = out_dir / f"{self.name}.qemu.log"
         self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.starts = 0
+        self._sock: socket.socket | None = None
+        self._writer = None
+        self._generation = 0
         self._buf = ""  # console text since the last start, \r removed
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
@@ -94,51 +103,131 @@ class Guest:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts QEMU (again, after kill(): same socket, same name, logs appended)."""
-        if self.proc is not None and self.proc.poll() is None:
-            raise GuestError(f"{self.name}: already running (pid {self.proc.pid})")
-        self.starts += 1
-        banner = f"\n===== {self.name} start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n"
-        mode = "w" if self.starts == 1 else "a"
-        with open(self.console_log_path, mode) as f:
-            f.write(banner)
-        qemu_log = open(self.qemu_log_path, mode)
-        qemu_log.write(banner + "command: " + shlex.join(self.config.command()) + "\n")
-        qemu_log.flush()
-        with self._cond:
-            self._buf = ""
-        self.ready_line = None
+        """Starts QEMU (again, after kill(): same socket, same name, logs appended), its
+        console on our pipes; QEMU dies with this process."""
+        if self.alive():
+            raise GuestError(f"{self.name}: already running (pid {self.pid})")
+        self.config.console = "stdio"
+        qemu_log = self._new_start()
         # New session: a test runner's Ctrl-C does not reach QEMU, the finalizers kill it.
         self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=qemu_log,
                                      start_new_session=True, bufsize=0,
                                      preexec_fn=die_with_parent)
         qemu_log.close()
-        self._reader = threading.Thread(target=self._read_console, args=(self.proc,),
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        stdin = self.proc.stdin
+        self._writer = lambda data: (stdin.write(data), stdin.flush())
+        self._start_reader(self.proc.stdout.fileno(), log=True)
+
+    def start_detached(self, console: Path, timeout: float = 60.0) -> int:
+        """Starts QEMU in a session of its own that outlives this process (the testbed's
+        guests): its console is the unix socket `console`, which attach() connects to, and
+        QEMU logs everything the console prints to console.log. Returns QEMU's pid."""
+        if self.alive():
+            raise GuestError(f"{self.name}: already running (pid {self.pid})")
+        self.config.console = str(console)
+        self.console_log_path = Path(f"{console}.log")
+        qemu_log = self._new_start()
+        self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.DEVNULL,
+                                     stdout=qemu_log, stderr=qemu_log, start_new_session=True)
+        qemu_log.close()
+        self.pid = self.proc.pid
+        self.attach(console, self.pid, timeout)
+        return self.pid
+
+    def attach(self, console: Path, pid: int, timeout: float = 60.0) -> None:
+        """Drives a guest started by start_detached (possibly by another process) through
+        its console socket. What the console printed before is read from console.log."""
+        self.pid = pid
+        self.console_log_path = Path(f"{console}.log")
+        deadline = time.monotonic() + timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                sock.connect(str(console))
+                break
+            except OSError as e:
+                if not self.alive():
+                    sock.close()
+                    raise GuestError(self._describe_failure("QEMU exited before its console "
+                                                            "socket accepted a connection")) from e
+                if time.monotonic() > deadline:
+                    sock.close()
+                    raise GuestError(self._describe_failure(
+                        f"console socket {console} not accepting after {timeout:.0f} s ({e})")) from e
+                time.sleep(0.1)
+        self._sock = sock
+        self._writer = sock.sendall
+        try:
+            before = self.console_log_path.read_text(errors="replace").replace("\r", "")
+        except OSError:
+            before = ""
+        with self._cond:
+            self._buf = before
+        self._start_reader(sock.fileno(), log=False)
+
+    def _new_start(self):
+        """Starts a new generation of console text and logs; returns QEMU's log, open."""
+        self.starts += 1
+        banner = f"\n===== {self.name} start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n"
+        mode = "w" if self.starts == 1 else "a"
+        if self.config.console == "stdio":
+            with open(self.console_log_path, mode) as f:
+                f.write(banner)
+        qemu_log = open(self.qemu_log_path, mode)
+        qemu_log.write(banner + "command: " + shlex.join(self.config.command()) + "\n")
+        qemu_log.flush()
+        with self._cond:
+            self._buf = ""
+        self.ready_line = None
+        return qemu_log
+
+    def _start_reader(self, fd: int, log: bool) -> None:
+        self._generation += 1
+        self._reader = threading.Thread(target=self._read_console, args=(fd, self._generation, log),
                                         name=f"console-{self.name}", daemon=True)
         self._reader.start()
 
-    def _read_console(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        with open(self.console_log_path, "ab", buffering=0) as log:
+    def _read_console(self, fd: int, generation: int, log: bool) -> None:
+        with open(self.console_log_path, "ab", buffering=0) if log else open(os.devnull, "wb") as out:
             while True:
-                chunk = os.read(proc.stdout.fileno(), 65536)
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
                 if not chunk:
                     break
-                log.write(chunk)
+                out.write(chunk)
                 text = chunk.decode("utf-8", errors="replace").replace("\r", "")
                 with self._cond:
-                    if proc is self.proc:
+                    if generation == self._generation:
                         self._buf += text
                     self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    def detach(self) -> None:
+        """Stops driving a detached guest (closes the console connection); QEMU runs on."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self._reader is not None:
+            self._reader.join(timeout=10)
 
     def kill(self) -> None:
         """SIGKILLs QEMU (no shutdown: the backend sees the connection drop) and reaps it."""
+        self.detach()
         proc = self.proc
         if proc is None:
             return
@@ -206,10 +295,12 @@ class Guest:
         return line
 
     def send(self, text: str) -> None:
-        if not self.alive() or self.proc is None or self.proc.stdin is None:
+        if not self.alive() or self._writer is None:
             raise GuestError(self._describe_failure("cannot write to the console"))
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
+        try:
+            self._writer(text.encode())
+        except OSError as e:
+            raise GuestError(self._describe_failure(f"cannot write to the console ({e})")) from e
 
     def run(self, cmd: str, timeout: float = COMMAND_TIMEOUT,
             strip_kernel_lines: bool = False) -> tuple[int, str]:
@@ -254,9 +345,26 @@ class Guest:
         path.write_text(out + "\n")
         return path
 
-    def check(self, cmd: str, timeout: float = COMMAND_TIMEOUT) -> str:
-        """run() that raises GuestError unless the command exits 0."""
-        rc, out = self.run(cmd, timeout)
-        if rc != 0:
-            raise GuestError(f"{self.name}: `{cmd}` exited {rc}:\n{out}")
-        return out
+    def pin_vcpus(self, cpus: list[int]) -> dict[int, int]:
+        """Pins vCPU i's QEMU thread to host CPU cpus[i % len(cpus)]; returns {vCPU: host CPU}.
+        The threads are QEMU's "CPU N/TCG" (or /KVM) threads, found by name in /proc."""
+        if not self.alive() or self.proc is None or not cpus:
+            raise GuestError(self._describe_failure("cannot pin the vCPUs of a guest that is not running"))
+        deadline = time.monotonic() + 60
+        while True:
+            threads = vcpu_threads(Path(f"/proc/{self.proc.pid}/task"))
+            if len(threads) >= self.config.smp:
+                break
+            if time.monotonic() > deadline:
+                raise GuestError(self._describe_failure(
+                    f"found {len(threads)} vCPU threads of {self.config.smp} after 60 s"))
+            time.sleep(0.2)
+        placed: dict[int, int] = {}
+        for vcpu, tid in sorted(threads.items()):
+            cpu = cpus[vcpu % len(cpus)]
+            os.sched_setaffinity(tid, {cpu})
+            placed[vcpu] = cpu
+        return placed
+
+    def error(self, message: str) -> Exception:
+        return GuestError(message)

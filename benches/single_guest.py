@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Single-guest latency benchmark of the PRISM modes (a stand-in until the two-guest one runs).
 
-    tests/kernel/bench-single-guest [--reps 3] [--secs 10] [--json OUT]
+    benches/single_guest.py [--reps 3] [--secs 10] [--json OUT]
 
 Boots one guest with one vCPU (TCG) per kernel: the vanilla flavour, then the prism flavour.
 Inside, two netns "hosts" joined by a veth underlay carry a VXLAN overlay (dstport 4789) with a
@@ -20,24 +20,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import GUEST_DIR, TOP, boot, build_kernel  # noqa: E402
+from prismtb.image import kernel_test_image
+from prismtb.interp import ensure_system_python
+from prismtb.kernel import boot, build_kernel
 
 BENCH_RE = re.compile(r"^PRISM-BENCH mode=(\S+) rep=(\d+) p50_us=(\S+) p99_us=(\S+) bulk=(\S*)")
 MODE_NAMES = {"v": "vanilla kernel", "0": "prism kernel, mode 0", "1": "PRISM-batch",
               "2": "PRISM-sync"}
-
-
-def initramfs_with_sockperf(tmp: Path) -> Path:
-    inject = tmp / "prism-inject"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(inject),
-                    str(GUEST_DIR / "prism-inject.c")], check=True)
-    res = subprocess.run(
-        [str(TOP / "images" / "build-initramfs"), "--no-modules", "--extra-bin", str(inject),
-         "--extra-bin", "sockperf",
-         "--extra-file", f"{GUEST_DIR / 'prism-test'}:/prism-test/prism-test"],
-        stdout=subprocess.PIPE, text=True, check=True)
-    return Path(res.stdout.strip().splitlines()[-1])
 
 
 def run(kernel: Path, initrd: Path, name: str, modes: str, reps: int, secs: int):
@@ -64,7 +53,7 @@ def main() -> int:
 
     tmp = Path(subprocess.run(["mktemp", "-d"], stdout=subprocess.PIPE, text=True,
                               check=True).stdout.strip())
-    initrd = initramfs_with_sockperf(tmp)
+    initrd = kernel_test_image(tmp, extra_bins=["sockperf"])
     rows = run(build_kernel("vanilla"), initrd, "bench-vanilla", "v", args.reps, args.secs)
     rows += run(build_kernel("prism"), initrd, "bench-prism", "0,1,2", args.reps, args.secs)
 
@@ -93,4 +82,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    ensure_system_python()
     sys.exit(main())

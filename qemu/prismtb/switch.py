@@ -1,8 +1,10 @@
 """The vhost-user backend the guests attach to: prism-vnic, or a stand-in from PRISM_SWITCH_CMD.
+This is the one place that knows prism-vnic's flags and its control socket.
 
 By default the newest of target/release/prism-vnic and target/debug/prism-vnic runs as
 
-    prism-vnic --port vm1=DIR/vm1.sock --port vm2=DIR/vm2.sock --queues 4 --control DIR/control.sock
+    prism-vnic --port vm1=DIR/vm1.sock --port vm2=DIR/vm2.sock [--tap NAME=IFNAME]...
+               --queues 4 --control DIR/control.sock [EXTRA ARGS: --rules, --link-rate, ...]
 
 PRISM_SWITCH_CMD replaces that command line. It is a template with {vm1}, {vm2} (socket paths),
 {queues}, {control}, {dir} and {pid}, split like a shell would. PRISM_SWITCH=testpmd is a shorthand
@@ -34,9 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import die_with_parent
-
-REPO = Path(__file__).resolve().parents[2]
+from . import REPO
+from .procs import die_with_parent
 SOCKET_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -55,14 +56,33 @@ class SwitchError(Exception):
     """The backend did not start, stop or answer as its contract says."""
 
 
-def find_prism_vnic() -> Path | None:
+def find_prism_vnic(env: dict[str, str] | None = None) -> Path | None:
     """The most recently built prism-vnic binary, release or debug (PRISM_VNIC overrides)."""
-    override = os.environ.get("PRISM_VNIC")
+    override = (os.environ if env is None else env).get("PRISM_VNIC")
     if override:
         return Path(override)
     built = [p for p in (REPO / "target" / "release" / "prism-vnic",
                          REPO / "target" / "debug" / "prism-vnic") if p.is_file()]
     return max(built, key=lambda p: p.stat().st_mtime) if built else None
+
+
+def release_binary(env: dict[str, str] | None = None) -> Path:
+    """The prism-vnic a benchmark measures: PRISM_VNIC (or PRISM_VNIC_BIN), else the release
+    build (a debug build would measure the compiler's settings, not the code)."""
+    env = os.environ if env is None else env
+    override = env.get("PRISM_VNIC") or env.get("PRISM_VNIC_BIN")
+    return Path(override) if override else REPO / "target" / "release" / "prism-vnic"
+
+
+def prism_vnic_argv(binary: Path, sockets: dict[str, Path], taps: dict[str, str], queues: int,
+                    control: Path, extra_args: list[str]) -> list[str]:
+    """prism-vnic's command line: a vhost-user port per socket, a tap port per device."""
+    argv = [str(binary)]
+    for port, sock in sockets.items():
+        argv += ["--port", f"{port}={sock}"]
+    for port, ifname in taps.items():
+        argv += ["--tap", f"{port}={ifname}"]
+    return argv + ["--queues", str(queues), "--control", str(control), *extra_args]
 
 
 def _is_socket(path: Path) -> bool:
@@ -73,24 +93,36 @@ def _is_socket(path: Path) -> bool:
 
 
 class Switch:
-    def __init__(self, out_dir: Path, ports: tuple[str, ...] = ("vm1", "vm2"), queues: int = 4):
+    def __init__(self, out_dir: Path, ports: tuple[str, ...] = ("vm1", "vm2"), queues: int = 4,
+                 taps: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                 sock_dir: Path | None = None, env: dict[str, str] | None = None):
+        """ports: vhost-user ports (a socket each, in sock_dir); taps: port name -> existing
+        host tap device; extra_args: more prism-vnic flags (--rules, --link-rate, ...).
+        sock_dir (default: a new temporary directory, removed by stop()) holds the sockets;
+        env (default os.environ) is where PRISM_SWITCH* are read."""
+        env = dict(os.environ) if env is None else env
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = out_dir / "switch.log"
         self.queues = queues
         # Short path: unix socket paths are limited to 108 bytes.
-        self.dir = Path(tempfile.mkdtemp(prefix="prism-e2e-"))
+        if sock_dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="prism-e2e-"))
+        else:
+            sock_dir.mkdir(parents=True, exist_ok=True)
+            self.dir = sock_dir
         self.sockets = {port: self.dir / f"{port}.sock" for port in ports}
+        self.taps = dict(taps or {})
         self.control = self.dir / "control.sock"
-        template = os.environ.get("PRISM_SWITCH_CMD")
+        template = env.get("PRISM_SWITCH_CMD")
         exit_ok_default = "0"
-        stand_in = os.environ.get("PRISM_SWITCH")
+        stand_in = env.get("PRISM_SWITCH")
         if stand_in and not template:
             if stand_in not in STAND_INS:
                 raise SwitchError(f"PRISM_SWITCH={stand_in}: known stand-ins are {sorted(STAND_INS)}")
             template, exit_ok_default = STAND_INS[stand_in]
         self.binary: Path | None = None
         # A name for reports, and whether this is something other than prism-vnic.
-        self.kind = stand_in if stand_in and not os.environ.get("PRISM_SWITCH_CMD") else "prism-vnic"
+        self.kind = stand_in if stand_in and not env.get("PRISM_SWITCH_CMD") else "prism-vnic"
         if template:
             fields = {port: str(sock) for port, sock in self.sockets.items()}
             fields.update(queues=str(queues), control=str(self.control), dir=str(self.dir),
@@ -104,16 +136,14 @@ class Switch:
             elif self.kind == "prism-vnic":
                 self.kind = Path(self.argv[0]).name
         else:
-            self.binary = find_prism_vnic()
+            self.binary = find_prism_vnic(env)
             if self.binary is None:
                 raise SwitchError(
                     "no prism-vnic binary in target/release or target/debug: build it "
                     "(.ci/patch-crates && cargo build --release) or set PRISM_VNIC or PRISM_SWITCH_CMD")
-            self.argv = [str(self.binary)]
-            for port, sock in self.sockets.items():
-                self.argv += ["--port", f"{port}={sock}"]
-            self.argv += ["--queues", str(queues), "--control", str(self.control)]
-        ok = os.environ.get("PRISM_SWITCH_EXIT_OK", exit_ok_default)
+            self.argv = prism_vnic_argv(self.binary, self.sockets, self.taps, queues,
+                                        self.control, extra_args or [])
+        ok = env.get("PRISM_SWITCH_EXIT_OK", exit_ok_default)
         try:
             self.exit_ok = {int(x) for x in ok.split(",") if x.strip()}
         except ValueError as e:
@@ -158,6 +188,8 @@ class Switch:
                 for i, line in enumerate(lines) if "panicked at" in line]
 
     def start(self) -> None:
+        """Starts the backend and waits until it listens on every port socket and, for
+        prism-vnic, on its control socket."""
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         log = open(self.log_path, "w")
@@ -172,12 +204,13 @@ class Switch:
         finally:
             log.close()
         deadline = time.monotonic() + SOCKET_TIMEOUT
-        while not all(_is_socket(s) for s in self.sockets.values()):
+        wanted = list(self.sockets.values()) + ([self.control] if self.binary is not None else [])
+        while not all(_is_socket(s) for s in wanted):
             if self.proc.poll() is not None:
                 raise SwitchError(f"{self.argv[0]} exited with {self.proc.returncode} before creating "
                                   f"its sockets; log {self.log_path}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                missing = [str(s) for s in self.sockets.values() if not _is_socket(s)]
+                missing = [str(s) for s in wanted if not _is_socket(s)]
                 raise SwitchError(f"{self.argv[0]} did not create {missing} within {SOCKET_TIMEOUT:.0f} s; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.1)
@@ -222,15 +255,27 @@ class Switch:
             self.proc.wait(timeout=30)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def control_command(self, *args: str, timeout: float = 60) -> str:
+        """`prism-vnic SUBCOMMAND --control SOCK ARGS...` (stats, rule, link, ...); its stdout."""
+        if self.binary is None:
+            raise SwitchError(f"`prism-vnic {' '.join(args)}` needs prism-vnic, not the stand-in {self.kind}")
+        sub, *rest = args
+        res = subprocess.run([str(self.binary), sub, "--control", str(self.control), *rest],
+                             capture_output=True, text=True, timeout=timeout)
+        if res.returncode != 0:
+            raise SwitchError(f"prism-vnic {' '.join(args)} exited {res.returncode}: {res.stderr.strip()}")
+        return res.stdout
+
+    def rule(self, *args: str) -> str:
+        """`prism-vnic rule ARGS` (add PORT ..., del, list) on this backend."""
+        return self.control_command("rule", *args)
+
     def stats(self) -> dict | None:
         """`prism-vnic stats --json` from the control socket; None for a stand-in backend."""
         if self.binary is None:
             return None
-        res = subprocess.run([str(self.binary), "stats", "--control", str(self.control), "--json"],
-                             capture_output=True, text=True, timeout=30)
-        if res.returncode != 0:
-            raise SwitchError(f"prism-vnic stats exited {res.returncode}: {res.stderr.strip()}")
+        out = self.control_command("stats", "--json", timeout=30)
         try:
-            return json.loads(res.stdout)
+            return json.loads(out)
         except json.JSONDecodeError as e:
-            raise SwitchError(f"prism-vnic stats --json printed invalid JSON ({e}): {res.stdout[:500]}") from e
+            raise SwitchError(f"prism-vnic stats --json printed invalid JSON ({e}): {out[:500]}") from e

@@ -1,0 +1,196 @@
+"""The testbed package's own units, without QEMU: the command lines it builds and its parsers
+of tool output, on samples recorded from the real tools (tests/testbed/samples/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from prismtb import REPO, image, kernel, knobs, qemu
+from prismtb.guest import GuestConfig
+from prismtb.interp import SYSTEM_PYTHON, is_system_python
+from prismtb.overlay import OverlayParams, container_ip, overlay_steps
+from prismtb.parsers import (iperf_receiver_mbits, iperf_udp_summary, parse_sockperf, prism_counters,
+                             protocol_lines, qemu_version, stats_summary, vcpu_threads)
+from prismtb.shell import parse_status
+from prismtb.switch import prism_vnic_argv
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def sample(name: str) -> str:
+    return (SAMPLES / name).read_text()
+
+
+# --- command lines -------------------------------------------------------------------------
+
+def test_prism_vnic_gets_a_port_per_socket_a_tap_per_device_and_its_control_socket():
+    argv = prism_vnic_argv(Path("/bin/prism-vnic"), {"vm1": Path("/d/vm1.sock")}, {"h1": "tb-h1"}, 4,
+                           Path("/d/control.sock"), ["--link-rate", "10G"])
+    assert argv == ["/bin/prism-vnic", "--port", "vm1=/d/vm1.sock", "--tap", "h1=tb-h1",
+                    "--queues", "4", "--control", "/d/control.sock", "--link-rate", "10G"]
+
+
+def test_a_guest_is_started_through_qemu_vm_with_its_options():
+    cmd = GuestConfig(name="vm1", socket=Path("/d/vm1.sock"), ip="10.0.0.1/24", queues=2, smp=3,
+                      mem="512M", kernel="/k/bzImage", initrd="/i/img", append="x=1",
+                      extra_qemu_args=["-foo"]).command()
+    assert cmd[0] == str(REPO / "qemu" / "vm")
+    pairs = dict(zip(cmd[1::2], cmd[2::2]))
+    assert pairs["--socket"] == "/d/vm1.sock" and pairs["--queues"] == "2"
+    assert pairs["--smp"] == "3" and pairs["--mem"] == "512M" and pairs["--console"] == "stdio"
+    assert pairs["--ip"] == "10.0.0.1/24" and pairs["--kernel"] == "/k/bzImage"
+    assert cmd[-2:] == ["--", "-foo"]
+
+
+def test_a_kernel_scenario_boots_under_tcg_without_reboot_and_without_a_nic():
+    cmd = kernel.scenario_command(Path("/k"), Path("/i"), "knobs", mode=2, smp=1)
+    assert cmd[cmd.index("-accel") + 1] == "tcg" and "-no-reboot" in cmd
+    assert cmd[cmd.index("-nic") + 1] == "none"
+    append = cmd[cmd.index("-append") + 1]
+    assert "prism.test=knobs" in append and "prism.mode=2" in append
+    assert append.endswith("-- /prism-test/prism-test")
+    user = kernel.scenario_command(Path("/k"), Path("/i"), "queue", netdev_user=True)
+    assert "user,id=n0" in user and "-nic" not in user
+
+
+def test_kernel_build_takes_a_flavour_and_a_source_directory_and_its_output_is_parsed():
+    assert kernel.build_command("prism", debug=True, source=Path("/src/linux"))[1:] == [
+        "--flavour", "prism", "--debug", "--source", "/src/linux"]
+    with pytest.raises(kernel.KernelError, match="flavour"):
+        kernel.build_command("all")
+    out = "vanilla=/c/vanilla-1/bzImage\nprism=/c/prism-2/bzImage\n"
+    assert kernel.parse_build_output(out, "prism") == Path("/c/prism-2/bzImage")
+    assert kernel.parse_build_output(out, "prism", debug=True) is None
+
+
+def test_a_kernel_spec_that_is_neither_a_flavour_nor_a_file_is_refused(tmp_path):
+    with pytest.raises(kernel.KernelError, match="neither vanilla nor prism nor a bzImage"):
+        kernel.resolve_kernel(str(tmp_path / "missing"))
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(b"x")
+    assert kernel.resolve_kernel(str(bz)) == bz
+
+
+def test_image_builder_options():
+    cmd = image.initramfs_command(extra_bins=["/usr/bin/sockperf"], extra_files=["a:/b"], workloads=True)
+    assert cmd[1:] == ["--no-modules", "--workloads", "--extra-bin", "/usr/bin/sockperf",
+                       "--extra-file", "a:/b"]
+    cmd = image.initramfs_command(modules_from=Path("/lib/modules/6.1.0"))
+    assert cmd[1:] == ["--kernel-modules-from", "/lib/modules/6.1.0"]
+
+
+def test_the_overlay_of_two_hosts_is_the_papers_vxlan_bridge_and_veth_at_mtu_1450():
+    steps = overlay_steps(OverlayParams(), 1, "10.0.0.1", ["10.0.0.2"])
+    assert "ip link add vxlan0 type vxlan id 42 dstport 4789 local 10.0.0.1 remote 10.0.0.2 dev eth0" in steps
+    assert "ip link set vc1 mtu 1450 master br0 up" in steps
+    assert "ip -n c1 addr add 192.168.42.1/24 dev eth0" in steps
+    assert not any("fdb" in s for s in steps)
+
+
+def test_overlay_parameters_set_containers_vni_and_addresses():
+    params = OverlayParams(containers=2, vni=7, subnet="172.30.0")
+    steps = overlay_steps(params, 2, "10.0.0.2", ["10.0.0.1", "10.0.0.3"])
+    assert any("id 7 dstport 4789 local 10.0.0.2 dev eth0" in s for s in steps)
+    assert "bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 10.0.0.3" in steps
+    assert "ip -n c2 addr add 172.30.0.18/24 dev eth0" in steps
+    assert container_ip(params, 2, 1) == "172.30.0.2"
+    for bad in (dict(containers=0), dict(vni=1 << 24), dict(subnet="10.0"), dict(dstport=0)):
+        with pytest.raises(ValueError):
+            OverlayParams(**bad)
+
+
+def test_prism_mode_command_checks_the_value_took_and_refuses_other_modes():
+    assert knobs.mode_command(2) == ('echo 2 > /proc/sys/net/core/prism_mode && '
+                                     '[ "$(cat /proc/sys/net/core/prism_mode)" = 2 ]')
+    with pytest.raises(ValueError, match="0 \\(off\\), 1 \\(batch\\) or 2"):
+        knobs.mode_command(3)
+
+
+# --- parsers on recorded samples -----------------------------------------------------------
+
+def test_sockperf_ping_pong_figures():
+    res = parse_sockperf(sample("sockperf-ping-pong.txt"))
+    assert res["sent"] == 41702 and res["received"] == 41701
+    assert (res["dropped"], res["duplicated"], res["out_of_order"]) == (0, 0, 0)
+    assert res["p50"] == 2.593 and res["p99"] == 6.371 and res["p99.999"] == 5668.94
+
+
+def test_iperf3_udp_loss_and_receiver_rates():
+    assert iperf_udp_summary(sample("iperf3-udp.txt")) == (0, 39)
+    assert iperf_udp_summary(sample("iperf3-tcp.txt")) is None
+    assert iperf_receiver_mbits(sample("iperf3-tcp.txt")) == pytest.approx(11600)
+    assert iperf_receiver_mbits(sample("iperf3-udp.txt")) == pytest.approx(10.2)
+
+
+def test_proc_net_prism_total_line_by_column():
+    c = prism_counters(sample("proc-net-prism.txt"))
+    assert c["marked_by_port"] == 200 and c["prio_dropped"] == 1 and c["preemptions"] == 26
+    with pytest.raises(ValueError, match="no header or total"):
+        prism_counters("cpu0 1 2 3\n")
+
+
+def test_qemu_version_and_the_minimum_of_eight():
+    assert qemu_version(sample("qemu-version.txt"))[0] >= 8
+    assert qemu_version(sample("qemu-version-7.txt")) == (7, 2, 15)
+    with pytest.raises(qemu.QemuError, match="QEMU 7.2.15, older than 8.*install-deps"):
+        qemu.check_version("qemu", sample("qemu-version-7.txt"))
+    with pytest.raises(qemu.QemuError, match="no version"):
+        qemu.check_version("qemu", "garbage")
+
+
+def test_a_kernel_message_in_the_middle_of_a_protocol_line_is_taken_out():
+    console = "PRISM-CHECK dmes[   34.354714] device vxlan0 left promiscuous mode\r\ng_clean ok \r\n"
+    assert protocol_lines(console) == ["PRISM-CHECK dmesg_clean ok "]
+    run = kernel.GuestRun(console="PRISM-CHECK a ok\nPRISM-CHECK b fail why\nPRISM-INFO x\n"
+                                  "PRISM-TEST-END\n").parse()
+    assert run.ended and run.info == ["x"] and run.failures() == {"b": ("fail", "why")}
+
+
+def test_vcpu_threads_are_found_by_their_names(tmp_path):
+    for tid, comm in ((100, "qemu-system-x86"), (101, "CPU 0/TCG"), (102, "CPU 1/TCG"), (103, "worker")):
+        (tmp_path / str(tid)).mkdir()
+        (tmp_path / str(tid) / "comm").write_text(comm + "\n")
+    assert vcpu_threads(tmp_path) == {0: 101, 1: 102}
+    assert vcpu_threads(tmp_path / "gone") == {}
+
+
+def test_prism_vnic_stats_summary_has_a_line_per_port():
+    lines = stats_summary(json.loads(sample("prism-vnic-stats.json")))
+    assert [ln.split(":")[0] for ln in lines] == ["vm1", "vm2"]
+    assert "vhost-user not connected, rx 0 pkts (0 high), tx 0 pkts, drops 0" in lines[0]
+
+
+def test_exit_status_is_the_numeric_line_among_console_noise():
+    assert parse_status("[4]+  Done    foo\n3\n") == 3
+    assert parse_status("nothing") is None
+
+
+def test_only_the_install_steps_python_counts_as_the_system_interpreter():
+    assert is_system_python(str(SYSTEM_PYTHON), "/usr")
+    assert not is_system_python(str(SYSTEM_PYTHON), "/opt/venv")
+    assert not is_system_python("/root/.pyenv/versions/3.11.7/bin/python3", "/usr")
+
+
+def test_a_script_started_by_another_python_reruns_under_the_system_one(tmp_path):
+    """A venv's python3 (another prefix, no Debian packages) is replaced by /usr/bin/python3
+    before the script does anything; the script finds prismtb next to it, as benches/ does
+    through its link."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python3").symlink_to(SYSTEM_PYTHON.resolve())
+    (venv / "pyvenv.cfg").write_text(f"home = {SYSTEM_PYTHON.parent}\n"
+                                     "include-system-site-packages = false\n")
+    (tmp_path / "prismtb").symlink_to(REPO / "qemu" / "prismtb")
+    script = tmp_path / "probe.py"
+    script.write_text("from prismtb.interp import ensure_system_python\nensure_system_python()\n"
+                      "import sys\nprint(sys.prefix)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PRISMTB_REEXEC")}
+    res = subprocess.run([str(venv / "bin" / "python3"), str(script)], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "/usr"
