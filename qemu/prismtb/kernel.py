@@ -29,21 +29,26 @@ class KernelError(Exception):
     """A kernel could not be built or found."""
 
 
-def build_command(flavour: str, debug: bool = False, source: Path | None = None) -> list[str]:
-    """guest-kernel/build's command line for one flavour (from a kernel source directory)."""
+def build_command(flavour: str, debug: bool = False, source: Path | None = None,
+                  selftests: bool = False) -> list[str]:
+    """guest-kernel/build's command line for one flavour (from a kernel source directory);
+    selftests: with config/selftests.config (what the upstream net selftests need)."""
     if flavour not in FLAVOURS:
         raise KernelError(f"kernel flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}")
     cmd = [str(BUILD), "--flavour", flavour]
     if debug:
         cmd.append("--debug")
+    if selftests:
+        cmd.append("--selftests")
     if source is not None:
         cmd += ["--source", str(source)]
     return cmd
 
 
-def parse_build_output(stdout: str, flavour: str, debug: bool = False) -> Path | None:
+def parse_build_output(stdout: str, flavour: str, debug: bool = False,
+                       selftests: bool = False) -> Path | None:
     """The bzImage path from guest-kernel/build's `NAME=PATH` lines."""
-    name = f"{flavour}-debug" if debug else flavour
+    name = flavour + ("-debug" if debug else "") + ("-selftests" if selftests else "")
     for line in stdout.splitlines():
         if line.startswith(name + "="):
             return Path(line.split("=", 1)[1])
@@ -51,16 +56,16 @@ def parse_build_output(stdout: str, flavour: str, debug: bool = False) -> Path |
 
 
 def build_kernel(flavour: str, debug: bool = False, source: Path | None = None,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, selftests: bool = False) -> Path:
     """Runs guest-kernel/build (cached: a second when warm) and returns the bzImage path.
     Its progress goes to our stderr (shown by pytest -s) unless progress is False."""
-    cmd = build_command(flavour, debug, source)
+    cmd = build_command(flavour, debug, source, selftests)
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False,
                          stderr=None if progress else subprocess.PIPE)
     if res.returncode != 0:
         tail = "" if progress else "\n" + "\n".join((res.stderr or "").splitlines()[-20:])
         raise KernelError(f"{' '.join(cmd)} failed with status {res.returncode}{tail}")
-    path = parse_build_output(res.stdout, flavour, debug)
+    path = parse_build_output(res.stdout, flavour, debug, selftests)
     if path is None:
         raise KernelError(f"guest-kernel/build printed no {flavour}= line: {res.stdout!r}")
     return path

@@ -16,7 +16,7 @@ Environment (besides conftest.py's):
   PRISM_SELFTESTS_KERNEL   bzImage to test instead of building `--flavour prism --selftests`
                            (a kernel of your own: it needs guest-kernel/config/selftests.config)
   PRISM_SELFTESTS_TIMEOUT  seconds one guest may take for the whole selection (default 7200)
-Results per mode: tests/kernel/out/selftests-mode<N>.json and .log.
+Results per mode: tests/kernel/out/test_selftests/selftests-mode<N>.json and .log.
 """
 
 import json
@@ -27,8 +27,11 @@ from pathlib import Path
 
 import pytest
 
-import conftest
-from conftest import DEBUG, LOG_DIR, TOP, boot, protocol_lines
+from prismtb import REPO
+from prismtb.kernel import KernelError, boot, build_kernel
+from prismtb.parsers import protocol_lines
+
+DEBUG = os.environ.get("PRISM_KERNEL_DEBUG") == "1"
 
 # What the series touches: GRO (veth NAPI), UDP GSO and GRO, forwarding with GRO through
 # VXLAN, reassembly, reuseport, SO_TXTIME, ICMP errors.
@@ -119,50 +122,43 @@ def parse_run(console: str):
     return results
 
 
-def build(cmd, key):
-    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if res.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} failed with status {res.returncode}")
-    for line in res.stdout.splitlines():
-        if line.startswith(key + "="):
-            return Path(line.split("=", 1)[1])
-    pytest.fail(f"{cmd[0]} printed no {key}= line: {res.stdout!r}")
-
-
 @pytest.fixture(scope="module")
 def selftests_kernel() -> Path:
     override = os.environ.get("PRISM_SELFTESTS_KERNEL")
     if override:
         return Path(override)
-    cmd = [TOP / "guest-kernel" / "build", "--flavour", "prism", "--selftests"]
-    return build(cmd + (["--debug"] if DEBUG else []),
-                 "prism-debug-selftests" if DEBUG else "prism-selftests")
+    try:
+        return build_kernel("prism", debug=DEBUG, selftests=True)
+    except KernelError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def selftests_initramfs() -> Path:
-    return build([TOP / "guest-kernel" / "build-selftests"], "initramfs")
+    cmd = [str(REPO / "guest-kernel" / "build-selftests")]
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"{cmd[0]} failed with status {res.returncode}", pytrace=False)
+    for line in res.stdout.splitlines():
+        if line.startswith("initramfs="):
+            return Path(line.split("=", 1)[1])
+    pytest.fail(f"{cmd[0]} printed no initramfs= line: {res.stdout!r}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
-def run_mode(selftests_kernel, selftests_initramfs):
+def run_mode(selftests_kernel, selftests_initramfs, out_dir):
     """run_mode(m): boots the selection in mode m once per module; its GuestRun and results."""
     done = {}
     chosen = selection()
 
     def run(mode):
         if mode not in done:
-            saved = conftest.BOOT_TIMEOUT
-            conftest.BOOT_TIMEOUT = float(os.environ.get("PRISM_SELFTESTS_TIMEOUT", "7200"))
-            try:
-                guest = boot(selftests_kernel, selftests_initramfs, f"selftests-mode{mode}",
-                             "selftests", mode=mode,
-                             extra_append="prism.selftests=" + ",".join(chosen))
-            finally:
-                conftest.BOOT_TIMEOUT = saved
+            guest = boot(selftests_kernel, selftests_initramfs, f"selftests-mode{mode}",
+                         "selftests", mode=mode,
+                         extra_append="prism.selftests=" + ",".join(chosen), log_dir=out_dir,
+                         timeout=float(os.environ.get("PRISM_SELFTESTS_TIMEOUT", "7200")))
             results = parse_run(guest.console)
-            LOG_DIR.mkdir(parents=True, exist_ok=True)
-            (LOG_DIR / f"selftests-mode{mode}.json").write_text(json.dumps(
+            (out_dir / f"selftests-mode{mode}.json").write_text(json.dumps(
                 {"mode": mode, "kernel": str(selftests_kernel), "selection": chosen,
                  "checks": guest.checks, "results": results}, indent=1, sort_keys=True))
             done[mode] = (guest, results)
