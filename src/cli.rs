@@ -80,6 +80,13 @@ pub struct LinkArgs {
     /// New one-way latency in microseconds.
     #[arg(long)]
     pub latency_us: Option<u64>,
+    /// Extra one-way delay in microseconds for the frames of `--class` only, on top of the
+    /// latency (0 removes it): a known effect on the priority flow alone.
+    #[arg(long, requires = "class")]
+    pub delay_us: Option<u64>,
+    /// The class `--delay-us` applies to: high or normal.
+    #[arg(long, requires = "delay_us")]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Args)]

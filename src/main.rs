@@ -64,7 +64,8 @@ fn nic_command(command: Command) -> Result<(), String> {
         }
         Command::Link(args) => (
             args.control.control,
-            json!({"cmd": "link", "port": args.port, "rate": args.rate, "latency_us": args.latency_us}),
+            json!({"cmd": "link", "port": args.port, "rate": args.rate, "latency_us": args.latency_us,
+                "delay_us": args.delay_us, "class": args.class}),
         ),
         Command::Coalesce(args) => (
             args.control.control,

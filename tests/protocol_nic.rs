@@ -325,3 +325,88 @@ fn capture_written_by_the_nic_is_read_back_by_tcpdump() {
     );
     assert!(has("class=normal"));
 }
+
+/// The residence p50 of a class on port `port`, over the queues that saw any.
+fn residence_p50s(daemon: &mut Daemon, port: &str, class: &str) -> Vec<u64> {
+    let stats = daemon.stats().expect("stats");
+    stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == port)
+        .unwrap()["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["residence"][class]["count"].as_u64().unwrap_or(0) > 0)
+        .map(|q| q["residence"][class]["p50_ns"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_class_delay_holds_back_that_class_only() {
+    let (mut daemon, mut a, mut b) = two_guests(&[]);
+    b.post_rx_buffers_all(8, 2048).expect("post");
+    let answer = control(
+        &daemon,
+        &["link", "b", "--delay-us", "50000", "--class", "high"],
+    );
+    assert!(answer.contains("50000000"), "{answer}");
+    // The EF frame goes first but is held back 50 ms; the normal one sent after it overtakes.
+    a.send(0, VirtioNetHdr::plain(), &frame(7000, 7001, EF, 1))
+        .expect("send EF");
+    a.send(0, VirtioNetHdr::plain(), &frame(4000, 5000, 0, 2))
+        .expect("send normal");
+    let first = b.recv_any(1, support::TIMEOUT).expect("recv");
+    assert_eq!(
+        udp_tag(&first.first().expect("a frame").frame),
+        Some(2),
+        "the normal frame is not delayed"
+    );
+    expect_tag(&mut b, 1).expect("the delayed EF frame still arrives");
+    let high = residence_p50s(&mut daemon, "b", "high");
+    assert!(
+        !high.is_empty() && high.iter().all(|&p50| p50 >= 49_500_000),
+        "high residence {high:?} below the 50 ms delay"
+    );
+    let normal = residence_p50s(&mut daemon, "b", "normal");
+    assert!(
+        !normal.is_empty() && normal.iter().all(|&p50| p50 < 49_500_000),
+        "normal residence {normal:?} carries the high class's delay"
+    );
+    // 0 removes the delay.
+    control(
+        &daemon,
+        &["link", "b", "--delay-us", "0", "--class", "high"],
+    );
+    let stats = daemon.stats().expect("stats");
+    let link = &stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap()["link"];
+    assert_eq!(link["class_delay_ns"]["high"], 0, "{link}");
+}
+
+#[test]
+fn a_class_delay_without_a_valid_class_is_refused_with_a_reason() {
+    let (daemon, _a, _b) = two_guests(&[]);
+    let run = |args: &[&str]| {
+        Command::new(BINARY)
+            .args(["link", "--control"])
+            .arg(daemon.control_socket())
+            .arg("b")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let output = run(&["--delay-us", "10", "--class", "urgent"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("urgent"));
+    let output = run(&["--delay-us", "10"]);
+    assert!(!output.status.success(), "a delay needs a class");
+    let output = run(&["--delay-us", "20000000", "--class", "high"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("more than 10 s"));
+}

@@ -82,6 +82,7 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                 "link": {
                     "rate_bps": port.nic.link.settings().rate_bps,
                     "latency_ns": port.nic.link.settings().latency_ns,
+                    "class_delay_ns": nic::class_delay_json(&port.nic.link),
                 },
                 "priority_weight": port.nic.priority_weight(),
                 "buffered_now": port.nic.buffered(),

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::classify::Class;
 use crate::classify::rules::{Rule, RuleSet};
 use crate::cli::{parse_coalesce, parse_rate};
 use crate::nic::capture::Capture;
-use crate::nic::link::LinkSettings;
+use crate::nic::link::{Link, LinkSettings};
 use crate::nic::moderation::CoalesceSettings;
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 
@@ -23,11 +24,17 @@ pub enum NicRequest {
     RuleAdd { port: String, rule: String },
     /// Delete the rule at a location.
     RuleDel { port: String, loc: u32 },
-    /// Show, or change, a port's link: rate like "10G" (0 = unpaced), latency in microseconds.
+    /// Show, or change, a port's link: rate like "10G" (0 = unpaced), latency in microseconds,
+    /// and an extra delay for one class's frames.
     Link {
         port: String,
         rate: Option<String>,
         latency_us: Option<u64>,
+        /// Extra delay in microseconds for the frames of `class` only.
+        #[serde(default)]
+        delay_us: Option<u64>,
+        #[serde(default)]
+        class: Option<String>,
     },
     /// Show, or change, one queue's interrupt moderation ("rx-usecs=N,rx-frames=M").
     Coalesce {
@@ -88,7 +95,28 @@ fn rules_json(port: &FabricPort) -> Value {
 
 fn link_json(port: &FabricPort) -> Value {
     let link = port.nic.link.settings();
-    json!({ "port": port.name, "rate_bps": link.rate_bps, "latency_ns": link.latency_ns })
+    json!({
+        "port": port.name,
+        "rate_bps": link.rate_bps,
+        "latency_ns": link.latency_ns,
+        "class_delay_ns": class_delay_json(&port.nic.link),
+    })
+}
+
+/// Each class's extra delay, for the link's JSON here and in the stats.
+pub fn class_delay_json(link: &Link) -> Value {
+    json!({
+        "high": link.class_delay_ns(Class::High),
+        "normal": link.class_delay_ns(Class::Normal),
+    })
+}
+
+/// Checks a latency or delay given in microseconds.
+fn bounded_us(what: &str, us: u64) -> Result<u64, String> {
+    if us > 10_000_000 {
+        return Err(format!("{what} {us} us is more than 10 s"));
+    }
+    Ok(us * 1000)
 }
 
 /// Answers one NIC request (without the "ok" field).
@@ -134,19 +162,30 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             port,
             rate,
             latency_us,
+            delay_us,
+            class,
         } => {
             let port = find_nic(fabric, &port)?;
+            // Everything is checked before anything changes.
+            let class_delay = match (class, delay_us) {
+                (Some(class), Some(us)) => {
+                    Some((class.parse::<Class>()?, bounded_us("delay", us)?))
+                }
+                (None, None) => None,
+                (Some(_), None) => return Err("--class needs --delay-us".to_string()),
+                (None, Some(_)) => return Err("--delay-us needs --class high|normal".to_string()),
+            };
             let mut settings = port.nic.link.settings();
             if let Some(rate) = rate {
                 settings.rate_bps = parse_rate(&rate)?;
             }
             if let Some(latency_us) = latency_us {
-                if latency_us > 10_000_000 {
-                    return Err(format!("latency {latency_us} us is more than 10 s"));
-                }
-                settings.latency_ns = latency_us * 1000;
+                settings.latency_ns = bounded_us("latency", latency_us)?;
             }
             port.nic.set_link(LinkSettings { ..settings });
+            if let Some((class, delay_ns)) = class_delay {
+                port.nic.set_class_delay(class, delay_ns);
+            }
             Ok(link_json(port))
         }
         NicRequest::Coalesce {

@@ -6,8 +6,14 @@
 //! it. A frame may go when the wire is free (within a small slack, so the pacer does not need
 //! a timer per frame), and then occupies it for its wire time. Senders on several threads
 //! share the clock through one atomic; nothing locks.
+//!
+//! A class may also be given an extra delay on top of the link's latency: a known effect on
+//! the priority flow alone, which an evaluation must then measure back (a port-wide latency
+//! would also reshape the bulk flows beside it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::classify::Class;
 
 /// Ethernet overhead per frame on the wire beyond the bytes a guest sees: preamble and SFD
 /// (8), FCS (4), inter-frame gap (12).
@@ -53,7 +59,16 @@ pub struct Link {
     /// multiplication rather than a 128-bit division per frame.
     ps_per_byte: AtomicU64,
     latency_ns: AtomicU64,
+    /// Extra delay per class (indexed by [`class_slot`]), added to `latency_ns`.
+    class_delay_ns: [AtomicU64; 2],
     free_at: AtomicU64,
+}
+
+fn class_slot(class: Class) -> usize {
+    match class {
+        Class::High => 0,
+        Class::Normal => 1,
+    }
 }
 
 /// Picoseconds one byte takes at `rate_bps` (exact for the usual 1/10/25/40/100G rates).
@@ -95,6 +110,7 @@ impl Link {
             rate_bps: AtomicU64::new(settings.rate_bps),
             ps_per_byte: AtomicU64::new(ps_per_byte(settings.rate_bps)),
             latency_ns: AtomicU64::new(settings.latency_ns),
+            class_delay_ns: [AtomicU64::new(0), AtomicU64::new(0)],
             free_at: AtomicU64::new(0),
         }
     }
@@ -125,6 +141,23 @@ impl Link {
 
     pub fn latency_ns(&self) -> u64 {
         self.latency_ns.load(Ordering::Relaxed)
+    }
+
+    /// The one-way latency a frame of `class` sees: the link's plus the class's extra delay.
+    pub fn latency_of(&self, class: Class) -> u64 {
+        self.latency_ns()
+            .saturating_add(self.class_delay_ns[class_slot(class)].load(Ordering::Relaxed))
+    }
+
+    /// The extra delay of one class, on top of the link's latency.
+    pub fn class_delay_ns(&self, class: Class) -> u64 {
+        self.class_delay_ns[class_slot(class)].load(Ordering::Relaxed)
+    }
+
+    /// Changes one class's extra delay; frames already waiting keep their arrival times, so
+    /// the new delay applies to them too.
+    pub fn set_class_delay(&self, class: Class, delay_ns: u64) {
+        self.class_delay_ns[class_slot(class)].store(delay_ns, Ordering::Relaxed);
     }
 
     /// Nanoseconds `wire_bytes` occupy the wire at the current rate (0 when unpaced).
@@ -240,5 +273,24 @@ mod tests {
         });
         assert_eq!(link.wire_ns(1000), 1000);
         assert_eq!(link.latency_ns(), 7);
+    }
+
+    #[test]
+    fn a_class_delay_adds_to_that_class_only_and_survives_link_changes() {
+        let link = Link::new(LinkSettings {
+            rate_bps: 0,
+            latency_ns: 100,
+        });
+        link.set_class_delay(Class::High, 300_000);
+        assert_eq!(link.latency_of(Class::High), 300_100);
+        assert_eq!(link.latency_of(Class::Normal), 100);
+        link.set(LinkSettings {
+            rate_bps: 0,
+            latency_ns: 0,
+        });
+        assert_eq!(link.latency_of(Class::High), 300_000);
+        assert_eq!(link.class_delay_ns(Class::Normal), 0);
+        link.set_class_delay(Class::High, 0);
+        assert_eq!(link.latency_of(Class::High), 0);
     }
 }

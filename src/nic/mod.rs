@@ -484,7 +484,7 @@ impl Nic {
             return;
         }
         self.drain_ahead_of(Class::Normal, now_ns);
-        let latency = self.link.latency_ns();
+        let latency = [Class::High, Class::Normal].map(|class| self.link.latency_of(class));
         let mut link = self.link.plan();
         // Queues already handled: a bit each (a NIC has at most 16), a scan beyond 64.
         let mut handled: u64 = 0;
@@ -512,7 +512,7 @@ impl Nic {
                 if frame.queue != index {
                     continue;
                 }
-                if self.may_skip_buffers(frame.class, latency)
+                if self.may_skip_buffers(frame.class, latency[class_index(frame.class)])
                     && ring_guard.is_some()
                     && link.take(now_ns, frame.wire_bytes)
                 {
@@ -540,7 +540,7 @@ impl Nic {
     /// meanwhile would wait too, at the cost of two more copies each. Frames waiting for the
     /// link's latency are the scheduler's business, so nothing is done then.
     fn drain_ahead_of(&self, class: Class, now_ns: u64) {
-        let latency = self.link.latency_ns();
+        let latency = self.link.latency_of(class);
         if latency == 0 && !self.may_skip_buffers(class, latency) {
             let _ = self.drain(now_ns);
         }
@@ -671,7 +671,7 @@ impl Nic {
     ) -> Option<usize> {
         self.drain_ahead_of(class, arrival_ns);
         let mut state = queue.lock();
-        let direct = self.may_skip_buffers(class, self.link.latency_ns())
+        let direct = self.may_skip_buffers(class, self.link.latency_of(class))
             && self.link.busy_until(arrival_ns).is_none();
         if direct && let Some(ring) = ring_guard.as_ref() {
             let ring = ring.as_ref().as_ref();
@@ -727,7 +727,7 @@ impl Nic {
     /// link), if any; frames held back by a full ring go when the guest kicks.
     pub(crate) fn drain(&self, now_ns: u64) -> Option<u64> {
         let mut next: Option<u64> = None;
-        let latency = self.link.latency_ns();
+        let latency = [Class::High, Class::Normal].map(|class| self.link.latency_of(class));
         let weight = self.priority_weight();
         for allow_normal in [false, true] {
             for queue in &self.queues {
@@ -741,7 +741,7 @@ impl Nic {
                     let eligible = |class: Class| {
                         state.buffers[class_index(class)]
                             .front()
-                            .map(|head| head.arrival_ns + latency)
+                            .map(|head| head.arrival_ns + latency[class_index(class)])
                     };
                     let (high_at, normal_at) = (eligible(Class::High), eligible(Class::Normal));
                     let high_ready = high_at.is_some_and(|at| at <= now_ns);
@@ -876,6 +876,12 @@ impl Nic {
 
     pub fn set_link(&self, settings: LinkSettings) {
         self.link.set(settings);
+        self.wake();
+    }
+
+    /// Sets one class's extra delay on this NIC's link (see [`Link::latency_of`]).
+    pub fn set_class_delay(&self, class: Class, delay_ns: u64) {
+        self.link.set_class_delay(class, delay_ns);
         self.wake();
     }
 }
