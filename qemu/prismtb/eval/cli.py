@@ -1,0 +1,90 @@
+"""benches/eval: the one command of the evaluation.
+
+    benches/eval [--quick | --full] [--out DIR] [--rounds N] [--experiments a,b,c,d,cal]
+                 [--setups host-client,two-guests] [--servers idle,busy] [--steering on,off]
+    benches/eval compare DIR_A DIR_B [--absolute]     exit 1 on a regression from A to B
+    benches/eval report DIR                           analysis, plots, report again from run.json
+
+See docs/EVAL.md for the method and the result directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import compare, plots, report, results
+
+
+def finish_run(out: Path, meta: dict, turns: list[dict]) -> dict:
+    """Writes run.json and turns.csv, then the analysis, plots and report; returns the
+    summary."""
+    results.write_run(out, meta, turns)
+    summary = results.analyse(turns)
+    results.write_summary(out, summary)
+    drawn = plots.all_plots(out, turns, summary)
+    report.write(out, meta, summary, drawn)
+    return summary
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benches/eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb")
+    c = sub.add_parser("compare", help="changes from run A to run B beyond the intervals")
+    c.add_argument("dir_a", type=Path)
+    c.add_argument("dir_b", type=Path)
+    c.add_argument("--absolute", action="store_true",
+                   help="count absolute latency changes of PRISM variants as regressions too")
+    r = sub.add_parser("report", help="analyse a run directory again")
+    r.add_argument("dir", type=Path)
+    run = sub.add_parser("run", help="run the experiments (the default verb)")
+    add_run_arguments(run)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from .runner import PROFILES
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                      help="CI profile: few rounds and cells, at most 10 minutes warm")
+    prof.add_argument("--full", dest="profile", action="store_const", const="full",
+                      help="every experiment, both servers, steering on and off, two setups")
+    p.set_defaults(profile="quick")
+    p.add_argument("--out", type=Path, help="result directory (default benches/out/eval-TIME)")
+    p.add_argument("--rounds", type=int, help="rounds per cell (profile's default otherwise)")
+    p.add_argument("--seconds", type=float, help="seconds per turn")
+    p.add_argument("--experiments", type=_csv, help=f"of {','.join(results.EXPERIMENTS)}")
+    p.add_argument("--setups", type=_csv, help="host-client, two-guests")
+    p.add_argument("--servers", type=_csv, help="idle, busy")
+    p.add_argument("--steering", type=_csv, help="on, off")
+    p.add_argument("--flows", type=lambda s: [int(x) for x in _csv(s)],
+                   help="bulk flows of experiment b (default 0,1,2,4,8)")
+    p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla-kernel boots")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells, turns, estimated time) and exit")
+    p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("compare", "report", "run", "-h", "--help"):
+        argv.insert(0, "run")
+    args = parser().parse_args(argv)
+    try:
+        if args.verb == "compare":
+            return compare.main(args.dir_a, args.dir_b, absolute=args.absolute)
+        if args.verb == "report":
+            meta, turns = results.read_run(args.dir)
+            finish_run(args.dir, meta, turns)
+            print(args.dir / "report.md")
+            return 0
+    except FileNotFoundError as e:
+        print(f"benches/eval: {e}", file=sys.stderr)
+        return 2
+    from .runner import run_from_args
+    return run_from_args(args)

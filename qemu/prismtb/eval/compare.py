@@ -1,0 +1,116 @@
+"""`benches/eval compare DIR_A DIR_B`: what changed from run A (the last good one) to run B
+(a kernel patch) beyond the intervals, and whether that is a regression.
+
+A change is a metric whose 95% intervals in A and B do not overlap. It is a regression when
+B is worse: a PRISM variant's latency ratio to mode 0 went up (PRISM helps less), batch's
+bulk-throughput ratio went down, or an ordering or agreement that held in A fails in B. The
+absolute latencies of mode 0 move with the host's load; they are listed beside, and count as
+regressions only with --absolute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import results
+from .stats import Interval
+
+
+@dataclass
+class Change:
+    cell: str
+    what: str
+    a: str
+    b: str
+    regression: bool
+
+    def line(self) -> str:
+        tag = "REGRESSION" if self.regression else "change"
+        return f"{tag}: {self.cell}: {self.what}: {self.a} -> {self.b}"
+
+
+def _ci(d: dict) -> Interval:
+    return Interval.from_dict(d)
+
+
+def _fmt(i: Interval) -> str:
+    return f"{i.value:.3f} [{i.low:.3f}, {i.high:.3f}]"
+
+
+def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], list[str]]:
+    """Changes from summary `a` to summary `b`, and the cells found in only one of them."""
+    changes: list[Change] = []
+    notes: list[str] = []
+    cells_a = {e["slug"]: e for e in a["cells"]}
+    cells_b = {e["slug"]: e for e in b["cells"]}
+    for slug in sorted(set(cells_a) ^ set(cells_b)):
+        notes.append(f"cell {slug} only in {'A' if slug in cells_a else 'B'}")
+    for slug in sorted(set(cells_a) & set(cells_b)):
+        ea, eb = cells_a[slug], cells_b[slug]
+        label = ea["label"]
+        for metric, per_variant in ea["ratios"].items():
+            for variant, ra in per_variant.items():
+                rb = eb["ratios"].get(metric, {}).get(variant)
+                if not rb:
+                    continue
+                ia, ib = _ci(ra), _ci(rb)
+                if ia.overlaps(ib):
+                    continue
+                higher_is_better = metric in (results.THROUGHPUT, "ops_per_s",
+                                              "requests_per_s")
+                worse = ib.value < ia.value if higher_is_better else ib.value > ia.value
+                # The vanilla kernel is the reference, not the change under test.
+                regression = worse and variant != "vanilla"
+                changes.append(Change(label, f"{metric} {variant}/mode0", _fmt(ia), _fmt(ib),
+                                      regression))
+        for metric, oa in ea["ordering"].items():
+            ob = eb["ordering"].get(metric)
+            if oa and ob and oa["holds"] != ob["holds"]:
+                changes.append(Change(label, f"ordering of {metric}",
+                                      "held" if oa["holds"] else "did not hold",
+                                      "held" if ob["holds"] else "did not hold",
+                                      oa["holds"] and not ob["holds"]))
+        for metric, aa in ea["agreement"].items():
+            ab = eb["agreement"].get(metric)
+            if aa and ab and aa["rounds"] and ab["rounds"] and aa["agree"] != ab["agree"]:
+                changes.append(Change(label, f"vanilla vs mode0 on {metric}",
+                                      "agree" if aa["agree"] else "differ",
+                                      "agree" if ab["agree"] else "differ",
+                                      aa["agree"] and not ab["agree"]))
+        for variant, ma in ea["variants"].items():
+            mb = eb["variants"].get(variant)
+            if not mb:
+                continue
+            for metric in results.LATENCY_METRICS:
+                sa, sb = ma.get(metric), mb.get(metric)
+                if not sa or not sb or sa["median"] is None or sb["median"] is None:
+                    continue
+                # Ranges over rounds: beyond each other's whole range is a change.
+                if sb["min"] > sa["max"] or sb["max"] < sa["min"]:
+                    worse = sb["median"] > sa["median"]
+                    changes.append(Change(
+                        label, f"{metric} of {variant} (absolute, us)",
+                        f"{sa['median']:.1f} ({sa['min']:.1f}-{sa['max']:.1f})",
+                        f"{sb['median']:.1f} ({sb['min']:.1f}-{sb['max']:.1f})",
+                        absolute and worse and variant != "vanilla"))
+    for ca in a.get("calibration", []):
+        for cb in b.get("calibration", []):
+            if ca["label"] == cb["label"] and ca["delay_us"] == cb["delay_us"] \
+                    and ca["passes"] and not cb["passes"]:
+                changes.append(Change(ca["label"], f"calibration at {ca['delay_us']} us",
+                                      "within 10%", "not within 10%", True))
+    return changes, notes
+
+
+def main(dir_a: Path, dir_b: Path, *, absolute: bool = False) -> int:
+    """Prints the changes; exit status 1 on a regression, 0 otherwise."""
+    a, b = results.read_summary(dir_a), results.read_summary(dir_b)
+    changes, notes = compare(a, b, absolute=absolute)
+    for n in notes:
+        print(f"note: {n}")
+    for c in changes:
+        print(c.line())
+    regressions = [c for c in changes if c.regression]
+    print(f"{len(changes)} changes beyond the intervals, {len(regressions)} regressions "
+          f"({dir_a} -> {dir_b})")
+    return 1 if regressions else 0

@@ -1,0 +1,127 @@
+"""The Markdown report of a run: the machine and versions, then per experiment and cell a
+table (median over rounds with min-max, ratio to mode 0 with its 95% interval) and the
+verdict on the paper's ordering, the calibration, and the goals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import results, stats
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ratio(r: dict | None) -> str:
+    if not r:
+        return "n/a"
+    return f"{r['value']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
+def cell_table(entry: dict) -> list[str]:
+    metrics = [m for m in (*results.TABLE_METRICS, results.THROUGHPUT, "ops_per_s",
+                           "requests_per_s")
+               if any(m in v for v in entry["variants"].values())]
+    head = ["variant"] + [f"{m} (median, min-max)" for m in metrics] + \
+        [f"{m} / mode0 [95%]" for m in metrics if m in (*results.LATENCY_METRICS,
+                                                      results.THROUGHPUT)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in stats.VARIANTS:
+        if v not in entry["variants"]:
+            continue
+        row = [v]
+        for m in metrics:
+            s = entry["variants"][v].get(m) or {}
+            digits = 1 if m.endswith("_us") else 0
+            row.append(f"{_num(s.get('median'), digits)} ({_num(s.get('min'), digits)}-"
+                       f"{_num(s.get('max'), digits)}, n={s.get('n', 0)})")
+        for m in metrics:
+            if m in (*results.LATENCY_METRICS, results.THROUGHPUT):
+                row.append("1" if v == stats.BASELINE
+                           else _ratio(entry["ratios"].get(m, {}).get(v)))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def cell_verdicts(entry: dict) -> list[str]:
+    out = []
+    for m in results.LATENCY_METRICS:
+        o = entry["ordering"].get(m)
+        if o and o["rounds"]:
+            order = stats.Ordering(order=tuple(o["order"]), rounds=o["rounds"],
+                                   held_rounds=o["held_rounds"], pairs=o["pairs"])
+            out.append(f"- {m}: {order.sentence()}")
+        a = entry["agreement"].get(m)
+        if a and a["rounds"]:
+            word = "agree" if a["agree"] else "DIFFER"
+            out.append(f"- {m}: vanilla / mode0 = {_ratio(a['ratio'])} over {a['rounds']} "
+                       f"rounds: they {word}")
+    if entry.get("batch_bulk_at_least_0_9") is not None:
+        word = "keeps" if entry["batch_bulk_at_least_0_9"] else "does NOT keep"
+        out.append(f"- bulk: batch {word} 0.9x mode 0's throughput")
+    return out
+
+
+def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
+    lines = ["# PRISM evaluation", ""]
+    lines += [f"- profile: {meta.get('profile')}, rounds: {meta.get('rounds')}, "
+              f"turn length: {meta.get('turn_seconds')} s",
+              f"- prism-vnic commit: {meta.get('prism_vnic_commit')}",
+              f"- started {meta.get('started')}, finished {meta.get('finished')}"]
+    for name, k in sorted(meta.get("kernels", {}).items()):
+        lines.append(f"- kernel {name}: flavour {k.get('flavour')}, series hash "
+                     f"{k.get('series_hash')}")
+    machine = meta.get("machine", {})
+    if machine:
+        lines.append(f"- machine: {machine.get('cpus')} CPUs, load average at start "
+                     f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}")
+    lines += ["", "Latencies are the priority flow's, in microseconds (sockperf: half the "
+              "round trip). Ratios are per round to mode 0 of the same boot (vanilla: the "
+              "vanilla boot's round against the PRISM boot's), geometric mean with a 95% "
+              "bootstrap interval over rounds. An ordering holds when it held in at least 9 "
+              "of 10 rounds and every neighbouring pair's interval excludes 1.", ""]
+    g = summary.get("goals", {})
+    if g:
+        lines += ["## Goals of this run", ""]
+        for name, res in g.items():
+            state = "met" if res["met"] else "NOT met"
+            failing = f" (failing: {'; '.join(res['failing'])})" if res["failing"] else ""
+            lines.append(f"- {name}: {state}{failing}")
+        lines.append("")
+    for exp, title in results.EXPERIMENTS.items():
+        entries = [e for e in summary["cells"] if e["cell"]["experiment"] == exp]
+        if exp == "cal":
+            if not summary.get("calibration"):
+                continue
+            lines += [f"## {exp}: {title}", "",
+                      "| cell | delay (us) | expected shift of p50 (us) | measured [95%] | "
+                      "error | within 10% |", "|---|---|---|---|---|---|"]
+            for c in summary["calibration"]:
+                d = c["difference"]
+                measured = "n/a" if d is None else \
+                    f"{d['value']:.1f} [{d['low']:.1f}, {d['high']:.1f}]"
+                err = c.get("relative_error")
+                lines.append(f"| {c['label']} | {c['delay_us']} | {c['expected']:.0f} | "
+                             f"{measured} | {'n/a' if err is None else f'{err:+.1%}'} | "
+                             f"{'yes' if c['passes'] else 'NO'} |")
+            lines.append("")
+            continue
+        if not entries:
+            continue
+        lines += [f"## {exp}: {title}", ""]
+        for e in entries:
+            lines += [f"### {e['label']}", ""] + cell_table(e) + [""] + cell_verdicts(e) + [""]
+    if plots:
+        lines += ["## Plots", ""]
+        for p in plots:
+            if p.suffix == ".png":
+                rel = p.relative_to(run_dir)
+                lines += [f"![{p.stem}]({rel})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write(run_dir: Path, meta: dict, summary: dict, plots: list[Path]) -> Path:
+    path = run_dir / "report.md"
+    path.write_text(render(meta, summary, plots, run_dir))
+    return path

@@ -1,0 +1,602 @@
+"""The experiment runner: the probe's method made the harness's.
+
+Setup "host-client" (the probe): one server guest (1 vCPU, TCG, every QEMU thread pinned to
+CPU 1) on prism-vnic (2 queue pairs, pinned to CPU 0 with the clients); the client is the host
+itself at native speed, from a host network namespace on a tap port of prism-vnic, with a
+Linux vxlan device (VNI 42, dstport 4789, 10.42.0.100) talking to the container c1
+(10.42.0.1, netns on br0 with vxlan0, veth MTU 1450) in the guest.
+
+Setup "two-guests" (the paper's two hosts): the client is a second guest's container (1 vCPU,
+pinned to CPU 0), the overlay on both guests.
+
+In one boot the modes are switched in interleaved rounds (0, 1, 2 then 2, 1, 0, ...), every
+cell's modes back to back inside a round, so a round's ratios to mode 0 pair turns measured a
+few seconds apart. Vanilla-kernel boots alternate with the PRISM boots (each boot runs a share
+of the rounds), and a vanilla round r is paired with the PRISM round r.
+
+Experiments (each on an idle server and a busy one: a CPU hog per vCPU in the container):
+  a  one request/response flow (sockperf ping-pong, UDP 11111), overlay (container to
+     container) and "host" (guest eth0, no VXLAN)
+  b  the same priority flow with 0, 1, 2, 4, 8 bulk TCP flows (iperf3 -P) to the container
+  c  memcached in the container, memcaslap (1 connection) from the client, under 2 bulk flows
+  d  nginx in the container, wrk (1 connection) from the client, under 2 bulk flows
+  cal  experiment b's 2-flow cell in mode 0 with prism-vnic delaying the high class by D us
+     in every other turn: the harness must measure +D/2 (sockperf's half round trip)
+NIC steering on: prism-vnic rules put the priority flows on rx-0 as class high (rx-0 has the
+prism_priority flag); off: no rules, trust none, so they share the RSS queue with bulk and the
+kernel's port table (net.core.prism_ports) alone marks them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import REPO
+from . import parsers, results
+
+PRIO_PORT = 11111
+MEMCACHED_PORT = 11211
+HTTP_PORT = 80
+BULK_PORT = 5201
+APP_BULK_FLOWS = 2
+SOCKPERF_MPS = 500
+HOST_CPU, GUEST_CPU = 0, 1
+UNDERLAY_SERVER, UNDERLAY_CLIENT = "10.0.0.1", "10.0.0.100"
+SUBNET = "10.42.0"
+SERVER_C1 = f"{SUBNET}.1"
+CLIENT_VXLAN = f"{SUBNET}.100"
+# Names on the host carry the owner so that parallel testbeds never collide (IFNAMSIZ 15).
+NAME = "e21ev"
+WRK_LUA = Path(__file__).with_name("wrk_report.lua")
+MODES = {"mode0": 0, "batch": 1, "sync": 2}
+# prism-vnic rules for NIC steering: the priority flows to rx-0 as class high.
+STEERING_RULES = [
+    (10, f"inner proto udp dst-port {PRIO_PORT}"),
+    (11, f"inner proto tcp dst-port {MEMCACHED_PORT}"),
+    (12, f"inner proto tcp dst-port {HTTP_PORT}"),
+    (13, f"proto udp dst-port {PRIO_PORT}"),  # experiment a's path without the overlay
+]
+
+
+@dataclass(frozen=True)
+class Profile:
+    rounds: int
+    seconds: float
+    experiments: tuple[str, ...]
+    setups: tuple[str, ...]
+    servers: tuple[str, ...]
+    steering: tuple[bool, ...]
+    flows: tuple[int, ...]
+    vanilla: bool = True
+    cal_delays_us: tuple[int, ...] = (300,)
+    boots_per_kernel: int = 1
+
+    def describe(self) -> str:
+        return (f"{self.rounds} rounds of {self.seconds:g} s turns, experiments "
+                f"{','.join(self.experiments)}, {','.join(self.setups)}, servers "
+                f"{','.join(self.servers)}, steering "
+                f"{','.join('on' if s else 'off' for s in self.steering)}, flows "
+                f"{','.join(map(str, self.flows))}, ~{estimate_minutes(self):.0f} min")
+
+
+PROFILES = {
+    "quick": Profile(rounds=3, seconds=3, experiments=("b", "c", "d", "cal"),
+                     setups=("host-client",), servers=("busy",), steering=(True,),
+                     flows=(2,)),
+    "full": Profile(rounds=10, seconds=8, experiments=("a", "b", "c", "d", "cal"),
+                    setups=("host-client", "two-guests"), servers=("idle", "busy"),
+                    steering=(True, False), flows=(0, 1, 2, 4, 8),
+                    cal_delays_us=(300, 1000), boots_per_kernel=2),
+}
+# Seconds a turn costs beyond its measurement (mode switch, starting and ending the bulk
+# flows, fetching the log) and a boot with its setup, under TCG on the 2-core host.
+TURN_OVERHEAD_S = 4.0
+BOOT_S = 150.0
+
+
+class EvalError(Exception):
+    """An experiment step failed; the message says which and shows the output."""
+
+
+def cells(profile: Profile, setup: str) -> list[results.Cell]:
+    out = []
+    for server in profile.servers:
+        for steering in profile.steering:
+            def cell(exp: str, flows: int, path: str = "overlay") -> results.Cell:
+                return results.Cell(setup, exp, server, steering, flows, path)
+            if "a" in profile.experiments:
+                out += [cell("a", 0, "overlay"), cell("a", 0, "host")]
+            if "b" in profile.experiments:
+                out += [cell("b", f) for f in profile.flows]
+            if "c" in profile.experiments:
+                out.append(cell("c", APP_BULK_FLOWS))
+            if "d" in profile.experiments:
+                out.append(cell("d", APP_BULK_FLOWS))
+    return out
+
+
+def calibration_cell(profile: Profile, setup: str) -> results.Cell | None:
+    if "cal" not in profile.experiments:
+        return None
+    return results.Cell(setup, "cal", profile.servers[-1], True, APP_BULK_FLOWS, "overlay")
+
+
+def turns_per_round(profile: Profile, setup: str) -> tuple[int, int]:
+    """(PRISM boot turns, vanilla boot turns) per round."""
+    n = len(cells(profile, setup))
+    cal = (1 + len(profile.cal_delays_us)) if calibration_cell(profile, setup) else 0
+    return 3 * n + cal, (n if profile.vanilla else 0)
+
+
+def estimate_minutes(profile: Profile) -> float:
+    total = 0.0
+    for setup in profile.setups:
+        prism, vanilla = turns_per_round(profile, setup)
+        turn = profile.seconds + TURN_OVERHEAD_S
+        boots = profile.boots_per_kernel * (2 if profile.vanilla else 1)
+        total += profile.rounds * (prism + vanilla) * turn + boots * BOOT_S
+    return total / 60
+
+
+def round_order(rnd: int) -> list[str]:
+    """The modes of round r: 0, 1, 2 in even rounds, 2, 1, 0 in odd ones."""
+    order = ["mode0", "batch", "sync"]
+    return order if rnd % 2 == 0 else order[::-1]
+
+
+def boot_plan(profile: Profile) -> list[tuple[str, list[int]]]:
+    """[(kernel flavour, rounds)]: the rounds split over boots, PRISM and vanilla boots
+    alternating, so that each vanilla round has its PRISM round measured near it in time."""
+    per = math.ceil(profile.rounds / profile.boots_per_kernel)
+    plan = []
+    for b in range(profile.boots_per_kernel):
+        rounds = list(range(b * per, min(profile.rounds, (b + 1) * per)))
+        if not rounds:
+            continue
+        plan.append(("prism", rounds))
+        if profile.vanilla:
+            plan.append(("vanilla", rounds))
+    return plan
+
+
+# --- the testbed -------------------------------------------------------------------------------
+
+
+def _pin_process(pid: int, cpu: int) -> None:
+    """Every thread of a process onto one host CPU."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), {cpu})
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
+def _series_of(kernel: Path) -> dict:
+    """Flavour and hash from the cache directory guest-kernel/build puts a kernel in
+    (<flavour>-<hash>/bzImage)."""
+    m = re.match(r"(.+)-([0-9a-f]{8,})$", kernel.parent.name)
+    if m:
+        return {"flavour": m.group(1), "series_hash": m.group(2), "path": str(kernel)}
+    return {"flavour": kernel.parent.name, "series_hash": "unknown", "path": str(kernel)}
+
+
+class HostClient:
+    """The client at native speed: commands in a host namespace, pinned to HOST_CPU."""
+
+    def __init__(self, ns, tmp: Path):
+        self.ns = ns
+        self.tmp = tmp
+
+    def argv(self, cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns.name, "taskset", "-c", str(HOST_CPU),
+                "sh", "-c", cmd]
+
+    def start(self, cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, proc: subprocess.Popen, timeout: float) -> str:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise EvalError(f"client command still running after {timeout:.0f} s:\n{out}")
+        return out
+
+    def run(self, cmd: str, timeout: float) -> str:
+        return self.finish(self.start(cmd), timeout)
+
+    def file(self, name: str) -> str:
+        return str(self.tmp / name)
+
+    def read(self, path: str) -> str:
+        return Path(path).read_text()
+
+
+class GuestClient:
+    """The client in a second guest's container (the two-guests setup)."""
+
+    def __init__(self, guest):
+        self.guest = guest
+        self._n = 0
+
+    def start(self, cmd: str) -> str:
+        self._n += 1
+        name = f"evalbg{self._n}"
+        self.guest.bg(name, f"ip netns exec c1 sh -c {shlex.quote(cmd)}")
+        return name
+
+    def finish(self, name: str, timeout: float) -> str:
+        rc, out = self.guest.wait_bg(name, timeout)
+        return out
+
+    def run(self, cmd: str, timeout: float) -> str:
+        rc, out = self.guest.run(f"ip netns exec c1 sh -c {shlex.quote(cmd)}", timeout=timeout)
+        return out
+
+    def file(self, name: str) -> str:
+        return f"/tmp/{name}"
+
+    def read(self, path: str) -> str:
+        return self.guest.check(f"cat {path}", timeout=300)
+
+
+@dataclass
+class Bed:
+    """One boot's testbed: prism-vnic, the server guest, the client (host netns or guest)."""
+
+    setup: str
+    flavour: str
+    kernel: Path
+    initrd: Path
+    out: Path
+    switch: object = None
+    server: object = None
+    client_guest: object = None
+    client: object = None
+    ns: object = None
+    tap: str | None = None
+    tmp: Path | None = None
+    apps: bool = False  # memcached and nginx in the image (experiments c and d)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def up(self) -> None:
+        from ..guest import Guest, GuestConfig
+        from ..netns import HostNetns, create_tap
+        from ..overlay import OverlayParams, overlay_steps
+        from ..switch import Switch
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
+        self.cleanup.append(lambda: shutil.rmtree(self.tmp, ignore_errors=True))
+        ports: tuple[str, ...] = ("srv",) if self.setup == "host-client" else ("srv", "cli")
+        taps = {}
+        if self.setup == "host-client":
+            self.tap = f"{NAME}{os.getpid() % 10000}"
+            create_tap(self.tap)
+            self.cleanup.append(self._delete_tap)
+            taps = {"tap": self.tap}
+        self.switch = Switch(self.out, ports=ports, queues=2, taps=taps,
+                             extra_args=["--trust", "none"], sock_dir=self.tmp / "sock")
+        self.switch.start()
+        self.cleanup.append(self.switch.stop)
+        _pin_process(self.switch.proc.pid, HOST_CPU)
+        params = OverlayParams(subnet=SUBNET)
+        cfg = GuestConfig(name=f"{NAME}-srv", socket=self.switch.sockets["srv"],
+                          ip=f"{UNDERLAY_SERVER}/24", queues=2, smp=1, mem="1G",
+                          kernel=str(self.kernel), initrd=str(self.initrd))
+        self.server = Guest(cfg, self.out)
+        self.server.start()
+        self.cleanup.append(self.server.kill)
+        if self.setup == "two-guests":
+            ccfg = replace(cfg, name=f"{NAME}-cli", socket=self.switch.sockets["cli"],
+                           ip=f"{UNDERLAY_CLIENT}/24")
+            self.client_guest = Guest(ccfg, self.out)
+            self.client_guest.start()
+            self.cleanup.append(self.client_guest.kill)
+        for guest, cpu in ((self.server, GUEST_CPU), (self.client_guest, HOST_CPU)):
+            if guest is not None:
+                guest.wait_ready()
+                _pin_process(guest.pid, cpu)
+        if self.setup == "host-client":
+            self.ns = HostNetns(f"{NAME}-{os.getpid() % 10000}", self.tap,
+                                f"{UNDERLAY_CLIENT}/24")
+            self.ns.create()
+            self.cleanup.append(self.ns.delete)
+            for step in (f"ip link add vxlan42 type vxlan id 42 dstport 4789 local "
+                         f"{UNDERLAY_CLIENT} remote {UNDERLAY_SERVER} dev eth0",
+                         "ip link set vxlan42 mtu 1450 up",
+                         f"ip addr add {CLIENT_VXLAN}/24 dev vxlan42"):
+                self.ns.check(step)
+            self.client = HostClient(self.ns, self.tmp)
+        else:
+            for step in overlay_steps(params, 2, UNDERLAY_CLIENT, [UNDERLAY_SERVER]):
+                self.client_guest.check(step)
+            self.client = GuestClient(self.client_guest)
+        peers = [UNDERLAY_CLIENT]
+        for step in overlay_steps(params, 1, UNDERLAY_SERVER, peers):
+            self.server.check(step)
+        self.servers_up()
+
+    def _delete_tap(self) -> None:
+        from ..netns import delete_tap
+        delete_tap(self.tap)
+
+    def srv(self, cmd: str, timeout: float = 120.0) -> str:
+        return self.server.check(cmd, timeout=timeout)
+
+    def servers_up(self) -> None:
+        """The workloads in the container, the PRISM marks, and a first reachability check."""
+        c1 = "ip netns exec c1"
+        if self.flavour != "vanilla":
+            from ..knobs import KNOBS, RX0_FLAG
+            self.srv(f"echo 1 > {RX0_FLAG}")
+            for port in (PRIO_PORT, MEMCACHED_PORT, HTTP_PORT):
+                self.srv(f"echo 'add {port}' > {KNOBS}/prism_ports")
+        self.srv(f"( {c1} sockperf sr -i {SERVER_C1} -p {PRIO_PORT} > /tmp/sr.log 2>&1 & )")
+        self.srv(f"( sockperf sr -i {UNDERLAY_SERVER} -p {PRIO_PORT} > /tmp/sr0.log 2>&1 & )")
+        self.srv(f"{c1} iperf3 -s -p {BULK_PORT} -D")
+        missing = self.server.run("for t in memcached nginx; do command -v $t >/dev/null "
+                                  "|| echo missing $t; done")[1]
+        self.apps = "missing" not in missing
+        if self.apps:
+            self.srv(f"{c1} memcached -u root -p {MEMCACHED_PORT} -U 0 -t 1 -d")
+            self.srv("mkdir -p /tmp/www /tmp/nginx && echo hello > /tmp/www/index.html && "
+                     "printf '%s\\n' 'worker_processes 1; pid /tmp/nginx/pid;' "
+                     "'error_log /tmp/nginx/error.log;' 'events { worker_connections 64; }' "
+                     "'http { access_log off; client_body_temp_path /tmp/nginx;' "
+                     f"'server {{ listen {SERVER_C1}:{HTTP_PORT}; root /tmp/www; }} }}' "
+                     "> /tmp/nginx/nginx.conf")
+            self.srv(f"{c1} nginx -c /tmp/nginx/nginx.conf")
+        self.server.wait_until(f"{c1} netstat -ltn | grep -q ':{BULK_PORT} '", 120)
+        # The client reaches the container across the overlay (ARP, FDB learning).
+        deadline = time.monotonic() + 300
+        while True:
+            out = self.client.run(f"ping -c 1 -W 2 {SERVER_C1} >/dev/null && echo reach",
+                                  timeout=30)
+            if "reach" in out:
+                break
+            if time.monotonic() > deadline:
+                raise EvalError(f"the client cannot reach {SERVER_C1} across the overlay")
+
+    def set_mode(self, variant: str) -> None:
+        if variant == "vanilla":
+            return
+        from ..knobs import mode_command
+        self.srv(mode_command(MODES[variant]))
+        if self.client_guest is not None and self.flavour != "vanilla":
+            self.client_guest.check(mode_command(MODES[variant]))
+
+    def set_server(self, busy: bool) -> None:
+        """A CPU hog in the container on the server's vCPU (the paper's busy server)."""
+        self.srv("[ -s /tmp/hog.pid ] && kill $(cat /tmp/hog.pid) 2>/dev/null; "
+                 "rm -f /tmp/hog.pid; true")
+        if busy:
+            self.srv("( ip netns exec c1 sh -c 'echo $$ > /tmp/hog.pid; "
+                     "while :; do :; done' > /dev/null 2>&1 & )")
+
+    def set_steering(self, on: bool) -> None:
+        listing = self.switch.rule("list", "srv")
+        for loc, text in STEERING_RULES:
+            present = re.search(rf"\bloc {loc}\b", listing) is not None
+            if on and not present:
+                self.switch.rule("add", "srv", "loc", str(loc), *text.split(), "action",
+                                 "queue", "0", "class", "high")
+            if not on and present:
+                self.switch.rule("del", "srv", str(loc))
+
+    def set_delay(self, delay_us: int) -> None:
+        self.switch.control_command("link", "srv", "--delay-us", str(delay_us),
+                                    "--class", "high")
+
+    def down(self) -> None:
+        for step in reversed(self.cleanup):
+            try:
+                step()
+            except Exception as e:  # tear down the rest whatever one step did
+                print(f"eval: cleanup step failed: {e!r}", file=sys.stderr)
+        self.cleanup.clear()
+
+
+# --- turns -------------------------------------------------------------------------------------
+
+
+def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path) -> dict:
+    """One turn's measurement: bulk flows started, the priority workload run, bulk ended.
+    Returns {"metrics", "raw", "samples"}."""
+    client = bed.client
+    raw: dict[str, str] = {}
+    bulk = None
+    if cell.flows:
+        bulk = client.start(f"iperf3 -c {SERVER_C1} -p {BULK_PORT} -P {cell.flows} "
+                            f"-t {seconds + 2:g} -J")
+        time.sleep(1.0)  # past slow start
+    samples: list[float] = []
+    try:
+        if cell.experiment in ("a", "b", "cal"):
+            target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
+            log = client.file(f"{tag}.csv")
+            out = client.run(f"sockperf ping-pong -i {target} -p {PRIO_PORT} "
+                             f"--mps {SOCKPERF_MPS} -t {seconds:g} --full-log {log}",
+                             timeout=seconds + 120)
+            (raw_dir / f"{tag}.sockperf.txt").write_text(out)
+            raw["sockperf"] = f"raw/{tag}.sockperf.txt"
+            full = client.read(log)
+            samples = parsers.sockperf_full_log(full)
+            metrics = parsers.latency_metrics(samples)
+            metrics["dropped"] = parsers.sockperf_summary(out).get("dropped", 0)
+        elif cell.experiment == "c":
+            out = client.run(f"memcaslap -s {SERVER_C1}:{MEMCACHED_PORT} -T 1 -c 1 "
+                             f"-t {int(seconds)}s -S {int(seconds)}s", timeout=seconds + 120)
+            (raw_dir / f"{tag}.memcaslap.txt").write_text(out)
+            raw["memcaslap"] = f"raw/{tag}.memcaslap.txt"
+            parsed = parsers.memcaslap(out)
+            metrics = {k: v for k, v in parsed["get"].items() if k != "count"}
+            metrics["set_mean_us"] = parsed.get("set", {}).get("mean_us", math.nan)
+            metrics["ops_per_s"] = parsed["ops_per_s"]
+        elif cell.experiment == "d":
+            lua = client.file("wrk_report.lua")
+            if isinstance(client, HostClient):
+                shutil.copy(WRK_LUA, lua)
+            else:
+                bed.client_guest.check(f"cat > {lua} << 'EOF'\n{WRK_LUA.read_text()}EOF")
+            out = client.run(f"wrk -t1 -c1 -d{seconds:g}s --latency -s {lua} "
+                             f"http://{SERVER_C1}:{HTTP_PORT}/index.html", timeout=seconds + 120)
+            (raw_dir / f"{tag}.wrk.txt").write_text(out)
+            raw["wrk"] = f"raw/{tag}.wrk.txt"
+            metrics = parsers.wrk(out)
+        else:
+            raise EvalError(f"unknown experiment {cell.experiment!r}")
+    finally:
+        bulk_out = client.finish(bulk, timeout=seconds + 120) if bulk is not None else None
+    if bulk_out is not None:
+        (raw_dir / f"{tag}.iperf3.json").write_text(bulk_out)
+        raw["iperf3"] = f"raw/{tag}.iperf3.json"
+        metrics["bulk_mbps"] = parsers.iperf3_json(bulk_out)["mbps"]
+    return {"metrics": metrics, "raw": raw, "samples": samples}
+
+
+def round_turns(bed: Bed, profile: Profile, rnd: int, boot: int, setup: str
+                ) -> Iterator[tuple[results.Cell, str, int]]:
+    """(cell, variant, delay) in the order round r measures them; groups cells by server
+    state and steering, so the hog and the rules change only between groups."""
+    variants = round_order(rnd) if bed.flavour != "vanilla" else ["vanilla"]
+    for cell in cells(profile, setup):
+        if not bed.apps and cell.experiment in ("c", "d"):
+            continue
+        for v in variants:
+            yield cell, v, 0
+    cal = calibration_cell(profile, setup)
+    if cal is not None and bed.flavour != "vanilla":
+        delays = [0, *profile.cal_delays_us]
+        for d in (delays if rnd % 2 == 0 else delays[::-1]):
+            yield cal, "mode0", d
+
+
+def run(profile: Profile, out: Path, *, progress: Callable[[str], None] = print) -> dict:
+    """Runs the profile; writes the result directory as it goes; returns the summary."""
+    from ..image import build_initramfs
+    from ..kernel import build_kernel
+    from .cli import finish_run
+    out.mkdir(parents=True, exist_ok=True)
+    raw_dir = out / "raw"
+    raw_dir.mkdir(exist_ok=True)
+    started = time.monotonic()
+    progress(f"eval: kernels and image (built if missing; a cold kernel build takes long)")
+    kernels = {"prism": build_kernel("prism")}
+    if profile.vanilla:
+        kernels["vanilla"] = build_kernel("vanilla")
+    initrd = build_initramfs(extra_bins=[shutil.which("sockperf") or "sockperf"],
+                             workloads=True)
+    meta = {"profile": profile.describe(), "rounds": profile.rounds,
+            "turn_seconds": profile.seconds,
+            "prism_vnic_commit": _git_commit(), "kernels": {k: _series_of(p)
+                                                          for k, p in kernels.items()},
+            "initrd": str(initrd), "settings": {
+                "sockperf_mps": SOCKPERF_MPS, "queues": 2, "trust": "none",
+                "server_vcpus": 1, "server_cpu": GUEST_CPU, "client_cpu": HOST_CPU,
+                "vni": 42, "dstport": 4789, "veth_mtu": 1450, "steering_rules": STEERING_RULES,
+                "app_bulk_flows": APP_BULK_FLOWS, "cal_delays_us": profile.cal_delays_us},
+            "topology": {"host-client": "server guest + host netns client on a tap port",
+                         "two-guests": "server guest + client guest"},
+            "started": _now(), "machine": {"cpus": os.cpu_count(),
+                                           "loadavg_start": _loadavg()}}
+    turns: list[dict] = []
+    for setup in profile.setups:
+        for boot, (flavour, rounds) in enumerate(boot_plan(profile)):
+            bed = Bed(setup, flavour, kernels[flavour], initrd, out / "logs" / f"{setup}-{boot}")
+            t0 = time.monotonic()
+            progress(f"eval: {setup}: booting {flavour} (boot {boot})")
+            try:
+                bed.up()
+                progress(f"eval: {setup}: {flavour} up in {time.monotonic() - t0:.0f} s")
+                state: tuple | None = None
+                for rnd in rounds:
+                    for cell, variant, delay in round_turns(bed, profile, rnd, boot, setup):
+                        if state != (cell.server, cell.steering):
+                            bed.set_server(cell.server == "busy")
+                            bed.set_steering(cell.steering)
+                            state = (cell.server, cell.steering)
+                        bed.set_mode(variant)
+                        if cell.experiment == "cal":
+                            bed.set_delay(delay)
+                        tag = f"{cell.slug()}-{variant}-d{delay}-r{rnd}"
+                        res = measure(bed, cell, profile.seconds, tag, raw_dir)
+                        if cell.experiment == "cal" and delay:
+                            bed.set_delay(0)
+                        (raw_dir / f"{tag}.samples.json").write_text(json.dumps(res["samples"]))
+                        turns.append(results.new_turn(
+                            cell, variant, rnd, boot, res["metrics"], res["raw"], delay_us=delay,
+                            samples=f"raw/{tag}.samples.json", at=_now()))
+                        results.write_run(out, meta, turns)
+                        m = res["metrics"]
+                        progress(f"eval: {tag}: p50 {m.get('p50_us', math.nan):.0f} us, "
+                                 f"p99 {m.get('p99_us', math.nan):.0f} us"
+                                 + (f", bulk {m['bulk_mbps']:.0f} Mbit/s"
+                                    if "bulk_mbps" in m else ""))
+            finally:
+                bed.down()
+    meta["finished"] = _now()
+    meta["machine"]["loadavg_end"] = _loadavg()
+    meta["wall_seconds"] = round(time.monotonic() - started)
+    return finish_run(out, meta, turns)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _git_commit() -> str:
+    res = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True)
+    return res.stdout.strip() or "unknown"
+
+
+def run_from_args(args) -> int:
+    profile = PROFILES[args.profile]
+    overrides = {k: getattr(args, k) for k in ("rounds", "seconds") if getattr(args, k)}
+    for name in ("experiments", "setups", "servers", "flows"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
+    if args.steering:
+        overrides["steering"] = tuple(s == "on" for s in args.steering)
+    if args.no_vanilla:
+        overrides["vanilla"] = False
+    profile = replace(profile, **overrides)
+    bad = set(profile.experiments) - set(results.EXPERIMENTS)
+    if bad:
+        print(f"benches/eval: unknown experiments {sorted(bad)}; known: "
+              f"{','.join(results.EXPERIMENTS)}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(profile.describe())
+        for setup in profile.setups:
+            prism, vanilla = turns_per_round(profile, setup)
+            print(f"{setup}: {len(cells(profile, setup))} cells, {prism} PRISM turns and "
+                  f"{vanilla} vanilla turns per round; boots {boot_plan(profile)}")
+        return 0
+    out = args.out or REPO / "benches" / "out" / \
+        f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    summary = run(profile, out)
+    print(f"eval: report {out / 'report.md'}")
+    failed = [k for k, g in summary["goals"].items() if not g["met"]]
+    print(f"eval: goals not met: {', '.join(failed)}" if failed else "eval: every goal met")
+    return 0

@@ -1,0 +1,117 @@
+"""Result directories, the report, the plots and `compare` on synthetic runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from prismtb.eval import compare, results
+from prismtb.eval.cli import finish_run
+
+from eval_synthetic import RATIOS, turns
+
+REPO = Path(__file__).resolve().parents[2]
+META = {"profile": "synthetic", "rounds": 10, "turn_seconds": 1,
+        "prism_vnic_commit": "0123abc",
+        "kernels": {"prism": {"flavour": "prism", "series_hash": "feedbeef"},
+                    "vanilla": {"flavour": "vanilla", "series_hash": "-"}}}
+
+
+def make_run(tmp: Path, name: str, **kw) -> Path:
+    out = tmp / name
+    finish_run(out, META, turns(**kw))
+    return out
+
+
+# The runs are shared by the tests of this module: drawing their plots is the slow part.
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs"), "a", seed=1)
+
+
+@pytest.fixture(scope="module")
+def run_b_same(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs"), "b", seed=2)
+
+
+@pytest.fixture(scope="module")
+def run_b_worse(tmp_path_factory) -> Path:
+    # The patch under test makes PRISM-sync lose most of its benefit.
+    worse = {**RATIOS, "sync": {"p50_us": 0.8, "p99_us": 0.9, "bulk_mbps": 0.93}}
+    return make_run(tmp_path_factory.mktemp("runs"), "b", seed=2, ratios=worse)
+
+
+def test_a_synthetic_run_meets_its_known_goals(run_a):
+    out = run_a
+    summary = results.read_summary(out)
+    g = summary["goals"]
+    assert g["ordering_busy"]["met"], g
+    assert g["vanilla_agrees_with_mode0"]["met"], g
+    assert g["batch_bulk_0_9"]["met"], g
+    assert g["calibration_10pct"]["met"], g
+    cell = next(c for c in summary["cells"] if c["cell"]["server"] == "busy")
+    batch = cell["ratios"]["p50_us"]["batch"]
+    assert batch["low"] <= 0.5 <= batch["high"] and batch["high"] - batch["low"] < 0.1
+    cal = summary["calibration"][0]
+    assert cal["difference"]["low"] <= 150 <= cal["difference"]["high"]
+
+
+def test_the_run_directory_holds_raw_json_csv_report_and_plots(run_a):
+    out = run_a
+    meta, ts = results.read_run(out)
+    assert meta["prism_vnic_commit"] == "0123abc" and len(ts) == len(turns())
+    rows = (out / "turns.csv").read_text().splitlines()
+    assert len(rows) == len(ts) + 1
+    assert rows[0].startswith("kernel_flavour,series_hash,prism_vnic_commit,setup")
+    assert "feedbeef" in rows[1] or "feedbeef" in rows[2]
+    text = (out / "report.md").read_text()
+    assert "n/a" not in text, "every cell of the report has a number"
+    assert "held: whole order in 10 of 10 rounds" in text
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert {p.stem.split("-")[0] for p in pngs} >= {"flows", "throughput", "paired"}
+    for p in pngs:
+        assert (out / "plots" / f"{p.stem}.svg").exists()
+        assert matplotlib.image.imread(p).shape[0] > 100
+        assert f"plots/{p.name}" in text
+
+
+def test_compare_of_two_runs_with_the_same_effects_finds_no_regression(run_a, run_b_same):
+    assert compare.main(run_a, run_b_same) == 0
+
+
+def test_compare_finds_an_injected_regression_and_exits_non_zero(run_a, run_b_worse):
+    a, b = run_a, run_b_worse
+    changes, _ = compare.compare(results.read_summary(a), results.read_summary(b))
+    regressions = [c for c in changes if c.regression]
+    assert any("p50_us sync/mode0" in c.what for c in regressions)
+    assert any("ordering" in c.what for c in regressions)
+    assert not any("batch/mode0" in c.what for c in regressions)
+    proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "compare",
+                           str(a), str(b)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "REGRESSION" in proc.stdout
+
+
+def test_compare_of_a_directory_without_a_run_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "compare",
+                           str(tmp_path), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not an evaluation result directory" in proc.stderr
+
+
+def test_cdf_plots_are_drawn_from_the_turns_samples(tmp_path):
+    ts = turns(rounds=2, flows=(0,))
+    out = tmp_path / "run"
+    (out / "raw").mkdir(parents=True)
+    for i, t in enumerate(ts):
+        rel = f"raw/{i}.samples.json"
+        (out / rel).write_text(json.dumps([t["metrics"]["p50_us"] * (1 + k / 100)
+                                           for k in range(100)]))
+        t["samples"] = rel
+    finish_run(out, META, ts)
+    cdfs = sorted((out / "plots").glob("cdf-*.png"))
+    assert len(cdfs) == 2  # idle and busy
+    assert "cdf-" in (out / "report.md").read_text()
