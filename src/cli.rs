@@ -214,6 +214,9 @@ pub struct RunArgs {
     /// Capture frames delivered to a port (or one of its RX queues) to a pcapng file.
     #[arg(long = "pcap", value_name = "PORT[:QUEUE]=FILE", value_parser = parse_pcap_arg)]
     pub pcaps: Vec<PcapArg>,
+    /// Serve Prometheus metrics over HTTP at ADDR (e.g. 127.0.0.1:9464), path /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `--trust` values.

@@ -13,6 +13,7 @@ use crate::classify::rules::RuleSet;
 use crate::classify::{ClassifierConfig, Trust};
 use crate::cli::{RunArgs, TrustArg};
 use crate::control;
+use crate::metrics;
 use crate::nic::capture::Capture;
 use crate::nic::link::LinkSettings;
 use crate::nic::{Nic, NicConfig, scheduler};
@@ -39,6 +40,8 @@ pub enum DaemonError {
     Tap(#[from] tap::TapError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::server::MetricsError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("cannot wait for signals: {0}")]
@@ -159,6 +162,7 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         taps.push(tap::Tap::attach(ifname)?);
     }
     ensure_parent(&args.control)?;
+    let metrics_listener = args.metrics.map(metrics::server::bind).transpose()?;
 
     let mut ports = Vec::new();
     for (name, path) in &args.ports {
@@ -231,6 +235,12 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
     crate::nic::clock::init();
     let signals = block_shutdown_signals();
     control::spawn(fabric.clone(), &args.control)?;
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
+        metrics::server::spawn(fabric.clone(), listener)?;
+    }
     for port in &fabric.ports {
         scheduler::spawn(port.nic.clone(), &port.name).map_err(DaemonError::Thread)?;
     }

@@ -5,12 +5,13 @@
 //! -> `switch` (learn, look up) -> `nic` (queue choice, buffering, offload adaptation) ->
 //! `port` (the destination guest's RX ring). `wire` holds the other kinds of ports (tap,
 //! sink). `packet` (views, checksums, segmentation) and `classify` (pure decisions) know
-//! nothing of devices; `stats` is a leaf; `control` reads counters over a socket.
+//! nothing of devices; `stats` is a leaf; `control` reads counters over a socket, `metrics` serves them to Prometheus.
 
 pub mod classify;
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod metrics;
 pub mod nic;
 pub mod packet;
 pub mod port;

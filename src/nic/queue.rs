@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 
 use super::backlog::Frames;
 use super::moderation::{Coalesce, CoalesceSettings, NotifyDecision, Pending};
-use super::residence::{Residence, ResidenceSummary};
+use super::residence::{Residence, ResidenceBuckets, ResidenceSummary};
 use super::{FrameBytes, GuestRxRing, RingWrite};
 use crate::classify::Class;
 use crate::stats::{self, QueueCounters};
@@ -250,6 +250,16 @@ impl RxQueue {
         let mut state = self.lock();
         let residence = &mut state.accounting.residence;
         [residence[0].summary(), residence[1].summary()]
+    }
+
+    /// Both classes' residence histograms cut at `bounds_ns` (see [`Residence::buckets`]).
+    pub fn residence_buckets(&self, bounds_ns: &[u64]) -> [ResidenceBuckets; 2] {
+        let mut state = self.lock();
+        let residence = &mut state.accounting.residence;
+        [
+            residence[0].buckets(bounds_ns),
+            residence[1].buckets(bounds_ns),
+        ]
     }
 
     pub fn reset_residence(&self) {

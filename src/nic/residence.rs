@@ -33,6 +33,15 @@ pub struct ResidenceSummary {
     pub cdf_ns: [u64; 12],
 }
 
+/// A residence histogram cut at fixed bounds (see [`Residence::buckets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResidenceBuckets {
+    /// Frames per bucket, not cumulative; the last slot holds those above every bound.
+    pub counts: Vec<u64>,
+    /// Sum of the recorded residences (each at the middle of its histogram bin).
+    pub sum_ns: u64,
+}
+
 impl Default for Residence {
     fn default() -> Self {
         Self::new()
@@ -73,6 +82,27 @@ impl Residence {
     pub fn reset(&mut self) {
         self.run = (0, 0);
         self.histogram.reset();
+    }
+
+    /// Counts per bucket for a Prometheus histogram: `bounds_ns` ascending, the counts not
+    /// cumulative, the frames above the last bound in a final slot (so `bounds_ns.len() + 1`
+    /// counts). A value goes to the first bucket whose bound is at least the value's
+    /// highest equivalent in the histogram (two significant digits), so a bucket never
+    /// counts a frame that may have been longer than its bound.
+    pub fn buckets(&mut self, bounds_ns: &[u64]) -> ResidenceBuckets {
+        self.end_run();
+        let mut buckets = ResidenceBuckets {
+            counts: vec![0; bounds_ns.len() + 1],
+            sum_ns: 0,
+        };
+        for value in self.histogram.iter_recorded() {
+            let (ns, count) = (value.value_iterated_to(), value.count_at_value());
+            let slot = bounds_ns.partition_point(|&bound| bound < ns);
+            buckets.counts[slot] += count;
+            let median = self.histogram.median_equivalent(ns);
+            buckets.sum_ns = buckets.sum_ns.saturating_add(median.saturating_mul(count));
+        }
+        buckets
     }
 
     pub fn summary(&mut self) -> ResidenceSummary {
@@ -129,6 +159,20 @@ mod tests {
         residence.reset();
         residence.record(7);
         assert_eq!(residence.summary().count, 1);
+    }
+
+    #[test]
+    fn buckets_count_each_frame_once_under_the_first_bound_that_holds_it() {
+        let mut residence = Residence::new();
+        for ns in [500, 500, 900, 1_500, 9_000, 2_000_000] {
+            residence.record(ns);
+        }
+        let buckets = residence.buckets(&[1_000, 10_000, 1_000_000]);
+        assert_eq!(buckets.counts, vec![3, 2, 0, 1]);
+        let exact: u64 = 500 + 500 + 900 + 1_500 + 9_000 + 2_000_000;
+        // Two significant digits: each value within 1% of itself.
+        assert!(buckets.sum_ns.abs_diff(exact) <= exact / 100, "{buckets:?}");
+        assert_eq!(Residence::new().buckets(&[1_000]).counts, vec![0, 0]);
     }
 
     #[test]

@@ -14,16 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Declares a struct of `AtomicU64` counters with a `snapshot` that lists them by name, so the
 /// list of names cannot drift from the fields.
 macro_rules! counters {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[doc = $doc:literal])* $field:ident),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Default, Debug)]
         pub struct $name {
-            $($(#[$fmeta])* pub $field: AtomicU64,)*
+            $($(#[doc = $doc])* pub $field: AtomicU64,)*
         }
 
         impl $name {
             /// Every counter's name, in declaration order.
             pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Every counter's doc comment as one line, in the order of [`Self::NAMES`]
+            /// (the help text of the Prometheus metrics).
+            pub const HELP: &'static [&'static str] = &[$(concat!($($doc),*).trim_ascii()),*];
 
             /// The current values, in the order of [`Self::NAMES`].
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
@@ -44,6 +48,7 @@ counters! {
     QueueCounters {
         /// Frames the guest sent on this TX queue (after software segmentation: one per frame read).
         tx_packets,
+        /// Bytes of the frames the guest sent on this TX queue.
         tx_bytes,
         /// TX descriptor chains rejected: loop, longer than the queue, outside guest memory,
         /// device-writable descriptor, bad indirect table.
@@ -65,6 +70,7 @@ counters! {
         tx_drops_invalid_address,
         /// Frames delivered to the guest on this RX queue.
         rx_packets,
+        /// Bytes of the frames delivered to the guest on this RX queue.
         rx_bytes,
         /// RX descriptor chains rejected (same reasons as `tx_errors_chain`, or read-only).
         rx_errors_chain,
@@ -79,6 +85,7 @@ counters! {
         rx_buffered,
         /// Frames of the high-priority class delivered (also counted in rx_packets).
         rx_high_packets,
+        /// Bytes of the high-priority frames delivered (also counted in rx_bytes).
         rx_high_bytes,
         /// High-class frames dropped because their buffer was full (also in rx_drops_no_buffer).
         rx_high_drops_no_buffer,
@@ -170,6 +177,25 @@ mod tests {
         assert_eq!(snapshot.len(), QueueCounters::NAMES.len());
         assert!(snapshot.contains(&("tx_errors_chain", 1)));
         assert!(snapshot.contains(&("rx_bytes", 1500)));
+    }
+
+    #[test]
+    fn every_counter_has_its_doc_comment_as_help() {
+        for (names, help) in [
+            (QueueCounters::NAMES, QueueCounters::HELP),
+            (PortCounters::NAMES, PortCounters::HELP),
+            (SwitchCounters::NAMES, SwitchCounters::HELP),
+        ] {
+            assert_eq!(names.len(), help.len());
+            for (name, help) in names.iter().zip(help) {
+                assert!(!help.is_empty(), "{name} has no doc comment");
+                assert!(
+                    !help.starts_with(' ') && !help.contains('\n'),
+                    "{name}: {help:?}"
+                );
+            }
+        }
+        assert!(QueueCounters::HELP[0].starts_with("Frames the guest sent"));
     }
 
     #[test]

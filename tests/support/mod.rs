@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod frames;
 pub mod guest;
 pub mod guest_memory;
+pub mod scrape;
 pub mod traffic;
 pub mod vhost_user;
 pub mod virtqueue;
