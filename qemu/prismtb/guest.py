@@ -26,10 +26,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from . import REPO
 from .parsers import vcpu_threads
-from .procs import die_with_parent, pid_alive
+from .procs import die_with_parent, pid_alive, signals_deferred
 from .shell import Shell
 
 QEMU_VM = REPO / "qemu" / "vm"
@@ -41,6 +42,7 @@ KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
 # with compilers and other guests: wait on conditions, with room to spare.
 BOOT_TIMEOUT = float(os.environ.get("PRISM_E2E_BOOT_TIMEOUT", "180"))
 COMMAND_TIMEOUT = 120.0
+PROGRESS_EVERY = 30.0
 
 _marker_ids = itertools.count(1)
 
@@ -61,8 +63,10 @@ class GuestConfig:
     initrd: str | None = None
     append: str | None = None
     extra_qemu_args: list[str] = field(default_factory=list)
-    # "stdio", or a unix socket path QEMU listens on (then QEMU also logs to PATH.log).
+    # "stdio", or a unix socket path QEMU listens on (then QEMU also logs it to console_log,
+    # by default PATH.log).
     console: str = "stdio"
+    console_log: str | None = None
 
     def command(self) -> list[str]:
         cmd = [str(QEMU_VM), "--name", self.name, "--socket", str(self.socket),
@@ -76,6 +80,8 @@ class GuestConfig:
             cmd += ["--initrd", self.initrd]
         if self.append:
             cmd += ["--append", self.append]
+        if self.console_log:
+            cmd += ["--console-log", self.console_log]
         if self.extra_qemu_args:
             cmd += ["--", *self.extra_qemu_args]
         return cmd
@@ -121,17 +127,22 @@ class Guest(Shell):
         self._writer = lambda data: (stdin.write(data), stdin.flush())
         self._start_reader(self.proc.stdout.fileno(), log=True)
 
-    def start_detached(self, console: Path, timeout: float = 60.0) -> int:
+    def start_detached(self, console: Path, timeout: float = 60.0,
+                       on_spawn: Callable[[int], None] | None = None) -> int:
         """Starts QEMU in a session of its own that outlives this process (the testbed's
         guests): its console is the unix socket `console`, which attach() connects to, and
-        QEMU logs everything the console prints to console.log. Returns QEMU's pid."""
+        QEMU logs everything the console prints to the console log (OUT_DIR/NAME.console.log).
+        Returns QEMU's pid."""
         if self.alive():
             raise GuestError(f"{self.name}: already running (pid {self.pid})")
         self.config.console = str(console)
-        self.console_log_path = Path(f"{console}.log")
+        self.config.console_log = str(self.console_log_path)
         qemu_log = self._new_start()
-        self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.DEVNULL,
-                                     stdout=qemu_log, stderr=qemu_log, start_new_session=True)
+        with signals_deferred():
+            self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.DEVNULL,
+                                         stdout=qemu_log, stderr=qemu_log, start_new_session=True)
+            if on_spawn:
+                on_spawn(self.proc.pid)
         qemu_log.close()
         self.pid = self.proc.pid
         self.attach(console, self.pid, timeout)
@@ -139,9 +150,8 @@ class Guest(Shell):
 
     def attach(self, console: Path, pid: int, timeout: float = 60.0) -> None:
         """Drives a guest started by start_detached (possibly by another process) through
-        its console socket. What the console printed before is read from console.log."""
+        its console socket. What the console printed before is read from its log."""
         self.pid = pid
-        self.console_log_path = Path(f"{console}.log")
         deadline = time.monotonic() + timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         while True:
@@ -264,9 +274,13 @@ class Guest(Shell):
                 f"{self.qemu_log_path})\n--- console tail ---\n{self.console_tail()}\n"
                 f"--- qemu stderr tail ---\n{self.qemu_log_tail()}")
 
-    def _wait_for(self, pattern: re.Pattern, start: int, timeout: float, what: str) -> re.Match:
-        """Waits until pattern matches the console text from offset start."""
-        deadline = time.monotonic() + timeout
+    def _wait_for(self, pattern: re.Pattern, start: int, timeout: float, what: str,
+                  progress: Callable[[float], None] | None = None) -> re.Match:
+        """Waits until pattern matches the console text from offset start; progress(seconds
+        waited) is called every PROGRESS_EVERY seconds."""
+        begun = time.monotonic()
+        deadline = begun + timeout
+        next_progress = begun + PROGRESS_EVERY
         with self._cond:
             while True:
                 m = pattern.search(self._buf, start)
@@ -280,14 +294,19 @@ class Guest(Shell):
                         if m:
                             return m
                     raise GuestError(self._describe_failure(f"QEMU exited while waiting for {what}"))
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if progress is not None and now >= next_progress:
+                    progress(now - begun)
+                    next_progress = now + PROGRESS_EVERY
+                remaining = deadline - now
                 if remaining <= 0:
                     raise GuestError(self._describe_failure(f"timed out after {timeout:.0f} s waiting for {what}"))
                 self._cond.wait(timeout=min(remaining, 1.0))
 
-    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> str:
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT,
+                   progress: Callable[[float], None] | None = None) -> str:
         """Waits for /init's readiness line; raises with the console if it reports failure."""
-        m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY")
+        m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY", progress)
         line = m.group(0).strip()
         if m.group(1) != "READY":
             raise GuestError(self._describe_failure(f"guest init failed: {line}"))

@@ -53,6 +53,26 @@ def build_initramfs(no_modules: bool = True, extra_bins: list[str] | None = None
     return Path(lines[-1])
 
 
+def modules_for(kernel: Path) -> Path | None:
+    """The module tree a Debian kernel (/boot/vmlinuz-VERSION) needs in its image; None for
+    our kernels, which have everything built in."""
+    version = kernel.name.removeprefix("vmlinuz-")
+    if version != kernel.name and Path("/lib/modules", version).is_dir():
+        return Path("/lib/modules", version)
+    return None
+
+
+def testbed_image(kernel: Path, progress: bool = False) -> Path:
+    """The testbed's guest image for kernel: the overlay's tools, and the kernel's modules
+    when it needs them."""
+    sockperf = shutil.which("sockperf")
+    if sockperf is None:
+        raise ImageError("sockperf not found on the host (apt-get install sockperf)")
+    modules = modules_for(kernel)
+    return build_initramfs(no_modules=modules is None, modules_from=modules, extra_bins=[sockperf],
+                           progress=progress)
+
+
 def overlay_image(progress: bool = False) -> Path:
     """The image of the overlay guests: no modules (our kernels have everything built in),
     sockperf; iperf3, ethtool and iproute2 are in every image."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 _PR_SET_PDEATHSIG = 1
 # Loaded once, here: the function below runs between fork and exec, where importing or
@@ -42,3 +44,14 @@ def start_time(pid: int) -> int | None:
     a recycled pid has another start time."""
     fields = _stat_fields(pid)
     return int(fields[19]) if fields is not None else None
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is over: a resource made in it is recorded
+    before a Ctrl-C can abandon it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -34,10 +34,12 @@ import stat
 import subprocess
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 from . import REPO
-from .procs import die_with_parent
+from .procs import die_with_parent, signals_deferred
 SOCKET_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -95,11 +97,14 @@ def _is_socket(path: Path) -> bool:
 class Switch:
     def __init__(self, out_dir: Path, ports: tuple[str, ...] = ("vm1", "vm2"), queues: int = 4,
                  taps: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 sock_dir: Path | None = None, env: dict[str, str] | None = None):
+                 sock_dir: Path | None = None, env: dict[str, str] | None = None,
+                 detached: bool = False):
         """ports: vhost-user ports (a socket each, in sock_dir); taps: port name -> existing
         host tap device; extra_args: more prism-vnic flags (--rules, --link-rate, ...).
         sock_dir (default: a new temporary directory, removed by stop()) holds the sockets;
-        env (default os.environ) is where PRISM_SWITCH* are read."""
+        env (default os.environ) is where PRISM_SWITCH* are read. detached: the backend
+        outlives this process (the testbed's); otherwise it dies with it."""
+        self.detached = detached
         env = dict(os.environ) if env is None else env
         out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = out_dir / "switch.log"
@@ -187,18 +192,23 @@ class Switch:
         return [f"{line} | {lines[i + 1] if i + 1 < len(lines) else ''}"
                 for i, line in enumerate(lines) if "panicked at" in line]
 
-    def start(self) -> None:
+    def start(self, on_spawn: Callable[[int], None] | None = None) -> None:
         """Starts the backend and waits until it listens on every port socket and, for
-        prism-vnic, on its control socket."""
+        prism-vnic, on its control socket. on_spawn(pid) runs as soon as it exists, with
+        Ctrl-C held back until it returns (the testbed records the pid there)."""
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         log = open(self.log_path, "w")
         log.write("command: " + shlex.join(self.argv) + "\n")
         log.flush()
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=log,
-                                         stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True, preexec_fn=die_with_parent)
+            with signals_deferred() if on_spawn else nullcontext():
+                self.proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL if self.detached else subprocess.PIPE,
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                    preexec_fn=None if self.detached else die_with_parent)
+                if on_spawn:
+                    on_spawn(self.proc.pid)
         except OSError as e:
             raise SwitchError(f"cannot run {self.argv[0]}: {e}") from e
         finally:
