@@ -62,14 +62,12 @@ def modules_for(kernel: Path) -> Path | None:
     return None
 
 
-def testbed_image(kernel: Path, progress: bool = False) -> Path:
-    """The testbed's guest image for kernel: the overlay's tools, and the kernel's modules
-    when it needs them."""
-    sockperf = shutil.which("sockperf")
-    if sockperf is None:
-        raise ImageError("sockperf not found on the host (apt-get install sockperf)")
+def workload_image(kernel: Path, progress: bool = False) -> Path:
+    """The guest image with the paper's workloads (sockperf, iperf3, memcached and
+    libmemcached-tools, nginx, wrk) for kernel, with its modules when it needs them (a Debian
+    kernel)."""
     modules = modules_for(kernel)
-    return build_initramfs(no_modules=modules is None, modules_from=modules, extra_bins=[sockperf],
+    return build_initramfs(no_modules=modules is None, modules_from=modules, workloads=True,
                            progress=progress)
 
 

@@ -97,7 +97,7 @@ class Up:
             kernels[spec] = timed(f"kernel {spec}", lambda spec=spec: kernel.resolve_kernel(spec))
         images: dict[str, Path] = {}
         for spec, path in kernels.items():
-            images[spec] = timed(f"guest image for {spec}", lambda path=path: image.testbed_image(path, progress=True))
+            images[spec] = timed(f"guest image for {spec}", lambda path=path: image.workload_image(path, progress=True))
 
         sock_dir = Path(tempfile.mkdtemp(prefix=f"prism-tb-{topo.name}-"))
         state.add("dir", path=str(sock_dir))
