@@ -64,7 +64,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steering", type=_csv, help="on, off")
     p.add_argument("--flows", type=lambda s: [int(x) for x in _csv(s)],
                    help="bulk flows of experiment b (default 0,1,2,4,8)")
-    p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla-kernel boots")
+    p.add_argument("--kernels", type=_csv, help="prism,vanilla (default both): which boots")
+    p.add_argument("--prism-kernel", metavar="SPEC",
+                   help="the PRISM kernel: a flavour or a bzImage (default: built from the series)")
+    p.add_argument("--vanilla-kernel", metavar="SPEC", help="the vanilla kernel, likewise")
+    p.add_argument("--initrd", type=Path, help="the guest image (default: built, with the "
+                   "workloads)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, turns, estimated time) and exit")
     p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())

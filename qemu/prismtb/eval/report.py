@@ -76,6 +76,8 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     if machine:
         lines.append(f"- machine: {machine.get('cpus')} CPUs, load average at start "
                      f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}")
+    for note in meta.get("skipped", []):
+        lines.append(f"- SKIPPED: {note}")
     lines += ["", "Latencies are the priority flow's, in microseconds (sockperf: half the "
               "round trip). Ratios are per round to mode 0 of the same boot (vanilla: the "
               "vanilla boot's round against the PRISM boot's), geometric mean with a 95% "
@@ -85,7 +87,7 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     if g:
         lines += ["## Goals of this run", ""]
         for name, res in g.items():
-            state = "met" if res["met"] else "NOT met"
+            state = {True: "met", False: "NOT met", None: "not measured"}[res["met"]]
             failing = f" (failing: {'; '.join(res['failing'])})" if res["failing"] else ""
             lines.append(f"- {name}: {state}{failing}")
         lines.append("")

@@ -28,6 +28,7 @@ kernel's port table (net.core.prism_ports) alone marks them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -79,7 +80,7 @@ class Profile:
     servers: tuple[str, ...]
     steering: tuple[bool, ...]
     flows: tuple[int, ...]
-    vanilla: bool = True
+    kernels: tuple[str, ...] = ("prism", "vanilla")
     cal_delays_us: tuple[int, ...] = (300,)
     boots_per_kernel: int = 1
 
@@ -137,7 +138,8 @@ def turns_per_round(profile: Profile, setup: str) -> tuple[int, int]:
     """(PRISM boot turns, vanilla boot turns) per round."""
     n = len(cells(profile, setup))
     cal = (1 + len(profile.cal_delays_us)) if calibration_cell(profile, setup) else 0
-    return 3 * n + cal, (n if profile.vanilla else 0)
+    return ((3 * n + cal) if "prism" in profile.kernels else 0,
+            n if "vanilla" in profile.kernels else 0)
 
 
 def estimate_minutes(profile: Profile) -> float:
@@ -145,7 +147,7 @@ def estimate_minutes(profile: Profile) -> float:
     for setup in profile.setups:
         prism, vanilla = turns_per_round(profile, setup)
         turn = profile.seconds + TURN_OVERHEAD_S
-        boots = profile.boots_per_kernel * (2 if profile.vanilla else 1)
+        boots = profile.boots_per_kernel * len(profile.kernels)
         total += profile.rounds * (prism + vanilla) * turn + boots * BOOT_S
     return total / 60
 
@@ -165,9 +167,8 @@ def boot_plan(profile: Profile) -> list[tuple[str, list[int]]]:
         rounds = list(range(b * per, min(profile.rounds, (b + 1) * per)))
         if not rounds:
             continue
-        plan.append(("prism", rounds))
-        if profile.vanilla:
-            plan.append(("vanilla", rounds))
+        plan += [(kernel, rounds) for kernel in ("prism", "vanilla")
+                 if kernel in profile.kernels]
     return plan
 
 
@@ -350,10 +351,18 @@ class Bed:
         missing = self.server.run("for t in memcached nginx; do command -v $t >/dev/null "
                                   "|| echo missing $t; done")[1]
         self.apps = "missing" not in missing
+        clients = ("memcaslap", "wrk")
+        if self.setup == "host-client":
+            self.apps = self.apps and all(shutil.which(t) for t in clients)
+        else:
+            rc, _ = self.client_guest.run(" && ".join(f"command -v {t}" for t in clients))
+            self.apps = self.apps and rc == 0
         if self.apps:
             self.srv(f"{c1} memcached -u root -p {MEMCACHED_PORT} -U 0 -t 1 -d")
-            self.srv("mkdir -p /tmp/www /tmp/nginx && echo hello > /tmp/www/index.html && "
-                     "printf '%s\\n' 'worker_processes 1; pid /tmp/nginx/pid;' "
+            # nginx makes its compiled-in temp and log directories before reading the config.
+            self.srv("mkdir -p /tmp/www /tmp/nginx /var/lib/nginx /var/log/nginx && "
+                     "echo hello > /tmp/www/index.html && "
+                     "printf '%s\\n' 'user root; worker_processes 1; pid /tmp/nginx/pid;' "
                      "'error_log /tmp/nginx/error.log;' 'events { worker_connections 64; }' "
                      "'http { access_log off; client_body_temp_path /tmp/nginx;' "
                      f"'server {{ listen {SERVER_C1}:{HTTP_PORT}; root /tmp/www; }} }}' "
@@ -396,6 +405,13 @@ class Bed:
             if not on and present:
                 self.switch.rule("del", "srv", str(loc))
 
+    def high_packets(self) -> int:
+        stats = self.switch.stats() or {}
+        for port in stats.get("ports", []):
+            if port.get("name") == "srv":
+                return int(port.get("counters", {}).get("rx_high_packets", 0))
+        return 0
+
     def set_delay(self, delay_us: int) -> None:
         self.switch.control_command("link", "srv", "--delay-us", str(delay_us),
                                     "--class", "high")
@@ -420,9 +436,10 @@ def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Pat
     bulk = None
     if cell.flows:
         bulk = client.start(f"iperf3 -c {SERVER_C1} -p {BULK_PORT} -P {cell.flows} "
-                            f"-t {seconds + 2:g} -J")
+                            f"-t {seconds + 2:g} -J 2>/dev/null")
         time.sleep(1.0)  # past slow start
     samples: list[float] = []
+    high_before = bed.high_packets()
     try:
         if cell.experiment in ("a", "b", "cal"):
             target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
@@ -450,7 +467,8 @@ def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Pat
             if isinstance(client, HostClient):
                 shutil.copy(WRK_LUA, lua)
             else:
-                bed.client_guest.check(f"cat > {lua} << 'EOF'\n{WRK_LUA.read_text()}EOF")
+                encoded = base64.b64encode(WRK_LUA.read_bytes()).decode()
+                bed.client_guest.check(f"echo {encoded} | base64 -d > {lua}")
             out = client.run(f"wrk -t1 -c1 -d{seconds:g}s --latency -s {lua} "
                              f"http://{SERVER_C1}:{HTTP_PORT}/index.html", timeout=seconds + 120)
             (raw_dir / f"{tag}.wrk.txt").write_text(out)
@@ -460,6 +478,8 @@ def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Pat
             raise EvalError(f"unknown experiment {cell.experiment!r}")
     finally:
         bulk_out = client.finish(bulk, timeout=seconds + 120) if bulk is not None else None
+    # Whether the NIC steered: frames prism-vnic classified high towards the server.
+    metrics["nic_high_packets"] = bed.high_packets() - high_before
     if bulk_out is not None:
         (raw_dir / f"{tag}.iperf3.json").write_text(bulk_out)
         raw["iperf3"] = f"raw/{tag}.iperf3.json"
@@ -484,21 +504,35 @@ def round_turns(bed: Bed, profile: Profile, rnd: int, boot: int, setup: str
             yield cal, "mode0", d
 
 
-def run(profile: Profile, out: Path, *, progress: Callable[[str], None] = print) -> dict:
+def workload_image(progress: Callable[[str], None]) -> Path:
+    """The guest image with the paper's workloads (sockperf, iperf3, memcached, nginx, and
+    for the two-guests client memcaslap and wrk). Without them (an images/build-initramfs
+    that has no --workloads yet), the sockperf image, and experiments c and d are skipped."""
+    from ..image import ImageError, build_initramfs
+    sockperf = shutil.which("sockperf")
+    if sockperf is None:
+        raise EvalError("sockperf not found on the host: run .ci/install-deps")
+    try:
+        return build_initramfs(extra_bins=[sockperf], workloads=True)
+    except ImageError as e:
+        progress(f"eval: no image with the workloads ({str(e).strip().splitlines()[-1]}); "
+                 f"experiments c and d are skipped")
+        return build_initramfs(extra_bins=[sockperf])
+
+
+def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = None,
+        initrd: Path | None = None, progress: Callable[[str], None] = print) -> dict:
     """Runs the profile; writes the result directory as it goes; returns the summary."""
-    from ..image import build_initramfs
-    from ..kernel import build_kernel
+    from ..kernel import resolve_kernel
     from .cli import finish_run
     out.mkdir(parents=True, exist_ok=True)
     raw_dir = out / "raw"
     raw_dir.mkdir(exist_ok=True)
     started = time.monotonic()
-    progress(f"eval: kernels and image (built if missing; a cold kernel build takes long)")
-    kernels = {"prism": build_kernel("prism")}
-    if profile.vanilla:
-        kernels["vanilla"] = build_kernel("vanilla")
-    initrd = build_initramfs(extra_bins=[shutil.which("sockperf") or "sockperf"],
-                             workloads=True)
+    progress("eval: kernels and image (built if missing; a cold kernel build takes long)")
+    specs = kernel_specs or {}
+    kernels = {k: resolve_kernel(specs.get(k, k)) for k in profile.kernels}
+    initrd = initrd or workload_image(progress)
     meta = {"profile": profile.describe(), "rounds": profile.rounds,
             "turn_seconds": profile.seconds,
             "prism_vnic_commit": _git_commit(), "kernels": {k: _series_of(p)
@@ -521,6 +555,13 @@ def run(profile: Profile, out: Path, *, progress: Callable[[str], None] = print)
             try:
                 bed.up()
                 progress(f"eval: {setup}: {flavour} up in {time.monotonic() - t0:.0f} s")
+                skipped = sorted({c.experiment for c in cells(profile, setup)
+                                  if c.experiment in ("c", "d")} if not bed.apps else set())
+                if skipped:
+                    note = (f"{setup}/{flavour}: experiments {','.join(skipped)} skipped: no "
+                            f"memcached/nginx in the image or no memcaslap/wrk on the client")
+                    meta.setdefault("skipped", []).append(note)
+                    progress(f"eval: {note}")
                 state: tuple | None = None
                 for rnd in rounds:
                     for cell, variant, delay in round_turns(bed, profile, rnd, boot, setup):
@@ -578,9 +619,13 @@ def run_from_args(args) -> int:
             overrides[name] = tuple(getattr(args, name))
     if args.steering:
         overrides["steering"] = tuple(s == "on" for s in args.steering)
-    if args.no_vanilla:
-        overrides["vanilla"] = False
+    if args.kernels:
+        overrides["kernels"] = tuple(args.kernels)
     profile = replace(profile, **overrides)
+    if not profile.kernels or set(profile.kernels) - {"prism", "vanilla"}:
+        print(f"benches/eval: --kernels takes prism and/or vanilla, not {args.kernels}",
+              file=sys.stderr)
+        return 2
     bad = set(profile.experiments) - set(results.EXPERIMENTS)
     if bad:
         print(f"benches/eval: unknown experiments {sorted(bad)}; known: "
@@ -595,8 +640,11 @@ def run_from_args(args) -> int:
         return 0
     out = args.out or REPO / "benches" / "out" / \
         f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    summary = run(profile, out)
+    specs = {k: v for k, v in (("prism", args.prism_kernel),
+                               ("vanilla", args.vanilla_kernel)) if v}
+    summary = run(profile, out, kernel_specs=specs, initrd=args.initrd)
     print(f"eval: report {out / 'report.md'}")
-    failed = [k for k, g in summary["goals"].items() if not g["met"]]
-    print(f"eval: goals not met: {', '.join(failed)}" if failed else "eval: every goal met")
+    for name, goal in summary["goals"].items():
+        state = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
+        print(f"eval: goal {name}: {state} ({goal['measured']} measured)")
     return 0
