@@ -9,26 +9,37 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::classify::rules::RuleSet;
-use crate::classify::{ClassifierConfig, Trust};
-use crate::cli::{RunArgs, TrustArg};
+use crate::classify::ClassifierError;
+use crate::classify::rules::{RuleSet, RulesError};
+use crate::config::{Config, PortBackend, PortSpec};
 use crate::control;
 use crate::metrics;
-use crate::nic::capture::Capture;
-use crate::nic::link::LinkSettings;
+use crate::nic::capture::{Capture, CaptureError};
 use crate::nic::{Nic, NicConfig, scheduler};
 use crate::port::backend::PortConfig;
 use crate::port::server::{self, PortListener};
 use crate::stats::{PortCounters, QueueCounters};
+use crate::switch::Switch;
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
-use crate::switch::{Switch, SwitchConfig};
 use crate::wire::sink::SinkRing;
 use crate::wire::{generator, tap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
-    Usage(String),
+    #[error("port {port}: {source}")]
+    Rules {
+        port: String,
+        #[source]
+        source: RulesError,
+    },
+    #[error("port {port}: {source}")]
+    Nic {
+        port: String,
+        #[source]
+        source: ClassifierError,
+    },
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
     #[error("cannot create directory {path} for a socket: {source}")]
     SocketDir {
         path: PathBuf,
@@ -49,12 +60,17 @@ pub enum DaemonError {
 }
 
 fn make_port(
-    name: &str,
-    kind: PortKind,
+    spec: &PortSpec,
     queues: usize,
     config: &NicConfig,
-    rules: RuleSet,
 ) -> Result<FabricPort, DaemonError> {
+    let rules = match &spec.rules {
+        Some(path) => RuleSet::load(path).map_err(|source| DaemonError::Rules {
+            port: spec.name.clone(),
+            source,
+        })?,
+        None => RuleSet::default(),
+    };
     let queue_counters: Vec<Arc<QueueCounters>> = (0..queues)
         .map(|_| Arc::new(QueueCounters::default()))
         .collect();
@@ -64,50 +80,27 @@ fn make_port(
         config,
         rules,
     )
-    .map_err(|e| DaemonError::Usage(format!("port {name}: {e}")))?;
+    .map_err(|source| DaemonError::Nic {
+        port: spec.name.clone(),
+        source,
+    })?;
+    let kind = match &spec.backend {
+        PortBackend::VhostUser { socket, .. } => PortKind::VhostUser {
+            socket: socket.display().to_string(),
+        },
+        PortBackend::Tap { ifname } => PortKind::Tap {
+            ifname: ifname.clone(),
+        },
+        PortBackend::Sink => PortKind::Sink,
+        PortBackend::Discard => PortKind::Discard,
+        PortBackend::Generator(_) => PortKind::Generator,
+    };
     Ok(FabricPort {
-        name: name.to_string(),
+        name: spec.name.clone(),
         kind,
         nic: Arc::new(nic),
         queue_counters,
     })
-}
-
-fn nic_config(args: &RunArgs) -> NicConfig {
-    let trust = match args.trust {
-        TrustArg::Dscp => Trust::default_dscp(),
-        TrustArg::Pcp => Trust::default_pcp(),
-        TrustArg::None => Trust::None,
-    };
-    NicConfig {
-        buffer_frames: args.rx_buffer as usize,
-        link: LinkSettings {
-            rate_bps: args.link_rate,
-            latency_ns: args.link_latency_us * 1000,
-        },
-        coalesce_high: args.coalesce_high,
-        coalesce_normal: args.coalesce,
-        priority_weight: args.priority_weight,
-        classifier: ClassifierConfig {
-            high_queues: args.high_queues,
-            trust,
-            vxlan_ports: args.vxlan_ports.clone(),
-            ..ClassifierConfig::default()
-        },
-    }
-}
-
-/// The rules of port `name`: its own file if given, else the file for every port.
-fn rules_for(args: &RunArgs, name: &str) -> Result<RuleSet, DaemonError> {
-    let own = args
-        .rules
-        .iter()
-        .find(|(port, _)| port.as_deref() == Some(name));
-    let shared = args.rules.iter().find(|(port, _)| port.is_none());
-    match own.or(shared) {
-        Some((_, path)) => RuleSet::load(path).map_err(|e| DaemonError::Usage(e.to_string())),
-        None => Ok(RuleSet::default()),
-    }
 }
 
 fn ensure_parent(path: &Path) -> Result<(), DaemonError> {
@@ -146,95 +139,49 @@ fn wait_for_shutdown(set: &libc::sigset_t) -> Result<i32, DaemonError> {
 }
 
 /// Runs prism-vnic until SIGINT or SIGTERM.
-pub fn run(args: RunArgs) -> Result<(), DaemonError> {
-    args.validate().map_err(DaemonError::Usage)?;
-    let queues = usize::from(args.queues);
-    let nic = nic_config(&args);
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let queue_pairs = usize::from(config.vhost.queue_pairs);
 
     // Bind everything first: a bad path or a missing tap fails before anything runs.
     let mut listeners = Vec::new();
-    for (_, path) in &args.ports {
-        ensure_parent(path)?;
-        listeners.push(PortListener::bind(path)?);
-    }
     let mut taps = Vec::new();
-    for (_, ifname) in &args.taps {
-        taps.push(tap::Tap::attach(ifname)?);
+    for spec in &config.ports {
+        match &spec.backend {
+            PortBackend::VhostUser { socket, mac } => {
+                ensure_parent(socket)?;
+                listeners.push((spec.id, *mac, PortListener::bind(socket)?));
+            }
+            PortBackend::Tap { ifname } => taps.push((spec.id, tap::Tap::attach(ifname)?)),
+            _ => {}
+        }
     }
-    ensure_parent(&args.control)?;
-    let metrics_listener = args.metrics.map(metrics::server::bind).transpose()?;
+    ensure_parent(&config.control)?;
+    let metrics_listener = config.metrics.map(metrics::server::bind).transpose()?;
 
     let mut ports = Vec::new();
-    for (name, path) in &args.ports {
-        let kind = PortKind::VhostUser {
-            socket: path.display().to_string(),
+    for spec in &config.ports {
+        let queues = match spec.backend {
+            PortBackend::VhostUser { .. } => queue_pairs,
+            _ => 1,
         };
-        ports.push(make_port(
-            name,
-            kind,
-            queues,
-            &nic,
-            rules_for(&args, name)?,
-        )?);
+        let port = make_port(spec, queues, &config.nic)?;
+        if let Some(capture) = &spec.capture {
+            let capture = Capture::create(
+                &capture.file,
+                &port.name,
+                port.queue_counters.len(),
+                capture.queue,
+            )?;
+            port.nic.set_capture(Some(capture));
+        }
+        ports.push(port);
     }
-    for (name, ifname) in &args.taps {
-        let kind = PortKind::Tap {
-            ifname: ifname.clone(),
-        };
-        ports.push(make_port(name, kind, 1, &nic, rules_for(&args, name)?)?);
-    }
-    for name in &args.sinks {
-        ports.push(make_port(
-            name,
-            PortKind::Sink,
-            1,
-            &nic,
-            rules_for(&args, name)?,
-        )?);
-    }
-    for name in &args.discards {
-        ports.push(make_port(
-            name,
-            PortKind::Discard,
-            1,
-            &nic,
-            RuleSet::default(),
-        )?);
-    }
-    for (name, _) in &args.generators {
-        ports.push(make_port(
-            name,
-            PortKind::Generator,
-            1,
-            &nic,
-            RuleSet::default(),
-        )?);
-    }
-    for pcap in &args.pcaps {
-        let Some(port) = ports.iter().find(|port| port.name == pcap.port) else {
-            continue;
-        };
-        let capture = Capture::create(
-            &pcap.file,
-            &port.name,
-            port.queue_counters.len(),
-            pcap.queue,
-        )
-        .map_err(|e| DaemonError::Usage(e.to_string()))?;
-        port.nic.set_capture(Some(capture));
-    }
-    let switch = Switch::new(
-        ports.len(),
-        SwitchConfig {
-            ageing_secs: args.ageing,
-            mac_limit: args.mac_limit as usize,
-        },
-    );
+    let switch = Switch::new(ports.len(), config.switch);
     let fabric = Arc::new(Fabric { switch, ports });
 
     crate::nic::clock::init();
     let signals = block_shutdown_signals();
-    control::spawn(fabric.clone(), &args.control)?;
+    control::spawn(fabric.clone(), &config.control)?;
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             info!("metrics on http://{addr}/metrics");
@@ -245,50 +192,55 @@ pub fn run(args: RunArgs) -> Result<(), DaemonError> {
         scheduler::spawn(port.nic.clone(), &port.name).map_err(DaemonError::Thread)?;
     }
 
-    let vhost_config = PortConfig {
-        queue_pairs: args.queues,
-        max_queue_size: args.queue_size,
-        mac: [0x52, 0x54, 0x00, 0x50, 0x52, 0x00],
-        mtu: 1500,
-        busy_poll: Duration::from_micros(args.busy_poll_us),
-    };
-    let mut id = 0;
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let mut config = vhost_config.clone();
-        config.mac[5] = index as u8;
-        server::spawn(fabric.clone(), id, config, listener)?;
-        id += 1;
+    for (id, mac, listener) in listeners {
+        let port_config = PortConfig {
+            queue_pairs: config.vhost.queue_pairs,
+            max_queue_size: config.vhost.max_queue_size,
+            mac,
+            mtu: 1500,
+            busy_poll: config.vhost.busy_poll,
+        };
+        server::spawn(fabric.clone(), id, port_config, listener)?;
     }
-    for tap in taps {
+    for (id, tap) in taps {
         tap::start(fabric.clone(), id, tap).map_err(DaemonError::Thread)?;
-        id += 1;
     }
-    // A discard port's ring is never reached (the switch drops its frames), but attaching
-    // one marks it connected, as a sink is.
-    for _ in args.sinks.iter().chain(&args.discards) {
-        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
-        id += 1;
-    }
-    for (_, spec) in &args.generators {
-        // A generator's own receive side discards, like a sink.
-        fabric.ports[id].nic.attach_fixed_ring(Box::new(SinkRing));
-        generator::spawn(fabric.clone(), id, spec.clone()).map_err(DaemonError::Thread)?;
-        id += 1;
+    for spec in &config.ports {
+        match &spec.backend {
+            // A discard port's ring is never reached (the switch drops its frames), but
+            // attaching one marks it connected, as a sink is.
+            PortBackend::Sink | PortBackend::Discard => {
+                fabric.ports[spec.id]
+                    .nic
+                    .attach_fixed_ring(Box::new(SinkRing));
+            }
+            PortBackend::Generator(generator) => {
+                // A generator's own receive side discards, like a sink.
+                fabric.ports[spec.id]
+                    .nic
+                    .attach_fixed_ring(Box::new(SinkRing));
+                generator::spawn(fabric.clone(), spec.id, generator.clone())
+                    .map_err(DaemonError::Thread)?;
+            }
+            PortBackend::VhostUser { .. } | PortBackend::Tap { .. } => {}
+        }
     }
     spawn_housekeeping(fabric.clone())?;
     info!(
         "prism-vnic running: {} port(s), {} queue pair(s) per vhost-user port, control socket {}",
         fabric.ports.len(),
-        args.queues,
-        args.control.display()
+        config.vhost.queue_pairs,
+        config.control.display()
     );
 
     let signal = wait_for_shutdown(&signals)?;
     info!("signal {signal}: shutting down");
-    for (_, path) in &args.ports {
-        let _ = std::fs::remove_file(path);
+    for spec in &config.ports {
+        if let PortBackend::VhostUser { socket, .. } = &spec.backend {
+            let _ = std::fs::remove_file(socket);
+        }
     }
-    let _ = std::fs::remove_file(&args.control);
+    let _ = std::fs::remove_file(&config.control);
     for port in &fabric.ports {
         // Flush the capture files before exit.
         port.nic.set_capture(None);

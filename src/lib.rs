@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod metrics;

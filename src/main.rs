@@ -6,13 +6,16 @@ use clap::Parser;
 use serde_json::json;
 
 use prism_vnic::cli::{Cli, Command, RuleAction};
+use prism_vnic::config::Config;
 use prism_vnic::{control, daemon};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        None => daemon::run(cli.run).map_err(|e| e.to_string()),
+        None => Config::try_from(cli.run)
+            .map_err(|e| e.to_string())
+            .and_then(|config| daemon::run(config).map_err(|e| e.to_string())),
         Some(Command::Stats(args)) => {
             control::request(&args.control.control, &json!({"cmd": "stats"}))
                 .map(|answer| {

@@ -177,7 +177,7 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             };
             let mut settings = port.nic.link.settings();
             if let Some(rate) = rate {
-                settings.rate_bps = parse_rate(&rate)?;
+                settings.rate_bps = parse_rate(&rate).map_err(|e| e.to_string())?;
             }
             if let Some(latency_us) = latency_us {
                 settings.latency_ns = bounded_us("latency", latency_us)?;
@@ -202,7 +202,8 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
                 ));
             };
             if let Some(settings) = settings {
-                let settings: CoalesceSettings = parse_coalesce(&settings)?;
+                let settings: CoalesceSettings =
+                    parse_coalesce(&settings).map_err(|e| e.to_string())?;
                 port.nic.set_coalesce(queue, settings);
             }
             Ok(json!({ "port": port.name, "queue": queue, "coalesce": rx_queue.coalesce.get() }))

@@ -1,0 +1,373 @@
+//! The daemon's configuration: the command line's arguments checked together and turned into
+//! one typed value. Every port is one [`PortSpec`] with its id (its index in the fabric), its
+//! kind and its own rules file and capture, so nothing downstream pairs up parallel lists.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::classify::{ClassifierConfig, Trust};
+use crate::cli::{RunArgs, TrustArg};
+use crate::nic::NicConfig;
+use crate::nic::link::LinkSettings;
+use crate::switch::{Mac, PortId, SwitchConfig};
+use crate::wire::generator::GeneratorSpec;
+
+/// The MAC address of the first vhost-user port; the next ones count up in the last byte.
+const FIRST_VHOST_MAC: Mac = [0x52, 0x54, 0x00, 0x50, 0x52, 0x00];
+
+/// What sits behind a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortBackend {
+    /// A vhost-user socket a frontend (QEMU) connects to; `mac` is what the device reports.
+    VhostUser { socket: PathBuf, mac: Mac },
+    /// An existing host tap device.
+    Tap { ifname: String },
+    /// A NIC that classifies and paces, then discards.
+    Sink,
+    /// Dropped at the switch: no NIC.
+    Discard,
+    /// Sends UDP frames.
+    Generator(GeneratorSpec),
+}
+
+impl PortBackend {
+    /// Whether frames for the port reach a NIC (so rules and captures take effect there).
+    pub fn has_nic(&self) -> bool {
+        !matches!(self, PortBackend::Discard)
+    }
+}
+
+/// A capture started with the daemon (`--pcap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSpec {
+    pub queue: Option<usize>,
+    pub file: PathBuf,
+}
+
+/// One port of the fabric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub id: PortId,
+    pub name: String,
+    pub backend: PortBackend,
+    /// Its flow rules: its own file, else the file for every port with a NIC.
+    pub rules: Option<PathBuf>,
+    pub capture: Option<CaptureSpec>,
+}
+
+/// The vhost-user device every vhost-user port presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostSettings {
+    pub queue_pairs: u16,
+    pub max_queue_size: u16,
+    pub busy_poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Every port, `ports[id].id == id`.
+    pub ports: Vec<PortSpec>,
+    pub vhost: VhostSettings,
+    pub nic: NicConfig,
+    pub switch: SwitchConfig,
+    /// The control socket.
+    pub control: PathBuf,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no ports: give at least one --port NAME=SOCKET (or --tap, --sink, --discard, --gen)")]
+    NoPorts,
+    #[error("port name {0:?} is used twice")]
+    NameTwice(String),
+    #[error("socket {} is given to two ports", .0.display())]
+    SocketTwice(PathBuf),
+    #[error("--rules {port}={}: there is no port {port:?}", .file.display())]
+    RulesUnknownPort { port: String, file: PathBuf },
+    #[error(
+        "--rules {port}={}: {port:?} is a discard port, which drops frames before any NIC \
+         (use --sink for a port that classifies)", .file.display()
+    )]
+    RulesDiscardPort { port: String, file: PathBuf },
+    #[error("--pcap {}: there is no port {port:?}", .file.display())]
+    PcapUnknownPort { port: String, file: PathBuf },
+    #[error("--pcap {}: {port:?} is a discard port, which drops frames before any NIC", .file.display())]
+    PcapDiscardPort { port: String, file: PathBuf },
+    #[error("--pcap: port {0:?} is captured twice")]
+    PcapTwice(String),
+    #[error("--high-queues {high} is more than --queues {queues}")]
+    HighQueues { high: u16, queues: u16 },
+}
+
+impl TryFrom<RunArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: RunArgs) -> Result<Self, ConfigError> {
+        let mut backends: Vec<(String, PortBackend)> = Vec::new();
+        for (index, (name, socket)) in args.ports.iter().enumerate() {
+            let mut mac = FIRST_VHOST_MAC;
+            mac[5] = index as u8;
+            let socket = socket.clone();
+            backends.push((name.clone(), PortBackend::VhostUser { socket, mac }));
+        }
+        for (name, ifname) in &args.taps {
+            let ifname = ifname.clone();
+            backends.push((name.clone(), PortBackend::Tap { ifname }));
+        }
+        backends.extend(args.sinks.iter().map(|n| (n.clone(), PortBackend::Sink)));
+        backends.extend(
+            args.discards
+                .iter()
+                .map(|n| (n.clone(), PortBackend::Discard)),
+        );
+        for (name, spec) in &args.generators {
+            backends.push((name.clone(), PortBackend::Generator(spec.clone())));
+        }
+        if backends.is_empty() {
+            return Err(ConfigError::NoPorts);
+        }
+        check_unique(backends.iter().map(|(name, _)| name))
+            .map_err(|name| ConfigError::NameTwice(name.clone()))?;
+        check_unique(args.ports.iter().map(|(_, socket)| socket))
+            .map_err(|socket| ConfigError::SocketTwice(socket.clone()))?;
+
+        let backend_of = |port: &str| {
+            backends
+                .iter()
+                .find(|(name, _)| name == port)
+                .map(|(_, backend)| backend)
+        };
+        for (port, file) in &args.rules {
+            let Some(port) = port else { continue };
+            let (port, file) = (port.clone(), file.clone());
+            match backend_of(&port) {
+                None => return Err(ConfigError::RulesUnknownPort { port, file }),
+                Some(backend) if !backend.has_nic() => {
+                    return Err(ConfigError::RulesDiscardPort { port, file });
+                }
+                Some(_) => {}
+            }
+        }
+        for pcap in &args.pcaps {
+            let (port, file) = (pcap.port.clone(), pcap.file.clone());
+            match backend_of(&port) {
+                None => return Err(ConfigError::PcapUnknownPort { port, file }),
+                Some(backend) if !backend.has_nic() => {
+                    return Err(ConfigError::PcapDiscardPort { port, file });
+                }
+                Some(_) => {}
+            }
+        }
+        check_unique(args.pcaps.iter().map(|pcap| &pcap.port))
+            .map_err(|port| ConfigError::PcapTwice(port.clone()))?;
+        if args.high_queues > args.queues {
+            return Err(ConfigError::HighQueues {
+                high: args.high_queues,
+                queues: args.queues,
+            });
+        }
+        let shared_rules = args.rules.iter().find(|(port, _)| port.is_none());
+        let ports = backends
+            .into_iter()
+            .enumerate()
+            .map(|(id, (name, backend))| {
+                // Generators have a NIC only for the frames sent back to them, which they
+                // discard: rules shared by every port are not for them.
+                let takes_shared = matches!(
+                    backend,
+                    PortBackend::VhostUser { .. } | PortBackend::Tap { .. } | PortBackend::Sink
+                );
+                let own = args
+                    .rules
+                    .iter()
+                    .find(|(port, _)| port.as_deref() == Some(name.as_str()));
+                let rules = own
+                    .or(shared_rules.filter(|_| takes_shared))
+                    .map(|(_, file)| file.clone());
+                let capture = args
+                    .pcaps
+                    .iter()
+                    .find(|pcap| pcap.port == name)
+                    .map(|pcap| CaptureSpec {
+                        queue: pcap.queue,
+                        file: pcap.file.clone(),
+                    });
+                PortSpec {
+                    id,
+                    name,
+                    backend,
+                    rules,
+                    capture,
+                }
+            })
+            .collect();
+        Ok(Config {
+            ports,
+            vhost: VhostSettings {
+                queue_pairs: args.queues,
+                max_queue_size: args.queue_size,
+                busy_poll: Duration::from_micros(args.busy_poll_us),
+            },
+            nic: nic_config(&args),
+            switch: SwitchConfig {
+                ageing_secs: args.ageing,
+                mac_limit: args.mac_limit as usize,
+            },
+            control: args.control.clone(),
+            metrics: args.metrics,
+        })
+    }
+}
+
+/// The first item given twice, if any.
+fn check_unique<T: Ord>(items: impl Iterator<Item = T>) -> Result<(), T> {
+    let mut sorted: Vec<T> = items.collect();
+    sorted.sort_unstable();
+    let mut iter = sorted.into_iter();
+    let Some(mut previous) = iter.next() else {
+        return Ok(());
+    };
+    for item in iter {
+        if item == previous {
+            return Err(item);
+        }
+        previous = item;
+    }
+    Ok(())
+}
+
+fn nic_config(args: &RunArgs) -> NicConfig {
+    let trust = match args.trust {
+        TrustArg::Dscp => Trust::default_dscp(),
+        TrustArg::Pcp => Trust::default_pcp(),
+        TrustArg::None => Trust::None,
+    };
+    NicConfig {
+        buffer_frames: args.rx_buffer as usize,
+        link: LinkSettings {
+            rate_bps: args.link_rate,
+            latency_ns: args.link_latency_us * 1000,
+        },
+        coalesce_high: args.coalesce_high,
+        coalesce_normal: args.coalesce,
+        priority_weight: args.priority_weight,
+        classifier: ClassifierConfig {
+            high_queues: args.high_queues,
+            trust,
+            vxlan_ports: args.vxlan_ports.clone(),
+            ..ClassifierConfig::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+    use std::path::Path;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("prism-vnic").chain(args.iter().copied()))
+            .expect("arguments parse");
+        Config::try_from(cli.run)
+    }
+
+    fn error(args: &[&str]) -> String {
+        config(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_port_is_one_spec_with_its_id_kind_rules_and_capture() {
+        let config = config(&[
+            "--port",
+            "vm1=/s/vm1.sock",
+            "--port",
+            "vm2=/s/vm2.sock",
+            "--sink",
+            "s",
+            "--discard",
+            "d",
+            "--gen",
+            "g=dst=02:00:00:00:00:0b",
+            "--rules",
+            "/all.toml",
+            "--rules",
+            "vm2=/vm2.toml",
+            "--pcap",
+            "s:0=/cap/s.pcapng",
+            "--control",
+            "/run/x/control.sock",
+        ])
+        .unwrap();
+        let names: Vec<&str> = config.ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["vm1", "vm2", "s", "d", "g"]);
+        assert!(config.ports.iter().enumerate().all(|(i, p)| p.id == i));
+        assert_eq!(
+            config.ports[1].backend,
+            PortBackend::VhostUser {
+                socket: "/s/vm2.sock".into(),
+                mac: [0x52, 0x54, 0x00, 0x50, 0x52, 0x01]
+            }
+        );
+        let rules: Vec<Option<&str>> = config
+            .ports
+            .iter()
+            .map(|p| p.rules.as_deref().and_then(Path::to_str))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                Some("/all.toml"),
+                Some("/vm2.toml"),
+                Some("/all.toml"),
+                None,
+                None
+            ]
+        );
+        assert_eq!(
+            config.ports[2].capture,
+            Some(CaptureSpec {
+                queue: Some(0),
+                file: "/cap/s.pcapng".into()
+            })
+        );
+        assert_eq!(config.control, Path::new("/run/x/control.sock"));
+    }
+
+    #[test]
+    fn duplicate_names_and_sockets_are_refused() {
+        assert!(error(&["--port", "a=/x", "--sink", "a"]).contains("used twice"));
+        assert!(error(&["--discard", "d", "--sink", "d"]).contains("used twice"));
+        assert!(error(&["--port", "a=/x", "--port", "b=/x"]).contains("two ports"));
+        assert!(error(&[]).contains("no ports"));
+    }
+
+    #[test]
+    fn rules_and_captures_for_a_discard_port_are_refused() {
+        let e = error(&["--discard", "d", "--rules", "d=/r.toml"]);
+        assert!(
+            e.contains("--rules d=/r.toml") && e.contains("discard"),
+            "{e}"
+        );
+        let e = error(&["--discard", "d", "--pcap", "d=/t.pcapng"]);
+        assert!(
+            e.contains("--pcap /t.pcapng") && e.contains("discard"),
+            "{e}"
+        );
+        // Shared rules are for the ports that have a NIC; they do not name the discard port.
+        assert!(config(&["--discard", "d", "--sink", "s", "--rules", "/r.toml"]).is_ok());
+    }
+
+    #[test]
+    fn references_to_unknown_ports_and_bad_counts_are_refused() {
+        assert!(error(&["--port", "a=/x", "--pcap", "b=/t"]).contains("no port"));
+        assert!(error(&["--port", "a=/x", "--rules", "b=/t"]).contains("no port"));
+        let e = error(&["--sink", "a", "--pcap", "a=/t", "--pcap", "a:0=/u"]);
+        assert!(e.contains("captured twice"), "{e}");
+        let e = error(&["--port", "a=/x", "--queues", "2", "--high-queues", "3"]);
+        assert!(e.contains("more than"), "{e}");
+    }
+}
