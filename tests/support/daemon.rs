@@ -15,6 +15,7 @@ pub struct DaemonBuilder {
     ports: Vec<String>,
     queues: u16,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl DaemonBuilder {
@@ -30,6 +31,12 @@ impl DaemonBuilder {
 
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -53,6 +60,7 @@ impl DaemonBuilder {
         cmd.arg("--queues").arg(self.queues.to_string());
         cmd.arg("--control").arg(&control);
         cmd.args(&self.extra);
+        cmd.envs(self.env.iter().map(|(key, value)| (key, value)));
         let stderr = File::create(&stderr_path).map_err(|e| HarnessError::Spawn {
             binary: BINARY.into(),
             source: e,
@@ -86,6 +94,14 @@ impl DaemonBuilder {
     }
 }
 
+/// What the daemon process holds, as /proc shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub fds: usize,
+    pub threads: usize,
+    pub rss_kib: u64,
+}
+
 pub struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -101,6 +117,7 @@ impl Daemon {
             ports: Vec::new(),
             queues: 1,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -122,6 +139,42 @@ impl Daemon {
 
     pub fn control_socket(&self) -> &Path {
         &self.control
+    }
+
+    /// The daemon's process id (for reading its /proc entries).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Open file descriptors, threads and resident memory of the daemon, from /proc.
+    pub fn resources(&self) -> Result<Resources> {
+        let pid = self.pid().ok_or_else(|| HarnessError::Command {
+            command: "daemon resources".into(),
+            detail: "already stopped".into(),
+        })?;
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let failed = |what: &str, e: std::io::Error| HarnessError::Command {
+            command: format!("read {what} of the daemon"),
+            detail: e.to_string(),
+        };
+        let fds = std::fs::read_dir(proc_dir.join("fd"))
+            .map_err(|e| failed("fd", e))?
+            .count();
+        let status =
+            std::fs::read_to_string(proc_dir.join("status")).map_err(|e| failed("status", e))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(Resources {
+            fds,
+            threads: field("Threads:") as usize,
+            rss_kib: field("VmRSS:"),
+        })
     }
 
     pub fn stderr(&self) -> String {
