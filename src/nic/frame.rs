@@ -18,7 +18,7 @@ use crate::packet::copy::copy_bytes;
 
 /// `len` bytes of guest memory at host address `host`, translated and bounds-checked by the
 /// port that owns the memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostPiece {
     pub host: usize,
     pub len: u32,

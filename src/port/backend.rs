@@ -5,10 +5,11 @@
 //! thread and its own scratch state, so queues never share a lock on the data path.
 
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use vm_memory::GuestAddressSpace;
@@ -17,9 +18,11 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use super::ring::{self, GuestMemory_, RateLimitedLog, VhostRxRing, Vring};
+use super::memory_guard;
+use super::ring::{self, RateLimitedLog, SharedGuestMemory, VhostRxRing, Vring};
 use super::tx::{self, TxProgress, TxScratch, TxSender};
 use super::virtio_net::{self, Negotiated};
+use crate::stats::{self, PortCounters};
 use crate::switch::PortId;
 use crate::switch::fabric::{Fabric, ForwardScratch};
 
@@ -48,16 +51,23 @@ pub struct NetBackend {
     fabric: Arc<Fabric>,
     port: PortId,
     config: PortConfig,
-    mem: GuestMemory_,
+    mem: SharedGuestMemory,
     acked_features: Arc<AtomicU64>,
     event_idx: AtomicBool,
     workers: Vec<Mutex<Worker>>,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// This connection's guest memory, registered for fault recovery.
+    memory_registration: Mutex<Option<memory_guard::Registration>>,
     log: RateLimitedLog,
 }
 
 impl NetBackend {
-    pub fn new(fabric: Arc<Fabric>, port: PortId, config: PortConfig, mem: GuestMemory_) -> Self {
+    pub fn new(
+        fabric: Arc<Fabric>,
+        port: PortId,
+        config: PortConfig,
+        mem: SharedGuestMemory,
+    ) -> Self {
         let pairs = usize::from(config.queue_pairs);
         NetBackend {
             fabric,
@@ -68,6 +78,7 @@ impl NetBackend {
             event_idx: AtomicBool::new(false),
             workers: (0..pairs).map(|_| Mutex::new(Worker::default())).collect(),
             exit_notifiers: Mutex::new(Vec::new()),
+            memory_registration: Mutex::new(None),
             log: RateLimitedLog::new(),
         }
     }
@@ -109,6 +120,7 @@ impl NetBackend {
                 self.mem.clone(),
                 self.acked_features.clone(),
                 counters.clone(),
+                port.nic.port_counters.clone(),
                 port.nic.retry_promises(),
             );
             port.nic.attach_ring(pair, Some(Box::new(ring)));
@@ -152,15 +164,30 @@ impl NetBackend {
             log: &self.log,
         };
         loop {
+            if vring.is_quarantined() {
+                return;
+            }
             let progress = {
                 let mut state = vring.get_mut();
-                let _ = state.disable_notification();
-                let progress = tx::process_batch(&mut state, &self.mem, &mut worker.tx, &sender);
-                if tx::wants_interrupt(state.get_queue(), &self.mem, &mut worker.tx) {
-                    let _ = state.signal_used_queue();
-                }
-                progress
+                // Caught with the vring's lock held, so that the lock is not poisoned: see
+                // `contain`.
+                contain(&self.log, vring, &port.nic.port_counters, "TX", || {
+                    let _ = state.disable_notification();
+                    let progress =
+                        tx::process_batch(&mut state, &self.mem, &mut worker.tx, &sender);
+                    if tx::wants_interrupt(state.get_queue(), &self.mem, &mut worker.tx) {
+                        let _ = state.signal_used_queue();
+                    }
+                    progress
+                })
+                .unwrap_or(TxProgress::Broken)
             };
+            if vring.is_quarantined() {
+                // What the failed batch left is dropped: its staged frames and its promises.
+                worker.tx.forward.release_promises();
+                worker.tx = TxScratch::default();
+                return;
+            }
             self.fabric.flush(&mut worker.tx.forward);
             match progress {
                 TxProgress::More => continue,
@@ -182,6 +209,33 @@ impl NetBackend {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Runs `work`; if it panics, quarantines `vring` (it stays unused until the frontend sets
+/// it up again), counts and logs the failure, and returns `None`.
+///
+/// Why: a panic unwinding through a held vring lock poisons it, and vhost-user-backend
+/// unwraps its locks, so every other thread that touches the ring (the senders of every
+/// other port included) would panic in turn. Callers hold the ring's locks across this call,
+/// so the panic is caught before any lock is released.
+pub fn contain<R>(
+    log: &RateLimitedLog,
+    vring: &Vring,
+    counters: &PortCounters,
+    what: &str,
+    work: impl FnOnce() -> R,
+) -> Option<R> {
+    match panic::catch_unwind(AssertUnwindSafe(work)) {
+        Ok(result) => Some(result),
+        Err(_) => {
+            vring.quarantine();
+            stats::inc(&counters.worker_failures);
+            log.warn(|| {
+                format!("{what} failed: ring quarantined until the guest sets it up again")
+            });
+            None
         }
     }
 }
@@ -226,7 +280,7 @@ impl VhostUserBackend for NetBackend {
 
     fn reset_device(&self) {
         info!("{}: device reset", self.name());
-        crate::stats::inc(&self.fabric.ports[self.port].nic.port_counters.resets);
+        stats::inc(&self.fabric.ports[self.port].nic.port_counters.resets);
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -244,11 +298,32 @@ impl VhostUserBackend for NetBackend {
         out
     }
 
-    fn update_memory(
-        &self,
-        _mem: vm_memory::GuestMemoryAtomic<vm_memory::GuestMemoryMmap<()>>,
-    ) -> io::Result<()> {
-        // The handler swaps the regions inside the GuestMemoryAtomic we share with it.
+    fn update_memory(&self, mem: SharedGuestMemory) -> io::Result<()> {
+        // The handler has already put the new table into the memory we share with it. A
+        // region beyond its file's end would fault at its first access past the end: the
+        // table is taken away again (every access is then refused) and the request fails.
+        let table = mem.memory();
+        let counters = &self.fabric.ports[self.port].nic.port_counters;
+        if let Err(error) = memory_guard::check_regions(&table) {
+            drop(table);
+            mem.lock()
+                .map_err(|_| io::Error::other("guest memory lock poisoned"))?
+                .replace(vm_memory::GuestMemoryMmap::new());
+            *self
+                .memory_registration
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            stats::inc(&counters.memory_tables_refused);
+            warn!("{}: memory table refused: {error}", self.name());
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, error));
+        }
+        // A file that shrinks later faults at the access: the fault is absorbed, see
+        // `memory_guard`.
+        let registration = memory_guard::Registration::new(&table, counters.clone());
+        *self
+            .memory_registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(registration);
         Ok(())
     }
 
@@ -283,15 +358,19 @@ impl VhostUserBackend for NetBackend {
         };
         let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
         let nic = &self.fabric.ports[self.port].nic;
-        match device_event {
-            // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
-            // buffers go now, without waiting for traffic to push them.
-            RX => {
-                nic.drain_waiting();
+        // Whatever fails on this worker's thread (delivering into other ports' rings
+        // included) stays with this port: its TX ring is quarantined, the thread lives on.
+        let _ = contain(&self.log, tx, &nic.port_counters, "worker", || {
+            match device_event {
+                // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
+                // buffers go now, without waiting for traffic to push them.
+                RX => {
+                    nic.drain_waiting();
+                }
+                TX => self.run_tx(thread_id, &mut worker, tx),
+                _ => {}
             }
-            TX => self.run_tx(thread_id, &mut worker, tx),
-            _ => {}
-        }
+        });
         Ok(())
     }
 }

@@ -51,6 +51,10 @@ pub enum ChainError {
     WrongDirection(Direction),
     #[error("chain longer than 4 GiB")]
     LengthOverflow,
+    #[error("chain holds no bytes (every descriptor has length 0)")]
+    Empty,
+    #[error("chain of {len} bytes cannot hold the virtio-net header, which every buffer must")]
+    ShorterThanHeader { len: u32 },
 }
 
 /// What a walk found: the chain's length in bytes (at most `u32::MAX`), or why it is
@@ -268,7 +272,13 @@ fn walk_chain(
                 .ok_or(ChainError::LengthOverflow)?;
         }
         if flags & VRING_DESC_F_NEXT == 0 {
-            return Ok(total);
+            // Zero-length descriptors are skipped, but a chain of nothing else is no buffer:
+            // a receive frame would have nowhere to go, a transmit chain no header.
+            return if total == 0 {
+                Err(ChainError::Empty)
+            } else {
+                Ok(total)
+            };
         }
         index = desc.next;
     }

@@ -20,6 +20,10 @@ use vm_memory::{
     MemoryRegionAddress,
 };
 
+/// Guest memory as the frontend shares it: the region table, swapped by the vhost-user
+/// handler when the frontend sends a new one.
+pub type SharedGuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One mapped region: guest physical `[start, end)` at host address `host`.
@@ -65,7 +69,7 @@ impl HostMemory {
     /// The snapshot of `space`'s current memory, reusing `cached` when the memory is the
     /// same (the common case: the table changes only when the frontend sends a new one).
     pub fn current<'a>(
-        space: &GuestMemoryAtomic<GuestMemoryMmap<()>>,
+        space: &SharedGuestMemory,
         cached: &'a mut Option<HostMemory>,
     ) -> &'a HostMemory {
         let guard = space.memory();

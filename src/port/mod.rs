@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod chain;
 pub mod host_memory;
+pub mod memory_guard;
 pub mod ring;
 pub mod server;
 pub mod split_ring;

@@ -3,23 +3,25 @@
 
 use std::num::Wrapping;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use log::warn;
+use std::panic::{self, AssertUnwindSafe};
+
+use log::{error, warn};
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemory;
 
-use super::chain::{self, Direction, Segment};
+use super::chain::{self, ChainError, Direction, Segment};
 use super::host_memory::HostMemory;
 use super::split_ring::{RingCache, SplitRing, UsedSince, used_elem};
 use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
 use crate::nic::{BurstFrame, FrameBytes, GuestRxRing, RingWrite, RxOffloads};
 use crate::packet::copy;
-use crate::stats::{self, QueueCounters};
+use crate::stats::{self, PortCounters, QueueCounters};
 
-pub type GuestMemory_ = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-pub type Vring = super::vring::PortVring<GuestMemory_>;
+pub use super::host_memory::SharedGuestMemory;
+pub use super::vring::PortVring as Vring;
 
 /// What reading the next avail entry found.
 pub enum NextHead {
@@ -108,7 +110,7 @@ pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) ->
 }
 
 /// Whether the guest made chains available that we have not taken yet.
-pub fn has_available<M: GuestMemory>(state: &VringState<GuestMemory_>, mem: &M) -> bool {
+pub fn has_available<M: GuestMemory>(state: &VringState<SharedGuestMemory>, mem: &M) -> bool {
     let queue = state.get_queue();
     queue.ready()
         && queue
@@ -215,6 +217,10 @@ const RX_PREFETCH_AHEAD: usize = 8;
 /// entries not yet published, and reusable buffers for the chains of one frame.
 #[derive(Default)]
 struct RxScratch {
+    /// The ring's configuration generation this state was built under (see
+    /// `PortVring::generation`): any other means the frontend changed the ring, and
+    /// everything below that describes it is dropped.
+    generation: u64,
     /// The guest memory snapshot, kept across writes until the frontend changes the table.
     host: Option<HostMemory>,
     ring: RingCache,
@@ -237,6 +243,26 @@ struct RxScratch {
     shadow: UsedShadow,
     /// Small frames of the current burst, copied into their buffers at its end.
     deferred: Vec<DeferredCopy>,
+}
+
+impl RxScratch {
+    fn new(generation: u64) -> Self {
+        RxScratch {
+            generation,
+            // Armed: the first write turns off the guest's kicks for every buffer it adds.
+            armed: true,
+            ..RxScratch::default()
+        }
+    }
+
+    /// Publishes the used entries written but not yet made visible, through the view they
+    /// were written through (the ring may be stopped already: nothing is written after a
+    /// stop, and the memory snapshot keeps the view valid).
+    fn publish_pending(&mut self, next_used: u16) {
+        if let (Some(before), Some(ring)) = (self.unpublished.take(), self.ring.last()) {
+            ring.publish(Wrapping(before), Wrapping(next_used), &mut self.used);
+        }
+    }
 }
 
 /// Frames up to this long (with the header) are copied at the end of the burst.
@@ -271,13 +297,15 @@ struct DeferredCopy {
 /// A guest's RX vring, as the NIC writes into it.
 pub struct VhostRxRing {
     vring: Vring,
-    mem: GuestMemory_,
+    mem: SharedGuestMemory,
     acked_features: Arc<AtomicU64>,
     counters: Arc<QueueCounters>,
+    port_counters: Arc<PortCounters>,
     /// Senders that promised to try this NIC's waiting frames again (`Nic::promise_retry`):
     /// while there are any, running out of buffers does not ask the guest for a kick.
     retry_promises: Arc<AtomicU32>,
-    scratch: Mutex<RxScratch>,
+    /// Shared with the ring's stop hook (see [`VhostRxRing::new`]).
+    scratch: Arc<Mutex<RxScratch>>,
     log: RateLimitedLog,
 }
 
@@ -299,22 +327,32 @@ struct ChainScratch<'a> {
 impl VhostRxRing {
     pub fn new(
         vring: Vring,
-        mem: GuestMemory_,
+        mem: SharedGuestMemory,
         acked_features: Arc<AtomicU64>,
         counters: Arc<QueueCounters>,
+        port_counters: Arc<PortCounters>,
         retry_promises: Arc<AtomicU32>,
     ) -> Self {
+        let scratch = Arc::new(Mutex::new(RxScratch::new(vring.generation())));
+        // When the frontend stops or disables the ring, the used entries written so far are
+        // published before it gets its answer: it reads the used index back when it starts
+        // the ring again, and entries left unpublished would be buffers lost to the guest.
+        let pending = Arc::downgrade(&scratch);
+        vring.on_stop(Some(Box::new(move |vring: &Vring| {
+            if let Some(scratch) = pending.upgrade() {
+                let mut scratch = scratch.lock().unwrap_or_else(|p| p.into_inner());
+                let state = vring.get_ref();
+                scratch.publish_pending(state.get_queue().next_used());
+            }
+        })));
         VhostRxRing {
             vring,
             mem,
             acked_features,
             counters,
+            port_counters,
             retry_promises,
-            // Armed: the first write turns off the guest's kicks for every buffer it adds.
-            scratch: Mutex::new(RxScratch {
-                armed: true,
-                ..RxScratch::default()
-            }),
+            scratch,
             log: RateLimitedLog::new(),
         }
     }
@@ -362,7 +400,18 @@ impl VhostRxRing {
                 }
             };
             let first = scratch.segments.len();
-            match chain::walk_append(mem, ring, head, Direction::DeviceWrites, scratch.segments) {
+            let walked =
+                chain::walk_append(mem, ring, head, Direction::DeviceWrites, scratch.segments)
+                    .and_then(|len| {
+                        // With mergeable buffers every buffer must hold the header (virtio 1.2,
+                        // 5.1.6.3.1): a frame's header split over chains reaches no driver whole.
+                        if mergeable && len < VIRTIO_NET_HDR_LEN {
+                            Err(Box::new(ChainError::ShorterThanHeader { len: len as u32 }))
+                        } else {
+                            Ok(len)
+                        }
+                    });
+            match walked {
                 Ok(len) => {
                     if !mergeable && len < needed {
                         // This guest's buffers can never hold the frame; leave the chain for
@@ -424,11 +473,49 @@ impl VhostRxRing {
         frame: impl Fn(usize) -> (&'a [u8; 12], FrameBytes<'a>),
     ) -> (usize, Option<RingWrite>) {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let scratch = &mut *guard;
         let mut state = self.vring.get_mut();
-        if !state.is_enabled() || !state.get_queue().ready() {
+        if !state.is_enabled() || !state.get_queue().ready() || self.vring.is_quarantined() {
             return (0, Some(RingWrite::NotReady));
         }
+        let generation = self.vring.generation();
+        if guard.generation != generation {
+            // The frontend changed the ring (size, base, addresses, readiness): nothing
+            // cached about the old one is used on the new one. Entries still unpublished
+            // were published by the stop hook if the ring was stopped; a frontend that
+            // changed a running ring loses them (its own fault, and only its own ring).
+            let host = guard.host.take();
+            *guard = RxScratch::new(generation);
+            guard.host = host;
+        }
+        // The ring's locks are held across the catch: a panic is caught before they are
+        // released, so neither is poisoned and the senders of other ports that write into
+        // this ring are not taken down with it. This ring is quarantined instead.
+        let written = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.write_frames_locked(&mut guard, &mut state, count, &frame)
+        }));
+        match written {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                *guard = RxScratch::new(generation);
+                drop(state);
+                self.vring.quarantine();
+                stats::inc(&self.port_counters.worker_failures);
+                error!(
+                    "RX ring quarantined after a failure writing into it; it is used again once the guest sets it up anew"
+                );
+                (0, Some(RingWrite::NotReady))
+            }
+        }
+    }
+
+    /// [`Self::write_frames`] with the ring's locks held and its generation checked.
+    fn write_frames_locked<'a>(
+        &self,
+        scratch: &mut RxScratch,
+        state: &mut VringState<SharedGuestMemory>,
+        count: usize,
+        frame: &impl Fn(usize) -> (&'a [u8; 12], FrameBytes<'a>),
+    ) -> (usize, Option<RingWrite>) {
         let mem = HostMemory::current(&self.mem, &mut scratch.host);
         let ring = match scratch.ring.get(mem, state.get_queue()) {
             Ok(ring) => ring,
@@ -466,15 +553,7 @@ impl VhostRxRing {
         let mut result = (count, None);
         for index in 0..count {
             let (header, bytes) = frame(index);
-            match self.write_locked(
-                &mut state,
-                mem,
-                &ring,
-                &mut frames,
-                mergeable,
-                header,
-                bytes,
-            ) {
+            match self.write_locked(state, mem, &ring, &mut frames, mergeable, header, bytes) {
                 RingWrite::Written => {}
                 other => {
                     result = (index, Some(other));
@@ -504,7 +583,7 @@ impl VhostRxRing {
     #[allow(clippy::too_many_arguments)]
     fn write_locked(
         &self,
-        state: &mut VringState<GuestMemory_>,
+        state: &mut VringState<SharedGuestMemory>,
         mem: &HostMemory,
         ring: &SplitRing,
         scratch: &mut FrameScratch<'_>,
@@ -578,9 +657,10 @@ impl VhostRxRing {
         let queue = state.get_queue_mut();
         if let (&[(head, first, _, _)], Some(bytes)) =
             (&scratch.chains.chains[..], deferrable(&frame, needed))
-            && scratch.chains.segments[first].len as usize >= needed
+            && let Some(&segment) = scratch.chains.segments.get(first)
+            && segment.len as usize >= needed
         {
-            let to = scratch.chains.segments[first].host;
+            let to = segment.host;
             scratch.defer_copy(queue, ring, head, to, header, bytes);
         } else {
             Self::scatter_now(queue, ring, &mut scratch.chains, header, &frame, needed);
@@ -601,7 +681,7 @@ impl VhostRxRing {
     /// mergeable buffers are 1.5 to 4 KiB, DPDK's mbufs hold a whole frame), and the
     /// general walk was a sixth of case (b) of benches/vs_dpdk.py at 1518 bytes.
     fn write_single_buffer(
-        state: &mut VringState<GuestMemory_>,
+        state: &mut VringState<SharedGuestMemory>,
         mem: &HostMemory,
         ring: &SplitRing,
         scratch: &mut FrameScratch<'_>,
@@ -648,15 +728,20 @@ impl VhostRxRing {
         frame: &FrameBytes<'_>,
         needed: usize,
     ) {
+        if injected_failure(needed) {
+            panic!("injected failure writing a frame of {needed} bytes");
+        }
         let buffers = chains.chains.len() as u16;
         let mut offset = 0usize; // bytes of (header ++ frame) written so far
         for &(head, first, end, capacity) in chains.chains.iter() {
             let segments = &chains.segments[first..end];
             let take = capacity.min(needed - offset);
             let mut written = 0;
-            // The part of the header that falls in this chain.
-            if offset == 0 && segments[0].len as usize >= VIRTIO_NET_HDR_LEN {
-                write_header(segments[0].host, header, buffers);
+            // The part of the header that falls in this chain. (Every chain taken holds a
+            // byte at least: the walk refuses empty ones.)
+            let first_segment = segments.first().copied().unwrap_or_default();
+            if offset == 0 && first_segment.len as usize >= VIRTIO_NET_HDR_LEN {
+                write_header(first_segment.host, header, buffers);
                 written = VIRTIO_NET_HDR_LEN;
             } else if offset < VIRTIO_NET_HDR_LEN {
                 let mut whole = *header;
@@ -672,6 +757,19 @@ impl VhostRxRing {
             put_used(queue, ring, chains.used, head, written as u32);
         }
     }
+}
+
+/// For the tests of failure containment (`tests/protocol_containment.rs`): with
+/// `PRISM_VNIC_INJECT_RX_FAILURE=N` in the environment, writing a frame of `N` bytes (header
+/// included) through the general path panics. Read once; one comparison on a path that
+/// walks chains anyway.
+fn injected_failure(needed: usize) -> bool {
+    static LEN: OnceLock<Option<usize>> = OnceLock::new();
+    *LEN.get_or_init(|| {
+        std::env::var("PRISM_VNIC_INJECT_RX_FAILURE")
+            .ok()
+            .and_then(|value| value.parse().ok())
+    }) == Some(needed)
 }
 
 /// Writes the virtio-net header `header`, with `num_buffers` (its last two bytes) set to
@@ -742,7 +840,7 @@ impl FrameScratch<'_> {
     /// A frame went in: if the guest was asked to kick when it adds buffers, it is told to
     /// stop (it would otherwise kick for every buffer it adds).
     #[inline]
-    fn disarm(&mut self, state: &mut VringState<GuestMemory_>) {
+    fn disarm(&mut self, state: &mut VringState<SharedGuestMemory>) {
         if *self.armed {
             let _ = state.disable_notification();
             *self.armed = false;
@@ -806,7 +904,7 @@ impl GuestRxRing for VhostRxRing {
 mod tests {
     use super::*;
     use crate::port::split_ring::tests::{AVAIL, DESC, SIZE, USED, rig};
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
     fn used_elem(mem: &GuestMemoryMmap<()>, slot: u64) -> (u32, u32) {
         let at = USED + 4 + 8 * slot;
@@ -905,5 +1003,42 @@ mod tests {
         assert_eq!(buffer[..10], header[..10]);
         assert_eq!(buffer[10..12], [1, 0]);
         assert_eq!(buffer[12..], [0xff; 4]);
+    }
+
+    #[test]
+    fn entries_written_before_a_ring_stop_are_published_before_the_stop_returns() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let shared = GuestMemoryAtomic::new(mem.clone());
+        let vring = <Vring as VringT<SharedGuestMemory>>::new(shared.clone(), SIZE).unwrap();
+        vring.set_queue_size(SIZE);
+        vring.set_queue_info(DESC, AVAIL, USED).unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        // One 2 KiB writable buffer, made available.
+        let mut desc = [0u8; 16];
+        desc[0..8].copy_from_slice(&0x4000u64.to_le_bytes());
+        desc[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        desc[12..14].copy_from_slice(
+            &(virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16).to_le_bytes(),
+        );
+        mem.write_slice(&desc, GuestAddress(DESC)).unwrap();
+        make_available(&mem, 0, 0);
+        let ring = VhostRxRing::new(
+            vring.clone(),
+            shared,
+            Arc::new(AtomicU64::new(0)),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        );
+        assert_eq!(ring.write(&[0; 12], &[0xab; 60]), RingWrite::Written);
+        let used_idx =
+            |mem: &GuestMemoryMmap<()>| -> u16 { mem.read_obj(GuestAddress(USED + 2)).unwrap() };
+        // Written, not yet published (that waits for the sender's batch to end).
+        assert_eq!(used_idx(&mem), 0);
+        // GET_VRING_BASE stops the ring: the entry is published before it returns.
+        vring.set_queue_ready(false);
+        assert_eq!(used_idx(&mem), 1);
+        assert_eq!(used_elem(&mem, 0), (0, 72));
     }
 }

@@ -247,6 +247,11 @@ pub struct RingCache {
 type RingKey = (u64, u64, u64, u64, u16);
 
 impl RingCache {
+    /// The view last handed out, whatever the queue's state now.
+    pub fn last(&self) -> Option<SplitRing> {
+        self.cached.map(|(_, ring)| ring)
+    }
+
     pub fn get(&mut self, mem: &HostMemory, queue: &Queue) -> Result<SplitRing, RingError> {
         if !queue.ready() {
             return Err(RingError::NotReady);

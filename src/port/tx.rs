@@ -9,7 +9,7 @@ use virtio_queue::{Queue, QueueT};
 use super::chain::{self, Direction, Segment};
 use super::host_memory::{self, HostMemory};
 use super::ring::{
-    AvailCache, GuestMemory_, NextHead, RateLimitedLog, UsedShadow, next_head, publish_used,
+    AvailCache, NextHead, RateLimitedLog, SharedGuestMemory, UsedShadow, next_head, publish_used,
     put_used,
 };
 use super::split_ring::{RingCache, SplitRing, UsedSince};
@@ -169,8 +169,8 @@ pub struct TxSender<'a> {
 /// are), good or bad, so a bad chain never blocks the ring; the completions are published
 /// once, at the end of the batch.
 pub fn process_batch(
-    state: &mut VringState<GuestMemory_>,
-    space: &GuestMemory_,
+    state: &mut VringState<SharedGuestMemory>,
+    space: &SharedGuestMemory,
     scratch: &mut TxScratch,
     sender: &TxSender<'_>,
 ) -> TxProgress {
@@ -194,7 +194,7 @@ pub fn process_batch(
 }
 
 fn process_chains(
-    state: &mut VringState<GuestMemory_>,
+    state: &mut VringState<SharedGuestMemory>,
     mem: &HostMemory,
     ring: &SplitRing,
     scratch: &mut TxScratch,
@@ -269,7 +269,7 @@ fn process_chains(
 }
 
 /// Whether the guest wants an interrupt for the TX completions published so far.
-pub fn wants_interrupt(queue: &Queue, space: &GuestMemory_, scratch: &mut TxScratch) -> bool {
+pub fn wants_interrupt(queue: &Queue, space: &SharedGuestMemory, scratch: &mut TxScratch) -> bool {
     let mem = HostMemory::current(space, &mut scratch.host);
     match scratch.ring.get(mem, queue) {
         Ok(ring) => scratch.used.decide(

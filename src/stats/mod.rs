@@ -105,6 +105,13 @@ counters! {
         connections,
         /// Device resets (GET_VRING_BASE on all rings, RESET_DEVICE, disconnects).
         resets,
+        /// Worker failures (a panic) caught on this port's rings: the ring is quarantined
+        /// until its guest sets it up again, and no other port is affected.
+        worker_failures,
+        /// Memory tables refused: a region larger than the file behind it.
+        memory_tables_refused,
+        /// Faults in this guest's memory absorbed (its file shrank under a mapping).
+        guest_memory_faults,
     }
 }
 

@@ -733,6 +733,38 @@ impl TestGuest {
         Ok(bases)
     }
 
+    /// Stops `vring` (GET_VRING_BASE) and starts it again on a fresh ring of `size` entries
+    /// that resumes at the base the device reported, as QEMU restarts a vhost ring without a
+    /// device reset; buffers the device held are lost. Returns the base.
+    pub fn restart_vring(&mut self, vring: u16, size: u16) -> Result<u32> {
+        let v = u32::from(vring);
+        let base = self.conn.get_vring_base(v)?;
+        let event_idx = self.has(feature::EVENT_IDX);
+        let fresh = SplitQueue::new(&mut self.ram, vring, size, event_idx)?
+            .starting_at(&self.ram, base as u16)?;
+        let old = std::mem::replace(self.queue(vring)?, fresh);
+        old.release(&mut self.ram);
+        self.used_log.remove(&vring);
+        self.partial.remove(&vring);
+        let q = &self.queues[usize::from(vring)];
+        self.conn.set_vring_num(v, u32::from(size))?;
+        self.conn.set_vring_base(v, base)?;
+        self.conn.set_vring_addr(
+            v,
+            &VringAddrMsg {
+                desc_user_addr: self.ram.user_addr(q.desc_table)?,
+                used_user_addr: self.ram.user_addr(q.used_ring)?,
+                avail_user_addr: self.ram.user_addr(q.avail_ring)?,
+            },
+        )?;
+        self.conn.set_vring_kick(v, &q.kick)?;
+        self.conn.set_vring_call(v, &q.call)?;
+        if self.negotiated.offered_features & feature::PROTOCOL_FEATURES != 0 {
+            self.conn.set_vring_enable(v, true)?;
+        }
+        Ok(base)
+    }
+
     /// Closes the connection (as when QEMU exits) and returns what is needed to reconnect.
     pub fn disconnect(self) -> (PathBuf, GuestOptions) {
         (self.socket, self.opts)
@@ -743,6 +775,11 @@ impl TestGuest {
     pub fn reconnect(self) -> Result<Self> {
         let (socket, opts) = self.disconnect();
         TestGuest::connect(&socket, opts)
+    }
+
+    /// The SET_MEM_TABLE description of this guest's memory, for tests that send their own.
+    pub fn memory_regions(&self) -> Result<Vec<super::vhost_user::MemoryRegionMsg>> {
+        self.ram.region_messages()
     }
 
     /// Direct access to the vhost-user connection, for protocol-level tests.

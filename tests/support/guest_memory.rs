@@ -100,6 +100,15 @@ impl GuestRam {
             .collect()
     }
 
+    /// Sets the length of the file behind the regions (what a frontend that shrinks its
+    /// memfd under the daemon does). Pages past the new end fault in every mapping, ours
+    /// included: the test must not touch them afterwards.
+    pub fn set_file_len(&self, len: u64) -> Result<()> {
+        self.memfd
+            .set_len(len)
+            .map_err(|e| HarnessError::Memory(format!("ftruncate memfd: {e}")))
+    }
+
     /// Translates a guest physical address to the frontend virtual address the backend
     /// expects in SET_VRING_ADDR.
     pub fn user_addr(&self, gpa: u64) -> Result<u64> {

@@ -131,6 +131,16 @@ impl SplitQueue {
         })
     }
 
+    /// A fresh ring whose indices start at `base` (what a driver resumes with after the
+    /// device was stopped and its base read back): both indices are written to the ring.
+    pub fn starting_at(mut self, ram: &GuestRam, base: u16) -> Result<Self> {
+        self.avail_idx = base;
+        self.last_used = base;
+        ram.store_u16_release(self.avail_ring + 2, base)?;
+        ram.store_u16_release(self.used_ring + 2, base)?;
+        Ok(self)
+    }
+
     /// Frees the rings and every buffer still owned by the device.
     pub fn release(self, ram: &mut GuestRam) {
         for (start, size) in self.ring_allocations {
