@@ -63,20 +63,17 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
                 regression = worse and variant != "vanilla"
                 changes.append(Change(label, f"{metric} {variant}/mode0", _fmt(ia), _fmt(ib),
                                       regression))
-        for metric, oa in ea["ordering"].items():
-            ob = eb["ordering"].get(metric)
-            if oa and ob and oa["holds"] != ob["holds"]:
-                changes.append(Change(label, f"ordering of {metric}",
-                                      "held" if oa["holds"] else "did not hold",
-                                      "held" if ob["holds"] else "did not hold",
-                                      oa["holds"] and not ob["holds"]))
-        for metric, aa in ea["agreement"].items():
-            ab = eb["agreement"].get(metric)
-            if aa and ab and aa["rounds"] and ab["rounds"] and aa["agree"] != ab["agree"]:
-                changes.append(Change(label, f"vanilla vs mode0 on {metric}",
-                                      "agree" if aa["agree"] else "differ",
-                                      "agree" if ab["agree"] else "differ",
-                                      aa["agree"] and not ab["agree"]))
+        for group, key, what, words in (
+                ("ordering", "holds", "ordering of {}", ("held", "did not hold")),
+                ("agreement", "agree", "vanilla vs mode0 on {}", ("agree", "differ"))):
+            for metric, va in ea[group].items():
+                vb = eb[group].get(metric)
+                if not (va and vb and va["rounds"] and vb["rounds"]) or va[key] == vb[key]:
+                    continue
+                # Lost in B is a regression; gained is a change.
+                changes.append(Change(label, what.format(metric),
+                                      words[0] if va[key] else words[1],
+                                      words[0] if vb[key] else words[1], va[key]))
         for variant, ma in ea["variants"].items():
             mb = eb["variants"].get(variant)
             if not mb:

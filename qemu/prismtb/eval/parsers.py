@@ -1,6 +1,6 @@
 """Parsers of the evaluation's tools: sockperf's full log, iperf3 -J, wrk (with the Lua
 report that prints its percentiles as JSON, or plain --latency), memcaslap (libmemcached-tools'
-load generator). Pure functions on text, tested on outputs recorded on a real host
+load generator). sockperf's summary is prismtb.parsers.parse_sockperf's. Pure functions on text, tested on outputs recorded on a real host
 (tests/eval/data).
 
 Latencies are in microseconds everywhere. sockperf reports half the round trip (its
@@ -48,26 +48,6 @@ def sockperf_full_log(text: str) -> list[float]:
     if not out:
         raise ParseError("sockperf full log: no observations")
     return out
-
-
-def sockperf_summary(text: str) -> dict:
-    """Percentile lines, average and message counts of sockperf's own summary."""
-    text = ANSI_RE.sub("", text)
-    res: dict = {}
-    for pct, value in re.findall(r"percentile (\d+\.\d+) =\s*([\d.]+)", text):
-        res[pkey(float(pct))] = float(value)
-    m = re.search(r"avg-latency=([\d.]+)", text)
-    if m:
-        res["mean_us"] = float(m.group(1))
-    m = re.search(r"\[Valid Duration\].*SentMessages=(\d+); ReceivedMessages=(\d+)", text)
-    if m:
-        res["sent"], res["received"] = int(m.group(1)), int(m.group(2))
-    m = re.search(r"# dropped messages = (\d+)", text)
-    if m:
-        res["dropped"] = int(m.group(1))
-    if pkey(50.0) not in res:
-        raise ParseError("sockperf: no percentile lines (did the run receive anything?)")
-    return res
 
 
 def latency_metrics(samples: list[float]) -> dict:
@@ -118,12 +98,11 @@ def wrk(text: str) -> dict:
     out: dict = {}
     for q, value, unit in re.findall(r"^\s+(\d+(?:\.\d+)?)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
         out[pkey(float(q))] = float(value) * _WRK_UNITS[unit]
-    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    if m:
-        out["requests_per_s"] = float(m.group(1))
-    m = re.search(r"(\d+) requests in", text)
-    if m:
-        out["requests"] = int(m.group(1))
+    for key, pattern, kind in (("requests_per_s", r"Requests/sec:\s+([\d.]+)", float),
+                               ("requests", r"(\d+) requests in", int)):
+        m = re.search(pattern, text)
+        if m:
+            out[key] = kind(m.group(1))
     if pkey(50.0) not in out:
         raise ParseError("wrk: no latency distribution (run with --latency or our Lua report)")
     return out

@@ -63,6 +63,36 @@ def cell_verdicts(entry: dict) -> list[str]:
     return out
 
 
+def priority_table(summary: dict, experiment: str = "b") -> list[str]:
+    """The three modes at a glance (qemu/demo): per cell of `experiment`, each variant's
+    p50 and p99 (median over rounds), bulk throughput, and the ratios to mode 0."""
+    lines = []
+    for e in summary["cells"]:
+        if e["cell"]["experiment"] != experiment:
+            continue
+        lines += [f"{e['label']}:", f"  {'variant':8} {'p50 us':>9} {'p99 us':>9} "
+                  f"{'bulk Mbit/s':>12} {'p50/mode0':>10} {'p99/mode0':>10}"]
+        for v in stats.VARIANTS:
+            if v not in e["variants"]:
+                continue
+            m = e["variants"][v]
+            med = {k: (m.get(k) or {}).get("median") for k in ("p50_us", "p99_us",
+                                                                 results.THROUGHPUT)}
+            ratio = {k: 1.0 if v == stats.BASELINE else
+                     (e["ratios"].get(k, {}).get(v) or {}).get("value")
+                     for k in results.LATENCY_METRICS}
+            lines.append(f"  {v:8} {_num(med['p50_us']):>9} {_num(med['p99_us']):>9} "
+                         f"{_num(med[results.THROUGHPUT]):>12} "
+                         f"{_num(ratio['p50_us'], 2):>10} {_num(ratio['p99_us'], 2):>10}")
+        for m in results.LATENCY_METRICS:
+            o = e["ordering"].get(m)
+            if o and o["rounds"]:
+                lines.append(f"  {m}: " + stats.Ordering(
+                    order=tuple(o["order"]), rounds=o["rounds"], held_rounds=o["held_rounds"],
+                    pairs=o["pairs"]).sentence())
+    return lines
+
+
 def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     lines = ["# PRISM evaluation", ""]
     lines += [f"- profile: {meta.get('profile')}, rounds: {meta.get('rounds')}, "

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import REPO
+from ..parsers import parse_sockperf
 from . import parsers, results
 
 PRIO_PORT = 11111
@@ -217,7 +218,9 @@ class HostClient:
             raise EvalError(f"client command still running after {timeout:.0f} s:\n{out}")
         return out
 
-    def run(self, cmd: str, timeout: float) -> str:
+    def run(self, cmd: str, timeout: float, container: bool = True) -> str:
+        """Runs cmd; the namespace has both the underlay and the overlay (container is for
+        the guest client's sake)."""
         return self.finish(self.start(cmd), timeout)
 
     def file(self, name: str) -> str:
@@ -244,15 +247,20 @@ class GuestClient:
         rc, out = self.guest.wait_bg(name, timeout)
         return out
 
-    def run(self, cmd: str, timeout: float) -> str:
-        rc, out = self.guest.run(f"ip netns exec c1 sh -c {shlex.quote(cmd)}", timeout=timeout)
+    def run(self, cmd: str, timeout: float, container: bool = True) -> str:
+        """Runs cmd in the container c1, or in the guest's own namespace (the underlay)."""
+        prefix = "ip netns exec c1 " if container else ""
+        rc, out = self.guest.run(f"{prefix}sh -c {shlex.quote(cmd)}", timeout=timeout)
         return out
 
     def file(self, name: str) -> str:
         return f"/tmp/{name}"
 
     def read(self, path: str) -> str:
-        return self.guest.check(f"cat {path}", timeout=300)
+        rc, out = self.guest.run(f"cat {path}", timeout=300)
+        if rc != 0:
+            raise OSError(f"cannot read {path} in {self.guest.name}: {out[-500:]}")
+        return out
 
 
 @dataclass
@@ -444,15 +452,17 @@ def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Pat
         if cell.experiment in ("a", "b", "cal"):
             target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
             log = client.file(f"{tag}.csv")
-            out = client.run(f"sockperf ping-pong -i {target} -p {PRIO_PORT} "
+            out = client.run(f"rm -f {log}; sockperf ping-pong -i {target} -p {PRIO_PORT} "
                              f"--mps {SOCKPERF_MPS} -t {seconds:g} --full-log {log}",
-                             timeout=seconds + 120)
+                             timeout=seconds + 120, container=cell.path == "overlay")
             (raw_dir / f"{tag}.sockperf.txt").write_text(out)
             raw["sockperf"] = f"raw/{tag}.sockperf.txt"
-            full = client.read(log)
-            samples = parsers.sockperf_full_log(full)
+            try:
+                samples = parsers.sockperf_full_log(client.read(log))
+            except (parsers.ParseError, OSError) as e:
+                raise EvalError(f"{tag}: {e}; sockperf printed:\n{out[-2000:]}") from e
             metrics = parsers.latency_metrics(samples)
-            metrics["dropped"] = parsers.sockperf_summary(out).get("dropped", 0)
+            metrics["dropped"] = parse_sockperf(out).get("dropped", 0)
         elif cell.experiment == "c":
             out = client.run(f"memcaslap -s {SERVER_C1}:{MEMCACHED_PORT} -T 1 -c 1 "
                              f"-t {int(seconds)}s -S {int(seconds)}s", timeout=seconds + 120)
