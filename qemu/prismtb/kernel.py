@@ -71,11 +71,11 @@ def build_kernel(flavour: str, debug: bool = False, source: Path | None = None,
     return path
 
 
-def resolve_kernel(spec: str, debug: bool = False) -> Path:
-    """A kernel named in a topology or on a command line: a flavour (built if missing) or the
-    path of a bzImage."""
+def resolve_kernel(spec: str, debug: bool = False, source: Path | None = None) -> Path:
+    """A kernel named in a topology or on a command line: a flavour (built if missing, from
+    Debian's source or from the tree `source`) or the path of a bzImage."""
     if spec in FLAVOURS:
-        return build_kernel(spec, debug=debug)
+        return build_kernel(spec, debug=debug, source=source)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise KernelError(f"kernel {spec!r}: neither {' nor '.join(FLAVOURS)} nor a bzImage file")

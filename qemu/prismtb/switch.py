@@ -30,6 +30,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -85,6 +86,21 @@ def prism_vnic_argv(binary: Path, sockets: dict[str, Path], taps: dict[str, str]
     for port, ifname in taps.items():
         argv += ["--tap", f"{port}={ifname}"]
     return argv + ["--queues", str(queues), "--control", str(control), *extra_args]
+
+
+def socket_in_use(path: Path) -> bool:
+    """Whether a process listens on the unix socket at path (a stale file is not in use)."""
+    if not _is_socket(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(5)
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def _is_socket(path: Path) -> bool:
@@ -196,6 +212,11 @@ class Switch:
         """Starts the backend and waits until it listens on every port socket and, for
         prism-vnic, on its control socket. on_spawn(pid) runs as soon as it exists, with
         Ctrl-C held back until it returns (the testbed records the pid there)."""
+        for path in [*self.sockets.values(), self.control]:
+            if socket_in_use(path):
+                # prism-vnic would take the path over, leaving the other process deaf.
+                raise SwitchError(f"socket {path} is in use by a running process (another "
+                                  "prism-vnic?): stop it, or choose another path")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         log = open(self.log_path, "w")

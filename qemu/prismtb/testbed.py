@@ -92,12 +92,14 @@ class Up:
         state.create(str(topo.path), self.logs)
         say(f"bringing {topo.name} up from {topo.path} (logs in {self.logs})")
 
-        kernels: dict[str, Path] = {}
-        for spec in sorted({h.kernel for h in guest_hosts}):
-            kernels[spec] = timed(f"kernel {spec}", lambda spec=spec: kernel.resolve_kernel(spec))
-        images: dict[str, Path] = {}
-        for spec, path in kernels.items():
-            images[spec] = timed(f"guest image for {spec}", lambda path=path: image.workload_image(path, progress=True))
+        kernels: dict[tuple, Path] = {}
+        for spec, source in sorted({(h.kernel, h.kernel_source) for h in guest_hosts}, key=str):
+            what = f"kernel {spec}" + (f" from {source}" if source else "")
+            kernels[(spec, source)] = timed(what, lambda spec=spec, source=source: kernel.resolve_kernel(
+                spec, source=source))
+        images: dict[Path, Path] = {}
+        for path in sorted(set(kernels.values())):
+            images[path] = timed(f"guest image for {path}", lambda path=path: image.workload_image(path, progress=True))
 
         sock_dir = Path(tempfile.mkdtemp(prefix=f"prism-tb-{topo.name}-"))
         state.add("dir", path=str(sock_dir))
@@ -128,7 +130,8 @@ class Up:
         for h in guest_hosts:
             cfg = GuestConfig(name=h.name, socket=self.switch.sockets[h.port], ip=h.address,
                               queues=h.queues, smp=h.vcpus, mem=h.memory,
-                              kernel=str(kernels[h.kernel]), initrd=str(images[h.kernel]))
+                              kernel=str(kernels[(h.kernel, h.kernel_source)]),
+                              initrd=str(images[kernels[(h.kernel, h.kernel_source)]]))
             guest = Guest(cfg, self.logs)
             console = sock_dir / f"{h.name}.console"
             say(f"booting {h.name}: kernel {h.kernel}, {h.vcpus} vCPUs, {h.memory}, {h.queues} queue pairs")

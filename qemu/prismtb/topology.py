@@ -23,6 +23,7 @@ wrong, in one line.
     port = "vm1"              # prism-vnic port (default: the host's name)
     address = "10.0.0.1/24"   # eth0's address
     kernel = "prism"          # guests: vanilla | prism | path of a bzImage
+    kernel-source = "~/linux" # guests: build vanilla|prism from this tree (guest-kernel/build --source)
     vcpus = 2
     memory = "1G"
     queues = 4                # guests: queue pairs, at most testbed.queues
@@ -79,6 +80,7 @@ class HostSpec:
     port: str
     address: str | None
     kernel: str = "prism"
+    kernel_source: Path | None = None
     vcpus: int = 2
     memory: str = "1G"
     queues: int = 4
@@ -255,8 +257,8 @@ def load(path: Path) -> Topology:
     return Topology(path=path, name=name, queues=queues, switch=switch, overlay=overlay, hosts=hosts)
 
 
-GUEST_KEYS = ["name", "kind", "port", "address", "kernel", "vcpus", "memory", "queues",
-              "containers", "pin"]
+GUEST_KEYS = ["name", "kind", "port", "address", "kernel", "kernel-source", "vcpus", "memory",
+              "queues", "containers", "pin"]
 NETNS_KEYS = ["name", "kind", "port", "address"]
 
 
@@ -291,6 +293,14 @@ def _host(path: Path, lines: dict, index: int, raw: Any, queues: int,
     if host.kernel not in FLAVOURS and not Path(host.kernel).expanduser().is_file():
         raise r.error(f"kernel must be {' or '.join(FLAVOURS)} or the path of a bzImage; "
                       f"{host.kernel!r} is neither", "kernel")
+    source = r.get("kernel-source", str)
+    if source is not None:
+        host.kernel_source = (path.parent / Path(source).expanduser()).resolve()
+        if host.kernel not in FLAVOURS:
+            raise r.error(f"kernel-source needs kernel = vanilla or prism, not {host.kernel!r}", "kernel-source")
+        if not (host.kernel_source / "Makefile").is_file():
+            raise r.error(f"kernel-source {host.kernel_source} is not a kernel source tree (no Makefile)",
+                          "kernel-source")
     host.vcpus = r.integer("vcpus", 2, 1, 64)
     host.memory = r.get("memory", str, "1G")
     if not MEMORY_RE.match(host.memory):

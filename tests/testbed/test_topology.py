@@ -67,6 +67,8 @@ BAD = [
     (GOOD.replace('vcpus = 1', 'vcpus = "two"'), 14, "host 'vm2': vcpus must be integer, not 'two'"),
     (GOOD.replace('kernel = "vanilla"', 'kernel = "/nonexistent/bzImage"'), 13,
      "kernel must be vanilla or prism or the path of a bzImage; '/nonexistent/bzImage' is neither"),
+    (GOOD.replace('vcpus = 1', 'vcpus = 1\nkernel-source = "/nonexistent/linux"'), 15,
+     "kernel-source /nonexistent/linux is not a kernel source tree (no Makefile)"),
     (GOOD.replace('port = "tap0"', 'port = "vm1"'), 17, "host 'gen': port 'vm1' is already another host's"),
     (GOOD.replace('address = "10.0.0.3/24"', 'address = "10.0.0.300/24"'), 21,
      "address must be ADDRESS/PREFIX like 10.0.0.1/24, not '10.0.0.300/24'"),

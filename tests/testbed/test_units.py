@@ -17,7 +17,7 @@ from prismtb.overlay import OverlayParams, container_ip, overlay_steps
 from prismtb.parsers import (iperf_receiver_mbits, iperf_udp_summary, parse_sockperf, prism_counters,
                              protocol_lines, qemu_version, stats_summary, vcpu_threads)
 from prismtb.shell import parse_status
-from prismtb.switch import prism_vnic_argv
+from prismtb.switch import Switch, SwitchError, prism_vnic_argv
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 
@@ -194,3 +194,27 @@ def test_a_script_started_by_another_python_reruns_under_the_system_one(tmp_path
                          text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "/usr"
+
+
+def test_a_socket_another_prism_vnic_listens_on_is_refused_before_starting(tmp_path):
+    """prism-vnic itself would take the path over and leave the first daemon deaf."""
+    first = Switch(tmp_path / "a", ports=("vm1",), queues=1, sock_dir=tmp_path / "s")
+    first.start()
+    try:
+        second = Switch(tmp_path / "b", ports=("vm1",), queues=1, sock_dir=tmp_path / "s")
+        with pytest.raises(SwitchError, match=f"socket {tmp_path}/s/vm1.sock is in use by a running "
+                                              r"process \(another prism-vnic\?\): stop it"):
+            second.start()
+        assert second.proc is None and first.alive()
+    finally:
+        assert first.stop() == []
+
+
+def test_qemu_vm_without_a_backend_says_to_start_prism_vnic(tmp_path):
+    res = subprocess.run([str(REPO / "qemu" / "vm"), "--socket", str(tmp_path / "none.sock"),
+                          "--kernel", "/dev/null", "--initrd", "/dev/null"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr == (f"qemu/vm: error: no vhost-user socket at {tmp_path}/none.sock: start "
+                          f"prism-vnic with --port NAME={tmp_path}/none.sock first (or pass "
+                          "--reconnect SECONDS)\n")
