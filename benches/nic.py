@@ -21,17 +21,16 @@ Environment: PRISM_VNIC=path/to/prism-vnic (default: target/release/prism-vnic).
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from prismtb import REPO
 from prismtb.interp import ensure_system_python
-from prismtb.switch import release_binary
+from prismtb.switch import Switch, SwitchError, release_binary
 
 # PRISM_VNIC (or PRISM_VNIC_BIN): a prism-vnic built elsewhere (e.g. in a CARGO_TARGET_DIR of one's own).
 PRISM = str(release_binary())
@@ -62,34 +61,27 @@ def rules_file(path, count):
     return path
 
 
-class Daemon:
-    def __init__(self, work, args, cpus="1", name="daemon"):
-        self.control = os.path.join(work, f"{name}.sock")
-        self.log = open(os.path.join(work, f"{name}.log"), "w")
-        self.p = subprocess.Popen(["taskset", "-c", cpus, PRISM, "--control", self.control, *args],
-                                  stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(self.control):
-            if time.time() > deadline or self.p.poll() is not None:
-                raise RuntimeError(f"prism-vnic did not start: {open(self.log.name).read()}")
-            time.sleep(0.05)
+class Daemon(Switch):
+    """prism-vnic with generator and sink ports only (no vhost-user port), on the given CPUs."""
 
-    def stats(self):
-        out = subprocess.run([PRISM, "stats", "--control", self.control, "--json"],
-                             capture_output=True, text=True, check=True).stdout
-        return json.loads(out)
+    def __init__(self, work, args, cpus="1", name="daemon"):
+        super().__init__(Path(work), ports=(), extra_args=args, sock_dir=Path(work) / name, name=name,
+                         cpus={int(c) for c in cpus.split(",")}, env={**os.environ, "PRISM_VNIC": PRISM})
+        try:
+            self.start()
+        except SwitchError as e:
+            raise RuntimeError(f"prism-vnic did not start: {e}") from e
 
     def port(self, name):
         return next(p for p in self.stats()["ports"] if p["name"] == name)
 
     def reset_residence(self):
-        subprocess.run([PRISM, "residence", "--control", self.control, "--reset"], check=True,
-                       capture_output=True)
+        self.control_command("residence", "--reset")
 
     def stop(self):
-        self.p.terminate()
-        self.p.wait(10)
-        self.log.close()
+        problems = super().stop()
+        if problems:
+            log(f"prism-vnic {self.log_path}: {'; '.join(problems)}")
 
 
 def rule_daemon(work, count, name="daemon"):

@@ -46,10 +46,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from prismtb import REPO
 from prismtb.interp import ensure_system_python
-from prismtb.switch import release_binary
+from prismtb.switch import prism_vnic_argv, release_binary
 
 PRISM = str(release_binary())
 MAC_A = "02:00:00:00:00:0a"
@@ -226,14 +227,13 @@ class Rig:
         mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
         # The backend.
         if backend == "prism":
-            cmd = [PRISM, "--queues", "1", "--control", os.path.join(work, f"{tag}-ctl.sock"),
-                   "--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
+            ports = {"a": Path(sock_a)} if case != "c" else {"a": Path(sock_a), "b": Path(sock_b)}
+            extra = ["--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
             if case == "a":
-                cmd += ["--port", f"a={sock_a}", f"--{A_RECEIVER}", "null"]
+                extra += [f"--{A_RECEIVER}", "null"]
             elif case == "b":
-                cmd += ["--port", f"a={sock_a}", "--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
-            else:
-                cmd += ["--port", f"a={sock_a}", "--port", f"b={sock_b}"]
+                extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
+            cmd = prism_vnic_argv(Path(PRISM), ports, {}, 1, Path(work) / f"{tag}-ctl.sock", extra)
             self.be = Proc(cmd, 1, os.path.join(work, f"be-{tag}.log"))
         else:
             tso = ",tso=1" if big else ""

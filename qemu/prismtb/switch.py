@@ -114,16 +114,18 @@ class Switch:
     def __init__(self, out_dir: Path, ports: tuple[str, ...] = ("vm1", "vm2"), queues: int = 4,
                  taps: dict[str, str] | None = None, extra_args: list[str] | None = None,
                  sock_dir: Path | None = None, env: dict[str, str] | None = None,
-                 detached: bool = False):
+                 detached: bool = False, name: str = "switch", cpus: set[int] | None = None):
         """ports: vhost-user ports (a socket each, in sock_dir); taps: port name -> existing
         host tap device; extra_args: more prism-vnic flags (--rules, --link-rate, ...).
         sock_dir (default: a new temporary directory, removed by stop()) holds the sockets;
         env (default os.environ) is where PRISM_SWITCH* are read. detached: the backend
-        outlives this process (the testbed's); otherwise it dies with it."""
+        outlives this process (the testbed's); otherwise it dies with it. name: of the log
+        (OUT_DIR/NAME.log); cpus: the host CPUs it may run on (benchmarks)."""
         self.detached = detached
+        self.cpus = set(cpus) if cpus else None
         env = dict(os.environ) if env is None else env
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = out_dir / "switch.log"
+        self.log_path = out_dir / f"{name}.log"
         self.queues = queues
         # Short path: unix socket paths are limited to 108 bytes.
         if sock_dir is None:
@@ -227,7 +229,7 @@ class Switch:
                 self.proc = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL if self.detached else subprocess.PIPE,
                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                    preexec_fn=None if self.detached else die_with_parent)
+                    preexec_fn=self._preexec)
                 if on_spawn:
                     on_spawn(self.proc.pid)
         except OSError as e:
@@ -245,6 +247,13 @@ class Switch:
                 raise SwitchError(f"{self.argv[0]} did not create {missing} within {SOCKET_TIMEOUT:.0f} s; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def _preexec(self) -> None:
+        """Between fork and exec: the CPUs, and death with this process unless detached."""
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+        if not self.detached:
+            die_with_parent()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
