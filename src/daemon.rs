@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+use crate::activation;
 use crate::classify::ClassifierError;
 use crate::classify::rules::{RuleSet, RulesError};
 use crate::config::{Config, PortBackend, PortSpec};
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     Metrics(#[from] metrics::server::MetricsError),
+    #[error("socket activation: {0}")]
+    Activation(#[from] activation::ActivationError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
     #[error("cannot wait for signals: {0}")]
@@ -143,20 +146,51 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let queue_pairs = usize::from(config.vhost.queue_pairs);
 
     // Bind everything first: a bad path or a missing tap fails before anything runs.
+    // Sockets inherited from systemd (socket activation) are taken instead of bound, all of
+    // them claimed or refused before anything is bound; only the sockets bound here are
+    // removed at exit, the others belong to whoever made them.
+    let mut inherited = activation::Inherited::from_env()?;
+    let mut port_sockets = Vec::new();
+    for spec in &config.ports {
+        if let PortBackend::VhostUser { socket, .. } = &spec.backend {
+            port_sockets.push(inherited.take_unix(&spec.name, socket)?);
+        }
+    }
+    let control_listener = inherited.take_unix(activation::CONTROL, &config.control)?;
+    let inherited_metrics = inherited.take_tcp(activation::METRICS)?;
+    inherited.finish()?;
+    let mut port_sockets = port_sockets.into_iter();
+    let mut bound_here = Vec::new();
     let mut listeners = Vec::new();
     let mut taps = Vec::new();
     for spec in &config.ports {
         match &spec.backend {
             PortBackend::VhostUser { socket, mac } => {
-                ensure_parent(socket)?;
-                listeners.push((spec.id, *mac, PortListener::bind(socket)?));
+                let listener = match port_sockets.next().flatten() {
+                    Some(listener) => {
+                        info!("{}: inherited socket {}", spec.name, socket.display());
+                        PortListener::inherited(socket, listener)
+                    }
+                    None => {
+                        ensure_parent(socket)?;
+                        bound_here.push(socket.clone());
+                        PortListener::bind(socket)?
+                    }
+                };
+                listeners.push((spec.id, *mac, listener));
             }
             PortBackend::Tap { ifname } => taps.push((spec.id, tap::Tap::attach(ifname)?)),
             _ => {}
         }
     }
-    ensure_parent(&config.control)?;
-    let metrics_listener = config.metrics.map(metrics::server::bind).transpose()?;
+    if control_listener.is_none() {
+        ensure_parent(&config.control)?;
+        bound_here.push(config.control.clone());
+    }
+    let metrics_listener = match inherited_metrics {
+        Some(listener) => Some(listener),
+        None => config.metrics.map(metrics::server::bind).transpose()?,
+    };
 
     let mut ports = Vec::new();
     for spec in &config.ports {
@@ -181,7 +215,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     crate::nic::clock::init();
     let signals = block_shutdown_signals();
-    control::spawn(fabric.clone(), &config.control)?;
+    match control_listener {
+        Some(listener) => control::serve(fabric.clone(), listener, &config.control)?,
+        None => control::spawn(fabric.clone(), &config.control)?,
+    };
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             info!("metrics on http://{addr}/metrics");
@@ -235,12 +272,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let signal = wait_for_shutdown(&signals)?;
     info!("signal {signal}: shutting down");
-    for spec in &config.ports {
-        if let PortBackend::VhostUser { socket, .. } = &spec.backend {
-            let _ = std::fs::remove_file(socket);
-        }
+    for path in &bound_here {
+        let _ = std::fs::remove_file(path);
     }
-    let _ = std::fs::remove_file(&config.control);
     for port in &fabric.ports {
         // Flush the capture files before exit.
         port.nic.set_capture(None);

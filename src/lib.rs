@@ -7,6 +7,7 @@
 //! sink). `packet` (views, checksums, segmentation) and `classify` (pure decisions) know
 //! nothing of devices; `stats` is a leaf; `control` reads counters over a socket, `metrics` serves them to Prometheus.
 
+pub mod activation;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -170,6 +170,15 @@ pub fn spawn(fabric: Arc<Fabric>, path: &Path) -> Result<thread::JoinHandle<()>,
         std::fs::remove_file(path).map_err(listen_error)?;
     }
     let listener = UnixListener::bind(path).map_err(listen_error)?;
+    serve(fabric, listener, path)
+}
+
+/// Serves an already listening control socket (bound by `spawn`, or inherited) on a thread.
+pub fn serve(
+    fabric: Arc<Fabric>,
+    listener: UnixListener,
+    path: &Path,
+) -> Result<thread::JoinHandle<()>, ControlError> {
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -190,7 +199,10 @@ pub fn spawn(fabric: Arc<Fabric>, path: &Path) -> Result<thread::JoinHandle<()>,
                 }
             }
         })
-        .map_err(listen_error)
+        .map_err(|source| ControlError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Sends one request to a running prism-vnic and returns its answer.

@@ -53,6 +53,15 @@ impl PortListener {
         })
     }
 
+    /// A socket already listening at `path`, inherited from whoever started prism-vnic
+    /// (socket activation); it is not removed when dropped.
+    pub fn inherited(path: &Path, listener: std::os::unix::net::UnixListener) -> Self {
+        PortListener {
+            path: path.to_path_buf(),
+            listener: Listener::from(listener),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
