@@ -70,6 +70,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vanilla-kernel", metavar="SPEC", help="the vanilla kernel, likewise")
     p.add_argument("--initrd", type=Path, help="the guest image (default: built, with the "
                    "workloads)")
+    p.add_argument("--icount", metavar="OPTS",
+                   help="QEMU -icount OPTS for the guests (e.g. shift=auto), to compare the "
+                   "intervals with a run without")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, turns, estimated time) and exit")
     p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())

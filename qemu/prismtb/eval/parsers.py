@@ -1,6 +1,6 @@
 """Parsers of the evaluation's tools: sockperf's full log, iperf3 -J, wrk (with the Lua
-report that prints its percentiles as JSON, or plain --latency), memcaslap (libmemcached-tools'
-load generator). sockperf's summary is prismtb.parsers.parse_sockperf's. Pure functions on text, tested on outputs recorded on a real host
+report that prints its percentiles as JSON, or plain --latency), memcaslap
+(libmemcached-tools' load generator). sockperf's summary is prismtb.parsers.parse_sockperf's. Pure functions on text, tested on outputs recorded on a real host
 (tests/eval/data).
 
 Latencies are in microseconds everywhere. sockperf reports half the round trip (its
