@@ -115,3 +115,9 @@ def test_cdf_plots_are_drawn_from_the_turns_samples(tmp_path):
     cdfs = sorted((out / "plots").glob("cdf-*.png"))
     assert len(cdfs) == 2  # idle and busy
     assert "cdf-" in (out / "report.md").read_text()
+
+
+def test_goals_that_nothing_measured_are_not_measured_rather_than_failed():
+    only_vanilla = [t for t in turns(rounds=2) if t["variant"] == "vanilla"]
+    goals = results.analyse(only_vanilla)["goals"]
+    assert all(g["met"] is None and g["measured"] == 0 for g in goals.values()), goals

@@ -51,7 +51,9 @@ from . import parsers, results
 PRIO_PORT = 11111
 MEMCACHED_PORT = 11211
 HTTP_PORT = 80
-BULK_PORT = 5201
+# iperf3 servers taken in turn: a server still ending the last turn's test under TCG
+# refuses the next one ("the server is busy running a test").
+BULK_PORTS = (5201, 5202, 5203, 5204)
 APP_BULK_FLOWS = 2
 SOCKPERF_MPS = 500
 HOST_CPU, GUEST_CPU = 0, 1
@@ -287,6 +289,7 @@ class Bed:
     tap: str | None = None
     tmp: Path | None = None
     apps: bool = False  # memcached and nginx in the image (experiments c and d)
+    bulk_turns: int = 0
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def up(self) -> None:
@@ -363,7 +366,8 @@ class Bed:
                 self.srv(f"echo 'add {port}' > {KNOBS}/prism_ports")
         self.srv(f"( {c1} sockperf sr -i {SERVER_C1} -p {PRIO_PORT} > /tmp/sr.log 2>&1 & )")
         self.srv(f"( sockperf sr -i {UNDERLAY_SERVER} -p {PRIO_PORT} > /tmp/sr0.log 2>&1 & )")
-        self.srv(f"{c1} iperf3 -s -p {BULK_PORT} -D")
+        for port in BULK_PORTS:
+            self.srv(f"{c1} iperf3 -s -p {port} -D")
         missing = self.server.run("for t in memcached nginx; do command -v $t >/dev/null "
                                   "|| echo missing $t; done")[1]
         self.apps = "missing" not in missing
@@ -384,7 +388,8 @@ class Bed:
                      f"'server {{ listen {SERVER_C1}:{HTTP_PORT}; root /tmp/www; }} }}' "
                      "> /tmp/nginx/nginx.conf")
             self.srv(f"{c1} nginx -c /tmp/nginx/nginx.conf")
-        self.server.wait_until(f"{c1} netstat -ltn | grep -q ':{BULK_PORT} '", 120)
+        for port in BULK_PORTS:
+            self.server.wait_until(f"{c1} netstat -ltn | grep -q ':{port} '", 120)
         # The client reaches the container across the overlay (ARP, FDB learning).
         deadline = time.monotonic() + 300
         while True:
@@ -421,6 +426,10 @@ class Bed:
             if not on and present:
                 self.switch.rule("del", "srv", str(loc))
 
+    def bulk_port(self) -> int:
+        self.bulk_turns += 1
+        return BULK_PORTS[self.bulk_turns % len(BULK_PORTS)]
+
     def high_packets(self) -> int:
         stats = self.switch.stats() or {}
         for port in stats.get("ports", []):
@@ -451,7 +460,7 @@ def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Pat
     raw: dict[str, str] = {}
     bulk = None
     if cell.flows:
-        bulk = client.start(f"iperf3 -c {SERVER_C1} -p {BULK_PORT} -P {cell.flows} "
+        bulk = client.start(f"iperf3 -c {SERVER_C1} -p {bed.bulk_port()} -P {cell.flows} "
                             f"-t {seconds + 2:g} -J 2>/dev/null")
         time.sleep(1.0)  # past slow start
     samples: list[float] = []
