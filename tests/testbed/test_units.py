@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,25 @@ def test_qemu_vm_without_a_backend_says_to_start_prism_vnic(tmp_path):
     assert res.stderr == (f"qemu/vm: error: no vhost-user socket at {tmp_path}/none.sock: start "
                           f"prism-vnic with --port NAME={tmp_path}/none.sock first (or pass "
                           "--reconnect SECONDS)\n")
+
+
+def test_qemu_vm_on_a_port_that_already_has_a_frontend_says_so(tmp_path):
+    """A second QEMU on a port would wait on the socket forever without a word."""
+    switch = Switch(tmp_path, ports=("vm1",), queues=1, sock_dir=tmp_path / "s")
+    switch.start()
+    frontend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        frontend.connect(str(switch.sockets["vm1"]))
+        deadline = time.monotonic() + 60
+        while not switch.stats()["ports"][0]["connected"]:  # accepted: qemu/vm can see it
+            assert time.monotonic() < deadline, "prism-vnic did not accept the connection"
+            time.sleep(0.1)
+        res = subprocess.run([str(REPO / "qemu" / "vm"), "--socket", str(switch.sockets["vm1"]),
+                              "--kernel", "/dev/null", "--initrd", "/dev/null"],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        frontend.close()
+        switch.stop()
+    assert res.returncode == 1
+    assert res.stderr == (f"qemu/vm: error: port {switch.sockets['vm1']} already has a frontend "
+                          "(another QEMU is connected): stop that guest, or give this one another port\n")
