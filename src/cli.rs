@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::nic::moderation::CoalesceSettings;
 use crate::port::virtio_net::MAX_QUEUE_PAIRS;
-use crate::switch::Mac;
+use crate::switch::{Mac, MacLock};
 use crate::wire::generator::{GeneratorSpec, MAX_LEN, MIN_LEN};
 
 /// Where the control socket is unless --control says otherwise.
@@ -195,6 +195,18 @@ pub struct RunArgs {
     /// Frames the NIC buffers per RX queue while the guest's ring is full.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rx_buffer: u32,
+    /// Bytes the NIC of a port buffers, all its queues and classes together (at least the
+    /// link's rate times --link-latency-us; see the README).
+    #[arg(long, default_value_t = crate::nic::DEFAULT_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 40)))]
+    pub rx_buffer_bytes: u64,
+    /// Lock a port to one source MAC: the first it sends from (until its guest
+    /// disconnects), or the one given; frames from any other are dropped (repeatable).
+    #[arg(long = "mac-lock", value_name = "NAME[=MAC]", value_parser = parse_mac_lock)]
+    pub mac_locks: Vec<(String, MacLock)>,
+    /// Smallest gso_size cut in software for a receiver without TSO: a 64 KiB frame with a
+    /// gso_size of 1 would be 65,000 segments. Smaller ones are dropped and counted.
+    #[arg(long, default_value_t = crate::nic::DEFAULT_MIN_GSO_SIZE, value_parser = clap::value_parser!(u16).range(1..))]
+    pub min_gso_size: u16,
     /// Most MAC addresses the switch learns per port.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub mac_limit: u32,
@@ -373,6 +385,13 @@ fn parse_pcap_arg(value: &str) -> Result<PcapArg, ValueError> {
         queue,
         file: PathBuf::from(file),
     })
+}
+
+fn parse_mac_lock(value: &str) -> Result<(String, MacLock), ValueError> {
+    match value.split_once('=') {
+        None => Ok((parse_name(value)?, MacLock::Sticky)),
+        Some((name, mac)) => Ok((parse_name(name)?, MacLock::Fixed(parse_mac(mac)?))),
+    }
 }
 
 fn parse_name(name: &str) -> Result<String, ValueError> {

@@ -9,7 +9,7 @@ use crate::classify::{ClassifierConfig, Trust};
 use crate::cli::{RunArgs, TrustArg};
 use crate::nic::NicConfig;
 use crate::nic::link::LinkSettings;
-use crate::switch::{Mac, PortId, SwitchConfig};
+use crate::switch::{Mac, MacLock, PortId, SwitchConfig};
 use crate::wire::generator::GeneratorSpec;
 
 /// The MAC address of the first vhost-user port; the next ones count up in the last byte.
@@ -53,6 +53,8 @@ pub struct PortSpec {
     /// Its flow rules: its own file, else the file for every port with a NIC.
     pub rules: Option<PathBuf>,
     pub capture: Option<CaptureSpec>,
+    /// The source address it is locked to (`--mac-lock`).
+    pub mac_lock: Option<MacLock>,
 }
 
 /// The vhost-user device every vhost-user port presents.
@@ -99,6 +101,8 @@ pub enum ConfigError {
     PcapTwice(String),
     #[error("--high-queues {high} is more than --queues {queues}")]
     HighQueues { high: u16, queues: u16 },
+    #[error("--mac-lock {0}: there is no port {0:?}")]
+    MacLockUnknownPort(String),
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -160,6 +164,13 @@ impl TryFrom<RunArgs> for Config {
                 Some(_) => {}
             }
         }
+        if let Some((port, _)) = args
+            .mac_locks
+            .iter()
+            .find(|(port, _)| backend_of(port).is_none())
+        {
+            return Err(ConfigError::MacLockUnknownPort(port.clone()));
+        }
         check_unique(args.pcaps.iter().map(|pcap| &pcap.port))
             .map_err(|port| ConfigError::PcapTwice(port.clone()))?;
         if args.high_queues > args.queues {
@@ -194,12 +205,18 @@ impl TryFrom<RunArgs> for Config {
                         queue: pcap.queue,
                         file: pcap.file.clone(),
                     });
+                let mac_lock = args
+                    .mac_locks
+                    .iter()
+                    .find(|(port, _)| *port == name)
+                    .map(|(_, lock)| *lock);
                 PortSpec {
                     id,
                     name,
                     backend,
                     rules,
                     capture,
+                    mac_lock,
                 }
             })
             .collect();
@@ -246,6 +263,8 @@ fn nic_config(args: &RunArgs) -> NicConfig {
     };
     NicConfig {
         buffer_frames: args.rx_buffer as usize,
+        buffer_bytes: usize::try_from(args.rx_buffer_bytes).unwrap_or(usize::MAX),
+        min_gso_size: args.min_gso_size,
         link: LinkSettings {
             rate_bps: args.link_rate,
             latency_ns: args.link_latency_us * 1000,

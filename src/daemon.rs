@@ -211,6 +211,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ports.push(port);
     }
     let switch = Switch::new(ports.len(), config.switch);
+    for spec in &config.ports {
+        if let Some(lock) = spec.mac_lock {
+            switch.set_mac_lock(spec.id, lock);
+        }
+    }
     let fabric = Arc::new(Fabric { switch, ports });
 
     crate::nic::clock::init();

@@ -108,6 +108,12 @@ pub fn deliver(
                 let bytes = FrameBytes::whole(frame);
                 return Ok(nic.stage(burst, &decision, &header, bytes, wire, arrival_ns));
             };
+            if gso.size < nic.min_gso_size() {
+                // Cutting it would cost a segment per few bytes: up to 65,000 frames for
+                // one, all for a receiver that did not ask for them.
+                stats::inc(&sender.tx_drops_gso_size);
+                return Ok(None);
+            }
             let needed = segment_buffer_len(&gso);
             if segment_scratch.len() < needed {
                 segment_scratch.resize(needed, 0);

@@ -109,11 +109,25 @@ pub trait GuestRxRing: Send + Sync {
     fn offloads(&self) -> RxOffloads;
 }
 
+/// The default of [`NicConfig::buffer_bytes`]: what a 100 Gbit/s link delivers in 2.5 ms,
+/// room for the longest `--link-latency-us` usually asked for (see the README's sizing).
+pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
+
+/// The default of [`NicConfig::min_gso_size`]: Linux's floor for a TCP sender's MSS
+/// (`net.ipv4.tcp_min_snd_mss`), so no sender Linux allows is refused, and a 64 KiB frame
+/// becomes at most some 1,400 segments rather than 65,000.
+pub const DEFAULT_MIN_GSO_SIZE: u16 = 48;
+
 /// Settings of one port's NIC.
 #[derive(Debug, Clone)]
 pub struct NicConfig {
     /// Frames buffered per queue and class.
     pub buffer_frames: usize,
+    /// Bytes buffered by the port's NIC, all queues and classes together (see
+    /// [`backlog::ByteBudget`]).
+    pub buffer_bytes: usize,
+    /// Smallest gso_size cut in software (a receiver without TSO); smaller is dropped.
+    pub min_gso_size: u16,
     pub link: LinkSettings,
     /// Moderation of the high-priority queues (default: notify at once).
     pub coalesce_high: CoalesceSettings,
@@ -129,6 +143,8 @@ impl Default for NicConfig {
     fn default() -> Self {
         NicConfig {
             buffer_frames: 1024,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            min_gso_size: DEFAULT_MIN_GSO_SIZE,
             link: LinkSettings::default(),
             coalesce_high: CoalesceSettings::default(),
             coalesce_normal: CoalesceSettings::default(),
@@ -157,6 +173,8 @@ pub struct Nic {
     priority_weight: AtomicU32,
     pub(crate) waker: Waker,
     capture: ArcSwapOption<Capture>,
+    /// See [`NicConfig::min_gso_size`].
+    min_gso_size: u16,
     capturing: AtomicBool,
     connected: AtomicBool,
     /// What the guest accepts on receive ([`RxOffloads`] bits), as its driver acked it: one
@@ -179,6 +197,7 @@ impl Nic {
             .min(classifier_config.num_queues);
         let classifier = Classifier::new(&classifier_config, rules)?;
         let high_queues = usize::from(classifier_config.high_queues);
+        let budget = backlog::ByteBudget::new(config.buffer_bytes);
         Ok(Nic {
             queues: queue_counters
                 .iter()
@@ -189,7 +208,13 @@ impl Nic {
                     } else {
                         config.coalesce_normal
                     };
-                    RxQueue::new(index, counters.clone(), config.buffer_frames, coalesce)
+                    RxQueue::new(
+                        index,
+                        counters.clone(),
+                        config.buffer_frames,
+                        &budget,
+                        coalesce,
+                    )
                 })
                 .collect(),
             classifier: ArcSwap::from_pointee(classifier),
@@ -201,6 +226,7 @@ impl Nic {
             priority_weight: AtomicU32::new(config.priority_weight),
             waker: Waker::new(),
             capture: ArcSwapOption::empty(),
+            min_gso_size: config.min_gso_size,
             capturing: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             rx_offloads: AtomicU8::new(0),
@@ -713,6 +739,11 @@ impl Nic {
         {
             frame.with_whole(|bytes| capture.record(queue, class, bytes));
         }
+    }
+
+    /// Smallest gso_size this NIC cuts in software.
+    pub fn min_gso_size(&self) -> u16 {
+        self.min_gso_size
     }
 
     /// Whether frames are being captured (a sender then hands over whole frames: a split

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 
-use super::backlog::Frames;
+use super::backlog::{ByteBudget, Frames};
 use super::moderation::{Coalesce, CoalesceSettings, NotifyDecision, Pending};
 use super::residence::{Residence, ResidenceBuckets, ResidenceSummary};
 use super::{FrameBytes, GuestRxRing, RingWrite};
@@ -76,13 +76,17 @@ impl RxQueue {
         index: usize,
         counters: Arc<QueueCounters>,
         buffer_frames: usize,
+        budget: &Arc<ByteBudget>,
         coalesce: CoalesceSettings,
     ) -> Self {
         RxQueue {
             index,
             ring: ArcSwapOption::empty(),
             state: Mutex::new(QueueState {
-                buffers: [Frames::new(buffer_frames), Frames::new(buffer_frames)],
+                buffers: [
+                    Frames::new(buffer_frames, budget.clone()),
+                    Frames::new(buffer_frames, budget.clone()),
+                ],
                 accounting: Accounting {
                     pending: Pending::default(),
                     residence: [Residence::new(), Residence::new()],

@@ -68,6 +68,12 @@ counters! {
         tx_drops_mac_limit,
         /// Frames with a multicast source address or addressed to the sender itself.
         tx_drops_invalid_address,
+        /// Frames from a source address other than the one the port is locked to
+        /// (`--mac-lock`).
+        tx_drops_mac_lock,
+        /// GSO frames whose gso_size is below `--min-gso-size`, for a receiver that would
+        /// need them cut in software.
+        tx_drops_gso_size,
         /// Frames delivered to the guest on this RX queue.
         rx_packets,
         /// Bytes of the frames delivered to the guest on this RX queue.

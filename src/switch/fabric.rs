@@ -199,6 +199,10 @@ impl Fabric {
                 stats::inc(&sender.tx_drops_invalid_address);
                 return;
             }
+            Err(IngressError::MacLocked) => {
+                stats::inc(&sender.tx_drops_mac_lock);
+                return;
+            }
         };
         match forward {
             Forward::Unicast(port) => self.deliver_to(port, frame, offload, scratch, sender),

@@ -61,6 +61,54 @@ pub enum IngressError {
     MulticastSource,
     #[error("port reached its MAC limit; new source address not learned")]
     MacLimit,
+    #[error("source MAC is not the one the port is locked to")]
+    MacLocked,
+}
+
+/// Which source address a port may send from (`--mac-lock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacLock {
+    /// The first source address the port sends from, until its guest disconnects (port
+    /// security's "sticky" address).
+    Sticky,
+    /// This address only.
+    Fixed(Mac),
+}
+
+/// A port's lock as the data path checks it: the mode, and the locked address as a
+/// [`MacKey`] with [`LOCKED`] set (0: none yet).
+#[derive(Default)]
+struct PortLock {
+    mode: std::sync::OnceLock<MacLock>,
+    locked: AtomicU64,
+}
+
+/// Marks [`PortLock::locked`] as holding an address (a key has 48 bits).
+const LOCKED: u64 = 1 << 63;
+
+impl PortLock {
+    /// Whether `src` may be sent from this port; a sticky lock takes its first address.
+    fn admits(&self, src: MacKey) -> bool {
+        let Some(mode) = self.mode.get() else {
+            return true;
+        };
+        let locked = self.locked.load(Ordering::Acquire);
+        if locked != 0 {
+            return locked == src | LOCKED;
+        }
+        match mode {
+            MacLock::Fixed(mac) => mac_key(*mac) == src,
+            MacLock::Sticky => match self.locked.compare_exchange(
+                0,
+                src | LOCKED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => true,
+                Err(now) => now == src | LOCKED,
+            },
+        }
+    }
 }
 
 struct Entry {
@@ -92,6 +140,8 @@ pub struct Switch {
     shards: Vec<RwLock<MacTable>>,
     /// Learned addresses per port, for the MAC limit.
     learned_per_port: Vec<AtomicUsize>,
+    /// Per port, the source address it is locked to, if any.
+    locks: Vec<PortLock>,
     now_secs: AtomicU64,
     /// Bumped whenever the table changes, so a sender's cached decision can tell it is stale.
     generation: AtomicU64,
@@ -155,9 +205,17 @@ impl Switch {
                 .map(|_| RwLock::new(MacTable::default()))
                 .collect(),
             learned_per_port: (0..ports).map(|_| AtomicUsize::new(0)).collect(),
+            locks: (0..ports).map(|_| PortLock::default()).collect(),
             now_secs: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             counters: SwitchCounters::default(),
+        }
+    }
+
+    /// Locks `port` to one source address (see [`MacLock`]); set once, at start.
+    pub fn set_mac_lock(&self, port: PortId, lock: MacLock) {
+        if let Some(port_lock) = self.locks.get(port) {
+            let _ = port_lock.mode.set(lock);
         }
     }
 
@@ -253,6 +311,16 @@ impl Switch {
             cache.unsettled[kind] += 1;
             return Ok(hit.forward);
         }
+        // Checked where a decision is made, not on a cached one: a cached decision was
+        // admitted, and a lock changes only with a flush (a disconnect), which clears the
+        // caches.
+        if self
+            .locks
+            .get(ingress)
+            .is_some_and(|lock| !lock.admits(src_key))
+        {
+            return Err(IngressError::MacLocked);
+        }
         self.learn(ingress, &key_mac(src_key))?;
         let forward = self.lookup(ingress, &key_mac(dst_key));
         cache.last = Some(CachedDecision {
@@ -346,6 +414,12 @@ impl Switch {
             let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
             table.retain(|_, entry| entry.port.load(Ordering::Relaxed) != port);
         }
+        if let Some(lock) = self.locks.get(port)
+            && lock.mode.get() == Some(&MacLock::Sticky)
+        {
+            // The next guest on the port may use another address.
+            lock.locked.store(0, Ordering::Release);
+        }
         self.generation.fetch_add(1, Ordering::Release);
         if let Some(count) = self.learned_per_port.get(port) {
             count.store(0, Ordering::Relaxed);
@@ -384,6 +458,7 @@ mod tests {
 
     const A: Mac = [2, 0, 0, 0, 0, 0xa];
     const B: Mac = [2, 0, 0, 0, 0, 0xb];
+    const C: Mac = [2, 0, 0, 0, 0, 0xc];
     const BROADCAST: Mac = [0xff; 6];
 
     fn switch() -> Switch {
@@ -493,5 +568,33 @@ mod tests {
         sw.flush_port(1);
         assert_eq!(sw.lookup(0, &B), Forward::Flood);
         assert_eq!(sw.lookup(0, &A), Forward::Unicast(2));
+    }
+
+    #[test]
+    fn a_locked_port_sends_from_its_address_only() {
+        let sw = switch();
+        let mut cache = DecisionCache::default();
+        sw.set_mac_lock(0, MacLock::Sticky);
+        sw.set_mac_lock(1, MacLock::Fixed(B));
+        // Sticky: the first address is taken; another is refused, the first still passes.
+        assert!(sw.decide(0, mac_key(A), mac_key(B), &mut cache).is_ok());
+        assert_eq!(
+            sw.decide(0, mac_key(C), mac_key(B), &mut cache),
+            Err(IngressError::MacLocked)
+        );
+        assert!(sw.decide(0, mac_key(A), mac_key(C), &mut cache).is_ok());
+        // Fixed: only the configured address.
+        assert_eq!(
+            sw.decide(1, mac_key(A), mac_key(C), &mut cache),
+            Err(IngressError::MacLocked)
+        );
+        assert!(sw.decide(1, mac_key(B), mac_key(C), &mut cache).is_ok());
+        // A disconnect frees a sticky lock for the next guest.
+        sw.flush_port(0);
+        assert!(sw.decide(0, mac_key(C), mac_key(B), &mut cache).is_ok());
+        assert_eq!(
+            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            Err(IngressError::MacLocked)
+        );
     }
 }
