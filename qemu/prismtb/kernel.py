@@ -137,7 +137,7 @@ def scenario_command(kernel: Path, initrd: Path, test: str, mode: int = 1,
 def boot(kernel: Path, initrd: Path, name: str, test: str, mode: int = 1,
          netdev_user: bool = False, smp: int = 2, extra_append: str = "",
          log_dir: Path | None = None, debug: bool | None = None,
-         timeout: float | None = None) -> GuestRun:
+         timeout: float | None = None, script: str = "/prism-test/prism-test") -> GuestRun:
     """Boots kernel + initrd under QEMU (TCG), runs scenario `test`, returns its report.
 
     The guest prints PRISM-TEST-END and reboots; QEMU has -no-reboot, so it exits. We wait
@@ -149,7 +149,8 @@ def boot(kernel: Path, initrd: Path, name: str, test: str, mode: int = 1,
     if log_dir is None:
         log_dir = Path(os.environ.get("PRISM_KERNEL_LOGS", REPO / "tests" / "kernel" / "out"))
     timeout = BOOT_TIMEOUT if timeout is None else timeout
-    cmd = scenario_command(kernel, initrd, test, mode, netdev_user, smp, extra_append, debug)
+    cmd = scenario_command(kernel, initrd, test, mode, netdev_user, smp, extra_append, debug,
+                           script)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     run = GuestRun(console="")

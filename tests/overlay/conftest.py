@@ -21,16 +21,18 @@ BOOT_TIMEOUT = float(os.environ.get("PRISM_OVERLAY_BOOT_TIMEOUT", "600"))
 
 
 @pytest.fixture(scope="module")
-def overlay(qemu_binary, out_dir):
+def overlay(qemu_binary, out_dir, request):
     """prism-vnic (vm1, vm2; 4 queue pairs) and two guests on the PRISM kernel with the
-    container overlay up; torn down at the end of the module, pass or fail."""
+    container overlay up; torn down at the end of the module, pass or fail. A module's
+    OVERLAY_SMP sets the guests' vCPUs (default 2)."""
     override = os.environ.get("PRISM_KERNEL")
     try:
         kernel = Path(override) if override else build_kernel("prism")
         initrd = build_initramfs()
     except OverlayError as e:
         pytest.fail(str(e), pytrace=False)
-    ov = Overlay(out_dir, kernel, initrd, boot_timeout=BOOT_TIMEOUT)
+    ov = Overlay(out_dir, kernel, initrd, smp=getattr(request.module, "OVERLAY_SMP", 2),
+                 boot_timeout=BOOT_TIMEOUT)
     problems: list[str] = []
     try:
         try:

@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * prism-udpping: a UDP ping-pong that counts the replies that never came, for the PRISM
+ * defect tests (tests/kernel/test_kernel_defects.py, tests/kernel/guest/prism-defects).
+ *
+ *   prism-udpping server IP PORT
+ *       echoes every datagram back to its sender, forever.
+ *   prism-udpping client IP PORT COUNT TIMEOUT_MS
+ *       sends COUNT numbered datagrams one after the other, each after the reply to the
+ *       previous one or after TIMEOUT_MS without it; prints
+ *       "sent=N replies=N timeouts=N stale=N" and exits 0 (the caller judges the counts).
+ *       A late reply to an earlier datagram is counted as stale, not as a reply.
+ *   prism-udpping burst IP PORT COUNT
+ *       sends COUNT datagrams back to back (sendmmsg in batches of 64), no replies.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH 64
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (*s == '\0' || *end != '\0' || errno || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int make_addr(const char *ip, const char *port, struct sockaddr_in *sa)
+{
+	long p;
+
+	memset(sa, 0, sizeof(*sa));
+	sa->sin_family = AF_INET;
+	if (inet_pton(AF_INET, ip, &sa->sin_addr) != 1 || parse_long(port, 1, 65535, &p))
+		return -1;
+	sa->sin_port = htons((uint16_t)p);
+	return 0;
+}
+
+static int server(int fd, const struct sockaddr_in *sa)
+{
+	char buf[2048];
+
+	if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+		perror("bind");
+		return 2;
+	}
+	for (;;) {
+		struct sockaddr_in from;
+		socklen_t fl = sizeof(from);
+		ssize_t n = recvfrom(fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("recvfrom");
+			return 2;
+		}
+		sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, fl);
+	}
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int client(int fd, const struct sockaddr_in *sa, long count, long timeout_ms)
+{
+	long seq, replies = 0, timeouts = 0, stale = 0;
+
+	if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+		perror("connect");
+		return 2;
+	}
+	for (seq = 0; seq < count; seq++) {
+		uint32_t out = htonl((uint32_t)seq), in;
+		long deadline = now_ms() + timeout_ms;
+		int got = 0;
+
+		if (send(fd, &out, sizeof(out), 0) < 0 && errno != ECONNREFUSED) {
+			perror("send");
+			return 2;
+		}
+		while (!got) {
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			long left = deadline - now_ms();
+
+			if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+				break;
+			if (recv(fd, &in, sizeof(in), 0) != sizeof(in))
+				continue;
+			if (ntohl(in) == (uint32_t)seq)
+				got = 1;
+			else
+				stale++;
+		}
+		if (got)
+			replies++;
+		else
+			timeouts++;
+	}
+	printf("sent=%ld replies=%ld timeouts=%ld stale=%ld\n", count, replies, timeouts, stale);
+	return 0;
+}
+
+static int burst(int fd, const struct sockaddr_in *sa, long count)
+{
+	struct mmsghdr msgs[BATCH];
+	struct iovec iov[BATCH];
+	uint32_t seqs[BATCH];
+	long sent = 0;
+
+	memset(msgs, 0, sizeof(msgs));
+	while (sent < count) {
+		int n = count - sent < BATCH ? (int)(count - sent) : BATCH, i, r;
+
+		for (i = 0; i < n; i++) {
+			seqs[i] = htonl((uint32_t)(sent + i));
+			iov[i].iov_base = &seqs[i];
+			iov[i].iov_len = sizeof(seqs[i]);
+			msgs[i].msg_hdr.msg_name = (void *)sa;
+			msgs[i].msg_hdr.msg_namelen = sizeof(*sa);
+			msgs[i].msg_hdr.msg_iov = &iov[i];
+			msgs[i].msg_hdr.msg_iovlen = 1;
+		}
+		r = sendmmsg(fd, msgs, (unsigned int)n, 0);
+		if (r < 0) {
+			perror("sendmmsg");
+			return 2;
+		}
+		sent += r;
+	}
+	printf("sent=%ld\n", sent);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in sa;
+	long count, timeout_ms;
+	int fd;
+
+	if (argc < 4 || make_addr(argv[2], argv[3], &sa)) {
+		fprintf(stderr, "usage: see the comment at the top of prism-udpping.c\n");
+		return 2;
+	}
+	fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0) {
+		perror("socket");
+		return 2;
+	}
+	if (!strcmp(argv[1], "server") && argc == 4)
+		return server(fd, &sa);
+	if (!strcmp(argv[1], "client") && argc == 6 &&
+	    !parse_long(argv[4], 1, 100000000, &count) &&
+	    !parse_long(argv[5], 1, 3600000, &timeout_ms))
+		return client(fd, &sa, count, timeout_ms);
+	if (!strcmp(argv[1], "burst") && argc == 5 && !parse_long(argv[4], 1, 100000000, &count))
+		return burst(fd, &sa, count);
+	fprintf(stderr, "usage: see the comment at the top of prism-udpping.c\n");
+	return 2;
+}
