@@ -33,9 +33,8 @@ def defects_initramfs(tmp_path_factory):
 
 
 def run_defect(kernel, initrd, scenario, mode=1, smp=2):
-    # no_timer_check: under a loaded host, TCG can fail the IO-APIC timer check at boot.
     return boot(kernel, initrd, f"defect-{scenario}", scenario, mode=mode, smp=smp,
-                script="/prism-test/prism-defects", extra_append="no_timer_check")
+                script="/prism-test/prism-defects")
 
 
 def test_backlog_poll_never_completes_at_its_quota(prism_kernel, defects_initramfs):
