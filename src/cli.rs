@@ -10,6 +10,7 @@ use crate::nic::moderation::CoalesceSettings;
 use crate::port::virtio_net::MAX_QUEUE_PAIRS;
 use crate::switch::{Mac, MacLock};
 use crate::wire::generator::{GeneratorSpec, MAX_LEN, MIN_LEN};
+use crate::wire::vxlan::VxlanSpec;
 
 /// Where the control socket is unless --control says otherwise.
 pub const DEFAULT_CONTROL: &str = "/run/prism/control.sock";
@@ -170,6 +171,10 @@ pub struct RunArgs {
     /// A port attached to an existing host tap device. Repeatable.
     #[arg(long = "tap", value_name = "NAME=IFNAME", value_parser = parse_named_string)]
     pub taps: Vec<(String, String)>,
+    /// A VXLAN wire port on a UDP socket (RFC 7348): remote= repeatable, default UDP port
+    /// 8472. Repeatable.
+    #[arg(long = "vxlan", value_name = "NAME=remote=IP[:PORT],vni=N[,local=IP:PORT]", value_parser = parse_vxlan)]
+    pub vxlans: Vec<(String, VxlanSpec)>,
     /// A port whose NIC takes frames as a guest's would (classification onto its queue,
     /// per-class counters, link pacing), then discards them. Repeatable.
     #[arg(long = "sink", value_name = "NAME", value_parser = parse_name)]
@@ -305,6 +310,8 @@ pub enum ValueError {
     Mac(String),
     #[error("generator {name}: {problem}")]
     Generator { name: String, problem: String },
+    #[error("vxlan {name}: {problem}")]
+    Vxlan { name: String, problem: String },
 }
 
 fn parse_rules_arg(value: &str) -> Result<(Option<String>, PathBuf), ValueError> {
@@ -425,6 +432,14 @@ fn parse_named_path(value: &str) -> Result<(String, PathBuf), ValueError> {
 fn parse_named_string(value: &str) -> Result<(String, String), ValueError> {
     let (name, rest) = split_named(value)?;
     Ok((name, rest.to_string()))
+}
+
+fn parse_vxlan(value: &str) -> Result<(String, VxlanSpec), ValueError> {
+    let (name, spec) = split_named(value)?;
+    match spec.parse() {
+        Ok(spec) => Ok((name, spec)),
+        Err(problem) => Err(ValueError::Vxlan { name, problem }),
+    }
 }
 
 fn parse_queue_size(value: &str) -> Result<u16, ValueError> {

@@ -11,6 +11,7 @@ use crate::nic::NicConfig;
 use crate::nic::link::LinkSettings;
 use crate::switch::{Mac, MacLock, PortId, SwitchConfig};
 use crate::wire::generator::GeneratorSpec;
+use crate::wire::vxlan::VxlanSpec;
 
 /// The MAC address of the first vhost-user port; the next ones count up in the last byte.
 const FIRST_VHOST_MAC: Mac = [0x52, 0x54, 0x00, 0x50, 0x52, 0x00];
@@ -22,6 +23,8 @@ pub enum PortBackend {
     VhostUser { socket: PathBuf, mac: Mac },
     /// An existing host tap device.
     Tap { ifname: String },
+    /// A VXLAN tunnel to remote VTEPs on a UDP socket.
+    Vxlan(VxlanSpec),
     /// A NIC that classifies and paces, then discards.
     Sink,
     /// Dropped at the switch: no NIC.
@@ -80,7 +83,9 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no ports: give at least one --port NAME=SOCKET (or --tap, --sink, --discard, --gen)")]
+    #[error(
+        "no ports: give at least one --port NAME=SOCKET (or --tap, --vxlan, --sink, --discard, --gen)"
+    )]
     NoPorts,
     #[error("port name {0:?} is used twice")]
     NameTwice(String),
@@ -119,6 +124,9 @@ impl TryFrom<RunArgs> for Config {
         for (name, ifname) in &args.taps {
             let ifname = ifname.clone();
             backends.push((name.clone(), PortBackend::Tap { ifname }));
+        }
+        for (name, spec) in &args.vxlans {
+            backends.push((name.clone(), PortBackend::Vxlan(spec.clone())));
         }
         backends.extend(args.sinks.iter().map(|n| (n.clone(), PortBackend::Sink)));
         backends.extend(
@@ -188,7 +196,10 @@ impl TryFrom<RunArgs> for Config {
                 // discard: rules shared by every port are not for them.
                 let takes_shared = matches!(
                     backend,
-                    PortBackend::VhostUser { .. } | PortBackend::Tap { .. } | PortBackend::Sink
+                    PortBackend::VhostUser { .. }
+                        | PortBackend::Tap { .. }
+                        | PortBackend::Vxlan(_)
+                        | PortBackend::Sink
                 );
                 let own = args
                     .rules

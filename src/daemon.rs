@@ -23,7 +23,7 @@ use crate::stats::{PortCounters, QueueCounters};
 use crate::switch::Switch;
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 use crate::wire::sink::SinkRing;
-use crate::wire::{generator, tap};
+use crate::wire::{generator, tap, vxlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -50,6 +50,8 @@ pub enum DaemonError {
     Server(#[from] server::ServerError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    #[error(transparent)]
+    Vxlan(#[from] vxlan::VxlanError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error(transparent)]
@@ -94,6 +96,7 @@ fn make_port(
         PortBackend::Tap { ifname } => PortKind::Tap {
             ifname: ifname.clone(),
         },
+        PortBackend::Vxlan(spec) => PortKind::Vxlan { vni: spec.vni },
         PortBackend::Sink => PortKind::Sink,
         PortBackend::Discard => PortKind::Discard,
         PortBackend::Generator(_) => PortKind::Generator,
@@ -163,6 +166,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut bound_here = Vec::new();
     let mut listeners = Vec::new();
     let mut taps = Vec::new();
+    let mut vxlans = Vec::new();
     for spec in &config.ports {
         match &spec.backend {
             PortBackend::VhostUser { socket, mac } => {
@@ -180,6 +184,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 listeners.push((spec.id, *mac, listener));
             }
             PortBackend::Tap { ifname } => taps.push((spec.id, tap::Tap::attach(ifname)?)),
+            PortBackend::Vxlan(vxlan) => {
+                vxlans.push((spec.id, vxlan::Vxlan::bind(&spec.name, vxlan)?));
+            }
             _ => {}
         }
     }
@@ -247,6 +254,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     for (id, tap) in taps {
         tap::start(fabric.clone(), id, tap).map_err(DaemonError::Thread)?;
     }
+    for (id, vxlan) in vxlans {
+        vxlan::start(fabric.clone(), id, vxlan).map_err(DaemonError::Thread)?;
+    }
     for spec in &config.ports {
         match &spec.backend {
             // A discard port's ring is never reached (the switch drops its frames), but
@@ -264,7 +274,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 generator::spawn(fabric.clone(), spec.id, generator.clone())
                     .map_err(DaemonError::Thread)?;
             }
-            PortBackend::VhostUser { .. } | PortBackend::Tap { .. } => {}
+            PortBackend::VhostUser { .. } | PortBackend::Tap { .. } | PortBackend::Vxlan(_) => {}
         }
     }
     spawn_housekeeping(fabric.clone())?;

@@ -118,6 +118,20 @@ counters! {
         memory_tables_refused,
         /// Faults in this guest's memory absorbed (its file shrank under a mapping).
         guest_memory_faults,
+        /// VXLAN port: datagrams from an address that is none of the remotes.
+        vxlan_rx_drops_unknown_remote,
+        /// VXLAN port: datagrams with another VNI than the port's.
+        vxlan_rx_drops_vni,
+        /// VXLAN port: datagrams too short for a VXLAN header and an Ethernet header.
+        vxlan_rx_errors_short,
+        /// VXLAN port: datagrams whose VXLAN header lacks the I flag (RFC 7348).
+        vxlan_rx_errors_flags,
+        /// VXLAN port: datagrams longer than the largest inner frame taken (jumbo).
+        vxlan_rx_errors_too_big,
+        /// VXLAN port: frames not sent because the socket's send buffer was full.
+        vxlan_tx_drops_send,
+        /// VXLAN port: frames not sent because the datagram is too big for the path (MTU).
+        vxlan_tx_errors_too_big,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::stats::{self, QueueCounters};
 pub enum PortKind {
     VhostUser { socket: String },
     Tap { ifname: String },
+    Vxlan { vni: u32 },
     Sink,
     Discard,
     Generator,
@@ -24,6 +25,7 @@ impl PortKind {
         match self {
             PortKind::VhostUser { .. } => "vhost-user",
             PortKind::Tap { .. } => "tap",
+            PortKind::Vxlan { .. } => "vxlan",
             PortKind::Sink => "sink",
             PortKind::Discard => "discard",
             PortKind::Generator => "generator",

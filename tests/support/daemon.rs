@@ -16,6 +16,7 @@ pub struct DaemonBuilder {
     queues: u16,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl DaemonBuilder {
@@ -40,6 +41,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon through a command that execs it (e.g. `ip netns exec NS`), so that
+    /// the process is still the daemon's.
+    pub fn within(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        self
+    }
+
     /// Spawns the daemon and waits until every socket it must create exists.
     pub fn spawn(self) -> Result<Daemon> {
         let dir = tempfile::tempdir().map_err(|e| HarnessError::Spawn {
@@ -53,7 +61,14 @@ impl DaemonBuilder {
             .iter()
             .map(|name| (name.clone(), dir.path().join(format!("{name}.sock"))))
             .collect();
-        let mut cmd = Command::new(BINARY);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BINARY);
+                cmd
+            }
+            None => Command::new(BINARY),
+        };
         for (name, sock) in &ports {
             cmd.arg("--port").arg(format!("{name}={}", sock.display()));
         }
@@ -118,6 +133,7 @@ impl Daemon {
             queues: 1,
             extra: Vec::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
