@@ -121,3 +121,12 @@ def test_goals_that_nothing_measured_are_not_measured_rather_than_failed():
     only_vanilla = [t for t in turns(rounds=2) if t["variant"] == "vanilla"]
     goals = results.analyse(only_vanilla)["goals"]
     assert all(g["met"] is None and g["measured"] == 0 for g in goals.values()), goals
+
+
+def test_the_demo_table_shows_each_mode_with_its_ratio_to_mode0(run_a):
+    from prismtb.eval import report
+    lines = report.priority_table(results.read_summary(run_a))
+    sync = next(line for line in lines if line.strip().startswith("sync"))
+    # p50 ratio 0.3 and p99 ratio 0.4 by construction (eval_synthetic.RATIOS).
+    assert sync.split()[-2:] == ["0.30", "0.40"], sync
+    assert any("held" in line for line in lines)

@@ -147,6 +147,7 @@ def paired_ratios(run_dir: Path, summary: dict) -> list[Path]:
                 ax.plot([x, x], [r["low"], r["high"]], color=COLOURS[v], linewidth=4,
                         alpha=0.35)
         ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")  # a ratio of 0.5 is as far from 1 as one of 2
         ax.set_xticks(range(len(entries)))
         ax.set_xticklabels([e["label"] for e in entries], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{metric[:-3]}: per-round ratio to mode 0 (band: 95% interval)")

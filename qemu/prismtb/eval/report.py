@@ -144,6 +144,7 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
         lines += [f"## {exp}: {title}", ""]
         for e in entries:
             lines += [f"### {e['label']}", ""] + cell_table(e) + [""] + cell_verdicts(e) + [""]
+        lines.append("")
     if plots:
         lines += ["## Plots", ""]
         for p in plots:

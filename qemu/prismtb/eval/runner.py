@@ -107,10 +107,11 @@ PROFILES = {
                     steering=(True, False), flows=(0, 1, 2, 4, 8),
                     cal_delays_us=(300, 1000), boots_per_kernel=2),
 }
-# Seconds a turn costs beyond its measurement (mode switch, starting and ending the bulk
-# flows, fetching the log) and a boot with its setup, under TCG on the 2-core host.
-TURN_OVERHEAD_S = 4.0
-BOOT_S = 150.0
+# Seconds a turn costs beyond its measurement (mode switch, the bulk flows' start and
+# their 2 s beyond it, fetching the log) and a boot with its setup, under TCG on the
+# 2-core host with other work on it (a --quick vanilla boot: 23 s, 9 turns in 90 s).
+TURN_OVERHEAD_S = 6.0
+BOOT_S = 60.0
 
 
 class EvalError(Exception):
