@@ -21,6 +21,7 @@ import pytest
 
 from prismtb import REPO
 from prismtb.netns import netns_exists, tap_exists
+from prismtb.parsers import vcpu_threads
 from prismtb.state import same_process
 
 TESTBED = REPO / "qemu" / "testbed"
@@ -42,6 +43,7 @@ containers = 1
 name = "vm1"
 kernel = "{kernel}"
 address = "10.0.0.1/24"
+pin = [1, 0]
 
 [[host]]
 name = "vm2"
@@ -136,6 +138,12 @@ def test_up_brings_the_guests_containers_and_host_namespace_up(bed):
     assert "vm2: guest on port vm2, eth0 10.0.0.2/24, containers c1=192.168.42.2" in status
     assert f"gen: netns {NAME}-gen, tap {NAME}-gen on port tap0, eth0 10.0.0.100/24" in status
     assert "prism-vnic vm1: vhost-user connected" in status and "prism-vnic tap0: tap" in status
+
+
+def test_vm1s_vcpu_threads_are_pinned_as_its_topology_says(bed):
+    qemu = next(r for r in bed.record()["resources"] if r.get("what") == "QEMU vm1")
+    threads = vcpu_threads(Path(f"/proc/{qemu['pid']}/task"))
+    assert {vcpu: os.sched_getaffinity(tid) for vcpu, tid in threads.items()} == {0: {1}, 1: {0}}
 
 
 def test_a_second_up_is_refused_while_one_runs(bed):

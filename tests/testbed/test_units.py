@@ -242,3 +242,12 @@ def test_qemu_vm_on_a_port_that_already_has_a_frontend_says_so(tmp_path):
     assert res.returncode == 1
     assert res.stderr == (f"qemu/vm: error: port {switch.sockets['vm1']} already has a frontend "
                           "(another QEMU is connected): stop that guest, or give this one another port\n")
+
+
+def test_qemu_vm_names_qemus_threads_so_vcpus_can_be_pinned(tmp_path):
+    """Without debug-threads=on QEMU's vCPU threads are unnamed and pin_vcpus finds none."""
+    res = subprocess.run([str(REPO / "qemu" / "vm"), "--socket", str(tmp_path / "s.sock"), "--name", "t19",
+                          "--kernel", "/dev/null", "--initrd", "/dev/null", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "-name t19\\,debug-threads=on " in res.stderr
