@@ -101,8 +101,10 @@ def subtests(script, lines):
             heading = line.lower() + " "
             continue
         if udpgro_style:
+            # A name line: the name padded to 40 columns (no ":", unlike the programs' error
+            # and throughput lines), then what the test printed; a benchmark has no verdict.
             field = line[1:] if line.startswith(" ") else line
-            if pending is None and field.strip():
+            if len(field) >= 40 and field[37:40] == "   " and ":" not in field[:40]:
                 pending, line = heading + field[:40].strip(), field[40:]
             m = UDPGRO_VERDICT_RE.match(line.strip())
             if pending is None or not m:
