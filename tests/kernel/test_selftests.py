@@ -184,7 +184,7 @@ def run_mode(selftests_kernel, selftests_initramfs, out_dir):
                          "selftests", mode=mode,
                          extra_append=f"prism.selftests={','.join(chosen)} "
                                       f"prism.selftest_absent={','.join(ABSENT)}",
-                         log_dir=out_dir,
+                         log_dir=out_dir, script="/prism-test/prism-selftests",
                          timeout=float(os.environ.get("PRISM_SELFTESTS_TIMEOUT", "7200")))
             results = parse_run(guest.console)
             (out_dir / f"selftests-mode{mode}.json").write_text(json.dumps(
