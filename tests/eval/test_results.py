@@ -130,3 +130,14 @@ def test_the_demo_table_shows_each_mode_with_its_ratio_to_mode0(run_a):
     # p50 ratio 0.3 and p99 ratio 0.4 by construction (eval_synthetic.RATIOS).
     assert sync.split()[-2:] == ["0.30", "0.40"], sync
     assert any("held" in line for line in lines)
+
+
+def test_compare_judges_performance_metrics_not_counters():
+    def summary(value):
+        ratio = {"value": value, "low": value, "high": value, "n": 3, "per_round": [value] * 3}
+        return {"cells": [{"slug": "x", "label": "x", "variants": {}, "ordering": {},
+                           "agreement": {}, "ratios": {"nic_high_packets": {"sync": ratio},
+                                                       "p99_us": {"sync": ratio}}}],
+                "calibration": []}
+    changes, _ = compare.compare(summary(0.5), summary(2.0))
+    assert [c.what for c in changes] == ["p99_us sync/mode0"] and changes[0].regression

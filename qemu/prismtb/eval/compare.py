@@ -16,6 +16,12 @@ from . import results
 from .stats import Interval
 
 
+# The metrics compare judges; any other (counters such as nic_high_packets, count, drops,
+# min and max) is context, not a result.
+LOWER_IS_BETTER = ("p50_us", "p90_us", "p99_us", "p99.9_us", "mean_us", "geo_us")
+HIGHER_IS_BETTER = (results.THROUGHPUT, "ops_per_s", "requests_per_s")
+
+
 @dataclass
 class Change:
     cell: str
@@ -49,6 +55,8 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
         ea, eb = cells_a[slug], cells_b[slug]
         label = ea["label"]
         for metric, per_variant in ea["ratios"].items():
+            if metric not in LOWER_IS_BETTER and metric not in HIGHER_IS_BETTER:
+                continue  # counters (frames steered, samples, drops) are not performance
             for variant, ra in per_variant.items():
                 rb = eb["ratios"].get(metric, {}).get(variant)
                 if not rb:
@@ -56,8 +64,7 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
                 ia, ib = _ci(ra), _ci(rb)
                 if ia.overlaps(ib):
                     continue
-                higher_is_better = metric in (results.THROUGHPUT, "ops_per_s",
-                                              "requests_per_s")
+                higher_is_better = metric in HIGHER_IS_BETTER
                 worse = ib.value < ia.value if higher_is_better else ib.value > ia.value
                 # The vanilla kernel is the reference, not the change under test.
                 regression = worse and variant != "vanilla"
