@@ -44,7 +44,8 @@ pub enum Command {
     Coalesce(CoalesceArgs),
     /// NIC residence time per queue and class (p50/p99/p99.9), or reset it.
     Residence(ResidenceArgs),
-    /// Start or stop capturing the frames a port delivers, to a pcapng file.
+    /// Start or stop capturing the frames a port delivers, to a new pcapng file in the
+    /// daemon's capture directory.
     Capture(CaptureArgs),
 }
 
@@ -138,7 +139,7 @@ pub struct CaptureArgs {
     /// Only this RX queue.
     #[arg(long)]
     pub queue: Option<usize>,
-    /// The pcapng file to write; without it, capturing stops.
+    /// The new pcapng file's name in the daemon's --capture-dir; without it, capturing stops.
     pub file: Option<PathBuf>,
 }
 
@@ -218,9 +219,30 @@ pub struct RunArgs {
     /// Seconds a learned MAC address stays without traffic.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub ageing: u64,
-    /// Control socket for `prism-vnic stats` and the other subcommands.
+    /// Control socket for `prism-vnic stats` and the other subcommands (mode 0600; it
+    /// answers root and this process's user only, unless --control-group).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
+    /// Group (name or number) whose members may also use the control socket (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// Seconds a control client has to send each request before it is disconnected.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub control_timeout: u64,
+    /// Mode of the vhost-user sockets (octal; QEMU needs read and write).
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Group (name or number) of the vhost-user sockets, e.g. the group a non-root QEMU runs
+    /// in (with --socket-mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Mode of a directory prism-vnic creates for its sockets or captures (octal).
+    #[arg(long, value_name = "MODE", default_value = "0750", value_parser = parse_mode)]
+    pub socket_dir_mode: u32,
+    /// Directory of the captures `prism-vnic capture` starts (default: `captures` beside the
+    /// control socket). A capture is always a new file there.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<PathBuf>,
     /// Flow rules (TOML) for every port, or PORT=FILE for one. Repeatable.
     #[arg(long = "rules", value_name = "[PORT=]FILE", value_parser = parse_rules_arg)]
     pub rules: Vec<(Option<String>, PathBuf)>,
@@ -248,7 +270,7 @@ pub struct RunArgs {
     /// High-class frames in a row before a waiting normal frame gets a turn (0: strict priority).
     #[arg(long, default_value_t = 0)]
     pub priority_weight: u32,
-    /// Capture frames delivered to a port (or one of its RX queues) to a pcapng file.
+    /// Capture frames delivered to a port (or one of its RX queues) to a new pcapng file.
     #[arg(long = "pcap", value_name = "PORT[:QUEUE]=FILE", value_parser = parse_pcap_arg)]
     pub pcaps: Vec<PcapArg>,
     /// Serve Prometheus metrics over HTTP at ADDR (e.g. 127.0.0.1:9464), path /metrics.
@@ -308,6 +330,8 @@ pub enum ValueError {
     QueueSize(u32),
     #[error("{0:?} is not a MAC address like 02:00:00:00:00:0b")]
     Mac(String),
+    #[error("{0:?} is not an octal mode from 0 to 0777 like 0660")]
+    Mode(String),
     #[error("generator {name}: {problem}")]
     Generator { name: String, problem: String },
     #[error("vxlan {name}: {problem}")]
@@ -450,6 +474,14 @@ fn parse_queue_size(value: &str) -> Result<u16, ValueError> {
         return Err(ValueError::QueueSize(size));
     }
     Ok(size as u16)
+}
+
+/// Parses a file mode in octal (`0660` or `660`): permission bits only.
+pub fn parse_mode(value: &str) -> Result<u32, ValueError> {
+    u32::from_str_radix(value, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| ValueError::Mode(value.into()))
 }
 
 pub fn parse_mac(value: &str) -> Result<Mac, ValueError> {
@@ -651,6 +683,10 @@ mod tests {
         assert!(error.contains("outside"), "{error}");
         let error = parse(&["--port", "a b=/x"]).unwrap_err().to_string();
         assert!(error.contains("port name"), "{error}");
+        let error = parse(&["--port", "a=/x", "--socket-mode", "0888"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("octal mode"), "{error}");
     }
 
     #[test]
@@ -685,6 +721,8 @@ mod tests {
         assert_eq!(cli.run.pcaps[0].queue, Some(1));
         assert_eq!(parse_rate("1.5G"), Ok(1_500_000_000));
         assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("1777"), Err(ValueError::Mode("1777".into())));
         assert!(
             parse_rate("fast")
                 .unwrap_err()

@@ -2,11 +2,13 @@
 //! one typed value. Every port is one [`PortSpec`] with its id (its index in the fabric), its
 //! kind and its own rules file and capture, so nothing downstream pairs up parallel lists.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::classify::{ClassifierConfig, Trust};
 use crate::cli::{RunArgs, TrustArg};
+use crate::control::ControlSettings;
+use crate::control::access::{self, AccessError, Gid};
 use crate::nic::NicConfig;
 use crate::nic::link::LinkSettings;
 use crate::switch::{Mac, MacLock, PortId, SwitchConfig};
@@ -68,6 +70,17 @@ pub struct VhostSettings {
     pub busy_poll: Duration,
 }
 
+/// How the daemon creates the sockets others connect to and the directories they are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// Mode of the vhost-user sockets.
+    pub mode: u32,
+    /// Group of the vhost-user sockets (the daemon's own if none).
+    pub group: Option<Gid>,
+    /// Mode of a directory created for a socket or the captures.
+    pub dir_mode: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Every port, `ports[id].id == id`.
@@ -75,8 +88,8 @@ pub struct Config {
     pub vhost: VhostSettings,
     pub nic: NicConfig,
     pub switch: SwitchConfig,
-    /// The control socket.
-    pub control: PathBuf,
+    pub control: ControlSettings,
+    pub sockets: SocketSettings,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -108,6 +121,12 @@ pub enum ConfigError {
     HighQueues { high: u16, queues: u16 },
     #[error("--mac-lock {0}: there is no port {0:?}")]
     MacLockUnknownPort(String),
+    #[error("{option}: {source}")]
+    Group {
+        option: &'static str,
+        #[source]
+        source: AccessError,
+    },
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -187,6 +206,27 @@ impl TryFrom<RunArgs> for Config {
                 queues: args.queues,
             });
         }
+        let group = |option, name: &Option<String>| {
+            name.as_deref()
+                .map(access::resolve_group)
+                .transpose()
+                .map_err(|source| ConfigError::Group { option, source })
+        };
+        let control = ControlSettings {
+            path: args.control.clone(),
+            group: group("--control-group", &args.control_group)?,
+            timeout: Duration::from_secs(args.control_timeout),
+            capture_dir: args
+                .capture_dir
+                .clone()
+                .unwrap_or_else(|| default_capture_dir(&args.control)),
+        };
+        let sockets = SocketSettings {
+            mode: args.socket_mode,
+            group: group("--socket-group", &args.socket_group)?,
+            dir_mode: args.socket_dir_mode,
+        };
+
         let shared_rules = args.rules.iter().find(|(port, _)| port.is_none());
         let ports = backends
             .into_iter()
@@ -243,10 +283,21 @@ impl TryFrom<RunArgs> for Config {
                 ageing_secs: args.ageing,
                 mac_limit: args.mac_limit as usize,
             },
-            control: args.control.clone(),
+            control,
+            sockets,
             metrics: args.metrics,
         })
     }
+}
+
+/// `captures` beside the control socket: a directory of the daemon's own, not one others
+/// write to.
+fn default_capture_dir(control: &Path) -> PathBuf {
+    control
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("captures")
 }
 
 /// The first item given twice, if any.
@@ -364,7 +415,11 @@ mod tests {
                 file: "/cap/s.pcapng".into()
             })
         );
-        assert_eq!(config.control, Path::new("/run/x/control.sock"));
+        assert_eq!(config.control.path, Path::new("/run/x/control.sock"));
+        assert_eq!(config.control.capture_dir, Path::new("/run/x/captures"));
+        assert_eq!(config.control.mode(), 0o600);
+        assert_eq!(config.sockets.mode, 0o600);
+        assert_eq!(config.sockets.dir_mode, 0o750);
     }
 
     #[test]
@@ -399,5 +454,17 @@ mod tests {
         assert!(e.contains("captured twice"), "{e}");
         let e = error(&["--port", "a=/x", "--queues", "2", "--high-queues", "3"]);
         assert!(e.contains("more than"), "{e}");
+        let e = error(&["--sink", "a", "--control-group", "no-such-group-prism"]);
+        assert!(
+            e.contains("--control-group") && e.contains("no group"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_control_group_opens_the_control_socket_to_it() {
+        let config = config(&["--sink", "a", "--control-group", "0"]).unwrap();
+        assert_eq!(config.control.group, Some(0));
+        assert_eq!(config.control.mode(), 0o660);
     }
 }

@@ -2,7 +2,7 @@
 //! sockets bound before any thread starts (so bad paths fail at once), the threads, and a
 //! clean shutdown on SIGINT/SIGTERM that removes the sockets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,14 +12,14 @@ use log::info;
 use crate::activation;
 use crate::classify::ClassifierError;
 use crate::classify::rules::{RuleSet, RulesError};
-use crate::config::{Config, PortBackend, PortSpec};
-use crate::control;
+use crate::config::{Config, PortBackend, PortSpec, SocketSettings};
+use crate::control::{self, paths};
 use crate::metrics;
 use crate::nic::capture::{Capture, CaptureError};
 use crate::nic::{Nic, NicConfig, scheduler};
 use crate::port::backend::PortConfig;
 use crate::port::server::{self, PortListener};
-use crate::stats::{PortCounters, QueueCounters};
+use crate::stats::{ControlCounters, PortCounters, QueueCounters};
 use crate::switch::Switch;
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 use crate::wire::sink::SinkRing;
@@ -41,11 +41,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    #[error("cannot create directory {path} for a socket: {source}")]
-    SocketDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Path(#[from] paths::PathError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error(transparent)]
@@ -109,14 +106,14 @@ fn make_port(
     })
 }
 
-fn ensure_parent(path: &Path) -> Result<(), DaemonError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| DaemonError::SocketDir {
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
-    Ok(())
+/// Binds a vhost-user socket where only a stale socket of ours may be replaced, and gives
+/// it the configured mode and group.
+fn bind_port_socket(path: &Path, sockets: &SocketSettings) -> Result<PortListener, DaemonError> {
+    paths::prepare_parent(path, sockets.dir_mode)?;
+    paths::clear_socket_path(path)?;
+    let listener = PortListener::bind(path)?;
+    paths::set_mode_and_group(path, sockets.mode, sockets.group)?;
+    Ok(listener)
 }
 
 /// Blocks SIGINT and SIGTERM in this thread and every thread it starts afterwards, so that
@@ -147,6 +144,9 @@ fn wait_for_shutdown(set: &libc::sigset_t) -> Result<i32, DaemonError> {
 /// Runs prism-vnic until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let queue_pairs = usize::from(config.vhost.queue_pairs);
+    // Sockets and files are born private, then given their configured modes: never, even
+    // for a moment, what a loose umask would have made them.
+    paths::strict_umask();
 
     // Bind everything first: a bad path or a missing tap fails before anything runs.
     // Sockets inherited from systemd (socket activation) are taken instead of bound, all of
@@ -159,7 +159,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             port_sockets.push(inherited.take_unix(&spec.name, socket)?);
         }
     }
-    let control_listener = inherited.take_unix(activation::CONTROL, &config.control)?;
+    let control_listener = inherited.take_unix(activation::CONTROL, &config.control.path)?;
     let inherited_metrics = inherited.take_tcp(activation::METRICS)?;
     inherited.finish()?;
     let mut port_sockets = port_sockets.into_iter();
@@ -176,9 +176,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         PortListener::inherited(socket, listener)
                     }
                     None => {
-                        ensure_parent(socket)?;
+                        let listener = bind_port_socket(socket, &config.sockets)?;
                         bound_here.push(socket.clone());
-                        PortListener::bind(socket)?
+                        listener
                     }
                 };
                 listeners.push((spec.id, *mac, listener));
@@ -191,8 +191,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     if control_listener.is_none() {
-        ensure_parent(&config.control)?;
-        bound_here.push(config.control.clone());
+        paths::prepare_parent(&config.control.path, config.sockets.dir_mode)?;
+        bound_here.push(config.control.path.clone());
     }
     let metrics_listener = match inherited_metrics {
         Some(listener) => Some(listener),
@@ -207,7 +207,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         };
         let port = make_port(spec, queues, &config.nic)?;
         if let Some(capture) = &spec.capture {
-            let capture = Capture::create(
+            // Named by whoever started the daemon, so anywhere; but always a new file.
+            let file = paths::create_capture_file(&capture.file)?;
+            let capture = Capture::new(
+                file,
                 &capture.file,
                 &port.name,
                 port.queue_counters.len(),
@@ -227,9 +230,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     crate::nic::clock::init();
     let signals = block_shutdown_signals();
+    paths::prepare_dir(&config.control.capture_dir, config.sockets.dir_mode)?;
+    let counters = Arc::new(ControlCounters::default());
     match control_listener {
-        Some(listener) => control::serve(fabric.clone(), listener, &config.control)?,
-        None => control::spawn(fabric.clone(), &config.control)?,
+        Some(listener) => control::serve(fabric.clone(), listener, &config.control, counters)?,
+        None => control::spawn(fabric.clone(), &config.control, counters)?,
     };
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
@@ -282,13 +287,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         "prism-vnic running: {} port(s), {} queue pair(s) per vhost-user port, control socket {}",
         fabric.ports.len(),
         config.vhost.queue_pairs,
-        config.control.display()
+        config.control.path.display()
     );
 
     let signal = wait_for_shutdown(&signals)?;
     info!("signal {signal}: shutting down");
     for path in &bound_here {
-        let _ = std::fs::remove_file(path);
+        paths::remove_own_socket(path);
     }
     for port in &fabric.ports {
         // Flush the capture files before exit.

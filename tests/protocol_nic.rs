@@ -283,8 +283,8 @@ fn capture_written_by_the_nic_is_read_back_by_tcpdump() {
     if Command::new("tcpdump").arg("--version").output().is_err() {
         panic!("tcpdump is required (apt-get install tcpdump; .ci/install-deps does)");
     }
-    let (daemon, mut a, mut b) = two_guests(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, mut a, mut b) = two_guests(&["--capture-dir", dir.path().to_str().unwrap()]);
     let file = dir.path().join("b.pcapng");
     b.post_rx_buffers_all(16, 2048).expect("post");
     control(&daemon, &["capture", "b", file.to_str().unwrap()]);

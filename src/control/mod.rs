@@ -9,15 +9,19 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use serde_json::{Map, Value, json};
 
+pub mod access;
 pub mod nic;
+pub mod paths;
 
-use crate::stats::{self, QueueCounters};
+use self::access::Gid;
+use crate::stats::{self, ControlCounters, QueueCounters};
 use crate::switch::fabric::Fabric;
 use crate::switch::format_mac;
 
@@ -25,6 +29,8 @@ use crate::switch::format_mac;
 pub enum ControlError {
     #[error("cannot listen on control socket {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
+    #[error("control socket: {0}")]
+    Path(#[from] paths::PathError),
     #[error("cannot reach prism-vnic at {path}: {source} (is it running? see --control)")]
     Connect { path: PathBuf, source: io::Error },
     #[error("control socket {path}: {source}")]
@@ -113,17 +119,22 @@ fn macs_json(fabric: &Fabric) -> Value {
     json!({ "macs": entries })
 }
 
-fn answer(fabric: &Fabric, line: &str) -> Value {
+fn answer(server: &Server, line: &str) -> Value {
+    let fabric = &server.fabric;
     let refused = |error: String| json!({ "ok": false, "error": error });
     let request: Value = match serde_json::from_str(line) {
         Ok(request) => request,
         Err(e) => return refused(format!("bad request: {e}")),
     };
     let mut answer = match request["cmd"].as_str() {
-        Some("stats") => stats_json(fabric),
+        Some("stats") => {
+            let mut stats = stats_json(fabric);
+            stats["control"] = counters_object(&server.counters.snapshot());
+            stats
+        }
         Some("macs") => macs_json(fabric),
         _ => match serde_json::from_value::<nic::NicRequest>(request) {
-            Ok(request) => match nic::answer(fabric, request) {
+            Ok(request) => match nic::answer(fabric, &server.settings.capture_dir, request) {
                 Ok(answer) => answer,
                 Err(error) => return refused(error),
             },
@@ -134,73 +145,229 @@ fn answer(fabric: &Fabric, line: &str) -> Value {
     answer
 }
 
-fn serve_client(fabric: &Fabric, stream: UnixStream) -> io::Result<()> {
+/// Most bytes of one request line: far more than any request needs, little to buffer.
+pub const MAX_REQUEST: usize = 64 << 10;
+/// Most control clients connected at once; further ones are answered with an error.
+pub const MAX_CLIENTS: usize = 16;
+
+/// The control socket and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    pub path: PathBuf,
+    /// A group granted access besides root and the daemon's user (the socket is then 0660).
+    pub group: Option<Gid>,
+    /// How long a client has to send each request.
+    pub timeout: Duration,
+    /// Where captures started over the socket are written.
+    pub capture_dir: PathBuf,
+}
+
+impl ControlSettings {
+    pub fn mode(&self) -> u32 {
+        if self.group.is_some() { 0o660 } else { 0o600 }
+    }
+}
+
+/// Why a request could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("request too large: more than {MAX_REQUEST} bytes without a newline")]
+    TooLarge,
+    #[error("request timed out")]
+    TimedOut,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads one request line, which must be complete within `timeout` of the call and at most
+/// MAX_REQUEST bytes long. `None` at the end of the stream.
+fn read_request(
+    reader: &mut BufReader<UnixStream>,
+    timeout: Duration,
+) -> Result<Option<String>, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or(ReadError::TimedOut)?;
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let buffer = match reader.fill_buf() {
+            Ok(buffer) => buffer,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ReadError::TimedOut);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if buffer.is_empty() {
+            // A last line without its newline is still a request.
+            return Ok((!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        let (taken, done) = match buffer.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buffer.len(), false),
+        };
+        line.extend_from_slice(&buffer[..taken]);
+        reader.consume(taken);
+        if line.len() > MAX_REQUEST + 1 {
+            return Err(ReadError::TooLarge);
+        }
+        if done {
+            line.pop();
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
+}
+
+fn write_answer(writer: &mut UnixStream, answer: &Value) -> io::Result<()> {
+    let mut out = serde_json::to_vec(answer)?;
+    out.push(b'\n');
+    writer.write_all(&out)
+}
+
+fn refusal(error: impl std::fmt::Display) -> Value {
+    json!({ "ok": false, "error": error.to_string() })
+}
+
+fn serve_client(server: &Server, stream: UnixStream) -> io::Result<()> {
     // A client that stops reading must not pin a thread forever.
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut writer = stream.try_clone()?;
-    // A client may send at most 1 MiB over its connection, so it cannot make us buffer
-    // without end.
-    let reader = BufReader::new(io::Read::take(stream, 1 << 20));
-    for line in reader.lines() {
-        let line = line?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let line = match read_request(&mut reader, server.settings.timeout) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(ReadError::Io(e)) => return Err(e),
+            Err(error) => {
+                let counter = match error {
+                    ReadError::TooLarge => &server.counters.oversize,
+                    _ => &server.counters.timed_out,
+                };
+                stats::inc(counter);
+                return write_answer(&mut writer, &refusal(error));
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let mut out = serde_json::to_vec(&answer(fabric, &line))?;
-        out.push(b'\n');
-        writer.write_all(&out)?;
+        write_answer(&mut writer, &answer(server, &line))?;
     }
-    Ok(())
 }
 
-/// Binds the control socket (replacing a stale one) and serves it on a thread.
-pub fn spawn(fabric: Arc<Fabric>, path: &Path) -> Result<thread::JoinHandle<()>, ControlError> {
-    let listen_error = |source| ControlError::Listen {
+/// What the control threads share.
+struct Server {
+    fabric: Arc<Fabric>,
+    settings: ControlSettings,
+    counters: Arc<ControlCounters>,
+    clients: AtomicUsize,
+}
+
+/// One of the MAX_CLIENTS places, held while a client is served.
+struct ClientPlace(Arc<Server>);
+
+impl ClientPlace {
+    fn take(server: &Arc<Server>) -> Option<Self> {
+        server
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CLIENTS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientPlace(server.clone()))
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Turns a client away with one answer line, without a thread of its own.
+fn turn_away(mut stream: UnixStream, error: impl std::fmt::Display) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = write_answer(&mut stream, &refusal(error));
+}
+
+fn accept(server: &Arc<Server>, stream: UnixStream) {
+    let allowed = access::peer_of(&stream)
+        .and_then(|peer| access::control_allowed(peer, server.settings.group));
+    if let Err(error) = allowed {
+        stats::inc(&server.counters.denied);
+        debug!("control client refused: {error}");
+        turn_away(stream, error);
+        return;
+    }
+    let Some(place) = ClientPlace::take(server) else {
+        stats::inc(&server.counters.too_many_clients);
+        turn_away(
+            stream,
+            format!("too many control clients (at most {MAX_CLIENTS}); try again"),
+        );
+        return;
+    };
+    let spawned = thread::Builder::new()
+        .name("control-client".into())
+        .spawn(move || {
+            if let Err(e) = serve_client(&place.0, stream) {
+                debug!("control client: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("control client thread: {e}");
+    }
+}
+
+/// Binds the control socket (replacing only a stale one of ours), gives it its mode and
+/// group, and serves it on a thread.
+pub fn spawn(
+    fabric: Arc<Fabric>,
+    settings: &ControlSettings,
+    counters: Arc<ControlCounters>,
+) -> Result<thread::JoinHandle<()>, ControlError> {
+    let path = &settings.path;
+    paths::clear_socket_path(path)?;
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Listen {
         path: path.to_path_buf(),
         source,
-    };
-    if path.exists() {
-        // Refuse to steal the socket of a running instance.
-        if UnixStream::connect(path).is_ok() {
-            return Err(listen_error(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another prism-vnic is answering on it",
-            )));
-        }
-        std::fs::remove_file(path).map_err(listen_error)?;
-    }
-    let listener = UnixListener::bind(path).map_err(listen_error)?;
-    serve(fabric, listener, path)
+    })?;
+    paths::set_mode_and_group(path, settings.mode(), settings.group)?;
+    serve(fabric, listener, settings, counters)
 }
 
 /// Serves an already listening control socket (bound by `spawn`, or inherited) on a thread.
 pub fn serve(
     fabric: Arc<Fabric>,
     listener: UnixListener,
-    path: &Path,
+    settings: &ControlSettings,
+    counters: Arc<ControlCounters>,
 ) -> Result<thread::JoinHandle<()>, ControlError> {
+    let server = Arc::new(Server {
+        fabric,
+        settings: settings.clone(),
+        counters,
+        clients: AtomicUsize::new(0),
+    });
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => {
-                        let fabric = fabric.clone();
-                        let _ =
-                            thread::Builder::new()
-                                .name("control-client".into())
-                                .spawn(move || {
-                                    if let Err(e) = serve_client(&fabric, stream) {
-                                        debug!("control client: {e}");
-                                    }
-                                });
-                    }
+                    Ok(stream) => accept(&server, stream),
                     Err(e) => warn!("control socket accept: {e}"),
                 }
             }
         })
         .map_err(|source| ControlError::Listen {
-            path: path.to_path_buf(),
+            path: settings.path.clone(),
             source,
         })
 }
@@ -220,11 +387,20 @@ pub fn request(path: &Path, request: &Value) -> Result<Value, ControlError> {
         .map_err(io_error)?;
     let mut line = serde_json::to_vec(request).map_err(|e| io_error(e.into()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_error)?;
+    // A daemon that turns us away answers and closes before reading: its answer says why.
+    let written = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io_error)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) | (Ok(()), Err(e)) => return Err(io_error(e)),
+        (Ok(()), Ok(_)) => {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed without an answer",
+            )));
+        }
+    }
     let value: Value =
         serde_json::from_str(&answer).map_err(|_| ControlError::BadAnswer(answer.clone()))?;
     if value["ok"] != json!(true) {

@@ -2,11 +2,12 @@
 //! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms and
 //! packet capture. Each takes effect for the next frame; none stops the data path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::paths;
 use crate::classify::Class;
 use crate::classify::rules::{Rule, RuleSet};
 use crate::cli::{parse_coalesce, parse_rate};
@@ -120,7 +121,7 @@ fn bounded_us(what: &str, us: u64) -> Result<u64, String> {
 }
 
 /// Answers one NIC request (without the "ok" field).
-pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
+pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Result<Value, String> {
     match request {
         NicRequest::Rules { port } => Ok(rules_json(find_nic(fabric, &port)?)),
         NicRequest::RuleAdd { port, rule } => {
@@ -236,10 +237,13 @@ pub fn answer(fabric: &Fabric, request: NicRequest) -> Result<Value, String> {
             }
             match file {
                 Some(file) => {
-                    let capture = Capture::create(&file, &port.name, queues, queue)
+                    let path =
+                        paths::capture_path(capture_dir, &file).map_err(|e| e.to_string())?;
+                    let file = paths::create_capture_file(&path).map_err(|e| e.to_string())?;
+                    let capture = Capture::new(file, &path, &port.name, queues, queue)
                         .map_err(|e| e.to_string())?;
                     port.nic.set_capture(Some(capture));
-                    Ok(json!({ "port": port.name, "capturing": file }))
+                    Ok(json!({ "port": port.name, "capturing": path }))
                 }
                 None => {
                     port.nic.set_capture(None);

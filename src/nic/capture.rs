@@ -21,11 +21,6 @@ use crate::classify::Class;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot create capture file {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("cannot write capture file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -41,17 +36,15 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Creates the file and describes one interface per queue.
-    pub fn create(
+    /// Starts a capture in `file`, newly created at `path` by the caller (who decides where
+    /// captures may go), and describes one interface per queue.
+    pub fn new(
+        file: File,
         path: &Path,
         port: &str,
         queues: usize,
         queue: Option<usize>,
     ) -> Result<Self, CaptureError> {
-        let file = File::create(path).map_err(|source| CaptureError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let write_error = |source| CaptureError::Write {
             path: path.to_path_buf(),
             source,

@@ -42,8 +42,9 @@ pub struct PortListener {
 
 impl PortListener {
     /// Binds the socket now, so that an unusable path fails at start, before any thread runs.
+    /// Nothing at `path` is removed: the caller clears the way for the socket.
     pub fn bind(path: &Path) -> Result<Self, ServerError> {
-        let listener = Listener::new(path, true).map_err(|source| ServerError::Listen {
+        let listener = Listener::new(path, false).map_err(|source| ServerError::Listen {
             path: path.to_path_buf(),
             source,
         })?;

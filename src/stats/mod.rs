@@ -136,6 +136,21 @@ counters! {
 }
 
 counters! {
+    /// Counters of the control socket: one per reason a client is turned away.
+    ControlCounters {
+        /// Connections refused by the peer-credential check (not root, the daemon's user or
+        /// the --control-group).
+        denied,
+        /// Connections refused because the most clients were already connected.
+        too_many_clients,
+        /// Requests longer than the request size limit (the connection is closed).
+        oversize,
+        /// Connections closed because a request did not arrive within --control-timeout.
+        timed_out,
+    }
+}
+
+counters! {
     /// Counters of the learning switch.
     SwitchCounters {
         /// Frames sent to every port but the ingress one (broadcast, multicast, unknown unicast).
