@@ -58,8 +58,17 @@ ABSENT = ["gre", "geneve"]
 MODES = (0, 1, 2)
 
 # (mode, "script" or "script/subtest") -> why it may fail in that mode while passing in
-# mode 0. Empty: no difference needs explaining.
-EXPLAINED = {}
+# mode 0.
+GRO_NOT_HELD = (
+    "PRISM-sync by design: napi_gro_receive() does not hold a marked packet for merging "
+    "(patch 0005), and here every port is marked, so the receiver sees the segments as "
+    "sent; gro.sh failed every retry in mode 2 (e.g. 16 x 4036 B received for one 65495 B "
+    "super-packet), passed in modes 0 and 1")
+EXPLAINED = {
+    (2, "gro.sh"): GRO_NOT_HELD,
+    (2, "udpgro_fwd.sh/ipv4 GRO frag list over UDP tunnel"): GRO_NOT_HELD,
+    (2, "udpgro_fwd.sh/ipv6 GRO frag list over UDP tunnel"): GRO_NOT_HELD,
+}
 
 BEGIN_RE = re.compile(r"^PRISM-SELFTEST-BEGIN (\S+)$")
 END_RE = re.compile(r"^PRISM-SELFTEST-END (\S+) rc=(\d+) secs=(\d+)$")
