@@ -214,7 +214,7 @@ impl<'a> TxFrame<'a> {
     ///
     /// # Safety
     /// `bytes` must stay valid and unmodified until the sender's next `Fabric::flush` with
-    /// the `ForwardScratch` the frame is forwarded with has returned (that flush delivers
+    /// the `ForwardState` the frame is forwarded with has returned (that flush delivers
     /// every burst holding a reference), or until that scratch is dropped. The switch itself
     /// writes to a frame only through [`TxFrame::make_whole`], which gives the promise up.
     pub unsafe fn lasting(bytes: &'a mut [u8]) -> Self {

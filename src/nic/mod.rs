@@ -51,7 +51,7 @@ use scheduler::Waker;
 pub use deliver::deliver;
 
 /// The offloads a receiver accepts, as its guest negotiated them.
-pub use crate::packet::offload::GuestOffloads as RxOffloads;
+pub use crate::packet::offload::GuestOffloads;
 
 /// Outcome of one attempt to write a frame into a guest RX ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub trait GuestRxRing: Send + Sync {
     /// Whether the ring is set up and enabled by the guest.
     fn is_enabled(&self) -> bool;
     /// What the guest accepts on receive.
-    fn offloads(&self) -> RxOffloads;
+    fn offloads(&self) -> GuestOffloads;
 }
 
 /// The default of [`NicConfig::buffer_bytes`]: what a 100 Gbit/s link delivers in 2.5 ms,
@@ -177,7 +177,7 @@ pub struct Nic {
     min_gso_size: u16,
     capturing: AtomicBool,
     connected: AtomicBool,
-    /// What the guest accepts on receive ([`RxOffloads`] bits), as its driver acked it: one
+    /// What the guest accepts on receive ([`GuestOffloads`] bits), as its driver acked it: one
     /// atomic for the data path to read per frame rather than a walk over the rings.
     rx_offloads: AtomicU8,
     pub port_counters: Arc<PortCounters>,
@@ -289,12 +289,12 @@ impl Nic {
     }
 
     /// The receive offloads of the guest behind this NIC (none while no guest is connected).
-    pub fn offloads(&self) -> RxOffloads {
-        RxOffloads::from_bits(self.rx_offloads.load(Ordering::Relaxed))
+    pub fn offloads(&self) -> GuestOffloads {
+        GuestOffloads::from_bits(self.rx_offloads.load(Ordering::Relaxed))
     }
 
     /// Sets what the guest accepts on receive (its driver acked the features).
-    pub fn set_offloads(&self, offloads: RxOffloads) {
+    pub fn set_offloads(&self, offloads: GuestOffloads) {
         self.rx_offloads
             .store(offloads.to_bits(), Ordering::Relaxed);
     }

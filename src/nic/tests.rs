@@ -40,8 +40,8 @@ impl GuestRxRing for Arc<FakeRing> {
         !self.disabled.load(Ordering::Relaxed)
     }
 
-    fn offloads(&self) -> RxOffloads {
-        RxOffloads::default()
+    fn offloads(&self) -> GuestOffloads {
+        GuestOffloads::default()
     }
 }
 

@@ -18,13 +18,16 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use super::host_memory::SharedGuestMemory;
 use super::memory_guard;
-use super::ring::{self, RateLimitedLog, SharedGuestMemory, VhostRxRing, Vring};
+use super::ring_view;
+use super::rx::{VhostRxRing, Vring};
 use super::tx::{self, TxProgress, TxScratch, TxSender};
 use super::virtio_net::{self, Negotiated};
+use crate::stats::RateLimitedLog;
 use crate::stats::{self, PortCounters};
 use crate::switch::PortId;
-use crate::switch::fabric::{Fabric, ForwardScratch};
+use crate::switch::fabric::{Fabric, ForwardState};
 
 /// Local vring index within a worker (each worker owns one pair).
 const RX: u16 = 0;
@@ -131,7 +134,7 @@ impl NetBackend {
     /// notifications: a guest sending steadily then costs no kick and no wakeup per burst
     /// (vhost-net's busy_poll). Frames this worker left waiting for a full ring are tried
     /// again meanwhile (its retry promises hold). Returns whether chains arrived.
-    fn busy_poll(&self, vring: &Vring, forward: &ForwardScratch) -> bool {
+    fn busy_poll(&self, vring: &Vring, forward: &ForwardState) -> bool {
         if self.config.busy_poll.is_zero() {
             return false;
         }
@@ -140,7 +143,7 @@ impl NetBackend {
             {
                 let state = vring.get_ref();
                 let mem = self.mem.memory();
-                if ring::has_available(&state, &*mem) {
+                if ring_view::has_available(&state, &*mem) {
                     return true;
                 }
             }

@@ -10,7 +10,7 @@ use virtio_bindings::bindings::virtio_ring::{
 };
 
 use super::host_memory::{self, HostMemory, volatile};
-use super::split_ring::SplitRing;
+use super::ring_view::SplitRing;
 use crate::nic::{FrameBytes, frame};
 
 /// Size of one split-ring descriptor in guest memory.
@@ -326,7 +326,7 @@ pub fn scatter_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::port::split_ring::RingError;
+    use crate::port::ring_view::RingError;
     use std::sync::Arc;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 

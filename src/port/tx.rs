@@ -7,19 +7,17 @@ use vhost_user_backend::VringState;
 use virtio_queue::{Queue, QueueT};
 
 use super::chain::{self, Direction, Segment};
+use super::host_memory::SharedGuestMemory;
 use super::host_memory::{self, HostMemory};
-use super::ring::{
-    AvailCache, NextHead, RateLimitedLog, SharedGuestMemory, UsedShadow, next_head, publish_used,
-    put_used,
-};
-use super::split_ring::{RingCache, SplitRing, UsedSince};
+use super::ring_view::{AvailCache, NextHead, UsedShadow, next_head, publish_used, put_used};
+use super::ring_view::{RingCache, SplitRing, UsedSince};
 use super::virtio_net::VIRTIO_NET_HDR_LEN;
 use crate::nic::TxFrame;
 use crate::nic::burst::STAGE_MAX_LEN;
 use crate::packet::offload::Offload;
-use crate::stats::{self, QueueCounters};
+use crate::stats::{self, QueueCounters, RateLimitedLog};
 use crate::switch::PortId;
-use crate::switch::fabric::{Fabric, ForwardScratch};
+use crate::switch::fabric::{Fabric, ForwardState};
 
 /// Largest TX chain we accept: the header and a 64 KiB GSO frame with Ethernet, two VLAN
 /// tags and an IPv6 header in front of the 65535-byte IP payload.
@@ -95,7 +93,7 @@ impl TxArena {
 }
 
 /// Starts the arena again, first delivering the frames staged with the worker's
-/// `ForwardScratch`, which may refer to its places.
+/// `ForwardState`, which may refer to its places.
 fn restart_arena(scratch: &mut TxScratch, fabric: &Fabric) {
     if !scratch.forward.is_flushed() {
         fabric.deliver_staged(&mut scratch.forward);
@@ -112,7 +110,7 @@ pub struct TxScratch {
     pub segments: Vec<Segment>,
     /// The next chain's segments (walked one frame ahead).
     next_segments: Vec<Segment>,
-    pub forward: ForwardScratch,
+    pub forward: ForwardState,
     /// The guest memory snapshot, kept until the frontend changes the table.
     host: Option<HostMemory>,
     /// The TX ring's translated areas, kept while its addresses and the memory stay.
@@ -130,7 +128,7 @@ impl Default for TxScratch {
             arena: TxArena::default(),
             segments: Vec::with_capacity(64),
             next_segments: Vec::with_capacity(64),
-            forward: ForwardScratch::promising(),
+            forward: ForwardState::promising(),
             host: None,
             ring: RingCache::default(),
             used: UsedSince::default(),

@@ -11,7 +11,7 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
-use crate::nic::RxOffloads;
+use crate::nic::GuestOffloads;
 
 /// The virtio-net header with VERSION_1 (`struct virtio_net_hdr_v1`): always 12 bytes, whether
 /// or not MRG_RXBUF was negotiated.
@@ -69,7 +69,7 @@ pub struct Negotiated {
     pub mergeable_rx: bool,
     pub event_idx: bool,
     /// The offloads the guest accepts on receive.
-    pub rx: RxOffloads,
+    pub rx: GuestOffloads,
 }
 
 impl Negotiated {
@@ -79,7 +79,7 @@ impl Negotiated {
         Negotiated {
             mergeable_rx: has(VIRTIO_NET_F_MRG_RXBUF),
             event_idx: has(VIRTIO_RING_F_EVENT_IDX),
-            rx: RxOffloads {
+            rx: GuestOffloads {
                 csum,
                 // TSO without GUEST_CSUM is not a valid combination (the spec requires it).
                 tso4: csum && has(VIRTIO_NET_F_GUEST_TSO4),

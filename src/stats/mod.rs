@@ -11,6 +11,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod log;
+pub use log::RateLimitedLog;
+
 /// Declares a struct of `AtomicU64` counters with a `snapshot` that lists them by name, so the
 /// list of names cannot drift from the fields.
 macro_rules! counters {

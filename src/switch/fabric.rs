@@ -45,7 +45,7 @@ pub struct FabricPort {
 /// A worker's reusable state for forwarding: the segmentation buffer and the RX queues it
 /// wrote into since the last flush (each is notified once per batch, not once per frame).
 #[derive(Default)]
-pub struct ForwardScratch {
+pub struct ForwardState {
     pub segment: Vec<u8>,
     decisions: DecisionCache,
     touched: Vec<(PortId, usize)>,
@@ -58,7 +58,7 @@ pub struct ForwardScratch {
     /// flush: added to the port's counters once per batch, as the switch's are.
     discarded: Vec<(u64, u64)>,
     /// Whether this sender makes retry promises (`Nic::promise_retry`): only one that calls
-    /// `ForwardScratch::release_promises` before it goes idle may.
+    /// `ForwardState::release_promises` before it goes idle may.
     promising: bool,
     /// The promises this sender holds (`Nic::promise_retry`), by port. Released when
     /// dropped, so that a promise cannot outlive its holder however it ends.
@@ -82,14 +82,14 @@ impl Drop for RetryPromise {
     }
 }
 
-impl ForwardScratch {
+impl ForwardState {
     /// The state of a sender that, before it goes idle, always calls
-    /// [`ForwardScratch::release_promises`]: it may then leave frames waiting for a full ring
+    /// [`ForwardState::release_promises`]: it may then leave frames waiting for a full ring
     /// without the ring asking its guest for a kick (see `Nic::promise_retry`).
     pub fn promising() -> Self {
-        ForwardScratch {
+        ForwardState {
             promising: true,
-            ..ForwardScratch::default()
+            ..ForwardState::default()
         }
     }
 
@@ -142,7 +142,7 @@ impl ArrivalClock {
     }
 }
 
-impl ForwardScratch {
+impl ForwardState {
     fn touch(&mut self, port: PortId, queue: usize) {
         if !self.touched.contains(&(port, queue)) {
             self.touched.push((port, queue));
@@ -180,7 +180,7 @@ impl Fabric {
         ingress: PortId,
         frame: &mut TxFrame<'_>,
         offload: &mut Offload,
-        scratch: &mut ForwardScratch,
+        scratch: &mut ForwardState,
         sender: &QueueCounters,
     ) {
         let Some((dst, src)) = macs(frame.head()) else {
@@ -222,7 +222,7 @@ impl Fabric {
         port: PortId,
         frame: &mut TxFrame<'_>,
         offload: &mut Offload,
-        scratch: &mut ForwardScratch,
+        scratch: &mut ForwardState,
         sender: &QueueCounters,
     ) {
         let Some(target) = self.ports.get(port) else {
@@ -271,7 +271,7 @@ impl Fabric {
     /// of its class after it. The sender is running anyway, so it first delivers what fits
     /// now: leaving it all to the port's scheduler thread would stall the queue until that
     /// thread gets a CPU, which a busy sender on the same core does not give up.
-    pub fn flush(&self, scratch: &mut ForwardScratch) {
+    pub fn flush(&self, scratch: &mut ForwardState) {
         self.switch.settle(&mut scratch.decisions);
         for (port, (packets, bytes)) in scratch.discarded.iter_mut().enumerate() {
             if *packets > 0
@@ -323,7 +323,7 @@ impl Fabric {
     /// Makes what this sender wrote so far into the rings it delivered to visible to their
     /// guests, mid-batch, without notifying them (the flush decides that). Frames still
     /// staged in a burst are not written yet, and wait for it.
-    pub fn publish_touched(&self, scratch: &ForwardScratch) {
+    pub fn publish_touched(&self, scratch: &ForwardState) {
         for &(port, queue) in &scratch.touched {
             if let Some(queue) = self.ports.get(port).and_then(|p| p.nic.queue(queue)) {
                 queue.publish_ring();
@@ -334,7 +334,7 @@ impl Fabric {
     /// Delivers the frames staged with `scratch` (see `Nic::stage`), as a full burst is,
     /// without the rest of a flush: for a sender that reuses what its staged frames refer
     /// to before its batch ends.
-    pub fn deliver_staged(&self, scratch: &mut ForwardScratch) {
+    pub fn deliver_staged(&self, scratch: &mut ForwardState) {
         for (port, burst) in scratch.bursts.iter_mut().enumerate() {
             if let Some(target) = self.ports.get(port) {
                 target.nic.deliver_burst(burst, target.nic.now_ns());
@@ -351,7 +351,7 @@ impl Fabric {
 
     /// Tries again the frames waiting in the NICs this sender promised to (see
     /// `Nic::promise_retry`): for a sender that polls for work, between polls.
-    pub fn retry_promised(&self, scratch: &ForwardScratch) {
+    pub fn retry_promised(&self, scratch: &ForwardState) {
         for &(port, _) in &scratch.promised {
             self.drain_port(port);
         }
@@ -361,7 +361,7 @@ impl Fabric {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::switch::{key_mac, mac_key};
+    use crate::switch::{pack_mac, unpack_mac};
 
     #[test]
     fn arrival_stamps_are_shared_by_eight_frames_and_fresh_at_each_batch() {
@@ -389,9 +389,9 @@ mod tests {
     fn macs_are_the_first_twelve_bytes() {
         let frame: Vec<u8> = (1..=14).collect();
         let (dst, src) = macs(&frame).unwrap();
-        assert_eq!(key_mac(dst), [1, 2, 3, 4, 5, 6]);
-        assert_eq!(key_mac(src), [7, 8, 9, 10, 11, 12]);
-        assert_eq!(mac_key([1, 2, 3, 4, 5, 6]), dst);
+        assert_eq!(unpack_mac(dst), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(unpack_mac(src), [7, 8, 9, 10, 11, 12]);
+        assert_eq!(pack_mac([1, 2, 3, 4, 5, 6]), dst);
         assert_eq!(macs(&frame[..11]), None);
     }
 }

@@ -97,7 +97,7 @@ impl PortLock {
             return locked == src | LOCKED;
         }
         match mode {
-            MacLock::Fixed(mac) => mac_key(*mac) == src,
+            MacLock::Fixed(mac) => pack_mac(*mac) == src,
             MacLock::Sticky => match self.locked.compare_exchange(
                 0,
                 src | LOCKED,
@@ -177,13 +177,13 @@ struct CachedDecision {
 pub type MacKey = u64;
 
 #[inline(always)]
-pub fn mac_key(mac: Mac) -> MacKey {
+pub fn pack_mac(mac: Mac) -> MacKey {
     let [a, b, c, d, e, f] = mac;
     u64::from_le_bytes([a, b, c, d, e, f, 0, 0])
 }
 
 #[inline(always)]
-pub fn key_mac(key: MacKey) -> Mac {
+pub fn unpack_mac(key: MacKey) -> Mac {
     let [a, b, c, d, e, f, _, _] = key.to_le_bytes();
     [a, b, c, d, e, f]
 }
@@ -321,8 +321,8 @@ impl Switch {
         {
             return Err(IngressError::MacLocked);
         }
-        self.learn(ingress, &key_mac(src_key))?;
-        let forward = self.lookup(ingress, &key_mac(dst_key));
+        self.learn(ingress, &unpack_mac(src_key))?;
+        let forward = self.lookup(ingress, &unpack_mac(dst_key));
         cache.last = Some(CachedDecision {
             ingress,
             src: src_key,
@@ -527,27 +527,27 @@ mod tests {
         let sw = switch();
         let mut cache = DecisionCache::default();
         assert_eq!(
-            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(A), pack_mac(B), &mut cache),
             Ok(Forward::Flood)
         );
         sw.learn(1, &B).unwrap();
         assert_eq!(
-            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(A), pack_mac(B), &mut cache),
             Ok(Forward::Unicast(1))
         );
         // B moves: the cached decision must not survive.
         sw.learn(2, &B).unwrap();
         assert_eq!(
-            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(A), pack_mac(B), &mut cache),
             Ok(Forward::Unicast(2))
         );
         sw.flush_port(2);
         assert_eq!(
-            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(A), pack_mac(B), &mut cache),
             Ok(Forward::Flood)
         );
         assert_eq!(
-            sw.decide(0, mac_key(BROADCAST), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(BROADCAST), pack_mac(B), &mut cache),
             Err(IngressError::MulticastSource)
         );
     }
@@ -577,23 +577,23 @@ mod tests {
         sw.set_mac_lock(0, MacLock::Sticky);
         sw.set_mac_lock(1, MacLock::Fixed(B));
         // Sticky: the first address is taken; another is refused, the first still passes.
-        assert!(sw.decide(0, mac_key(A), mac_key(B), &mut cache).is_ok());
+        assert!(sw.decide(0, pack_mac(A), pack_mac(B), &mut cache).is_ok());
         assert_eq!(
-            sw.decide(0, mac_key(C), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(C), pack_mac(B), &mut cache),
             Err(IngressError::MacLocked)
         );
-        assert!(sw.decide(0, mac_key(A), mac_key(C), &mut cache).is_ok());
+        assert!(sw.decide(0, pack_mac(A), pack_mac(C), &mut cache).is_ok());
         // Fixed: only the configured address.
         assert_eq!(
-            sw.decide(1, mac_key(A), mac_key(C), &mut cache),
+            sw.decide(1, pack_mac(A), pack_mac(C), &mut cache),
             Err(IngressError::MacLocked)
         );
-        assert!(sw.decide(1, mac_key(B), mac_key(C), &mut cache).is_ok());
+        assert!(sw.decide(1, pack_mac(B), pack_mac(C), &mut cache).is_ok());
         // A disconnect frees a sticky lock for the next guest.
         sw.flush_port(0);
-        assert!(sw.decide(0, mac_key(C), mac_key(B), &mut cache).is_ok());
+        assert!(sw.decide(0, pack_mac(C), pack_mac(B), &mut cache).is_ok());
         assert_eq!(
-            sw.decide(0, mac_key(A), mac_key(B), &mut cache),
+            sw.decide(0, pack_mac(A), pack_mac(B), &mut cache),
             Err(IngressError::MacLocked)
         );
     }

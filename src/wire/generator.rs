@@ -11,7 +11,7 @@ use crate::nic::burst::BURST_FRAMES;
 use crate::packet::offload::Offload;
 use crate::stats;
 use crate::switch::PortId;
-use crate::switch::fabric::{Fabric, ForwardScratch};
+use crate::switch::fabric::{Fabric, ForwardState};
 
 /// What a generator sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn spawn(
         let mut frames: Vec<Vec<u8>> = (0..spec.flows.max(1))
             .map(|flow| build_frame(&spec, flow))
             .collect();
-        let mut scratch = ForwardScratch::default();
+        let mut scratch = ForwardState::default();
         let Some(counters) = fabric.ports[port].queue_counters.first().cloned() else {
             return;
         };

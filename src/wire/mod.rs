@@ -6,11 +6,11 @@ pub mod sink;
 pub mod tap;
 pub mod vxlan;
 
-use crate::nic::RxOffloads;
+use crate::nic::GuestOffloads;
 
 /// What a host-side receiver (a tap with TUNSETOFFLOAD, a sink) takes: every offload, so the
 /// switch never segments or checksums in software for it.
-pub const ALL_OFFLOADS: RxOffloads = RxOffloads {
+pub const ALL_OFFLOADS: GuestOffloads = GuestOffloads {
     csum: true,
     tso4: true,
     tso6: true,

@@ -1,7 +1,7 @@
 //! A sink port: takes every frame and discards it, counting. A stand-in for a receiver that
 //! is never the bottleneck (benchmarks, loading a guest without a second VM).
 
-use crate::nic::{FrameBytes, GuestRxRing, RingWrite, RxOffloads};
+use crate::nic::{FrameBytes, GuestOffloads, GuestRxRing, RingWrite};
 
 pub struct SinkRing;
 
@@ -20,7 +20,7 @@ impl GuestRxRing for SinkRing {
         true
     }
 
-    fn offloads(&self) -> RxOffloads {
+    fn offloads(&self) -> GuestOffloads {
         super::ALL_OFFLOADS
     }
 }

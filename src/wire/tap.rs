@@ -15,13 +15,13 @@ use std::thread;
 
 use log::{error, warn};
 
-use crate::nic::{GuestRxRing, RingWrite, RxOffloads, TxFrame};
+use crate::nic::{GuestOffloads, GuestRxRing, RingWrite, TxFrame};
 use crate::packet::offload::{Offload, VIRTIO_NET_HDR_LEN};
-use crate::port::ring::RateLimitedLog;
 use crate::port::tx::MAX_TX_CHAIN;
 use crate::stats;
+use crate::stats::RateLimitedLog;
 use crate::switch::PortId;
-use crate::switch::fabric::{Fabric, ForwardScratch};
+use crate::switch::fabric::{Fabric, ForwardState};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -135,7 +135,7 @@ impl GuestRxRing for TapRing {
         true
     }
 
-    fn offloads(&self) -> RxOffloads {
+    fn offloads(&self) -> GuestOffloads {
         super::ALL_OFFLOADS
     }
 }
@@ -157,7 +157,7 @@ fn read_loop(fabric: &Fabric, port: PortId, mut tap: Tap) {
         return;
     };
     let mut buffer = vec![0u8; MAX_TX_CHAIN];
-    let mut scratch = ForwardScratch::default();
+    let mut scratch = ForwardState::default();
     let log = RateLimitedLog::new();
     loop {
         let len = match tap.file.read(&mut buffer) {

@@ -31,11 +31,11 @@ use std::thread;
 
 use log::{error, info};
 
-use crate::nic::{BurstFrame, GuestRxRing, RingWrite, RxOffloads, TxFrame};
+use crate::nic::{BurstFrame, GuestRxRing, RingWrite, GuestOffloads, TxFrame};
 use crate::packet::offload::Offload;
 use crate::packet::vxlan::{FLAG_VNI_VALID, HEADER_LEN, VxlanPacket};
 use crate::stats::{self, PortCounters};
-use crate::switch::fabric::{Fabric, ForwardScratch};
+use crate::switch::fabric::{Fabric, ForwardState};
 use crate::switch::{Mac, PortId};
 
 /// The UDP port a VXLAN port listens on and sends to unless told otherwise.
@@ -451,10 +451,10 @@ impl GuestRxRing for VxlanRing {
         true
     }
 
-    fn offloads(&self) -> RxOffloads {
+    fn offloads(&self) -> GuestOffloads {
         // None: GSO frames are segmented and checksums completed before encapsulation, so
         // each datagram carries one frame of the guest's MTU.
-        RxOffloads::default()
+        GuestOffloads::default()
     }
 }
 
@@ -541,7 +541,7 @@ fn receive_loop(
     // SAFETY (of the zeroed values): RawAddr and mmsghdr are plain data.
     let mut addresses: Vec<RawAddr> =
         vec![unsafe { MaybeUninit::zeroed().assume_init() }; RX_BATCH];
-    let mut scratch = ForwardScratch::default();
+    let mut scratch = ForwardState::default();
     loop {
         let mut iovecs: Vec<libc::iovec> = buffers
             .chunks_mut(slot)

@@ -4,7 +4,7 @@
 //! stops us from reproducing what QEMU 10 really sends and what a hostile frontend could send:
 //! - its `set_vring_enable` refuses to send before SET_FEATURES acknowledged
 //!   PROTOCOL_FEATURES, but QEMU 10 sends SET_VRING_ENABLE for every pair before SET_FEATURES
-//!   (the very bug our patched crates fix, see /work/shared/VHOST-INTEROP.md);
+//!   (the very bug our patched crates fix, see .ci/crate-patches/);
 //! - its `get_queue_num` stores the answer as the number of *vrings* and then refuses
 //!   requests for vrings beyond it, while QEMU (and our daemon) count queue *pairs*;
 //! - it refuses requests for vrings beyond that limit, so a test cannot check how the backend
