@@ -65,11 +65,14 @@ fn main() {
     );
     for len in [64, 1518, 2048, 4096, 9000, 65536] {
         for dst_offset in [0, 12, 44] {
-            // SAFETY (both closures): the ranges are inside the allocations (see `rate`).
-            let libc = rate(len, dst_offset, |s, d, n| unsafe {
-                std::ptr::copy(s, d, n)
+            let libc = rate(len, dst_offset, |s, d, n| {
+                // SAFETY: the ranges are inside the allocations (see `rate`).
+                unsafe { std::ptr::copy(s, d, n) }
             });
-            let ours = rate(len, dst_offset, |s, d, n| unsafe { copy_bytes(s, d, n) });
+            let ours = rate(len, dst_offset, |s, d, n| {
+                // SAFETY: the ranges are inside the allocations (see `rate`).
+                unsafe { copy_bytes(s, d, n) }
+            });
             println!("{len:>6} {dst_offset:>7} | {libc:>12.1} {ours:>12.1}");
         }
     }

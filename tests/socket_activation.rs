@@ -175,10 +175,8 @@ fn ports_control_and_metrics_work_through_inherited_sockets() {
     // prism-vnic served the very sockets it was given (it did not bind new ones in their
     // place), and leaves them to their owner when it stops.
     // SAFETY: kill(2) on our own child, not yet reaped.
-    assert_eq!(
-        unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let killed = unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(killed, 0);
     let status = daemon.child.wait().expect("wait");
     assert!(status.success(), "{status}: {}", daemon.stderr());
     let after = [inode("vm1.sock"), inode("vm2.sock"), inode("control.sock")];

@@ -88,7 +88,7 @@ mod small {
     /// As [`super::copy_small`], on a CPU with AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn copy_avx512(src: *const u8, dst: *mut u8, len: usize) {
-        // SAFETY (for the block): every access lies within `[0, len)` of its range.
+        // SAFETY: for the block, every access lies within `[0, len)` of its range.
         unsafe {
             let mut at = 0;
             while len - at >= 64 {
@@ -137,7 +137,7 @@ mod vector {
                 const WIDTH: usize = std::mem::size_of::<$vector>();
                 const STEP: usize = 4 * WIDTH;
                 debug_assert!(len >= STEP);
-                // SAFETY (for the block): every step lies within `[0, len)` of its range.
+                // SAFETY: for the block, every step lies within `[0, len)` of its range.
                 unsafe {
                     let mut at = 0;
                     loop {

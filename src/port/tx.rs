@@ -402,7 +402,7 @@ fn forward_chain(head: u16, walked: chain::Walked, scratch: &mut TxScratch, send
     };
     chain::gather(&scratch.segments, &mut buf[..gathered]);
     let (header, frame) = buf.split_at_mut(VIRTIO_NET_HDR_LEN);
-    // SAFETY (split): the segments were walked over `mem`, which this batch holds, and hold
+    // SAFETY: (split) the segments were walked over `mem`, which this batch holds, and hold
     // the whole chain; the chain is completed (and the guest may reuse its buffers) only
     // after `forward` returns, and nothing keeps the frame's tail beyond that call.
     // SAFETY (lasting): the frame's place in the arena is its own until the arena is

@@ -538,7 +538,7 @@ fn receive_loop(
     let port_counters = fabric.ports[port].nic.port_counters.clone();
     let slot = HEADER_LEN + MAX_INNER;
     let mut buffers = vec![0u8; slot * RX_BATCH];
-    // SAFETY (of the zeroed values): RawAddr and mmsghdr are plain data.
+    // SAFETY: RawAddr and mmsghdr are plain data, for which zeroed is a valid value.
     let mut addresses: Vec<RawAddr> =
         vec![unsafe { MaybeUninit::zeroed().assume_init() }; RX_BATCH];
     let mut scratch = ForwardState::default();
