@@ -31,7 +31,7 @@ use std::thread;
 
 use log::{error, info};
 
-use crate::nic::{BurstFrame, GuestRxRing, RingWrite, GuestOffloads, TxFrame};
+use crate::nic::{BurstFrame, GuestOffloads, GuestRxRing, RingWrite, TxFrame};
 use crate::packet::offload::Offload;
 use crate::packet::vxlan::{FLAG_VNI_VALID, HEADER_LEN, VxlanPacket};
 use crate::stats::{self, PortCounters};
