@@ -286,18 +286,7 @@ impl TestGuest {
             let q = SplitQueue::new(&mut self.ram, vring, self.opts.queue_size, event_idx)?;
             let v = u32::from(vring);
             // QEMU's vhost_virtqueue_start order.
-            self.conn.set_vring_num(v, u32::from(q.size))?;
-            self.conn.set_vring_base(v, 0)?;
-            self.conn.set_vring_addr(
-                v,
-                &VringAddrMsg {
-                    desc_user_addr: self.ram.user_addr(q.desc_table)?,
-                    used_user_addr: self.ram.user_addr(q.used_ring)?,
-                    avail_user_addr: self.ram.user_addr(q.avail_ring)?,
-                },
-            )?;
-            self.conn.set_vring_kick(v, &q.kick)?;
-            self.conn.set_vring_call(v, &q.call)?;
+            program_vring(&mut self.conn, &self.ram, v, &q, 0)?;
             self.queues.push(q);
         }
         let enabled = self
@@ -747,18 +736,7 @@ impl TestGuest {
         self.used_log.remove(&vring);
         self.partial.remove(&vring);
         let q = &self.queues[usize::from(vring)];
-        self.conn.set_vring_num(v, u32::from(size))?;
-        self.conn.set_vring_base(v, base)?;
-        self.conn.set_vring_addr(
-            v,
-            &VringAddrMsg {
-                desc_user_addr: self.ram.user_addr(q.desc_table)?,
-                used_user_addr: self.ram.user_addr(q.used_ring)?,
-                avail_user_addr: self.ram.user_addr(q.avail_ring)?,
-            },
-        )?;
-        self.conn.set_vring_kick(v, &q.kick)?;
-        self.conn.set_vring_call(v, &q.call)?;
+        program_vring(&mut self.conn, &self.ram, v, q, base)?;
         if self.negotiated.offered_features & feature::PROTOCOL_FEATURES != 0 {
             self.conn.set_vring_enable(v, true)?;
         }
@@ -833,4 +811,28 @@ impl RawRing<'_> {
     pub fn kick(&self) -> Result<()> {
         self.queue.kick()
     }
+}
+
+/// Hands one ring to the device in QEMU's vhost_virtqueue_start order: size, base, addresses,
+/// kick and call.
+fn program_vring(
+    conn: &mut VhostUserConnection,
+    ram: &GuestRam,
+    v: u32,
+    q: &SplitQueue,
+    base: u32,
+) -> Result<()> {
+    conn.set_vring_num(v, u32::from(q.size))?;
+    conn.set_vring_base(v, base)?;
+    conn.set_vring_addr(
+        v,
+        &VringAddrMsg {
+            desc_user_addr: ram.user_addr(q.desc_table)?,
+            used_user_addr: ram.user_addr(q.used_ring)?,
+            avail_user_addr: ram.user_addr(q.avail_ring)?,
+        },
+    )?;
+    conn.set_vring_kick(v, &q.kick)?;
+    conn.set_vring_call(v, &q.call)?;
+    Ok(())
 }
