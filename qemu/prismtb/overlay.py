@@ -97,10 +97,10 @@ def overlay_steps(params: OverlayParams, host: int, local: str, peers: list[str]
     return steps
 
 
-def build_kernel(flavour: str) -> Path:
-    """guest-kernel/build --flavour FLAVOUR (cached)."""
+def build_kernel(flavour: str, debug: bool = False) -> Path:
+    """guest-kernel/build --flavour FLAVOUR [--debug] (cached)."""
     try:
-        return kernel.build_kernel(flavour)
+        return kernel.build_kernel(flavour, debug=debug)
     except kernel.KernelError as e:
         raise OverlayError(str(e)) from e
 
@@ -288,6 +288,14 @@ class Overlay:
                         if "drop" in name and isinstance(value, int):
                             res[f"nic_{name}"] = value
         return res
+
+    def kmemleak_report(self, n: int) -> str:
+        """Two kmemleak scans in guest n (a debug kernel): the unreferenced objects it reports,
+        empty when there are none or the kernel has no kmemleak."""
+        return self.c(n, "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+                         "f=/sys/kernel/debug/kmemleak; [ -e $f ] || exit 0; "
+                         "echo scan > $f; sleep 5; echo scan > $f; cat $f", netns=False,
+                      timeout=600)
 
     def dmesg_problems(self, n: int) -> list[str]:
         out = self.c(n, f"dmesg | grep -E '{DMESG_BAD}' | head -20; true", netns=False)
