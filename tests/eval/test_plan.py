@@ -47,3 +47,35 @@ def test_unknown_experiment_is_refused():
     proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "--experiments",
                            "a,z", "--dry-run"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown experiments ['z']" in proc.stderr
+
+
+def test_a_cells_turns_share_one_set_of_bulk_flows_and_take_the_rounds_order():
+    class Bed:
+        flavour, apps = "prism", True
+    quick = runner.PROFILES["quick"]
+    groups = list(runner.round_groups(Bed(), quick, 1, "host-client"))
+    b = [steps for cell, steps in groups if cell.experiment == "b"]
+    assert b == [[runner.Step("sync"), runner.Step("batch"), runner.Step("mode0")]]
+    cal = [steps for cell, steps in groups if cell.experiment == "cal"]
+    assert cal == [[runner.Step("mode0", 1000), runner.Step("mode0", 0)]]
+
+
+def test_a_vanilla_boot_measures_each_cell_once_and_no_calibration():
+    class Bed:
+        flavour, apps = "vanilla", False
+    quick = runner.PROFILES["quick"]
+    groups = list(runner.round_groups(Bed(), quick, 0, "host-client"))
+    assert [(c.experiment, s) for c, s in groups] == [("b", [runner.Step("vanilla")])]
+
+
+def test_the_bulk_flows_outlast_every_turn_of_their_cell():
+    steps, seconds = 3, 4.0
+    assert runner.bulk_seconds(steps, seconds) > (runner.BULK_WARMUP_S + steps * (
+        seconds + runner.SETTLE_S + runner.STEP_OVERHEAD_S))
+
+
+def test_a_reading_of_the_guest_gives_its_clock_ksoftirqd_time_and_bytes():
+    stat = ("12 (ksoftirqd/0) S 2 0 0 0 -1 69238848 0 0 0 0 "
+            "150 275 0 0 20 0 1 0 3 0 0 18446744073709551615")
+    reading = runner._rx_reading(["35.61 20.02", stat, "123456789"])
+    assert reading == runner.RxReading(35.61, 425, 123456789)

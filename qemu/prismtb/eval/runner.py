@@ -35,6 +35,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,9 @@ class Profile:
     flows: tuple[int, ...]
     kernels: tuple[str, ...] = ("prism", "vanilla")
     cal_delays_us: tuple[int, ...] = (300,)
+    # Bulk flows under the calibration: 0 gives the harness's own precision; 2 (experiment
+    # b's cell) shows how far a known effect is blurred by the bulk flows' queues.
+    cal_flows: tuple[int, ...] = (0,)
     boots_per_kernel: int = 1
     # QEMU -icount for the guests (e.g. "shift=auto"): guest time from instructions executed,
     # to see whether it tightens the intervals (docs/EVAL.md); None: real time.
@@ -101,16 +105,27 @@ class Profile:
 PROFILES = {
     "quick": Profile(rounds=3, seconds=3, experiments=("b", "c", "d", "cal"),
                      setups=("host-client",), servers=("busy",), steering=(True,),
-                     flows=(2,), cal_delays_us=(1000,)),
-    "full": Profile(rounds=10, seconds=8, experiments=("a", "b", "c", "d", "cal"),
+                     flows=(2,), cal_delays_us=(1000,), cal_flows=(0,)),
+    "full": Profile(rounds=10, seconds=4, experiments=("a", "b", "c", "d", "cal"),
                     setups=("host-client", "two-guests"), servers=("idle", "busy"),
                     steering=(True, False), flows=(0, 1, 2, 4, 8),
-                    cal_delays_us=(300, 1000), boots_per_kernel=2),
+                    cal_delays_us=(300, 1000), cal_flows=(0, 2), boots_per_kernel=2),
 }
-# Seconds a turn costs beyond its measurement (mode switch, the bulk flows' start and
-# their 2 s beyond it, fetching the log) and a boot with its setup, under TCG on the
-# 2-core host with other work on it (a --quick vanilla boot: 23 s, 9 turns in 90 s).
-TURN_OVERHEAD_S = 6.0
+# The bulk flows of a cell run under all its turns: they start once (and get past slow start
+# in BULK_WARMUP_S), each turn switches the mode in place and waits SETTLE_S for the frames
+# queued under the previous mode to be served.
+BULK_WARMUP_S = 1.5
+SETTLE_S = 0.5
+# Seconds a turn costs beyond its measurement (the mode switch, the settling, three guest
+# shell commands under TCG), a cell beyond its turns (the bulk flows' start and end), and a
+# boot with its setup; the estimate of --dry-run.
+STEP_OVERHEAD_S = 2.0
+# The guest's clock, the CPU time of ksoftirqd/0 (fields 14 and 15 of its stat, in USER_HZ
+# ticks, filled in per boot) and the bytes the container received (see Bed.container_rx).
+CONTAINER_RX = ("cat /proc/uptime /proc/{ksoftirqd}/stat && "
+                "ip netns exec c1 cat /sys/class/net/eth0/statistics/rx_bytes")
+USER_HZ = 100
+CELL_OVERHEAD_S = 3.0
 BOOT_S = 60.0
 
 
@@ -135,19 +150,20 @@ def cells(profile: Profile, setup: str) -> list[results.Cell]:
     return out
 
 
-def calibration_cell(profile: Profile, setup: str) -> results.Cell | None:
-    """Experiment b's 2-flow cell on the idle server, where the probe saw a port-wide delay
-    of 300 / 1000 us move the p50 by +148 / +500 us, and under bulk, where it moved it by
-    +174 us instead of +150: the class delay must give the expected shift there too."""
+def calibration_cells(profile: Profile, setup: str) -> list[results.Cell]:
+    """Experiment b's cells on the idle server, mode 0, where the probe saw a port-wide
+    delay of 300 / 1000 us move the p50 by +148 / +500 us, and under bulk, where it moved it
+    by +174 us instead of +150: the class delay must give the expected shift there too."""
     if "cal" not in profile.experiments:
-        return None
-    return results.Cell(setup, "cal", "idle", True, APP_BULK_FLOWS, "overlay")
+        return []
+    return [results.Cell(setup, "cal", "idle", True, flows, "overlay")
+            for flows in profile.cal_flows]
 
 
 def turns_per_round(profile: Profile, setup: str) -> tuple[int, int]:
     """(PRISM boot turns, vanilla boot turns) per round."""
     n = len(cells(profile, setup))
-    cal = (1 + len(profile.cal_delays_us)) if calibration_cell(profile, setup) else 0
+    cal = (1 + len(profile.cal_delays_us)) * len(calibration_cells(profile, setup))
     return ((3 * n + cal) if "prism" in profile.kernels else 0,
             n if "vanilla" in profile.kernels else 0)
 
@@ -156,9 +172,15 @@ def estimate_minutes(profile: Profile) -> float:
     total = 0.0
     for setup in profile.setups:
         prism, vanilla = turns_per_round(profile, setup)
-        turn = profile.seconds + TURN_OVERHEAD_S
+        groups = len(cells(profile, setup))
+        cal = len(calibration_cells(profile, setup))
+        prism_groups = (groups + cal) if "prism" in profile.kernels else 0
+        vanilla_groups = groups if "vanilla" in profile.kernels else 0
+        turn = profile.seconds + STEP_OVERHEAD_S
+        per_round = ((prism + vanilla) * turn
+                     + (prism_groups + vanilla_groups) * CELL_OVERHEAD_S)
         boots = profile.boots_per_kernel * len(profile.kernels)
-        total += profile.rounds * (prism + vanilla) * turn + boots * BOOT_S
+        total += profile.rounds * per_round + boots * BOOT_S
     return total / 60
 
 
@@ -215,8 +237,17 @@ class HostClient:
                 "sh", "-c", cmd]
 
     def start(self, cmd: str) -> subprocess.Popen:
+        """cmd in a session of its own, so that stop() reaches every process of it."""
         return subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def stop(self, proc: subprocess.Popen) -> str:
+        """Interrupts a start()ed tool (iperf3 prints its report on SIGINT); its output."""
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass  # it ended by itself
+        return self.finish(proc, timeout=60)
 
     def finish(self, proc: subprocess.Popen, timeout: float) -> str:
         try:
@@ -256,6 +287,11 @@ class GuestClient:
         rc, out = self.guest.wait_bg(name, timeout)
         return out
 
+    def stop(self, name: str) -> str:
+        """Interrupts the start()ed bulk client (the only iperf3 client in this guest)."""
+        self.guest.run("killall -INT iperf3 2>/dev/null; true")
+        return self.finish(name, timeout=60)
+
     def run(self, cmd: str, timeout: float, container: bool = True) -> str:
         """Runs cmd in the container c1, or in the guest's own namespace (the underlay)."""
         prefix = "ip netns exec c1 " if container else ""
@@ -291,6 +327,7 @@ class Bed:
     tmp: Path | None = None
     apps: bool = False  # memcached and nginx in the image (experiments c and d)
     bulk_turns: int = 0
+    ksoftirqd: int | None = None
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def up(self) -> None:
@@ -401,14 +438,6 @@ class Bed:
             if time.monotonic() > deadline:
                 raise EvalError(f"the client cannot reach {SERVER_C1} across the overlay")
 
-    def set_mode(self, variant: str) -> None:
-        if variant == "vanilla":
-            return
-        from ..knobs import mode_command
-        self.srv(mode_command(MODES[variant]))
-        if self.client_guest is not None and self.flavour != "vanilla":
-            self.client_guest.check(mode_command(MODES[variant]))
-
     def set_server(self, busy: bool) -> None:
         """A CPU hog in the container on the server's vCPU (the paper's busy server)."""
         self.srv("[ -s /tmp/hog.pid ] && kill $(cat /tmp/hog.pid) 2>/dev/null; "
@@ -438,6 +467,32 @@ class Bed:
                 return int(port.get("counters", {}).get("rx_high_packets", 0))
         return 0
 
+    def switch_mode(self, variant: str) -> tuple[RxReading, RxReading]:
+        """Sets the mode (on both guests in two-guests) and waits SETTLE_S in the server for
+        what was queued under the previous mode to be served, with container_rx() read just
+        before and just after, in one trip over the serial console: (before, after)."""
+        from ..knobs import mode_command
+        if variant != "vanilla" and self.client_guest is not None:
+            self.client_guest.check(mode_command(MODES[variant]))
+        switch = "" if variant == "vanilla" else f"{mode_command(MODES[variant])} && "
+        rx = self.container_rx_command()
+        out = self.srv(f"{rx} && {switch}sleep {SETTLE_S} && {rx}")
+        lines = out.strip().splitlines()
+        return _rx_reading(lines[-6:-3]), _rx_reading(lines[-3:])
+
+    def container_rx(self) -> RxReading:
+        """The guest's clock, ksoftirqd/0's CPU time and the bytes the container c1's
+        interface received: the bulk throughput as the container sees it, timed by the guest
+        so that the serial console's delays do not enter it."""
+        return _rx_reading(self.srv(self.container_rx_command()).strip().splitlines()[-3:])
+
+    def container_rx_command(self) -> str:
+        if self.ksoftirqd is None:
+            self.ksoftirqd = int(self.srv(
+                "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = ksoftirqd/0 ] "
+                "&& basename $p; done; true").split()[-1])
+        return CONTAINER_RX.format(ksoftirqd=self.ksoftirqd)
+
     def set_delay(self, delay_us: int) -> None:
         self.switch.control_command("link", "srv", "--delay-us", str(delay_us),
                                     "--class", "high")
@@ -454,82 +509,148 @@ class Bed:
 # --- turns -------------------------------------------------------------------------------------
 
 
-def measure(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path) -> dict:
-    """One turn's measurement: bulk flows started, the priority workload run, bulk ended.
-    Returns {"metrics", "raw", "samples"}."""
+@dataclass(frozen=True)
+class Step:
+    """One turn of a cell: the kernel variant (a PRISM mode, or the vanilla kernel) and the
+    delay prism-vnic adds to the high class (the calibration's known effect)."""
+
+    variant: str
+    delay_us: int = 0
+
+
+def _probe(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path
+           ) -> tuple[dict, dict, list[float]]:
+    """The priority workload of one turn: (metrics, raw files, latency samples)."""
     client = bed.client
     raw: dict[str, str] = {}
+    samples: list[float] = []
+    if cell.experiment in ("a", "b", "cal"):
+        target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
+        log = client.file(f"{tag}.csv")
+        out = client.run(f"rm -f {log}; sockperf ping-pong -i {target} -p {PRIO_PORT} "
+                         f"--mps {SOCKPERF_MPS} -t {seconds:g} --full-log {log}",
+                         timeout=seconds + 120, container=cell.path == "overlay")
+        (raw_dir / f"{tag}.sockperf.txt").write_text(out)
+        raw["sockperf"] = f"raw/{tag}.sockperf.txt"
+        try:
+            samples = parsers.sockperf_full_log(client.read(log))
+        except (parsers.ParseError, OSError) as e:
+            raise EvalError(f"{tag}: {e}; sockperf printed:\n{out[-2000:]}") from e
+        metrics = parsers.latency_metrics(samples)
+        metrics["dropped"] = parse_sockperf(out).get("dropped", 0)
+    elif cell.experiment == "c":
+        out = client.run(f"memcaslap -s {SERVER_C1}:{MEMCACHED_PORT} -T 1 -c 1 "
+                         f"-t {int(seconds)}s -S {int(seconds)}s", timeout=seconds + 120)
+        (raw_dir / f"{tag}.memcaslap.txt").write_text(out)
+        raw["memcaslap"] = f"raw/{tag}.memcaslap.txt"
+        parsed = parsers.memcaslap(out)
+        metrics = {k: v for k, v in parsed["get"].items() if k != "count"}
+        metrics["set_mean_us"] = parsed.get("set", {}).get("mean_us", math.nan)
+        metrics["ops_per_s"] = parsed["ops_per_s"]
+    elif cell.experiment == "d":
+        lua = client.file("wrk_report.lua")
+        if isinstance(client, HostClient):
+            shutil.copy(WRK_LUA, lua)
+        else:
+            encoded = base64.b64encode(WRK_LUA.read_bytes()).decode()
+            bed.client_guest.check(f"echo {encoded} | base64 -d > {lua}")
+        out = client.run(f"wrk -t1 -c1 -d{seconds:g}s --latency -s {lua} "
+                         f"http://{SERVER_C1}:{HTTP_PORT}/index.html", timeout=seconds + 120)
+        (raw_dir / f"{tag}.wrk.txt").write_text(out)
+        raw["wrk"] = f"raw/{tag}.wrk.txt"
+        metrics = parsers.wrk(out)
+    else:
+        raise EvalError(f"unknown experiment {cell.experiment!r}")
+    return metrics, raw, samples
+
+
+@dataclass(frozen=True)
+class RxReading:
+    uptime: float
+    ksoftirqd_ticks: int
+    rx_bytes: int
+
+
+def _rx_reading(lines: list[str]) -> RxReading:
+    """CONTAINER_RX's three lines: /proc/uptime, ksoftirqd's stat, the byte counter."""
+    stat = lines[1].rsplit(")", 1)[1].split()  # fields after the command name
+    return RxReading(float(lines[0].split()[0]), int(stat[11]) + int(stat[12]), int(lines[2]))
+
+
+def bulk_seconds(steps: int, seconds: float) -> float:
+    """How long a cell's bulk flows must last: the warm-up, every step's measurement and its
+    switch, with room for a slow guest shell; they are stopped when the cell ends."""
+    return BULK_WARMUP_S + steps * (seconds + STEP_OVERHEAD_S * 4) + 30
+
+
+def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float, rnd: int,
+                 raw_dir: Path) -> Iterator[tuple[Step, str, dict]]:
+    """A cell's turns in one go: the bulk flows start once and run under every step, and each
+    step switches the mode (or the delay) in place and measures. Starting the flows once per
+    cell instead of once per turn is what makes the full profile fit in hours, and it puts
+    every mode under the same, already established, bulk flows.
+
+    Yields (step, tag, {"metrics", "raw", "samples"}) as each turn ends. The bulk
+    throughput of a turn is the bytes that reached the container's interface during its
+    measurement (TCP payload with its headers, after every stage of the receive path), read
+    in the guest with the mode switch."""
+    client = bed.client
     bulk = None
+    base = f"{cell.slug()}-r{rnd}"
     if cell.flows:
         bulk = client.start(f"iperf3 -c {SERVER_C1} -p {bed.bulk_port()} -P {cell.flows} "
-                            f"-t {seconds + 2:g} -J 2>/dev/null")
-        time.sleep(1.0)  # past slow start
-    samples: list[float] = []
-    high_before = bed.high_packets()
+                            f"-t {bulk_seconds(len(steps), seconds):.0f} -i 1 -J 2>/dev/null")
+        time.sleep(BULK_WARMUP_S)  # past slow start
+    def finished(turn: tuple, end: RxReading) -> tuple[Step, str, dict]:
+        step, tag, metrics, raw, samples, start = turn
+        seconds = end.uptime - start.uptime
+        if bulk is not None:
+            metrics["bulk_mbps"] = (end.rx_bytes - start.rx_bytes) * 8 / seconds / 1e6
+        # The share of the server's CPU its ksoftirqd took: how much of the receive path
+        # ran deferred, scheduled against the applications, rather than on interrupt exit.
+        metrics["ksoftirqd_cpu"] = (end.ksoftirqd_ticks - start.ksoftirqd_ticks) / USER_HZ / seconds
+        return step, tag, {"metrics": metrics, "raw": raw, "samples": samples}
+
+    pending = None
     try:
-        if cell.experiment in ("a", "b", "cal"):
-            target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
-            log = client.file(f"{tag}.csv")
-            out = client.run(f"rm -f {log}; sockperf ping-pong -i {target} -p {PRIO_PORT} "
-                             f"--mps {SOCKPERF_MPS} -t {seconds:g} --full-log {log}",
-                             timeout=seconds + 120, container=cell.path == "overlay")
-            (raw_dir / f"{tag}.sockperf.txt").write_text(out)
-            raw["sockperf"] = f"raw/{tag}.sockperf.txt"
-            try:
-                samples = parsers.sockperf_full_log(client.read(log))
-            except (parsers.ParseError, OSError) as e:
-                raise EvalError(f"{tag}: {e}; sockperf printed:\n{out[-2000:]}") from e
-            metrics = parsers.latency_metrics(samples)
-            metrics["dropped"] = parse_sockperf(out).get("dropped", 0)
-        elif cell.experiment == "c":
-            out = client.run(f"memcaslap -s {SERVER_C1}:{MEMCACHED_PORT} -T 1 -c 1 "
-                             f"-t {int(seconds)}s -S {int(seconds)}s", timeout=seconds + 120)
-            (raw_dir / f"{tag}.memcaslap.txt").write_text(out)
-            raw["memcaslap"] = f"raw/{tag}.memcaslap.txt"
-            parsed = parsers.memcaslap(out)
-            metrics = {k: v for k, v in parsed["get"].items() if k != "count"}
-            metrics["set_mean_us"] = parsed.get("set", {}).get("mean_us", math.nan)
-            metrics["ops_per_s"] = parsed["ops_per_s"]
-        elif cell.experiment == "d":
-            lua = client.file("wrk_report.lua")
-            if isinstance(client, HostClient):
-                shutil.copy(WRK_LUA, lua)
-            else:
-                encoded = base64.b64encode(WRK_LUA.read_bytes()).decode()
-                bed.client_guest.check(f"echo {encoded} | base64 -d > {lua}")
-            out = client.run(f"wrk -t1 -c1 -d{seconds:g}s --latency -s {lua} "
-                             f"http://{SERVER_C1}:{HTTP_PORT}/index.html", timeout=seconds + 120)
-            (raw_dir / f"{tag}.wrk.txt").write_text(out)
-            raw["wrk"] = f"raw/{tag}.wrk.txt"
-            metrics = parsers.wrk(out)
-        else:
-            raise EvalError(f"unknown experiment {cell.experiment!r}")
+        for step in steps:
+            tag = f"{cell.slug()}-{step.variant}-d{step.delay_us}-r{rnd}"
+            if cell.experiment == "cal":
+                bed.set_delay(step.delay_us)
+            # One trip to the guest ends the last turn's count and starts this one's.
+            end, start = bed.switch_mode(step.variant)
+            if pending is not None:
+                yield finished(pending, end)
+            high0 = bed.high_packets()
+            metrics, raw, samples = _probe(bed, cell, seconds, tag, raw_dir)
+            # Whether the NIC steered: frames prism-vnic classified high towards the server.
+            metrics["nic_high_packets"] = bed.high_packets() - high0
+            pending = (step, tag, metrics, raw, samples, start)
+        if pending is not None:
+            end = bed.container_rx()
+            if cell.experiment == "cal":
+                bed.set_delay(0)
+            yield finished(pending, end)
     finally:
-        bulk_out = client.finish(bulk, timeout=seconds + 120) if bulk is not None else None
-    # Whether the NIC steered: frames prism-vnic classified high towards the server.
-    metrics["nic_high_packets"] = bed.high_packets() - high_before
-    if bulk_out is not None:
-        (raw_dir / f"{tag}.iperf3.json").write_text(bulk_out)
-        raw["iperf3"] = f"raw/{tag}.iperf3.json"
-        metrics["bulk_mbps"] = parsers.iperf3_json(bulk_out)["mbps"]
-    return {"metrics": metrics, "raw": raw, "samples": samples}
+        if bulk is not None:
+            out = client.stop(bulk)
+            (raw_dir / f"{base}.iperf3.json").write_text(out)
 
 
-def round_turns(bed: Bed, profile: Profile, rnd: int, boot: int, setup: str
-                ) -> Iterator[tuple[results.Cell, str, int]]:
-    """(cell, variant, delay) in the order round r measures them; groups cells by server
-    state and steering, so the hog and the rules change only between groups."""
+def round_groups(bed: Bed, profile: Profile, rnd: int, setup: str
+                 ) -> Iterator[tuple[results.Cell, list[Step]]]:
+    """(cell, steps) in the order round r measures them; groups cells by server state and
+    steering, so the hog and the rules change only between groups."""
     variants = round_order(rnd) if bed.flavour != "vanilla" else ["vanilla"]
     for cell in cells(profile, setup):
         if not bed.apps and cell.experiment in ("c", "d"):
             continue
-        for v in variants:
-            yield cell, v, 0
-    cal = calibration_cell(profile, setup)
-    if cal is not None and bed.flavour != "vanilla":
-        delays = [0, *profile.cal_delays_us]
-        for d in (delays if rnd % 2 == 0 else delays[::-1]):
-            yield cal, "mode0", d
+        yield cell, [Step(v) for v in variants]
+    if bed.flavour == "vanilla":
+        return
+    delays = [0, *profile.cal_delays_us]
+    for cal in calibration_cells(profile, setup):
+        yield cal, [Step("mode0", d) for d in (delays if rnd % 2 == 0 else delays[::-1])]
 
 
 def workload_image(progress: Callable[[str], None]) -> Path:
@@ -570,6 +691,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
                 "server_vcpus": 1, "server_cpu": GUEST_CPU, "client_cpu": HOST_CPU,
                 "vni": 42, "dstport": 4789, "veth_mtu": 1450, "steering_rules": STEERING_RULES,
                 "app_bulk_flows": APP_BULK_FLOWS, "cal_delays_us": profile.cal_delays_us,
+                "cal_flows": profile.cal_flows,
                 "icount": profile.icount},
             "topology": {"host-client": "server guest + host netns client on a tap port",
                          "two-guests": "server guest + client guest"},
@@ -594,28 +716,25 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
                     progress(f"eval: {note}")
                 state: tuple | None = None
                 for rnd in rounds:
-                    for cell, variant, delay in round_turns(bed, profile, rnd, boot, setup):
+                    for cell, steps in round_groups(bed, profile, rnd, setup):
                         if state != (cell.server, cell.steering):
                             bed.set_server(cell.server == "busy")
                             bed.set_steering(cell.steering)
                             state = (cell.server, cell.steering)
-                        bed.set_mode(variant)
-                        if cell.experiment == "cal":
-                            bed.set_delay(delay)
-                        tag = f"{cell.slug()}-{variant}-d{delay}-r{rnd}"
-                        res = measure(bed, cell, profile.seconds, tag, raw_dir)
-                        if cell.experiment == "cal" and delay:
-                            bed.set_delay(0)
-                        (raw_dir / f"{tag}.samples.json").write_text(json.dumps(res["samples"]))
-                        turns.append(results.new_turn(
-                            cell, variant, rnd, boot, res["metrics"], res["raw"], delay_us=delay,
-                            samples=f"raw/{tag}.samples.json", at=_now()))
-                        results.write_run(out, meta, turns)
-                        m = res["metrics"]
-                        progress(f"eval: {tag}: p50 {m.get('p50_us', math.nan):.0f} us, "
-                                 f"p99 {m.get('p99_us', math.nan):.0f} us"
-                                 + (f", bulk {m['bulk_mbps']:.0f} Mbit/s"
-                                    if "bulk_mbps" in m else ""))
+                        for step, tag, res in measure_cell(bed, cell, steps, profile.seconds,
+                                                           rnd, raw_dir):
+                            (raw_dir / f"{tag}.samples.json").write_text(
+                                json.dumps(res["samples"]))
+                            turns.append(results.new_turn(
+                                cell, step.variant, rnd, boot, res["metrics"], res["raw"],
+                                delay_us=step.delay_us, samples=f"raw/{tag}.samples.json",
+                                at=_now()))
+                            results.write_run(out, meta, turns)
+                            m = res["metrics"]
+                            progress(f"eval: {tag}: p50 {m.get('p50_us', math.nan):.0f} us, "
+                                     f"p99 {m.get('p99_us', math.nan):.0f} us"
+                                     + (f", bulk {m['bulk_mbps']:.0f} Mbit/s"
+                                        if "bulk_mbps" in m else ""))
             finally:
                 bed.down()
     meta["finished"] = _now()
@@ -674,6 +793,9 @@ def run_from_args(args) -> int:
         f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     specs = {k: v for k, v in (("prism", args.prism_kernel),
                                ("vanilla", args.vanilla_kernel)) if v}
+    # SIGTERM ends a run like Ctrl-C: the testbed's cleanup (guests, prism-vnic, tap,
+    # namespace, temp dir) runs on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     summary = run(profile, out, kernel_specs=specs, initrd=args.initrd)
     print(f"eval: report {out / 'report.md'}")
     for name, goal in summary["goals"].items():
