@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::FrameBytes;
+use super::{Arrival, FrameBytes};
 
 /// A frame waiting in the NIC, with what the scheduler needs to know about it.
 pub struct Waiting {
@@ -17,6 +17,18 @@ pub struct Waiting {
     pub arrival_ns: u64,
     /// Bytes it occupies on the wire.
     pub wire_bytes: u64,
+}
+
+impl Waiting {
+    /// The frame as it arrived, to be written into the ring now.
+    pub fn arrival(&self) -> Arrival<'_> {
+        Arrival {
+            header: &self.header,
+            bytes: FrameBytes::whole(&self.bytes),
+            wire_bytes: self.wire_bytes,
+            arrival_ns: self.arrival_ns,
+        }
+    }
 }
 
 /// The bytes a port's NIC may hold in its buffers, all queues and classes together.
@@ -97,13 +109,8 @@ impl Frames {
     }
 
     /// Queues a copy of the frame; false (and nothing queued) when the buffer is full.
-    pub fn push(
-        &mut self,
-        header: &[u8; 12],
-        frame: FrameBytes<'_>,
-        arrival_ns: u64,
-        wire_bytes: u64,
-    ) -> bool {
+    pub fn push(&mut self, arrival: &Arrival<'_>) -> bool {
+        let frame = arrival.bytes;
         if self.queued.len() >= self.limit {
             return false;
         }
@@ -123,10 +130,10 @@ impl Frames {
         }
         frame.extend_vec(&mut bytes);
         self.queued.push_back(Waiting {
-            header: *header,
+            header: *arrival.header,
             bytes,
-            arrival_ns,
-            wire_bytes,
+            arrival_ns: arrival.arrival_ns,
+            wire_bytes: arrival.wire_bytes,
         });
         true
     }
@@ -174,11 +181,25 @@ impl Drop for Frames {
 mod tests {
     use super::*;
 
+    fn arrival<'a>(
+        header: &'a [u8; 12],
+        bytes: &'a [u8],
+        arrival_ns: u64,
+        wire_bytes: u64,
+    ) -> Arrival<'a> {
+        Arrival {
+            header,
+            bytes: FrameBytes::whole(bytes),
+            wire_bytes,
+            arrival_ns,
+        }
+    }
+
     #[test]
     fn frames_come_out_in_order() {
         let mut frames = Frames::new(4, ByteBudget::new(usize::MAX));
-        assert!(frames.push(&[1; 12], FrameBytes::whole(b"first"), 10, 84));
-        assert!(frames.push(&[2; 12], FrameBytes::whole(b"second"), 20, 84));
+        assert!(frames.push(&arrival(&[1; 12], b"first", 10, 84)));
+        assert!(frames.push(&arrival(&[2; 12], b"second", 20, 84)));
         let head = frames.front().unwrap();
         assert_eq!(
             (head.header, head.bytes.as_slice(), head.arrival_ns),
@@ -191,19 +212,19 @@ mod tests {
     #[test]
     fn full_buffer_refuses_and_keeps_what_it_has() {
         let mut frames = Frames::new(2, ByteBudget::new(usize::MAX));
-        assert!(frames.push(&[0; 12], FrameBytes::whole(b"a"), 0, 84));
-        assert!(frames.push(&[0; 12], FrameBytes::whole(b"b"), 0, 84));
-        assert!(!frames.push(&[0; 12], FrameBytes::whole(b"c"), 0, 84));
+        assert!(frames.push(&arrival(&[0; 12], b"a", 0, 84)));
+        assert!(frames.push(&arrival(&[0; 12], b"b", 0, 84)));
+        assert!(!frames.push(&arrival(&[0; 12], b"c", 0, 84)));
         assert_eq!(frames.len(), 2);
     }
 
     #[test]
     fn buffers_are_reused_after_pop() {
         let mut frames = Frames::new(2, ByteBudget::new(usize::MAX));
-        frames.push(&[0; 12], FrameBytes::whole(&[7u8; 1500]), 0, 1524);
+        frames.push(&arrival(&[0; 12], &[7u8; 1500], 0, 1524));
         frames.pop();
         assert_eq!(frames.spare.len(), 1);
-        frames.push(&[0; 12], FrameBytes::whole(b"x"), 0, 84);
+        frames.push(&arrival(&[0; 12], b"x", 0, 84));
         assert!(frames.spare.is_empty());
         assert_eq!(frames.clear(), 1);
         assert!(frames.is_empty());
@@ -215,17 +236,17 @@ mod tests {
         let mut high = Frames::new(100, budget.clone());
         let mut normal = Frames::new(100, budget.clone());
         // Two buffers share the budget: 1500 + 1500 fit, a third 1500 does not.
-        assert!(high.push(&[0; 12], FrameBytes::whole(&[1; 1500]), 0, 1524));
-        assert!(normal.push(&[0; 12], FrameBytes::whole(&[2; 1500]), 0, 1524));
-        assert!(!normal.push(&[0; 12], FrameBytes::whole(&[3; 1500]), 0, 1524));
+        assert!(high.push(&arrival(&[0; 12], &[1; 1500], 0, 1524)));
+        assert!(normal.push(&arrival(&[0; 12], &[2; 1500], 0, 1524)));
+        assert!(!normal.push(&arrival(&[0; 12], &[3; 1500], 0, 1524)));
         assert!(budget.used() <= 4000);
         // A small frame still fits in what is left.
-        assert!(normal.push(&[0; 12], FrameBytes::whole(&[4; 64]), 0, 88));
+        assert!(normal.push(&arrival(&[0; 12], &[4; 64], 0, 88)));
         // Delivered under pressure, frames give their bytes back at once (no spare is kept
         // over half the budget), and another buffer can use them.
         normal.pop();
         normal.pop();
-        assert!(high.push(&[0; 12], FrameBytes::whole(&[6; 2000]), 0, 2024));
+        assert!(high.push(&arrival(&[0; 12], &[6; 2000], 0, 2024)));
         // Everything given back when the guest goes away.
         high.clear();
         normal.clear();
@@ -236,11 +257,11 @@ mod tests {
     fn a_spare_buffer_is_reused_within_the_budget_without_taking_more() {
         let budget = ByteBudget::new(1 << 20);
         let mut frames = Frames::new(100, budget.clone());
-        assert!(frames.push(&[0; 12], FrameBytes::whole(&[1; 1500]), 0, 1524));
+        assert!(frames.push(&arrival(&[0; 12], &[1; 1500], 0, 1524)));
         frames.pop();
         let held = budget.used();
         assert!(held >= 1500, "the spare is counted");
-        assert!(frames.push(&[0; 12], FrameBytes::whole(&[5; 1000]), 0, 1024));
+        assert!(frames.push(&arrival(&[0; 12], &[5; 1000], 0, 1024)));
         assert_eq!(budget.used(), held);
     }
 }

@@ -9,7 +9,7 @@
 //! whose sender keeps it unchanged until its flush (a generator's) is staged by reference,
 //! at any length.
 
-use super::FrameBytes;
+use super::{Arrival, FrameBytes};
 use std::sync::Arc;
 
 use crate::classify::{Class, Classifier};
@@ -33,6 +33,18 @@ pub(super) struct Staged {
     pub len: usize,
     pub wire_bytes: u64,
     pub arrival_ns: u64,
+}
+
+impl Staged {
+    /// The staged frame as it arrived, its bytes being `bytes` (see [`staged_bytes`]).
+    pub fn arrival<'b>(&'b self, bytes: &'b [u8]) -> Arrival<'b> {
+        Arrival {
+            header: &self.header,
+            bytes: FrameBytes::whole(bytes),
+            wire_bytes: self.wire_bytes,
+            arrival_ns: self.arrival_ns,
+        }
+    }
 }
 
 /// A sender's frames for one NIC (reused: no allocation per frame once warm).
@@ -89,15 +101,8 @@ impl Burst {
         self.frames.len() >= BURST_FRAMES
     }
 
-    pub(super) fn push(
-        &mut self,
-        queue: usize,
-        class: Class,
-        header: &[u8; 12],
-        frame: FrameBytes<'_>,
-        wire_bytes: u64,
-        arrival_ns: u64,
-    ) {
+    pub(super) fn push(&mut self, queue: usize, class: Class, arrival: &Arrival<'_>) {
+        let frame = arrival.bytes;
         let (start, external) = match frame.lasting() {
             Some(bytes) => (bytes.as_ptr() as usize, true),
             None => {
@@ -109,12 +114,12 @@ impl Burst {
         self.frames.push(Staged {
             queue,
             class,
-            header: *header,
+            header: *arrival.header,
             start,
             external,
             len: frame.len(),
-            wire_bytes,
-            arrival_ns,
+            wire_bytes: arrival.wire_bytes,
+            arrival_ns: arrival.arrival_ns,
         });
     }
 

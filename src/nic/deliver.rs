@@ -7,7 +7,7 @@
 
 use super::burst::STAGE_MAX_LEN;
 use super::link::wire_bytes;
-use super::{Burst, FrameBytes, Nic, TxFrame};
+use super::{Arrival, Burst, FrameBytes, Nic, TxFrame};
 use crate::packet::offload::{
     self, Offload, OffloadError, RxAction, VIRTIO_NET_HDR_LEN, segment_buffer_len,
 };
@@ -48,18 +48,24 @@ pub fn deliver(
             frame.fill_lasting();
         }
         let wire = wire_bytes(frame.len(), 1, 0);
-        return Ok(nic.stage(
-            burst,
-            &decision,
-            &offload::PLAIN_RX_HEADER,
-            frame.bytes(),
-            wire,
+        let arrival = Arrival {
+            header: &offload::PLAIN_RX_HEADER,
+            bytes: frame.bytes(),
+            wire_bytes: wire,
             arrival_ns,
-        ));
+        };
+        return Ok(nic.stage(burst, &decision, arrival));
     }
     let plan = offload.rx_plan(&nic.offloads());
     let mut header = [0u8; VIRTIO_NET_HDR_LEN];
     plan.header.write_virtio_hdr(&mut header, 1);
+    let header = header;
+    let arrival = |bytes, wire_bytes| Arrival {
+        header: &header,
+        bytes,
+        wire_bytes,
+        arrival_ns,
+    };
     let len = frame.len();
     let whole_frame_wire = match offload.gso {
         Some(gso) => {
@@ -77,14 +83,13 @@ pub fn deliver(
             // Copied, never referred to: a later receiver of a flooded frame may complete
             // its checksum in place. (A plain frame, above, is never written to.)
             let bytes = frame.bytes_to_copy();
-            Ok(nic.stage(
-                burst,
-                &decision,
-                &header,
+            let arrival = Arrival {
+                header: &header,
                 bytes,
-                whole_frame_wire,
+                wire_bytes: whole_frame_wire,
                 arrival_ns,
-            ))
+            };
+            Ok(nic.stage(burst, &decision, arrival))
         }
         RxAction::CompleteChecksum => {
             let frame = frame.make_whole();
@@ -99,14 +104,14 @@ pub fn deliver(
             }
             let wire = wire_bytes(len, 1, 0);
             let bytes = FrameBytes::whole(frame);
-            Ok(nic.stage(burst, &decision, &header, bytes, wire, arrival_ns))
+            Ok(nic.stage(burst, &decision, arrival(bytes, wire)))
         }
         RxAction::Segment => {
             let frame = frame.make_whole();
             let Some(gso) = offload.gso else {
                 let wire = wire_bytes(len, 1, 0);
                 let bytes = FrameBytes::whole(frame);
-                return Ok(nic.stage(burst, &decision, &header, bytes, wire, arrival_ns));
+                return Ok(nic.stage(burst, &decision, arrival(bytes, wire)));
             };
             if gso.size < nic.min_gso_size() {
                 // Cutting it would cost a segment per few bytes: up to 65,000 frames for
@@ -121,8 +126,13 @@ pub fn deliver(
             let mut queue = None;
             offload::segment(frame, &gso, segment_scratch, |segment| {
                 let wire = wire_bytes(segment.len(), 1, 0);
-                let bytes = FrameBytes::whole(segment);
-                queue = nic.stage(burst, &decision, &header, bytes, wire, arrival_ns);
+                let arrival = Arrival {
+                    header: &header,
+                    bytes: FrameBytes::whole(segment),
+                    wire_bytes: wire,
+                    arrival_ns,
+                };
+                queue = nic.stage(burst, &decision, arrival);
             })?;
             stats::inc(&sender.tx_gso_segmented);
             Ok(queue)

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use super::backlog::{ByteBudget, Frames};
 use super::moderation::{Coalesce, CoalesceSettings, NotifyDecision, Pending};
 use super::residence::{Residence, ResidenceBuckets, ResidenceSummary};
-use super::{FrameBytes, GuestRxRing, RingWrite};
+use super::{Arrival, GuestRxRing, RingWrite};
 use crate::classify::Class;
 use crate::stats::{self, QueueCounters};
 
@@ -36,16 +36,6 @@ pub struct QueueState {
 pub struct Accounting {
     pending: Pending,
     residence: [Residence; 2],
-}
-
-/// A frame on its way into a ring: its class, the header the guest sees, its bytes and when
-/// it reached the port.
-#[derive(Clone, Copy)]
-pub struct Arriving<'a> {
-    pub class: Class,
-    pub header: &'a [u8; 12],
-    pub bytes: FrameBytes<'a>,
-    pub arrival_ns: u64,
 }
 
 /// What writing one frame into the ring came to.
@@ -124,19 +114,20 @@ impl RxQueue {
         state.buffers.iter().map(Frames::len).sum()
     }
 
-    /// Writes one frame into the ring under the queue's lock and accounts for it.
+    /// Writes one frame of `class` into the ring under the queue's lock and accounts for it.
     pub(super) fn publish(
         &self,
         accounting: &mut Accounting,
         ring: &dyn GuestRxRing,
-        frame: &Arriving<'_>,
+        class: Class,
+        frame: &Arrival<'_>,
         now_ns: u64,
     ) -> Publish {
         let outcome = ring.write_bytes(frame.header, frame.bytes);
         self.account(
             accounting,
             outcome,
-            frame.class,
+            class,
             frame.bytes.len(),
             frame.arrival_ns,
             now_ns,
@@ -181,16 +172,8 @@ impl RxQueue {
     }
 
     /// Buffers a frame of `class`; counts a tail drop if the class buffer is full.
-    pub(super) fn buffer(
-        &self,
-        state: &mut QueueState,
-        class: Class,
-        header: &[u8; 12],
-        frame: FrameBytes<'_>,
-        arrival_ns: u64,
-        wire_bytes: u64,
-    ) -> bool {
-        if state.buffers[class_index(class)].push(header, frame, arrival_ns, wire_bytes) {
+    pub(super) fn buffer(&self, state: &mut QueueState, class: Class, frame: &Arrival<'_>) -> bool {
+        if state.buffers[class_index(class)].push(frame) {
             stats::inc(&self.counters.rx_buffered);
             true
         } else {

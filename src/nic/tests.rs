@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::burst::STAGE_MAX_LEN;
 use super::link::{LinkSettings, wire_bytes};
 use super::moderation::CoalesceSettings;
 use super::*;
@@ -68,6 +69,16 @@ fn frame(dscp: u8, tag: u8) -> Vec<u8> {
 
 const EF: u8 = 46;
 
+/// A frame arriving with a plain header.
+fn arrival(bytes: FrameBytes<'_>, wire_bytes: u64, arrival_ns: u64) -> Arrival<'_> {
+    Arrival {
+        header: &[0; 12],
+        bytes,
+        wire_bytes,
+        arrival_ns,
+    }
+}
+
 struct Rig {
     nic: Nic,
     rings: Vec<Arc<FakeRing>>,
@@ -90,7 +101,7 @@ impl Rig {
         let decision = self.nic.classify(frame);
         let wire = wire_bytes(frame.len(), 1, 0);
         self.nic
-            .receive(&decision, &[0; 12], FrameBytes::whole(frame), wire, at_ns)
+            .receive(&decision, arrival(FrameBytes::whole(frame), wire, at_ns))
     }
 
     fn counter(
@@ -338,10 +349,7 @@ impl Rig {
                 self.nic.stage(
                     &mut burst,
                     &decision,
-                    &[0; 12],
-                    FrameBytes::whole(frame),
-                    wire,
-                    *at,
+                    arrival(FrameBytes::whole(frame), wire, *at),
                 )
             })
             .collect();
@@ -368,7 +376,7 @@ fn a_queue_disabled_between_bursts_is_not_staged_for_again() {
     let mut burst = Burst::default();
     let stage = |burst: &mut Burst| {
         rig.nic
-            .stage(burst, &decision, &[0; 12], FrameBytes::whole(&udp), 84, 10)
+            .stage(burst, &decision, arrival(FrameBytes::whole(&udp), 84, 10))
     };
     assert_eq!(stage(&mut burst), Some(1));
     assert_eq!(stage(&mut burst), Some(1));
@@ -401,10 +409,7 @@ fn parse_errors_count_once_per_frame_staged_or_sent_at_once() {
         let queue = rig.nic.stage(
             &mut burst,
             &decision,
-            &[0; 12],
-            FrameBytes::whole(&bytes),
-            wire,
-            10,
+            arrival(FrameBytes::whole(&bytes), wire, 10),
         );
         assert_eq!(queue, Some(0));
     }
@@ -493,20 +498,14 @@ fn a_large_frame_goes_at_once_after_what_was_staged() {
     rig.nic.stage(
         &mut burst,
         &decision,
-        &[0; 12],
-        FrameBytes::whole(&small),
-        84,
-        0,
+        arrival(FrameBytes::whole(&small), 84, 0),
     );
     let mut large = frame(0, 2);
     large.resize(burst::STAGE_MAX_LEN + 100, 0);
     rig.nic.stage(
         &mut burst,
         &decision,
-        &[0; 12],
-        FrameBytes::whole(&large),
-        84,
-        0,
+        arrival(FrameBytes::whole(&large), 84, 0),
     );
     assert!(burst.is_empty(), "the staged frame went first");
     assert_eq!(rig.rings[0].tags(), vec![1, 2]);
@@ -527,7 +526,7 @@ fn lasting_frames_are_staged_by_reference_whatever_their_length() {
         let wire = wire_bytes(frame.len(), 1, 0);
         let queue = rig
             .nic
-            .stage(&mut burst, &decision, &[0; 12], frame.bytes(), wire, 10);
+            .stage(&mut burst, &decision, arrival(frame.bytes(), wire, 10));
         assert_eq!(queue, Some(0), "frame {index}");
     }
     assert_eq!(burst.len(), 3, "the jumbo frame is staged too");
@@ -549,7 +548,7 @@ fn a_frame_made_whole_for_writing_is_copied_not_referred_to() {
     let decision = rig.nic.classify(frame.head());
     let wire = wire_bytes(frame.len(), 1, 0);
     rig.nic
-        .stage(&mut burst, &decision, &[0; 12], frame.bytes(), wire, 0);
+        .stage(&mut burst, &decision, arrival(frame.bytes(), wire, 0));
     assert_eq!(burst.bytes.len(), expected.len(), "copied into the burst");
     rig.nic.deliver_burst(&mut burst, 0);
     assert_eq!(*rig.rings[0].frames.lock().unwrap(), vec![expected]);
