@@ -240,13 +240,23 @@ class Switch:
         wanted = list(self.sockets.values()) + ([self.control] if self.binary is not None else [])
         while not all(_is_socket(s) for s in wanted):
             if self.proc.poll() is not None:
-                raise SwitchError(f"{self.argv[0]} exited with {self.proc.returncode} before creating "
-                                  f"its sockets; log {self.log_path}:\n{self.log_tail()}")
+                raise SwitchError(self._start_failure())
             if time.monotonic() > deadline:
                 missing = [str(s) for s in wanted if not _is_socket(s)]
                 raise SwitchError(f"{self.argv[0]} did not create {missing} within {SOCKET_TIMEOUT:.0f} s; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    def _start_failure(self) -> str:
+        """Why the backend exited before listening: prism-vnic's own one-line error
+        ("prism-vnic: cannot ...") first, with the log's tail below it."""
+        tail = self.log_tail()
+        errors = [line for line in tail.splitlines() if line.startswith("prism-vnic: ")]
+        if errors:
+            return (f"prism-vnic did not start: {errors[-1].removeprefix('prism-vnic: ')} "
+                    f"(log {self.log_path})\n{tail}")
+        return (f"{self.argv[0]} exited with {self.proc.returncode} before creating its "
+                f"sockets; log {self.log_path}:\n{tail}")
 
     def _preexec(self) -> None:
         """Between fork and exec: the CPUs, and death with this process unless detached."""

@@ -212,6 +212,24 @@ def test_a_socket_another_prism_vnic_listens_on_is_refused_before_starting(tmp_p
         assert first.stop() == []
 
 
+def test_a_metrics_port_already_bound_fails_start_with_the_daemons_one_line(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    addr = "127.0.0.1:%d" % taken.getsockname()[1]
+    try:
+        sw = Switch(tmp_path / "a", ports=("vm1",), queues=1, sock_dir=tmp_path / "s",
+                    extra_args=["--metrics", addr])
+        with pytest.raises(SwitchError) as err:
+            sw.start()
+        first = str(err.value).splitlines()[0]
+        assert first == (f"prism-vnic did not start: cannot listen for metrics on {addr}: "
+                         f"Address already in use (os error 98) (log {sw.log_path})")
+        assert not sw.alive()
+    finally:
+        taken.close()
+
+
 def test_qemu_vm_without_a_backend_says_to_start_prism_vnic(tmp_path):
     res = subprocess.run([str(REPO / "qemu" / "vm"), "--socket", str(tmp_path / "none.sock"),
                           "--kernel", "/dev/null", "--initrd", "/dev/null"],
