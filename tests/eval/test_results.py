@@ -49,6 +49,7 @@ def test_a_synthetic_run_meets_its_known_goals(run_a):
     summary = results.read_summary(out)
     g = summary["goals"]
     assert g["ordering_busy"]["met"], g
+    assert g["paper_ordering_busy"]["met"], g
     assert g["vanilla_agrees_with_mode0"]["met"], g
     assert g["batch_bulk_0_9"]["met"], g
     assert g["calibration_10pct"]["met"], g
@@ -70,6 +71,7 @@ def test_the_run_directory_holds_raw_json_csv_report_and_plots(run_a):
     text = (out / "report.md").read_text()
     assert "n/a" not in text, "every cell of the report has a number"
     assert "held: whole order in 10 of 10 rounds" in text
+    assert "measured order sync < batch < mode0 (consistent over rounds)" in text
     pngs = sorted((out / "plots").glob("*.png"))
     assert {p.stem.split("-")[0] for p in pngs} >= {"flows", "throughput", "paired"}
     for p in pngs:
@@ -88,11 +90,32 @@ def test_compare_finds_an_injected_regression_and_exits_non_zero(run_a, run_b_wo
     regressions = [c for c in changes if c.regression]
     assert any("p50_us sync/mode0" in c.what for c in regressions)
     assert any("ordering" in c.what for c in regressions)
+    # sync now sits between batch and mode 0: a changed measured order, and still below.
+    order = [c for c in changes if c.what == "measured order of p50_us"]
+    assert order and order[0].a == "sync < batch < mode0"
+    assert order[0].b == "batch < sync < mode0" and not order[0].regression
     assert not any("batch/mode0" in c.what for c in regressions)
     proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "compare",
                            str(a), str(b)], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "REGRESSION" in proc.stdout
+
+
+def test_compare_counts_the_busy_cells_whose_measured_orders_two_runs_share(
+        run_a, run_b_same, run_b_worse):
+    a = results.read_summary(run_a)
+    assert compare.same_orders(a, results.read_summary(run_b_same)) == (4, [])
+    n, differ = compare.same_orders(a, results.read_summary(run_b_worse))
+    assert n == 4 and len(differ) == 4 and "sync < batch < mode0 / batch < sync" in differ[0]
+
+
+def test_a_mode_no_longer_below_mode0_is_a_regression_of_the_measured_order():
+    ranked = {"ranking": ["batch", "sync", "mode0"],
+              "links": [{"relation": "<"}, {"relation": "<"}]}
+    tied = {"ranking": ["batch", "mode0", "sync"],
+            "links": [{"relation": "~"}, {"relation": "~"}]}
+    assert compare._below_mode0(ranked) == {"batch", "sync"}
+    assert compare._below_mode0(tied) == set()
 
 
 def test_compare_of_a_directory_without_a_run_says_so(tmp_path):
@@ -129,7 +152,7 @@ def test_the_demo_table_shows_each_mode_with_its_ratio_to_mode0(run_a):
     sync = next(line for line in lines if line.strip().startswith("sync"))
     # p50 ratio 0.3 and p99 ratio 0.4 by construction (eval_synthetic.RATIOS).
     assert sync.split()[-2:] == ["0.30", "0.40"], sync
-    assert any("held" in line for line in lines)
+    assert any("measured order sync < batch < mode0 (consistent" in line for line in lines)
 
 
 def test_compare_judges_performance_metrics_not_counters():

@@ -106,3 +106,29 @@ def test_calibration_within_10_percent_passes_and_beyond_fails():
 def test_percentile_interpolates_between_order_statistics():
     assert stats.percentile([1, 2, 3, 4], 50) == 2.5
     assert stats.percentile([5], 99.9) == 5
+
+
+def test_the_measured_order_ranks_modes_and_ties_those_the_run_cannot_tell_apart():
+    # batch and sync both at half of mode 0, alternating above and below each other.
+    rounds = {r: {"mode0": 100.0 + r, "batch": 50.0 + (r % 2) * 2, "sync": 51.0 - (r % 2) * 2}
+              for r in range(10)}
+    o = stats.observed_order(rounds)
+    assert set(o.ranking[:2]) == {"batch", "sync"} and o.ranking[2] == "mode0"
+    assert [link["relation"] for link in o.links] == ["~", "<"]
+    assert o.text.endswith("< mode0") and " ~ " in o.text
+    assert o.consistent
+
+
+def test_the_measured_order_is_not_consistent_when_a_strict_step_fails_in_2_of_10_rounds():
+    rounds = {r: {"mode0": 100.0, "batch": 60.0, "sync": 30.0} for r in range(10)}
+    for r in (3, 7):
+        rounds[r]["batch"] = 110.0  # batch above mode 0 in two rounds, still below overall
+    o = stats.observed_order(rounds)
+    assert o.text == "sync < batch < mode0"
+    assert o.links[1]["rounds_held"] == 8
+    assert not o.consistent and "NOT consistent" in o.sentence()
+
+
+def test_the_measured_order_of_no_complete_round_is_empty_and_not_consistent():
+    o = stats.observed_order({0: {"mode0": 1.0}})
+    assert o.ranking == () and not o.consistent

@@ -81,6 +81,13 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
                 changes.append(Change(label, what.format(metric),
                                       words[0] if va[key] else words[1],
                                       words[0] if vb[key] else words[1], va[key]))
+        for metric, oa in ea.get("observed", {}).items():
+            ob = eb.get("observed", {}).get(metric)
+            if not (oa and ob and oa["ranking"] and ob["ranking"]) or oa["text"] == ob["text"]:
+                continue
+            # A regression when a PRISM mode that A put below mode 0 is not below it in B.
+            changes.append(Change(label, f"measured order of {metric}", oa["text"], ob["text"],
+                                  bool(_below_mode0(oa) - _below_mode0(ob))))
         for variant, ma in ea["variants"].items():
             mb = eb["variants"].get(variant)
             if not mb:
@@ -106,6 +113,38 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
     return changes, notes
 
 
+def _below_mode0(observed: dict) -> set[str]:
+    """The modes a measured order puts strictly below mode 0 (a '<' between them)."""
+    ranking, links = observed["ranking"], observed["links"]
+    if "mode0" not in ranking:
+        return set()
+    below: set[str] = set()
+    strict = False
+    for i in range(ranking.index("mode0") - 1, -1, -1):
+        strict = strict or links[i]["relation"] == "<"
+        if strict:
+            below.add(ranking[i])
+    return below
+
+
+def same_orders(a: dict, b: dict) -> tuple[int, list[str]]:
+    """Busy cells whose measured orders of p50 and p99 A and B both have: how many, and
+    those that differ (the goal of 'two full runs in a row give the same ordering')."""
+    cells_b = {e["slug"]: e for e in b["cells"]}
+    n, differ = 0, []
+    for ea in a["cells"]:
+        eb = cells_b.get(ea["slug"])
+        if eb is None or ea["cell"]["server"] != "busy":
+            continue
+        for m in results.LATENCY_METRICS:
+            oa, ob = ea.get("observed", {}).get(m), eb.get("observed", {}).get(m)
+            if oa and ob and oa["ranking"] and ob["ranking"]:
+                n += 1
+                if oa["text"] != ob["text"]:
+                    differ.append(f"{ea['label']}: {m}: {oa['text']} / {ob['text']}")
+    return n, differ
+
+
 def main(dir_a: Path, dir_b: Path, *, absolute: bool = False) -> int:
     """Prints the changes; exit status 1 on a regression, 0 otherwise."""
     a, b = results.read_summary(dir_a), results.read_summary(dir_b)
@@ -115,6 +154,10 @@ def main(dir_a: Path, dir_b: Path, *, absolute: bool = False) -> int:
     for c in changes:
         print(c.line())
     regressions = [c for c in changes if c.regression]
+    n, differ = same_orders(a, b)
+    if n:
+        print(f"busy cells' measured orders: {n - len(differ)} of {n} the same in both runs"
+              + "".join(f"\n  differs: {d}" for d in differ))
     print(f"{len(changes)} changes beyond the intervals, {len(regressions)} regressions "
           f"({dir_a} -> {dir_b})")
     return 1 if regressions else 0

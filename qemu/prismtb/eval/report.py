@@ -52,6 +52,10 @@ def cell_verdicts(entry: dict) -> list[str]:
             order = stats.Ordering(order=tuple(o["order"]), rounds=o["rounds"],
                                    held_rounds=o["held_rounds"], pairs=o["pairs"])
             out.append(f"- {m}: {order.sentence()}")
+        ob = entry.get("observed", {}).get(m)
+        if ob and ob["ranking"]:
+            observed = stats.Observed(ranking=tuple(ob["ranking"]), links=ob["links"])
+            out.append(f"- {m}: {observed.sentence()}")
         a = entry["agreement"].get(m)
         if a and a["rounds"]:
             word = "agree" if a["agree"] else "DIFFER"
@@ -85,11 +89,10 @@ def priority_table(summary: dict, experiment: str = "b") -> list[str]:
                          f"{_num(med[results.THROUGHPUT]):>12} "
                          f"{_num(ratio['p50_us'], 2):>10} {_num(ratio['p99_us'], 2):>10}")
         for m in results.LATENCY_METRICS:
-            o = e["ordering"].get(m)
-            if o and o["rounds"]:
-                lines.append(f"  {m}: " + stats.Ordering(
-                    order=tuple(o["order"]), rounds=o["rounds"], held_rounds=o["held_rounds"],
-                    pairs=o["pairs"]).sentence())
+            ob = e.get("observed", {}).get(m)
+            if ob and ob["ranking"]:
+                lines.append(f"  {m}: " + stats.Observed(
+                    ranking=tuple(ob["ranking"]), links=ob["links"]).sentence())
     return lines
 
 
@@ -111,8 +114,12 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     lines += ["", "Latencies are the priority flow's, in microseconds (sockperf: half the "
               "round trip). Ratios are per round to mode 0 of the same boot (vanilla: the "
               "vanilla boot's round against the PRISM boot's), geometric mean with a 95% "
-              "bootstrap interval over rounds. An ordering holds when it held in at least 9 "
-              "of 10 rounds and every neighbouring pair's interval excludes 1.", ""]
+              "bootstrap interval over rounds. The paper's ordering (sync < batch < mode0) holds "
+              "when it held in at least 9 of 10 rounds and every neighbouring pair's interval "
+              "excludes 1. The measured order ranks the modes by their ratio to mode 0 and "
+              "joins neighbours with < where the interval of their paired ratio excludes 1, "
+              "with ~ where the run cannot tell them apart; it is consistent when every < "
+              "held in at least 9 of 10 rounds.", ""]
     g = summary.get("goals", {})
     if g:
         lines += ["## Goals of this run", ""]

