@@ -79,3 +79,10 @@ def test_a_reading_of_the_guest_gives_its_clock_ksoftirqd_time_and_bytes():
             "150 275 0 0 20 0 1 0 3 0 0 18446744073709551615")
     reading = runner._rx_reading(["35.61 20.02", stat, "123456789"])
     assert reading == runner.RxReading(35.61, 425, 123456789)
+
+
+def test_the_two_guests_setup_covers_the_goals_cells_beside_host_client():
+    full = runner.PROFILES["full"]
+    cells = runner.cells(full, "two-guests")
+    assert {(c.server, c.steering) for c in cells} == {("busy", True)}
+    assert {c.experiment for c in cells} == {"a", "b", "c", "d"} and len(cells) == 9
