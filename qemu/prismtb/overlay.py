@@ -289,6 +289,11 @@ class Overlay:
                             res[f"nic_{name}"] = value
         return res
 
+    def drops_since(self, n: int, before: dict[str, int]) -> dict[str, int]:
+        """The drop counters of guest n (drop_counters) that moved since before."""
+        return {k: v - before.get(k, 0) for k, v in self.drop_counters(n).items()
+                if v != before.get(k, 0)}
+
     def kmemleak_report(self, n: int) -> str:
         """Two kmemleak scans in guest n (a debug kernel): the unreferenced objects it reports,
         empty when there are none or the kernel has no kmemleak."""

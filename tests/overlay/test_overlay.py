@@ -230,8 +230,7 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     prio_rc, prio_out = ov.wait_bg(1, "prio", timeout=IPERF_TIMEOUT)
     _, ping_out = ov.wait_bg(1, "ping", timeout=120)
     after = {n: ov.counters(n) for n in (1, 2)}
-    drops = {n: {k: v - drops_before[n].get(k, 0) for k, v in ov.drop_counters(n).items()
-                 if v - drops_before[n].get(k, 0)} for n in (1, 2)}
+    drops = {n: ov.drops_since(n, drops_before[n]) for n in (1, 2)}
     ov.set_mode(1)
 
     for n, (rc, out) in results.items():

@@ -104,16 +104,19 @@ def test_a_marked_tcp_flow_keeps_its_order(ov: Overlay, mode: int, report):
     priority backlog, which reorders without loss, but this run did not show it (every
     counter 0 in every mode on the series before the fix)."""
     ov.set_mode(mode)
+    drops0 = {n: ov.drop_counters(n) for n in (1, 2)}
     rx0 = tcpext(ov, 2, ("TCPOFOQueue",))
     tx0 = tcpext(ov, 1, ("TCPSACKReorder", "TCPDSACKRecv"))
     out = ov.c(1, f"timeout 120 iperf3 -c {CONTAINER[2]} -p {PORT_MARKED} -b 100M -t 5",
                timeout=IPERF_TIMEOUT)
     rx = {k: v - rx0[k] for k, v in tcpext(ov, 2, ("TCPOFOQueue",)).items()}
     tx = {k: v - tx0[k] for k, v in tcpext(ov, 1, ("TCPSACKReorder", "TCPDSACKRecv")).items()}
+    drops = {n: ov.drops_since(n, drops0[n]) for n in (1, 2)}
     m = re.search(r"\s(\d+)\s+sender", out)
     assert m and "receiver" in out, out
     retransmits = int(m.group(1))
-    report(f"defect 3 mode {mode}: receiver {rx}, sender {tx}, retransmits {retransmits}")
+    report(f"defect 3 mode {mode}: receiver {rx}, sender {tx}, retransmits {retransmits}, "
+           f"drops that moved {drops}")
     assert rx["TCPOFOQueue"] + tx["TCPSACKReorder"] <= retransmits, (rx, tx, retransmits)
 
 
