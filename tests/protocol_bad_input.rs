@@ -6,7 +6,7 @@ mod support;
 
 use support::Result;
 use support::daemon::Daemon;
-use support::frames::{MSS, NET_HDR_LEN, VirtioNetHdr, mac, tagged_payload, tcp_tso_frame};
+use support::frames::{MSS, VIRTIO_NET_HDR_LEN, VirtioNetHdr, mac, tagged_payload, tcp_tso_frame};
 use support::guest::{GuestOptions, RawRing, TestGuest, feature};
 use support::guest_memory::{BEYOND_ADDR, GAP_ADDR, REGION_BASES, REGION_SIZE};
 use support::traffic::{assert_traffic_both_ways, flow_frame};
@@ -265,7 +265,7 @@ fn tx_chain_with_a_write_only_descriptor_is_rejected() {
             slots[0],
             Desc {
                 addr: hdr,
-                len: NET_HDR_LEN as u32,
+                len: VIRTIO_NET_HDR_LEN as u32,
                 flags: DESC_F_NEXT,
                 next: slots[1],
             },
@@ -311,13 +311,13 @@ fn good_indirect_entries(raw: &mut RawRing<'_>, chain: &mut InFlight) -> Result<
     Ok(vec![
         Desc {
             addr,
-            len: NET_HDR_LEN as u32,
+            len: VIRTIO_NET_HDR_LEN as u32,
             flags: DESC_F_NEXT,
             next: 1,
         },
         Desc {
-            addr: addr + NET_HDR_LEN as u64,
-            len: (bytes.len() - NET_HDR_LEN) as u32,
+            addr: addr + VIRTIO_NET_HDR_LEN as u64,
+            len: (bytes.len() - VIRTIO_NET_HDR_LEN) as u32,
             flags: 0,
             next: 0,
         },
@@ -372,9 +372,9 @@ fn indirect_table_longer_than_the_queue_is_rejected() {
                 addr: if i == 0 {
                     addr
                 } else {
-                    addr + NET_HDR_LEN as u64
+                    addr + VIRTIO_NET_HDR_LEN as u64
                 },
-                len: if i == 0 { NET_HDR_LEN as u32 } else { 1 },
+                len: if i == 0 { VIRTIO_NET_HDR_LEN as u32 } else { 1 },
                 flags: if i + 1 < n { DESC_F_NEXT } else { 0 },
                 next: (i + 1) as u16,
             })

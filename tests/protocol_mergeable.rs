@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 use support::daemon::Daemon;
 
-use support::frames::{NET_HDR_LEN, VirtioNetHdr, mac, udp_frame_of_len, udp_tag};
+use support::frames::{VIRTIO_NET_HDR_LEN, VirtioNetHdr, mac, udp_frame_of_len, udp_tag};
 use support::guest::{GuestOptions, TestGuest, feature};
 use support::traffic::expect_tag;
 use support::wait_for;
@@ -29,7 +29,7 @@ fn mergeable_frame_spans_small_buffers_with_num_buffers_set() {
     let got = expect_tag(&mut b, 1).expect("frame arrives");
     assert_eq!(got.frame, frame, "reassembled frame differs");
     // 12 + 1500 bytes in 256-byte buffers: five full ones and 232 bytes in the sixth.
-    let total = NET_HDR_LEN + frame.len();
+    let total = VIRTIO_NET_HDR_LEN + frame.len();
     let buffers = total.div_ceil(256);
     assert_eq!(usize::from(got.net_hdr().num_buffers), buffers);
     let mut want = vec![256u32; buffers - 1];
@@ -45,7 +45,7 @@ fn mergeable_small_frame_uses_one_buffer() {
     a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
     let got = expect_tag(&mut b, 2).expect("frame arrives");
     assert_eq!(got.net_hdr().num_buffers, 1);
-    assert_eq!(got.used_lens, vec![(NET_HDR_LEN + 60) as u32]);
+    assert_eq!(got.used_lens, vec![(VIRTIO_NET_HDR_LEN + 60) as u32]);
     assert_eq!(got.frame, frame);
 }
 
@@ -86,7 +86,7 @@ fn without_mergeable_a_chain_of_small_buffers_holds_a_big_frame() {
     a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
     let got = expect_tag(&mut b, 5).expect("frame arrives");
     assert_eq!(got.frame, frame);
-    assert_eq!(got.used_lens, vec![(NET_HDR_LEN + 1500) as u32]);
+    assert_eq!(got.used_lens, vec![(VIRTIO_NET_HDR_LEN + 1500) as u32]);
 }
 
 #[test]

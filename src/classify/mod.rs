@@ -37,8 +37,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::packet::ethernet::ethertype;
+use crate::packet::ip_proto;
 use cache::Cached;
-use parse::{FlowKey, LayerKey, PackedKey, ParseError, Parsed, proto};
+use parse::{FlowKey, LayerKey, PackedKey, ParseError, Parsed};
 use rss::{IndirectionTable, Toeplitz};
 use rules::{RuleAction, RuleSet};
 
@@ -309,7 +310,7 @@ impl Classifier {
         // The transport header inside both the packet's announced length and the frame.
         let l4 = &frame[34..(14 + total_len).min(frame.len())];
         let ports = match header[23] {
-            proto::UDP => {
+            ip_proto::UDP => {
                 let udp = l4.get(..8)?;
                 let (src, dst) = (
                     u16::from_be_bytes([udp[0], udp[1]]),
@@ -320,7 +321,7 @@ impl Classifier {
                 }
                 Some((src, dst))
             }
-            proto::TCP => {
+            ip_proto::TCP => {
                 let tcp = l4.get(..20)?;
                 let data_offset = usize::from(tcp[12] >> 4) * 4;
                 if data_offset < 20 || l4.len() < data_offset {
@@ -470,7 +471,9 @@ impl Classifier {
         // The 4-tuple for TCP/UDP with ports (first fragments excluded: later fragments of the
         // same datagram have no ports and must land on the same queue), else the 2-tuple.
         let ports = match (layer.proto, layer.src_port, layer.dst_port) {
-            (Some(proto::TCP | proto::UDP), Some(s), Some(d)) if !layer.fragment => Some((s, d)),
+            (Some(ip_proto::TCP | ip_proto::UDP), Some(s), Some(d)) if !layer.fragment => {
+                Some((s, d))
+            }
             _ => None,
         };
         self.rss_queue_of(class, || (src, dst), ports)

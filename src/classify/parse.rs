@@ -13,20 +13,12 @@ use crate::packet::Error as ViewError;
 use crate::packet::ethernet::{
     EthernetFrame, HEADER_LEN as ETH_LEN, VLAN_TAG_LEN, VlanTag, ethertype,
 };
+use crate::packet::ip_proto;
 use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv6::{Ipv6Packet, skip_extension_headers};
 use crate::packet::tcp::TcpPacket;
 use crate::packet::udp::UdpPacket;
 use crate::packet::vxlan::{self, VxlanPacket};
-
-/// IP protocol numbers the classifier names.
-pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
-}
 
 /// One VLAN tag's id and priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -502,7 +494,7 @@ fn parse_layer<'a>(
     }
 
     match proto {
-        proto::TCP => {
+        ip_proto::TCP => {
             let tcp = TcpPacket::new_checked(l4).map_err(|error| match error {
                 ViewError::Truncated => ParseError::TcpTruncated,
                 ViewError::Malformed => ParseError::TcpMalformed,
@@ -512,7 +504,7 @@ fn parse_layer<'a>(
             *reached = stages.l4;
             Ok(none)
         }
-        proto::UDP => {
+        ip_proto::UDP => {
             let udp = UdpPacket::new_checked(l4).map_err(|_| ParseError::UdpTruncated)?;
             key.src_port = Some(udp.src_port());
             key.dst_port = Some(udp.dst_port());

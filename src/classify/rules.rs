@@ -57,7 +57,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::Class;
-use super::parse::{FlowKey, LayerKey, proto};
+use super::parse::{FlowKey, LayerKey};
+use crate::packet::ip_proto;
 
 /// Which header stack a rule looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -181,11 +182,11 @@ impl<'de> Deserialize<'de> for IpPrefix {
 pub struct Proto(pub u8);
 
 const PROTO_NAMES: [(&str, u8); 5] = [
-    ("tcp", proto::TCP),
-    ("udp", proto::UDP),
-    ("icmp", proto::ICMP),
-    ("icmpv6", proto::ICMPV6),
-    ("sctp", proto::SCTP),
+    ("tcp", ip_proto::TCP),
+    ("udp", ip_proto::UDP),
+    ("icmp", ip_proto::ICMP),
+    ("icmpv6", ip_proto::ICMPV6),
+    ("sctp", ip_proto::SCTP),
 ];
 
 impl FromStr for Proto {
@@ -379,7 +380,7 @@ impl TryFrom<RawRule> for Rule {
         }
         if let Some(p) = raw.proto {
             let has_ports = raw.src_port.is_some() || raw.dst_port.is_some();
-            if has_ports && p.0 != proto::TCP && p.0 != proto::UDP {
+            if has_ports && p.0 != ip_proto::TCP && p.0 != ip_proto::UDP {
                 return Err(RuleError::PortsNeedTcpOrUdp(p));
             }
         }
@@ -896,7 +897,7 @@ impl RuleSet {
             // Ports without a protocol can only match TCP or UDP frames.
             let protos: &[u8] = match &m.proto {
                 Some(p) => std::slice::from_ref(p),
-                None => &[proto::TCP, proto::UDP],
+                None => &[ip_proto::TCP, ip_proto::UDP],
             };
             let (kind, keys): (u64, Vec<u64>) = if let Some(port) = m.dst_port {
                 screen.set(RuleScreen::port_position(RuleScreen::DST_PORTS, port));

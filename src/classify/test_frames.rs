@@ -1,7 +1,7 @@
 //! Hand-built frames for the classifier tests: each helper writes one header visibly, so a
 //! test can say which bytes it sends and where each header ends.
 
-use crate::packet::checksum;
+use crate::packet::{checksum, ip_proto};
 
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
@@ -103,7 +103,7 @@ pub fn ipv4_l4(
     ports: (u16, u16),
     payload_len: usize,
 ) -> Vec<u8> {
-    let l4 = if proto == 6 {
+    let l4 = if proto == ip_proto::TCP {
         tcp(ports.0, ports.1, &[])
     } else {
         udp(ports.0, ports.1, payload_len)

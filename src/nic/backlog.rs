@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Arrival, FrameBytes};
+use crate::packet::offload::VirtioNetHdrBytes;
 
 /// A frame waiting in the NIC, with what the scheduler needs to know about it.
 pub struct Waiting {
-    pub header: [u8; 12],
+    pub header: VirtioNetHdrBytes,
     pub bytes: Vec<u8>,
     /// When it reached the port (ns on the NIC's clock).
     pub arrival_ns: u64,

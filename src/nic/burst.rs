@@ -13,6 +13,7 @@ use super::{Arrival, FrameBytes};
 use std::sync::Arc;
 
 use crate::classify::{Class, Classifier};
+use crate::packet::offload::VirtioNetHdrBytes;
 
 /// Frames staged per NIC before the burst is delivered regardless of the batch.
 pub const BURST_FRAMES: usize = 64;
@@ -25,7 +26,7 @@ pub const STAGE_MAX_LEN: usize = 2048;
 pub(super) struct Staged {
     pub queue: usize,
     pub class: Class,
-    pub header: [u8; 12],
+    pub header: VirtioNetHdrBytes,
     /// Where the bytes start: in the burst's buffer, or (`external`) at this address in the
     /// sender's memory.
     pub start: usize,

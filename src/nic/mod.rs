@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize}
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::classify::{Classifier, ClassifierConfig, ClassifierError, rules::RuleSet};
+use crate::packet::offload::VirtioNetHdrBytes;
 use crate::stats::{PortCounters, QueueCounters};
 pub use burst::Burst;
 use capture::Capture;
@@ -72,7 +73,7 @@ pub enum RingWrite {
 
 /// A frame of a burst as [`GuestRxRing::write_burst`] takes it: its virtio-net header and
 /// its bytes.
-pub type BurstFrame<'a> = (&'a [u8; 12], &'a [u8]);
+pub type BurstFrame<'a> = (&'a VirtioNetHdrBytes, &'a [u8]);
 
 /// Frames handed to [`GuestRxRing::write_burst`] at once: a burst's worth.
 const WRITE_CHUNK: usize = burst::BURST_FRAMES;
@@ -80,11 +81,11 @@ const WRITE_CHUNK: usize = burst::BURST_FRAMES;
 /// A guest RX ring, as the NIC sees it. Implemented by the vhost-user port's RX vring.
 pub trait GuestRxRing: Send + Sync {
     /// Writes the 12-byte virtio-net header (num_buffers filled in by the ring) and the frame.
-    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite;
+    fn write(&self, header: &VirtioNetHdrBytes, frame: &[u8]) -> RingWrite;
     /// Writes a frame that may be split, its tail still in the sender's guest memory
     /// (see [`frame`]). A ring that cannot copy from the pieces itself takes the frame
     /// gathered into one buffer (split frames are large and rare outside vhost-user rings).
-    fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
+    fn write_bytes(&self, header: &VirtioNetHdrBytes, frame: FrameBytes<'_>) -> RingWrite {
         frame.with_whole(|bytes| self.write(header, bytes))
     }
     /// Writes `frames` (header and bytes of each) in order until one does not go in;

@@ -11,6 +11,7 @@ use super::burst::{self, Burst, STAGE_MAX_LEN};
 use super::queue::{self, Publish, RxQueue, class_index};
 use super::{BurstFrame, FrameBytes, GuestRxRing, Nic, RingWrite, WRITE_CHUNK};
 use crate::classify::{Class, Decision};
+use crate::packet::offload::VirtioNetHdrBytes;
 use crate::stats;
 
 /// A frame arriving at a NIC, as every step of the receive path takes it: the virtio-net
@@ -19,7 +20,7 @@ use crate::stats;
 /// classifier's business, and travels beside it.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival<'a> {
-    pub header: &'a [u8; 12],
+    pub header: &'a VirtioNetHdrBytes,
     pub bytes: FrameBytes<'a>,
     /// Bytes on the wire, framing and segments included (see [`super::link::wire_bytes`]).
     pub wire_bytes: u64,

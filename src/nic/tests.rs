@@ -21,7 +21,7 @@ struct FakeRing {
 }
 
 impl GuestRxRing for Arc<FakeRing> {
-    fn write(&self, _header: &[u8; 12], frame: &[u8]) -> RingWrite {
+    fn write(&self, _header: &VirtioNetHdrBytes, frame: &[u8]) -> RingWrite {
         if self.disabled.load(Ordering::Relaxed) {
             return RingWrite::NotReady;
         }

@@ -21,7 +21,7 @@
 //! - [`copy`]: bulk copies of frame bytes that avoid `rep movsb`'s slow alignments.
 //! - [`ethernet`]: Ethernet II, 802.1Q / 802.1ad tags, [`ethernet::parse_l2`] for up to two tags.
 //! - [`ipv4`], [`ipv6`] (with [`ipv6::skip_extension_headers`]), [`tcp`], [`udp`], [`icmp`],
-//!   [`vxlan`].
+//!   [`vxlan`]; [`ip_proto`], the IP protocol numbers.
 //! - [`offload`]: the virtio-net header (checksum and TSO requests), checksum completion and
 //!   software TSO.
 //! - [`headers`]: [`headers::locate_l4`], one walk from the Ethernet header to the transport
@@ -32,6 +32,7 @@ pub mod copy;
 pub mod ethernet;
 pub mod headers;
 pub mod icmp;
+pub mod ip_proto;
 pub mod ipv4;
 pub mod ipv6;
 pub mod offload;

@@ -11,7 +11,7 @@
 //! - [`Offload::rx_plan`]`(&self, &GuestOffloads) -> RxPlan` decides, for a receiving guest's
 //!   negotiated features, whether the frame can be delivered as is, needs its checksum
 //!   completed, or must be segmented, and which header the guest should then see.
-//! - [`Offload::write_virtio_hdr`]`(&self, out: &mut [u8; 12], num_buffers: u16)` writes it.
+//! - [`Offload::write_virtio_hdr`]`(&self, out: &mut VirtioNetHdrBytes, num_buffers: u16)` writes it.
 //! - [`complete_checksum`]`(frame: &mut [u8], &CsumRequest) -> Result<(), OffloadError>` folds
 //!   the partial checksum the sender left (Linux's `CHECKSUM_PARTIAL`).
 //! - [`segment`]`(frame, &GsoRequest, scratch: &mut [u8], emit: impl FnMut(&[u8]))
@@ -23,12 +23,17 @@
 
 use super::checksum;
 use super::headers::{IpVersion, Layers, LocateError, locate_l4};
+use super::ip_proto;
 use super::ipv4::Ipv4Packet;
 use super::ipv6::{self, Ipv6Packet};
 use super::tcp::{self, TcpPacket};
 
-/// Length of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 / MRG_RXBUF layout).
+/// Length of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 / MRG_RXBUF layout): always 12
+/// bytes, whether or not MRG_RXBUF was negotiated. The one definition for every port.
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
+
+/// A `virtio_net_hdr_v1` as bytes, as rings and ports pass it.
+pub type VirtioNetHdrBytes = [u8; VIRTIO_NET_HDR_LEN];
 
 /// `virtio_net_hdr.flags` bits.
 pub mod hdr_flags {
@@ -480,7 +485,7 @@ fn locate_tcp(frame: &[u8], kind: GsoKind) -> Result<TcpLayout, OffloadError> {
     if expected != found {
         return Err(OffloadError::GsoIpVersionMismatch { expected, found });
     }
-    if layers.protocol != 6 {
+    if layers.protocol != ip_proto::TCP {
         return Err(OffloadError::NotTcp {
             protocol: layers.protocol,
         });

@@ -15,9 +15,10 @@ use super::host_memory::HostMemory;
 use super::ring_view::{
     AvailCache, NextHead, RingCache, SplitRing, UsedShadow, UsedSince, next_head, put_used,
 };
-use super::virtio_net::{Negotiated, VIRTIO_NET_HDR_LEN};
+use super::virtio_net::Negotiated;
 use crate::nic::{BurstFrame, FrameBytes, GuestOffloads, GuestRxRing, RingWrite};
 use crate::packet::copy;
+use crate::packet::offload::{VIRTIO_NET_HDR_LEN, VirtioNetHdrBytes};
 use crate::stats::{self, PortCounters, QueueCounters, RateLimitedLog};
 
 pub use super::host_memory::SharedGuestMemory;
@@ -101,7 +102,7 @@ struct DeferredCopy {
     /// Host address of the buffer (at least `12 + len` bytes).
     to: usize,
     /// The virtio-net header, written by [`write_header`] with one buffer.
-    header: [u8; 12],
+    header: VirtioNetHdrBytes,
     /// Host address and length of the frame's bytes (the burst's, alive for the write).
     from: usize,
     len: usize,
@@ -283,7 +284,7 @@ impl VhostRxRing {
     fn write_frames<'a>(
         &self,
         count: usize,
-        frame: impl Fn(usize) -> (&'a [u8; 12], FrameBytes<'a>),
+        frame: impl Fn(usize) -> (&'a VirtioNetHdrBytes, FrameBytes<'a>),
     ) -> (usize, Option<RingWrite>) {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.vring.get_mut();
@@ -327,7 +328,7 @@ impl VhostRxRing {
         scratch: &mut RxScratch,
         state: &mut VringState<SharedGuestMemory>,
         count: usize,
-        frame: &impl Fn(usize) -> (&'a [u8; 12], FrameBytes<'a>),
+        frame: &impl Fn(usize) -> (&'a VirtioNetHdrBytes, FrameBytes<'a>),
     ) -> (usize, Option<RingWrite>) {
         let mem = HostMemory::current(&self.mem, &mut scratch.host);
         let ring = match scratch.ring.get(mem, state.get_queue()) {
@@ -401,7 +402,7 @@ impl VhostRxRing {
         ring: &SplitRing,
         scratch: &mut FrameScratch<'_>,
         mergeable: bool,
-        header: &[u8; 12],
+        header: &VirtioNetHdrBytes,
         frame: FrameBytes<'_>,
     ) -> RingWrite {
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
@@ -498,7 +499,7 @@ impl VhostRxRing {
         mem: &HostMemory,
         ring: &SplitRing,
         scratch: &mut FrameScratch<'_>,
-        header: &[u8; 12],
+        header: &VirtioNetHdrBytes,
         frame: FrameBytes<'_>,
         needed: usize,
     ) -> bool {
@@ -537,7 +538,7 @@ impl VhostRxRing {
         queue: &mut Queue,
         ring: &SplitRing,
         chains: &mut ChainScratch<'_>,
-        header: &[u8; 12],
+        header: &VirtioNetHdrBytes,
         frame: &FrameBytes<'_>,
         needed: usize,
     ) {
@@ -593,7 +594,7 @@ fn injected_failure(needed: usize) -> bool {
 /// that built it, and such a load waits for every older store, the previous frame's stores
 /// into the guest's lines included (a fifth of the RX profile).
 #[inline]
-fn write_header(at: usize, header: &[u8; 12], buffers: u16) {
+fn write_header(at: usize, header: &VirtioNetHdrBytes, buffers: u16) {
     let (low, high) = header.split_at(8);
     let low = u64::from_le_bytes(low.try_into().expect("8 bytes"));
     let high = u32::from(u16::from_le_bytes([high[0], high[1]])) | u32::from(buffers) << 16;
@@ -637,7 +638,7 @@ impl FrameScratch<'_> {
         ring: &SplitRing,
         head: u16,
         to: usize,
-        header: &[u8; 12],
+        header: &VirtioNetHdrBytes,
         bytes: &[u8],
     ) {
         self.deferred.push(DeferredCopy {
@@ -662,11 +663,11 @@ impl FrameScratch<'_> {
 }
 
 impl GuestRxRing for VhostRxRing {
-    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
+    fn write(&self, header: &VirtioNetHdrBytes, frame: &[u8]) -> RingWrite {
         self.write_bytes(header, FrameBytes::whole(frame))
     }
 
-    fn write_bytes(&self, header: &[u8; 12], frame: FrameBytes<'_>) -> RingWrite {
+    fn write_bytes(&self, header: &VirtioNetHdrBytes, frame: FrameBytes<'_>) -> RingWrite {
         match self.write_frames(1, |_| (header, frame)) {
             (_, Some(outcome)) => outcome,
             (_, None) => RingWrite::Written,

@@ -13,10 +13,6 @@ use virtio_bindings::bindings::virtio_ring::{
 
 use crate::nic::GuestOffloads;
 
-/// The virtio-net header with VERSION_1 (`struct virtio_net_hdr_v1`): always 12 bytes, whether
-/// or not MRG_RXBUF was negotiated.
-pub const VIRTIO_NET_HDR_LEN: usize = 12;
-
 /// Most queue pairs a port offers (`--queues`); the virtio spec allows more, QEMU's vhost-user
 /// netdev takes up to 1024, 16 is what a 100G NIC in a test VM needs.
 pub const MAX_QUEUE_PAIRS: u16 = 16;

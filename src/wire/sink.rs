@@ -2,15 +2,16 @@
 //! is never the bottleneck (benchmarks, loading a guest without a second VM).
 
 use crate::nic::{FrameBytes, GuestOffloads, GuestRxRing, RingWrite};
+use crate::packet::offload::VirtioNetHdrBytes;
 
 pub struct SinkRing;
 
 impl GuestRxRing for SinkRing {
-    fn write(&self, _header: &[u8; 12], _frame: &[u8]) -> RingWrite {
+    fn write(&self, _header: &VirtioNetHdrBytes, _frame: &[u8]) -> RingWrite {
         RingWrite::Written
     }
 
-    fn write_bytes(&self, _header: &[u8; 12], _frame: FrameBytes<'_>) -> RingWrite {
+    fn write_bytes(&self, _header: &VirtioNetHdrBytes, _frame: FrameBytes<'_>) -> RingWrite {
         RingWrite::Written
     }
 

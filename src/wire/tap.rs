@@ -16,7 +16,7 @@ use std::thread;
 use log::{error, warn};
 
 use crate::nic::{GuestOffloads, GuestRxRing, RingWrite, TxFrame};
-use crate::packet::offload::{Offload, VIRTIO_NET_HDR_LEN};
+use crate::packet::offload::{Offload, VIRTIO_NET_HDR_LEN, VirtioNetHdrBytes};
 use crate::port::tx::MAX_TX_CHAIN;
 use crate::stats;
 use crate::stats::RateLimitedLog;
@@ -118,7 +118,7 @@ pub struct TapRing {
 }
 
 impl GuestRxRing for TapRing {
-    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
+    fn write(&self, header: &VirtioNetHdrBytes, frame: &[u8]) -> RingWrite {
         let parts = [IoSlice::new(header), IoSlice::new(frame)];
         // A tap takes a whole frame per write or nothing, so a short count cannot happen.
         match (&self.file).write_vectored(&parts) {

@@ -32,7 +32,8 @@ use std::thread;
 use log::{error, info};
 
 use crate::nic::{BurstFrame, GuestOffloads, GuestRxRing, RingWrite, TxFrame};
-use crate::packet::offload::Offload;
+use crate::packet::ip_proto;
+use crate::packet::offload::{Offload, VirtioNetHdrBytes};
 use crate::packet::vxlan::{FLAG_VNI_VALID, HEADER_LEN, VxlanPacket};
 use crate::stats::{self, PortCounters};
 use crate::switch::fabric::{Fabric, ForwardState};
@@ -245,7 +246,7 @@ pub fn flow_hash(frame: &[u8]) -> u64 {
     let mut hash = fnv(basis, addresses);
     if let Some(proto) = proto {
         hash = fnv(hash, &[proto]);
-        if matches!(proto, 6 | 17 | 132)
+        if matches!(proto, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP)
             && let Some(ports) = frame.get(l4..l4 + 4)
         {
             hash = fnv(hash, ports);
@@ -418,7 +419,7 @@ impl VxlanRing {
 }
 
 impl GuestRxRing for VxlanRing {
-    fn write(&self, header: &[u8; 12], frame: &[u8]) -> RingWrite {
+    fn write(&self, header: &VirtioNetHdrBytes, frame: &[u8]) -> RingWrite {
         match self.write_burst(&[(header, frame)]) {
             (1, _) => RingWrite::Written,
             (_, outcome) => outcome.unwrap_or(RingWrite::NotReady),

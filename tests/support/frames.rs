@@ -9,8 +9,9 @@ use virtio_bindings::virtio_net::{
 
 use super::{HarnessError, Result};
 
-/// Size of `virtio_net_hdr_v1`, the only header format with VERSION_1.
-pub const NET_HDR_LEN: usize = 12;
+/// Size of `virtio_net_hdr_v1`, the only header format with VERSION_1 (defined once, in
+/// the crate's packet module).
+pub use prism_vnic::packet::offload::VIRTIO_NET_HDR_LEN;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
@@ -53,8 +54,8 @@ impl VirtioNetHdr {
         }
     }
 
-    pub fn to_bytes(self) -> [u8; NET_HDR_LEN] {
-        let mut b = [0u8; NET_HDR_LEN];
+    pub fn to_bytes(self) -> [u8; VIRTIO_NET_HDR_LEN] {
+        let mut b = [0u8; VIRTIO_NET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
         b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
@@ -65,7 +66,7 @@ impl VirtioNetHdr {
         b
     }
 
-    pub fn from_bytes(b: &[u8; NET_HDR_LEN]) -> Self {
+    pub fn from_bytes(b: &[u8; VIRTIO_NET_HDR_LEN]) -> Self {
         let le = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         VirtioNetHdr {
             flags: b[0],

@@ -10,7 +10,7 @@ use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use super::frames::{NET_HDR_LEN, VirtioNetHdr};
+use super::frames::{VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 use super::guest_memory::GuestRam;
 use super::vhost_user::{VhostUserConnection, VringAddrMsg};
 use super::virtqueue::{ChainBuf, Completion, Desc, InFlight, SplitQueue, UsedEntry};
@@ -129,7 +129,7 @@ impl GuestOptions {
 #[derive(Clone, Debug)]
 pub struct RxFrame {
     pub pair: u16,
-    pub hdr: [u8; NET_HDR_LEN],
+    pub hdr: [u8; VIRTIO_NET_HDR_LEN],
     pub frame: Vec<u8>,
     /// Used lengths of the buffers it arrived in, in order.
     pub used_lens: Vec<u32>,
@@ -143,7 +143,7 @@ impl RxFrame {
 
 /// A mergeable frame whose buffers have not all been used yet.
 struct PartialFrame {
-    hdr: [u8; NET_HDR_LEN],
+    hdr: [u8; VIRTIO_NET_HDR_LEN],
     frame: Vec<u8>,
     used_lens: Vec<u32>,
     buffers_left: u16,
@@ -477,11 +477,11 @@ impl TestGuest {
             // A chain given back unused (e.g. rejected as malformed): no frame.
             return Ok(());
         }
-        let hdr: [u8; NET_HDR_LEN] = data
-            .get(..NET_HDR_LEN)
+        let hdr: [u8; VIRTIO_NET_HDR_LEN] = data
+            .get(..VIRTIO_NET_HDR_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| bad(format!("used len {len} shorter than the virtio-net header")))?;
-        let frame = data[NET_HDR_LEN..].to_vec();
+        let frame = data[VIRTIO_NET_HDR_LEN..].to_vec();
         let num_buffers = VirtioNetHdr::from_bytes(&hdr).num_buffers;
         let buffers = if self.has(feature::MRG_RXBUF) {
             if num_buffers == 0 {

@@ -3,7 +3,7 @@ use crate::classify::parse::FlowKey;
 use crate::classify::rules::{Rule, RuleSet};
 use crate::classify::test_frames::*;
 use crate::classify::{Class, Classifier, ClassifierConfig, QueueChoice, Trust};
-use crate::packet::checksum;
+use crate::packet::{checksum, ip_proto};
 
 /// Small value domains, so random frames often share fields with each other and with the
 /// random rules (a cache keyed on too few fields would then hand one frame another's
@@ -29,8 +29,8 @@ fn random_tags(rng: &mut Rng) -> Vec<(u16, u8, u16)> {
 fn random_l4(rng: &mut Rng, proto: u8) -> Vec<u8> {
     let (sport, dport) = (rng.pick(&PORTS), rng.pick(&PORTS));
     match proto {
-        6 => tcp(sport, dport, &[]),
-        17 => udp(sport, dport, 8),
+        ip_proto::TCP => tcp(sport, dport, &[]),
+        ip_proto::UDP => udp(sport, dport, 8),
         _ => vec![0u8; 8],
     }
 }
@@ -39,7 +39,7 @@ fn random_l4(rng: &mut Rng, proto: u8) -> Vec<u8> {
 /// ICMP; and, when `tunnel`, sometimes VXLAN with a random inner frame.
 fn random_frame(rng: &mut Rng, tunnel: bool) -> Vec<u8> {
     let tags = random_tags(rng);
-    let proto = rng.pick(&[6u8, 17, 17, 1]);
+    let proto = rng.pick(&[ip_proto::TCP, ip_proto::UDP, ip_proto::UDP, ip_proto::ICMP]);
     let dscp = rng.pick(&DSCPS);
     match rng.below(5) {
         0 => {
@@ -59,7 +59,7 @@ fn random_frame(rng: &mut Rng, tunnel: bool) -> Vec<u8> {
         _ => {
             let src = [10, 0, 0, rng.pick(&[1, 2])];
             let dst = [10, 0, rng.pick(&[0, 1]), 1];
-            let vxlan_inside = tunnel && proto == 17 && rng.chance(50);
+            let vxlan_inside = tunnel && proto == ip_proto::UDP && rng.chance(50);
             let mut l4 = if vxlan_inside {
                 let inner = random_frame(rng, false);
                 let mut bytes = udp(rng.pick(&PORTS), 4789, 8 + inner.len());
