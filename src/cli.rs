@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::nic::moderation::CoalesceSettings;
+use crate::nic::netem::{NetemAction, NetemCommand, NetemError};
 use crate::port::virtio_net::MAX_QUEUE_PAIRS;
 use crate::switch::{Mac, MacLock};
 use crate::wire::generator::{GeneratorSpec, MAX_LEN, MIN_LEN};
@@ -47,6 +48,8 @@ pub enum Command {
     /// Start or stop capturing the frames a port delivers, to a new pcapng file in the
     /// daemon's capture directory.
     Capture(CaptureArgs),
+    /// Show or change a port's impairments, in tc-netem's words.
+    Netem(NetemArgs),
 }
 
 impl Command {
@@ -60,6 +63,7 @@ impl Command {
             Command::Coalesce(args) => &args.control,
             Command::Residence(args) => &args.control,
             Command::Capture(args) => &args.control,
+            Command::Netem(args) => &args.control,
         };
         &args.control
     }
@@ -141,6 +145,24 @@ pub struct CaptureArgs {
     pub queue: Option<usize>,
     /// The new pcapng file's name in the daemon's --capture-dir; without it, capturing stops.
     pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  prism-vnic netem vm2 delay 100us 20us distribution normal loss gemodel 1% 10% \
+reorder 5% gap 3 duplicate 0.1% corrupt 0.01% seed 42\n  prism-vnic netem vm2 spare-high loss 1%\n  \
+prism-vnic netem vm2 off"
+)]
+pub struct NetemArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    pub port: String,
+    /// [class high|normal|all | spare-high] followed by off, show (the default) or settings:
+    /// delay TIME [JITTER] [distribution uniform|normal|pareto], loss [random] P [CORR],
+    /// loss gemodel P [R [1-H [1-K]]], reorder P [CORR] [gap N], duplicate P [CORR],
+    /// corrupt P [CORR], seed N.
+    #[arg(num_args = 0..)]
+    pub settings: Vec<String>,
 }
 
 /// `--control` of every subcommand. Global, so it is accepted before or after a nested
@@ -273,6 +295,12 @@ pub struct RunArgs {
     /// Capture frames delivered to a port (or one of its RX queues) to a new pcapng file.
     #[arg(long = "pcap", value_name = "PORT[:QUEUE]=FILE", value_parser = parse_pcap_arg)]
     pub pcaps: Vec<PcapArg>,
+    /// Impairments of a port's incoming frames, in tc-netem's words separated by spaces or
+    /// commas: PORT=[class high|normal|all | spare-high] [delay TIME [JITTER]
+    /// [distribution D]] [loss ...] [reorder ...] [duplicate P] [corrupt P] [seed N] (see
+    /// `prism-vnic netem --help`). Repeatable, once per port and class.
+    #[arg(long = "netem", value_name = "PORT=SETTINGS", value_parser = parse_netem_arg)]
+    pub netem: Vec<(String, NetemCommand)>,
     /// Serve Prometheus metrics over HTTP at ADDR (e.g. 127.0.0.1:9464), path /metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -336,6 +364,14 @@ pub enum ValueError {
     Generator { name: String, problem: String },
     #[error("vxlan {name}: {problem}")]
     Vxlan { name: String, problem: String },
+    #[error("--netem {name}: {source}")]
+    Netem {
+        name: String,
+        #[source]
+        source: NetemError,
+    },
+    #[error("--netem {0}: give settings (off and show are for `prism-vnic netem` at run time)")]
+    NetemNotSettings(String),
 }
 
 fn parse_rules_arg(value: &str) -> Result<(Option<String>, PathBuf), ValueError> {
@@ -463,6 +499,18 @@ fn parse_vxlan(value: &str) -> Result<(String, VxlanSpec), ValueError> {
     match spec.parse() {
         Ok(spec) => Ok((name, spec)),
         Err(problem) => Err(ValueError::Vxlan { name, problem }),
+    }
+}
+
+fn parse_netem_arg(value: &str) -> Result<(String, NetemCommand), ValueError> {
+    let (name, text) = split_named(value)?;
+    let command: NetemCommand = text.parse().map_err(|source| ValueError::Netem {
+        name: name.clone(),
+        source,
+    })?;
+    match command.action {
+        NetemAction::Set(_) => Ok((name, command)),
+        NetemAction::Show | NetemAction::Off => Err(ValueError::NetemNotSettings(name)),
     }
 }
 

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::classify::{ClassifierConfig, Trust};
+use crate::classify::{Class, ClassifierConfig, Trust};
 use crate::cli::{RunArgs, TrustArg};
 use crate::control::ControlSettings;
 use crate::control::access::{self, AccessError, Gid};
 use crate::nic::NicConfig;
 use crate::nic::link::LinkSettings;
+use crate::nic::netem::{NetemAction, NetemSettings};
 use crate::switch::{Mac, MacLock, PortId, SwitchConfig};
 use crate::wire::generator::GeneratorSpec;
 use crate::wire::vxlan::VxlanSpec;
@@ -60,6 +61,8 @@ pub struct PortSpec {
     pub capture: Option<CaptureSpec>,
     /// The source address it is locked to (`--mac-lock`).
     pub mac_lock: Option<MacLock>,
+    /// Its impairments at start (`--netem`), per class: high, normal.
+    pub netem: [Option<NetemSettings>; 2],
 }
 
 /// The vhost-user device every vhost-user port presents.
@@ -121,6 +124,12 @@ pub enum ConfigError {
     HighQueues { high: u16, queues: u16 },
     #[error("--mac-lock {0}: there is no port {0:?}")]
     MacLockUnknownPort(String),
+    #[error("--netem {0}=...: there is no port {0:?}")]
+    NetemUnknownPort(String),
+    #[error("--netem {0}=...: {0:?} is a discard port, which drops frames before any NIC")]
+    NetemDiscardPort(String),
+    #[error("--netem {port}=...: the {class} class of {port:?} is given impairments twice")]
+    NetemTwice { port: String, class: Class },
     #[error("{option}: {source}")]
     Group {
         option: &'static str,
@@ -198,6 +207,15 @@ impl TryFrom<RunArgs> for Config {
         {
             return Err(ConfigError::MacLockUnknownPort(port.clone()));
         }
+        for (port, _) in &args.netem {
+            match backend_of(port) {
+                None => return Err(ConfigError::NetemUnknownPort(port.clone())),
+                Some(backend) if !backend.has_nic() => {
+                    return Err(ConfigError::NetemDiscardPort(port.clone()));
+                }
+                Some(_) => {}
+            }
+        }
         check_unique(args.pcaps.iter().map(|pcap| &pcap.port))
             .map_err(|port| ConfigError::PcapTwice(port.clone()))?;
         if args.high_queues > args.queues {
@@ -261,16 +279,18 @@ impl TryFrom<RunArgs> for Config {
                     .iter()
                     .find(|(port, _)| *port == name)
                     .map(|(_, lock)| *lock);
-                PortSpec {
+                let netem = netem_of(&args, &name)?;
+                Ok(PortSpec {
                     id,
                     name,
                     backend,
                     rules,
                     capture,
                     mac_lock,
-                }
+                    netem,
+                })
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Config {
             ports,
             vhost: VhostSettings {
@@ -288,6 +308,27 @@ impl TryFrom<RunArgs> for Config {
             metrics: args.metrics,
         })
     }
+}
+
+/// The impairments `--netem` gives port `name`, per class.
+fn netem_of(args: &RunArgs, name: &str) -> Result<[Option<NetemSettings>; 2], ConfigError> {
+    let mut netem = [None, None];
+    for (port, command) in args.netem.iter().filter(|(port, _)| port == name) {
+        let NetemAction::Set(settings) = command.action else {
+            continue;
+        };
+        for (slot, class) in netem.iter_mut().zip([Class::High, Class::Normal]) {
+            if !command.scope.includes(class) {
+                continue;
+            }
+            if slot.is_some() {
+                let port = port.clone();
+                return Err(ConfigError::NetemTwice { port, class });
+            }
+            *slot = Some(settings);
+        }
+    }
+    Ok(netem)
 }
 
 /// `captures` beside the control socket: a directory of the daemon's own, not one others
@@ -459,6 +500,48 @@ mod tests {
             e.contains("--control-group") && e.contains("no group"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn netem_settings_go_to_their_port_and_class_once() {
+        let config = config(&[
+            "--port",
+            "vm1=/s/vm1.sock",
+            "--sink",
+            "s",
+            "--netem",
+            "vm1=spare-high,loss,1%,seed,4",
+            "--netem",
+            "vm1=class high delay 1ms",
+            "--netem",
+            "s=duplicate 2%",
+        ])
+        .unwrap();
+        let [high, normal] = config.ports[0].netem;
+        assert_eq!(high.unwrap().to_string(), "delay 1ms");
+        assert_eq!(normal.unwrap().to_string(), "loss random 1% seed 4");
+        assert!(config.ports[1].netem.iter().all(Option::is_some));
+        let e = error(&[
+            "--sink",
+            "s",
+            "--netem",
+            "s=loss 1%",
+            "--netem",
+            "s=spare-high delay 1ms",
+        ]);
+        assert!(e.contains("normal class") && e.contains("twice"), "{e}");
+        let e = error(&["--sink", "s", "--netem", "t=loss 1%"]);
+        assert!(e.contains("no port \"t\""), "{e}");
+        let e = error(&["--discard", "d", "--netem", "d=loss 1%"]);
+        assert!(e.contains("discard"), "{e}");
+        let e = Cli::try_parse_from(["prism-vnic", "--sink", "s", "--netem", "s=loss 1% slot 2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--netem s") && e.contains("\"slot\""), "{e}");
+        let e = Cli::try_parse_from(["prism-vnic", "--sink", "s", "--netem", "s=off"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give settings"), "{e}");
     }
 
     #[test]

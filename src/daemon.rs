@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use log::info;
 
 use crate::activation;
-use crate::classify::ClassifierError;
 use crate::classify::rules::{RuleSet, RulesError};
+use crate::classify::{Class, ClassifierError};
 use crate::config::{Config, PortBackend, PortSpec, SocketSettings};
 use crate::control::{self, paths};
 use crate::metrics;
 use crate::nic::capture::{Capture, CaptureError};
+use crate::nic::netem::ClassScope;
 use crate::nic::{Nic, NicConfig, scheduler};
 use crate::port::backend::PortConfig;
 use crate::port::server::{self, PortListener};
@@ -206,6 +207,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             _ => 1,
         };
         let port = make_port(spec, queues, &config.nic)?;
+        for (class, settings) in [Class::High, Class::Normal].into_iter().zip(spec.netem) {
+            if settings.is_some() {
+                port.nic.set_netem(ClassScope::Only(class), settings);
+            }
+            // With the seed chosen for settings given without one: the run can be repeated.
+            if let Some(in_force) = port.nic.netem.settings(class) {
+                info!("netem on {} ({class} class): {in_force}", port.name);
+            }
+        }
         if let Some(capture) = &spec.capture {
             // Named by whoever started the daemon, so anywhere; but always a new file.
             let file = paths::create_capture_file(&capture.file)?;

@@ -78,6 +78,10 @@ fn nic_command(command: Command) -> Result<(), String> {
             args.control.control,
             json!({"cmd": "capture", "port": args.port, "queue": args.queue, "file": args.file}),
         ),
+        Command::Netem(args) => (
+            args.control.control,
+            json!({"cmd": "netem", "port": args.port, "settings": args.settings.join(" ")}),
+        ),
         Command::Residence(args) if args.reset => (
             args.control.control,
             json!({"cmd": "residence-reset", "port": args.port}),

@@ -8,28 +8,12 @@ use std::collections::HashSet;
 use std::process::Command;
 
 use support::daemon::{BINARY, Daemon};
-use support::frames::{VirtioNetHdr, ip6, mac, tagged_payload, udp_frame, udp_tag};
+use support::frames::{VirtioNetHdr, dscp_frame as frame, ip6, mac, tagged_payload, udp_tag};
 use support::guest::{GuestOptions, TestGuest};
 use support::traffic::expect_tag;
 
 const PAIRS: u16 = 4;
 const EF: u8 = 46;
-
-/// A tagged UDP frame from guest 1 to guest 2 with DSCP `dscp` (IPv4 header checksum fixed).
-fn frame(src_port: u16, dst_port: u16, dscp: u8, tag: u32) -> Vec<u8> {
-    let mut frame = udp_frame(1, mac(2), 2, src_port, dst_port, tag, 64);
-    frame[15] = dscp << 2;
-    frame[24] = 0;
-    frame[25] = 0;
-    let sum = frame[14..34]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum::<u32>();
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
-    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
-    frame
-}
 
 fn control(daemon: &Daemon, args: &[&str]) -> String {
     let mut command = Command::new(BINARY);

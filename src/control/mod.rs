@@ -2,7 +2,7 @@
 //! answered by one line. It reads counters and tables; the data path never calls into it.
 //!
 //! Requests: `{"cmd":"stats"}`, `{"cmd":"macs"}`, and the NIC requests of [`nic`] (rules,
-//! link, coalesce, priority weight, residence, capture). Answers: `{"ok":true, ...}` or
+//! link, coalesce, priority weight, residence, capture, netem). Answers: `{"ok":true, ...}` or
 //! `{"ok":false,"error":"..."}`.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -91,6 +91,7 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                     "class_delay_ns": nic::class_delay_json(&port.nic.link),
                 },
                 "priority_weight": port.nic.priority_weight(),
+                "netem": nic::netem_json(port),
                 "buffered_now": port.nic.buffered(),
                 "counters": counters_object(&total),
                 "queues": queues,

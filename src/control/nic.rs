@@ -1,6 +1,6 @@
 //! Control requests that change a port's NIC at run time: flow rules (ethtool -N), link rate
-//! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms and
-//! packet capture. Each takes effect for the next frame; none stops the data path.
+//! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms,
+//! packet capture and impairments (tc-netem). Each takes effect for the next frame; none stops the data path.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,7 @@ use crate::cli::{parse_coalesce, parse_rate};
 use crate::nic::capture::Capture;
 use crate::nic::link::{Link, LinkSettings};
 use crate::nic::moderation::CoalesceSettings;
+use crate::nic::netem::{self, NetemAction, NetemCommand};
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +53,13 @@ pub enum NicRequest {
         port: String,
         queue: Option<usize>,
         file: Option<PathBuf>,
+    },
+    /// Show or change a port's impairments: tc-netem's words (see `nic::netem::settings`);
+    /// none shows them.
+    Netem {
+        port: String,
+        #[serde(default)]
+        settings: String,
     },
 }
 
@@ -109,6 +117,33 @@ pub fn class_delay_json(link: &Link) -> Value {
     json!({
         "high": link.class_delay_ns(Class::High),
         "normal": link.class_delay_ns(Class::Normal),
+    })
+}
+
+/// A port's impairments, per class (settings in tc-netem's words, or null, and counters),
+/// and its delay buffer; for the netem answer here and in the stats.
+pub fn netem_json(port: &FabricPort) -> Value {
+    let nic = &port.nic;
+    let class = |class: Class| {
+        let counters: serde_json::Map<String, Value> = nic
+            .netem
+            .counters(class)
+            .snapshot()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), json!(value)))
+            .collect();
+        json!({
+            "settings": nic.netem.settings(class).map(|settings| settings.to_string()),
+            "counters": counters,
+        })
+    };
+    let (held_bytes, budget_bytes) = nic.netem.held_bytes(nic.link.settings().rate_bps);
+    json!({
+        "high": class(Class::High),
+        "normal": class(Class::Normal),
+        "held_now": nic.netem.held(),
+        "held_bytes": held_bytes,
+        "budget_bytes": budget_bytes,
     })
 }
 
@@ -228,6 +263,25 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
                 find(fabric, &name)?;
             }
             Ok(json!({}))
+        }
+        NicRequest::Netem { port, settings } => {
+            let port = find_nic(fabric, &port)?;
+            // Parsed whole before anything changes: a bad word leaves the settings as they are.
+            let command: NetemCommand = settings
+                .parse()
+                .map_err(|e: netem::NetemError| format!("netem {}: {e}", port.name))?;
+            match command.action {
+                NetemAction::Show => {}
+                NetemAction::Off => {
+                    port.nic.set_netem(command.scope, None);
+                }
+                NetemAction::Set(settings) => {
+                    port.nic.set_netem(command.scope, Some(settings));
+                }
+            }
+            let mut answer = netem_json(port);
+            answer["port"] = json!(port.name);
+            Ok(answer)
         }
         NicRequest::Capture { port, queue, file } => {
             let port = find_nic(fabric, &port)?;

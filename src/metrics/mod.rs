@@ -17,7 +17,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::stats::{PortCounters, QueueCounters, SwitchCounters};
+use crate::classify::Class;
+use crate::stats::{NetemCounters, PortCounters, QueueCounters, SwitchCounters};
 use crate::switch::fabric::Fabric;
 
 /// Upper bounds of the residence histogram's buckets, in nanoseconds: 250 ns to 1 s, three
@@ -181,6 +182,46 @@ impl FabricCollector {
             family(encoder, name, help, None, MetricType::Counter, &samples)?;
         }
         Ok(())
+    }
+
+    /// The impairments' counters per port and class, and the frames their delay holds.
+    fn netem(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let snapshots: Vec<(Vec<(&'static str, String)>, Snapshot)> = self
+            .fabric
+            .ports
+            .iter()
+            .flat_map(|port| {
+                [Class::High, Class::Normal].map(|class| {
+                    let labels = vec![("port", port.name.clone()), ("class", class.to_string())];
+                    (labels, port.nic.netem.counters(class).snapshot())
+                })
+            })
+            .collect();
+        for (index, (name, help)) in NetemCounters::NAMES
+            .iter()
+            .zip(NetemCounters::HELP)
+            .enumerate()
+        {
+            let samples: Vec<Sample> = snapshots
+                .iter()
+                .map(|(labels, snapshot)| (labels.clone(), snapshot[index].1))
+                .collect();
+            family(encoder, name, help, None, MetricType::Counter, &samples)?;
+        }
+        let held: Vec<Sample> = self
+            .fabric
+            .ports
+            .iter()
+            .map(|port| (port_label(&port.name), port.nic.netem.held() as u64))
+            .collect();
+        family(
+            encoder,
+            "netem_held_frames",
+            "Frames the port's impairments hold for their delay now.",
+            None,
+            MetricType::Gauge,
+            &held,
+        )
     }
 
     fn switch_counters(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
@@ -365,6 +406,7 @@ impl Collector for FabricCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.queue_counters(&mut encoder)?;
         self.port_counters(&mut encoder)?;
+        self.netem(&mut encoder)?;
         self.switch_counters(&mut encoder)?;
         self.port_state(&mut encoder)?;
         self.queue_state(&mut encoder)?;

@@ -30,6 +30,7 @@ pub mod deliver;
 pub mod frame;
 pub mod link;
 pub mod moderation;
+pub mod netem;
 pub mod queue;
 mod receive;
 pub mod residence;
@@ -185,6 +186,8 @@ pub struct Nic {
     /// atomic for the data path to read per frame rather than a walk over the rings.
     rx_offloads: AtomicU8,
     pub port_counters: Arc<PortCounters>,
+    /// Impairments on the way in (see [`netem`]).
+    pub netem: netem::Netem,
 }
 
 impl Nic {
@@ -235,6 +238,7 @@ impl Nic {
             connected: AtomicBool::new(false),
             rx_offloads: AtomicU8::new(0),
             port_counters,
+            netem: netem::Netem::new(config.buffer_bytes),
         })
     }
 

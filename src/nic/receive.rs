@@ -9,7 +9,7 @@ use arrayvec::ArrayVec;
 
 use super::burst::{self, Burst, STAGE_MAX_LEN};
 use super::queue::{self, Publish, RxQueue, class_index};
-use super::{BurstFrame, FrameBytes, GuestRxRing, Nic, RingWrite, WRITE_CHUNK};
+use super::{BurstFrame, FrameBytes, GuestRxRing, Nic, RingWrite, WRITE_CHUNK, netem};
 use crate::classify::{Class, Decision};
 use crate::packet::offload::VirtioNetHdrBytes;
 use crate::stats;
@@ -102,6 +102,14 @@ impl Nic {
     /// Receives one frame from the wire (its header already adapted to this guest, its
     /// decision from [`Nic::classify`]) at once. Returns the queue it went to, if any.
     pub fn receive(&self, decision: &Decision, arrival: Arrival<'_>) -> Option<usize> {
+        if self.netem.is_active(decision.class) {
+            return self.impair(netem::Onward::Direct, decision, arrival);
+        }
+        self.receive_clean(decision, arrival)
+    }
+
+    /// [`Nic::receive`] past the impairments.
+    pub(super) fn receive_clean(&self, decision: &Decision, arrival: Arrival<'_>) -> Option<usize> {
         let (queue, ring_guard) = self.admit(decision)?;
         self.receive_on(queue, &ring_guard, decision.class, arrival)
     }
@@ -112,6 +120,19 @@ impl Nic {
     /// lasting frame (see `TxFrame::lasting`) is staged by reference, whatever its length.
     /// Returns the queue the frame goes to, if any.
     pub fn stage(
+        &self,
+        burst: &mut Burst,
+        decision: &Decision,
+        arrival: Arrival<'_>,
+    ) -> Option<usize> {
+        if self.netem.is_active(decision.class) {
+            return self.impair(netem::Onward::Burst(burst), decision, arrival);
+        }
+        self.stage_clean(burst, decision, arrival)
+    }
+
+    /// [`Nic::stage`] past the impairments.
+    pub(super) fn stage_clean(
         &self,
         burst: &mut Burst,
         decision: &Decision,

@@ -91,9 +91,13 @@ pub fn spawn(nic: Arc<Nic>, name: &str) -> io::Result<thread::JoinHandle<()>> {
             loop {
                 let generation = nic.waker.generation.load(Ordering::SeqCst);
                 let now = nic.now_ns();
+                let release_at = nic.release_held(now);
                 let drain_at = nic.drain(now);
                 let notify_at = nic.flush_notifications(nic.now_ns());
-                let deadline = [drain_at, notify_at].into_iter().flatten().min();
+                let deadline = [release_at, drain_at, notify_at]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 let timeout = deadline.map(|at| at.saturating_sub(nic.now_ns()));
                 if timeout == Some(0) {
                     continue;

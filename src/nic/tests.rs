@@ -13,9 +13,9 @@ use crate::classify::{ClassifierConfig, Trust};
 use crate::stats::{PortCounters, QueueCounters};
 
 #[derive(Default)]
-struct FakeRing {
-    frames: Mutex<Vec<Vec<u8>>>,
-    room: AtomicUsize,
+pub(super) struct FakeRing {
+    pub(super) frames: Mutex<Vec<Vec<u8>>>,
+    pub(super) room: AtomicUsize,
     notified: AtomicUsize,
     disabled: AtomicBool,
 }
@@ -47,16 +47,16 @@ impl GuestRxRing for Arc<FakeRing> {
 }
 
 impl FakeRing {
-    fn tags(&self) -> Vec<u8> {
+    pub(super) fn tags(&self) -> Vec<u8> {
         self.frames.lock().unwrap().iter().map(|f| f[TAG]).collect()
     }
 }
 
 /// Byte of the UDP payload that tells test frames apart.
-const TAG: usize = 14 + 20 + 8;
+pub(super) const TAG: usize = 14 + 20 + 8;
 
 /// An Ethernet/IPv4/UDP frame with DSCP `dscp` and a tag byte.
-fn frame(dscp: u8, tag: u8) -> Vec<u8> {
+pub(super) fn frame(dscp: u8, tag: u8) -> Vec<u8> {
     let mut out = Vec::new();
     etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
         .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
@@ -67,7 +67,7 @@ fn frame(dscp: u8, tag: u8) -> Vec<u8> {
     out
 }
 
-const EF: u8 = 46;
+pub(super) const EF: u8 = 46;
 
 /// A frame arriving with a plain header.
 fn arrival(bytes: FrameBytes<'_>, wire_bytes: u64, arrival_ns: u64) -> Arrival<'_> {
@@ -79,13 +79,13 @@ fn arrival(bytes: FrameBytes<'_>, wire_bytes: u64, arrival_ns: u64) -> Arrival<'
     }
 }
 
-struct Rig {
-    nic: Nic,
-    rings: Vec<Arc<FakeRing>>,
+pub(super) struct Rig {
+    pub(super) nic: Nic,
+    pub(super) rings: Vec<Arc<FakeRing>>,
 }
 
 impl Rig {
-    fn new(queues: usize, config: NicConfig, rules: RuleSet) -> Self {
+    pub(super) fn new(queues: usize, config: NicConfig, rules: RuleSet) -> Self {
         let counters: Vec<Arc<QueueCounters>> = (0..queues).map(|_| Arc::default()).collect();
         let nic = Nic::new(&counters, Arc::new(PortCounters::default()), &config, rules).unwrap();
         let rings: Vec<Arc<FakeRing>> =
@@ -97,7 +97,7 @@ impl Rig {
         Rig { nic, rings }
     }
 
-    fn send(&self, frame: &[u8], at_ns: u64) -> Option<usize> {
+    pub(super) fn send(&self, frame: &[u8], at_ns: u64) -> Option<usize> {
         let decision = self.nic.classify(frame);
         let wire = wire_bytes(frame.len(), 1, 0);
         self.nic
@@ -113,7 +113,7 @@ impl Rig {
     }
 }
 
-fn config() -> NicConfig {
+pub(super) fn config() -> NicConfig {
     NicConfig {
         buffer_frames: 4,
         link: LinkSettings {

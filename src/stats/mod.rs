@@ -139,6 +139,25 @@ counters! {
 }
 
 counters! {
+    /// Counters of the impairments (`netem`) of one class of one port, one per effect.
+    NetemCounters {
+        /// Frames dropped by the loss model (random or Gilbert-Elliott).
+        netem_lost,
+        /// Frames sent twice.
+        netem_duplicated,
+        /// Frames with one bit flipped.
+        netem_corrupted,
+        /// Frames sent at once, ahead of frames held for their delay.
+        netem_reordered,
+        /// Frames (and duplicates) held for a delay.
+        netem_delayed,
+        /// Frames to be held that were dropped because the delay buffer's byte budget was
+        /// full (not a loss the model chose).
+        netem_drops_budget,
+    }
+}
+
+counters! {
     /// Counters of the control socket: one per reason a client is turned away.
     ControlCounters {
         /// Connections refused by the peer-credential check (not root, the daemon's user or
@@ -229,6 +248,7 @@ mod tests {
         for (names, help) in [
             (QueueCounters::NAMES, QueueCounters::HELP),
             (PortCounters::NAMES, PortCounters::HELP),
+            (NetemCounters::NAMES, NetemCounters::HELP),
             (SwitchCounters::NAMES, SwitchCounters::HELP),
         ] {
             assert_eq!(names.len(), help.len());

@@ -114,6 +114,22 @@ pub fn udp_frame(
     frame
 }
 
+/// A tagged UDP frame from guest 1 to guest 2 with DSCP `dscp` (IPv4 header checksum fixed).
+pub fn dscp_frame(src_port: u16, dst_port: u16, dscp: u8, tag: u32) -> Vec<u8> {
+    let mut frame = udp_frame(1, mac(2), 2, src_port, dst_port, tag, 64);
+    frame[15] = dscp << 2;
+    frame[24] = 0;
+    frame[25] = 0;
+    let sum = frame[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+    frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+    frame
+}
+
 /// A frame of exactly `len` bytes (Ethernet + IPv4 + UDP + padding payload).
 pub fn udp_frame_of_len(src: u8, dst_mac: [u8; 6], dst: u8, tag: u32, len: usize) -> Vec<u8> {
     let overhead = ETH_LEN + IPV4_LEN + 8;
