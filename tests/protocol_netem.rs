@@ -188,6 +188,45 @@ fn loss_of_1_percent_set_at_start_drops_a_binomial_share_and_counts_it_everywher
 }
 
 #[test]
+fn gilbert_elliott_loss_and_reordering_through_the_daemon_match_their_expected_rates() {
+    let mut pair = pair(&[
+        "--netem",
+        "b=delay 100ms loss gemodel 1% 10% reorder 10% gap 3 seed 21",
+    ]);
+    let got = exchange(&mut pair, &frames(0, FRAMES, 0));
+    let netem = netem_of(&pair.daemon.stats().expect("stats"));
+    let lost = counter(&netem, "normal", "netem_lost");
+    assert_eq!(FRAMES as u64 - got.len() as u64, lost);
+    // The loss is the chain's bad state (1-h 100%, 1-k 0%): stationary share p / (p + r),
+    // its count's variance a binomial's times (1 + l) / (1 - l), l = 1 - p - r.
+    let (p, r) = (0.01, 0.1);
+    let rate = p / (p + r);
+    let lambda = 1.0 - p - r;
+    let n = FRAMES as f64;
+    let bound = 5.0 * (n * rate * (1.0 - rate) * (1.0 + lambda) / (1.0 - lambda)).sqrt();
+    assert!(
+        (lost as f64 - n * rate).abs() <= bound,
+        "gemodel: {lost} lost, expected {} +- {bound}",
+        n * rate
+    );
+    // Of the frames that go on, after every 2 delayed ones each goes at once with 10%: one
+    // in 2 + 1/0.1 = 12, a renewal count of variance n Var(G) / E[cycle]^3.
+    let survivors = got.len() as f64;
+    let (q, cycle) = (0.1, 12.0);
+    let reordered = counter(&netem, "normal", "netem_reordered") as f64;
+    let bound = 5.0 * (survivors * ((1.0 - q) / (q * q)) / f64::powi(cycle, 3)).sqrt();
+    assert!(
+        (reordered - survivors / cycle).abs() <= bound,
+        "reorder: {reordered} at once, expected {} +- {bound}",
+        survivors / cycle
+    );
+    assert_eq!(
+        counter(&netem, "normal", "netem_delayed") as f64 + reordered,
+        survivors
+    );
+}
+
+#[test]
 fn duplicates_arrive_right_after_their_frame_in_a_binomial_number() {
     let mut pair = pair(&[]);
     set_netem(&pair.daemon, "duplicate 1% seed 11");

@@ -29,7 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::queue::class_index;
 use super::{Arrival, Burst, FrameBytes, Nic};
 use crate::classify::{Class, Decision};
-use crate::packet::offload::{VIRTIO_NET_HDR_LEN, hdr_flags};
+use crate::packet::offload::{VirtioNetHdrBytes, hdr_flags};
 use crate::stats::{self, NetemCounters};
 use model::{ClassModel, Verdict};
 pub use settings::{
@@ -48,7 +48,7 @@ struct Held {
     /// Order of holding: frames due at the same time go in the order they came.
     seq: u64,
     decision: Decision,
-    header: [u8; VIRTIO_NET_HDR_LEN],
+    header: VirtioNetHdrBytes,
     bytes: Vec<u8>,
     wire_bytes: u64,
 }
@@ -263,7 +263,7 @@ pub(super) enum Onward<'b> {
 
 /// The header of a corrupted frame: its checksums are no longer known good, so the guest
 /// must check them (a partial checksum, NEEDS_CSUM, stays the sender's business).
-fn corrupted_header(header: &[u8; VIRTIO_NET_HDR_LEN]) -> [u8; VIRTIO_NET_HDR_LEN] {
+fn corrupted_header(header: &VirtioNetHdrBytes) -> VirtioNetHdrBytes {
     let mut header = *header;
     header[0] &= !hdr_flags::DATA_VALID;
     header
