@@ -164,3 +164,21 @@ def test_compare_judges_performance_metrics_not_counters():
                 "calibration": []}
     changes, _ = compare.compare(summary(0.5), summary(2.0))
     assert [c.what for c in changes] == ["p99_us sync/mode0"] and changes[0].regression
+
+
+def test_the_calibration_judges_the_harness_against_the_delay_the_nic_applied():
+    cell = results.Cell("host-client", "cal", "idle", True, 0, "overlay")
+    ts = []
+    for r in range(10):
+        base = 300.0 + 10 * r  # the machine's drift, shared by the round
+        for delay, shift, residence in ((0, 0.0, 20.0), (1000, 585.0 + (r % 3), 1190.0)):
+            ts.append(results.new_turn(cell, "mode0", r, 0, {
+                "p50_us": base + shift, "nic_high_residence_p50_us": residence},
+                delay_us=delay))
+    (cal,) = results.analyse_calibration(ts)
+    # Set 1000 us, applied 1170 us (releasing a held frame costs a wake-up): expect +585.
+    assert cal["nominal"] == 500 and cal["applied"]["value"] == 1170
+    assert cal["expected"] == 585 and cal["passes"]
+    without_nic = [{**t, "metrics": {"p50_us": t["metrics"]["p50_us"]}} for t in ts]
+    (nominal,) = results.analyse_calibration(without_nic)
+    assert nominal["expected"] == 500 and not nominal["passes"]  # +17% of the set delay

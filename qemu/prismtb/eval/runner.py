@@ -468,11 +468,23 @@ class Bed:
         return BULK_PORTS[self.bulk_turns % len(BULK_PORTS)]
 
     def high_packets(self) -> int:
+        return self.nic_view()[0]
+
+    def nic_view(self) -> tuple[int, float | None]:
+        """(frames prism-vnic classified high towards the server, the high class's median
+        residence on rx-0 in us since reset_residence(), None without frames)."""
         stats = self.switch.stats() or {}
         for port in stats.get("ports", []):
             if port.get("name") == "srv":
-                return int(port.get("counters", {}).get("rx_high_packets", 0))
-        return 0
+                high = int(port.get("counters", {}).get("rx_high_packets", 0))
+                queues = port.get("queues") or [{}]
+                res = ((queues[0].get("residence") or {}).get("high") or {})
+                p50 = res.get("p50_ns") / 1000 if res.get("count") else None
+                return high, p50
+        return 0, None
+
+    def reset_residence(self) -> None:
+        self.switch.control_command("residence", "--port", "srv", "--reset")
 
     def switch_mode(self, variant: str) -> tuple[RxReading, RxReading]:
         """Sets the mode (on both guests in two-guests) and waits SETTLE_S in the server for
@@ -628,10 +640,16 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
             end, start = bed.switch_mode(step.variant)
             if pending is not None:
                 yield finished(pending, end)
+            if cell.experiment == "cal":
+                bed.reset_residence()
             high0 = bed.high_packets()
             metrics, raw, samples = _probe(bed, cell, seconds, tag, raw_dir)
             # Whether the NIC steered: frames prism-vnic classified high towards the server.
-            metrics["nic_high_packets"] = bed.high_packets() - high0
+            high1, residence = bed.nic_view()
+            metrics["nic_high_packets"] = high1 - high0
+            if cell.experiment == "cal" and residence is not None:
+                # The delay the NIC applied, as it measured it: the calibration's known effect.
+                metrics["nic_high_residence_p50_us"] = residence
             pending = (step, tag, metrics, raw, samples, start)
         if pending is not None:
             end = bed.container_rx()
