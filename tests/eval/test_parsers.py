@@ -83,3 +83,8 @@ def test_outputs_without_results_say_which_tool():
                            (parsers.memcaslap, "servers: x", "memcaslap")]:
         with pytest.raises(parsers.ParseError, match=tool):
             fn(text)
+
+
+def test_a_sockperf_turn_without_any_reply_is_recognised():
+    assert parsers.sockperf_no_reply(read("sockperf-no-reply.txt"))
+    assert not parsers.sockperf_no_reply(read("sockperf.txt"))

@@ -158,3 +158,8 @@ def memcaslap(text: str) -> dict:
     if "get" not in out or "ops_per_s" not in out:
         raise ParseError("memcaslap: no final statistics (run with -S as long as -t)")
     return out
+
+
+def sockperf_no_reply(text: str) -> bool:
+    """Whether a sockperf client got no reply in its whole run (it then writes no log)."""
+    return "No messages were received from the server" in text

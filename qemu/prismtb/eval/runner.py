@@ -551,12 +551,17 @@ def _probe(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path
                          timeout=seconds + 120, container=cell.path == "overlay")
         (raw_dir / f"{tag}.sockperf.txt").write_text(out)
         raw["sockperf"] = f"raw/{tag}.sockperf.txt"
+        if parsers.sockperf_no_reply(out):
+            # No reply in the whole turn: a turn without latencies (the analysis pairs the
+            # rounds that have them), counted, rather than the end of the run.
+            return {"no_reply": 1}, raw, samples
         try:
             samples = parsers.sockperf_full_log(client.read(log))
         except (parsers.ParseError, OSError) as e:
             raise EvalError(f"{tag}: {e}; sockperf printed:\n{out[-2000:]}") from e
         metrics = parsers.latency_metrics(samples)
         metrics["dropped"] = parse_sockperf(out).get("dropped", 0)
+        metrics["no_reply"] = 0
     elif cell.experiment == "c":
         out = client.run(f"memcaslap -s {SERVER_C1}:{MEMCACHED_PORT} -T 1 -c 1 "
                          f"-t {int(seconds)}s -S {int(seconds)}s", timeout=seconds + 120)
