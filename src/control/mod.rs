@@ -443,11 +443,32 @@ pub fn format_stats(stats: &Value, only_port: Option<&str>) -> String {
                 out += &format!("     {direction}_queue_{index}_{rest}: {value}\n");
             }
         }
+        out += &format_netem(&port["netem"]);
     }
     if only_port.is_none() {
         out += "switch:\n";
         for (counter, value) in stats["switch"].as_object().into_iter().flatten() {
             out += &format!("     {counter}: {value}\n");
+        }
+    }
+    out
+}
+
+/// A port's impairments in a stats answer, per class impaired now or before: the settings,
+/// then the counters named `netem_<class>_<effect>`.
+fn format_netem(netem: &Value) -> String {
+    let mut out = String::new();
+    for class in ["high", "normal"] {
+        let counters = netem[class]["counters"].as_object();
+        let counted = counters.is_some_and(|c| c.values().any(|v| v.as_u64() != Some(0)));
+        let settings = netem[class]["settings"].as_str();
+        if settings.is_none() && !counted {
+            continue;
+        }
+        out += &format!("     netem {class}: {}\n", settings.unwrap_or("off"));
+        for (counter, value) in counters.into_iter().flatten() {
+            let effect = counter.strip_prefix("netem_").unwrap_or(counter);
+            out += &format!("     netem_{class}_{effect}: {value}\n");
         }
     }
     out
@@ -491,8 +512,23 @@ pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_residence;
+    use super::{format_netem, format_residence};
     use serde_json::json;
+
+    #[test]
+    fn netem_lines_show_the_classes_impaired_now_or_before_only() {
+        let netem = json!({
+            "high": {"settings": null, "counters": {"netem_lost": 0}},
+            "normal": {"settings": "loss random 1% seed 7", "counters": {"netem_lost": 3}},
+        });
+        assert_eq!(
+            format_netem(&netem),
+            "     netem normal: loss random 1% seed 7\n     netem_normal_lost: 3\n"
+        );
+        let turned_off = json!({"high": {"settings": null, "counters": {"netem_lost": 2}}});
+        assert!(format_netem(&turned_off).starts_with("     netem high: off\n"));
+        assert_eq!(format_netem(&json!({})), "");
+    }
 
     #[test]
     fn residence_rows_line_up_under_their_headers() {
