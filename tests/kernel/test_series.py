@@ -21,6 +21,7 @@ EXPECTED_STEPS = [
     r"gro_cells and netif_rx",
     r"mark priority packets on transmit",
     r"per RX queue",
+    r"RX queue's NAPI ahead",
     r"document PRISM",
 ]
 

@@ -63,6 +63,7 @@ def test_bad_values_to_every_knob_fail_cleanly(ov: Overlay, report):
     bad = {
         f"{KNOBS}/prism_mode": ["3", "-1", "abc", "", "1x", "99999999999999999999"],
         f"{KNOBS}/prism_prio_weight": ["0", "65537", "-5", "abc", "99999999999999999999"],
+        f"{KNOBS}/prism_napi_ahead": ["2", "-1", "abc", "", "1x"],
         f"{KNOBS}/prism_ports": ["add 0", "add 65536", "add 5-3", "frobnicate 5", "del",
                                  "5001,abc", ""],
         f"{KNOBS}/prism_vxlan_ports": ["add 0", "add 70000", "x", ""],
