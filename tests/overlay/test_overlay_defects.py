@@ -96,13 +96,17 @@ def test_a_marked_flood_at_the_cap_lets_the_nic_and_gro_cell_run(ov: Overlay, re
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["vanilla", "batch", "sync"])
 def test_a_marked_tcp_flow_keeps_its_order(ov: Overlay, mode: int, report):
     """Defect 3. A marked TCP flow (5 s at 100 Mbit/s, alone: the counters are per
-    namespace, and a bulk flow's losses under PRISM move them too) between the containers:
-    every segment the receiver queued out of order (TCPOFOQueue) or the sender saw reordered
-    (TCPSACKReorder) is accounted for by a retransmission (a loss, or a spurious timeout of
-    a TCG guest), in every mode. A guard: before the fix sync mode sent segments from
-    tcp_sendmsg() synchronously and those from softirq or tcp_release_cb() through the
-    priority backlog, which reorders without loss, but this run did not show it (every
-    counter 0 in every mode on the series before the fix)."""
+    namespace, and a bulk flow's losses under PRISM move them too) between the containers,
+    in every mode: every reordering the sender saw (TCPSACKReorder) is accounted for by a
+    retransmission (a loss, or a spurious timeout of a TCG guest), and the receiver queued
+    segments out of order (TCPOFOQueue) only if something was retransmitted. TCPOFOQueue
+    counts segments, not events: after one loss every later segment of the window waits
+    behind the hole (prism-vnic dropping 67 frames of this flow when the loaded guest fell
+    behind gave 1909 of them), so it cannot be compared one to one with the retransmissions;
+    the drop counters that moved are reported. A guard: before the fix sync mode sent
+    segments from tcp_sendmsg() synchronously and those from softirq or tcp_release_cb()
+    through the priority backlog, which reorders without loss, but this run did not show it
+    (every counter 0 in every mode on the series before the fix)."""
     ov.set_mode(mode)
     drops0 = {n: ov.drop_counters(n) for n in (1, 2)}
     rx0 = tcpext(ov, 2, ("TCPOFOQueue",))
@@ -117,7 +121,8 @@ def test_a_marked_tcp_flow_keeps_its_order(ov: Overlay, mode: int, report):
     retransmits = int(m.group(1))
     report(f"defect 3 mode {mode}: receiver {rx}, sender {tx}, retransmits {retransmits}, "
            f"drops that moved {drops}")
-    assert rx["TCPOFOQueue"] + tx["TCPSACKReorder"] <= retransmits, (rx, tx, retransmits)
+    assert tx["TCPSACKReorder"] <= retransmits, (rx, tx, retransmits, drops)
+    assert rx["TCPOFOQueue"] == 0 or retransmits > 0, (rx, tx, retransmits, drops)
 
 
 def test_sync_mode_tcp_with_the_bridge_host_never_nests_socket_locks(ov: Overlay, report):
