@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use prism_vnic::cli::{Cli, Command, RuleAction};
 use prism_vnic::config::Config;
+use prism_vnic::control::protocol::{MacsAnswer, Request, RulesAnswer};
 use prism_vnic::{control, daemon};
 
 fn main() -> ExitCode {
@@ -16,30 +18,7 @@ fn main() -> ExitCode {
         None => Config::try_from(cli.run)
             .map_err(|e| e.to_string())
             .and_then(|config| daemon::run(config).map_err(|e| e.to_string())),
-        Some(Command::Stats(args)) => {
-            control::request(&args.control.control, &json!({"cmd": "stats"}))
-                .map(|answer| {
-                    if args.json {
-                        println!("{answer}");
-                    } else {
-                        print!("{}", control::format_stats(&answer, args.port.as_deref()));
-                    }
-                })
-                .map_err(|e| e.to_string())
-        }
-        Some(Command::Macs(args)) => control::request(&args.control, &json!({"cmd": "macs"}))
-            .map(|answer| {
-                for entry in answer["macs"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {}  {}s",
-                        entry["mac"].as_str().unwrap_or("?"),
-                        entry["port"].as_str().unwrap_or("?"),
-                        entry["age_secs"]
-                    );
-                }
-            })
-            .map_err(|e| e.to_string()),
-        Some(command) => nic_command(command),
+        Some(command) => client(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,67 +29,77 @@ fn main() -> ExitCode {
     }
 }
 
-/// The NIC subcommands: one control request each, the answer printed.
-fn nic_command(command: Command) -> Result<(), String> {
-    let (control, request) = match command {
-        Command::Rule(args) => {
-            let request = match args.action {
-                RuleAction::Add { port, rule } => {
-                    json!({"cmd": "rule-add", "port": port, "rule": rule.join(" ")})
-                }
-                RuleAction::Del { port, loc } => {
-                    json!({"cmd": "rule-del", "port": port, "loc": loc})
-                }
-                RuleAction::List { port } => json!({"cmd": "rules", "port": port}),
-            };
-            (args.control.control, request)
-        }
-        Command::Link(args) => (
-            args.control.control,
-            json!({"cmd": "link", "port": args.port, "rate": args.rate, "latency_us": args.latency_us,
-                "delay_us": args.delay_us, "class": args.class}),
-        ),
-        Command::Coalesce(args) => (
-            args.control.control,
-            json!({"cmd": "coalesce", "port": args.port, "queue": args.queue, "settings": args.settings}),
-        ),
-        Command::Capture(args) => (
-            args.control.control,
-            json!({"cmd": "capture", "port": args.port, "queue": args.queue, "file": args.file}),
-        ),
-        Command::Netem(args) => (
-            args.control.control,
-            json!({"cmd": "netem", "port": args.port, "settings": args.settings.join(" ")}),
-        ),
-        Command::Residence(args) if args.reset => (
-            args.control.control,
-            json!({"cmd": "residence-reset", "port": args.port}),
-        ),
-        Command::Residence(args) => {
-            let answer = control::request(&args.control.control, &json!({"cmd": "stats"}))
-                .map_err(|e| e.to_string())?;
-            print!(
-                "{}",
-                control::format_residence(&answer, args.port.as_deref())
-            );
-            return Ok(());
-        }
-        Command::Stats(_) | Command::Macs(_) => return Ok(()),
-    };
-    let mut answer = control::request(&control, &request).map_err(|e| e.to_string())?;
-    if let Some(rules) = answer["rules"].as_array() {
-        for rule in rules {
-            println!(
-                "{:<60} hits {}",
-                rule["rule"].as_str().unwrap_or("?"),
-                rule["hits"]
-            );
-        }
-        return Ok(());
+/// The request a subcommand sends.
+fn request_of(command: &Command) -> Request {
+    match command {
+        Command::Stats(_) => Request::Stats,
+        Command::Macs(_) => Request::Macs,
+        Command::Rule(args) => match &args.action {
+            RuleAction::Add { port, rule } => Request::RuleAdd {
+                port: port.clone(),
+                rule: rule.join(" "),
+            },
+            RuleAction::Del { port, loc } => Request::RuleDel {
+                port: port.clone(),
+                loc: *loc,
+            },
+            RuleAction::List { port } => Request::Rules { port: port.clone() },
+        },
+        Command::Link(args) => Request::Link {
+            port: args.port.clone(),
+            rate: args.rate.clone(),
+            latency_us: args.latency_us,
+            delay_us: args.delay_us,
+            class: args.class.clone(),
+        },
+        Command::Coalesce(args) => Request::Coalesce {
+            port: args.port.clone(),
+            queue: args.queue,
+            settings: args.settings.clone(),
+        },
+        Command::Capture(args) => Request::Capture {
+            port: args.port.clone(),
+            queue: args.queue,
+            file: args.file.clone(),
+        },
+        Command::Netem(args) => Request::Netem {
+            port: args.port.clone(),
+            settings: args.settings.join(" "),
+        },
+        Command::Residence(args) if args.reset => Request::ResidenceReset {
+            port: args.port.clone(),
+        },
+        Command::Residence(_) => Request::Stats,
     }
-    if let Some(map) = answer.as_object_mut() {
-        map.remove("ok");
+}
+
+/// The answer's fields as the answer type of the request.
+fn typed<T: DeserializeOwned>(answer: Value) -> Result<T, String> {
+    serde_json::from_value(answer).map_err(|e| format!("unexpected answer: {e}"))
+}
+
+/// Runs one subcommand: one control request to the socket it names, the answer printed.
+fn client(command: Command) -> Result<(), String> {
+    let answer =
+        control::request(command.control(), &request_of(&command)).map_err(|e| e.to_string())?;
+    match command {
+        Command::Stats(args) if args.json => println!("{answer}"),
+        Command::Stats(args) => print!("{}", control::format_stats(&answer, args.port.as_deref())),
+        Command::Residence(args) if !args.reset => print!(
+            "{}",
+            control::format_residence(&answer, args.port.as_deref())
+        ),
+        Command::Macs(_) => {
+            for entry in typed::<MacsAnswer>(answer)?.macs {
+                println!("{}  {}  {}s", entry.mac, entry.port, entry.age_secs);
+            }
+        }
+        Command::Rule(_) => {
+            for entry in typed::<RulesAnswer>(answer)?.rules {
+                println!("{:<60} hits {}", entry.rule, entry.hits);
+            }
+        }
+        _ => println!("{answer}"),
     }
-    println!("{answer}");
     Ok(())
 }

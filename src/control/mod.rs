@@ -1,8 +1,9 @@
 //! The control socket: a Unix stream socket speaking one JSON object per line, each request
 //! answered by one line. It reads counters and tables; the data path never calls into it.
 //!
-//! Requests: `{"cmd":"stats"}`, `{"cmd":"macs"}`, and the NIC requests of [`nic`] (rules,
-//! link, coalesce, priority weight, residence, capture, netem). Answers: `{"ok":true, ...}` or
+//! The requests and answers are [`protocol`]'s types, shared with the CLI client:
+//! `{"cmd":"stats"}`, `{"cmd":"macs"}`, and the NIC requests [`nic`] answers (rules, link,
+//! coalesce, priority weight, residence, capture, netem). Answers: `{"ok":true, ...}` or
 //! `{"ok":false,"error":"..."}`.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -19,8 +20,11 @@ use serde_json::{Map, Value, json};
 pub mod access;
 pub mod nic;
 pub mod paths;
+pub mod protocol;
 
 use self::access::Gid;
+pub use self::protocol::MAX_REQUEST;
+use self::protocol::{MacEntry, MacsAnswer, Reply, Request};
 use crate::stats::{self, ControlCounters, QueueCounters};
 use crate::switch::fabric::Fabric;
 use crate::switch::format_mac;
@@ -35,8 +39,11 @@ pub enum ControlError {
     Connect { path: PathBuf, source: io::Error },
     #[error("control socket {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("prism-vnic answered something that is not JSON: {0}")]
-    BadAnswer(String),
+    #[error("prism-vnic answered something that is not an answer: {answer}")]
+    BadAnswer {
+        answer: String,
+        source: serde_json::Error,
+    },
     #[error("prism-vnic refused the request: {0}")]
     Refused(String),
 }
@@ -88,7 +95,7 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                 "link": {
                     "rate_bps": port.nic.link.settings().rate_bps,
                     "latency_ns": port.nic.link.settings().latency_ns,
-                    "class_delay_ns": nic::class_delay_json(&port.nic.link),
+                    "class_delay_ns": nic::class_delays(&port.nic.link),
                 },
                 "priority_weight": port.nic.priority_weight(),
                 "netem": nic::netem_json(port),
@@ -104,50 +111,38 @@ pub fn stats_json(fabric: &Fabric) -> Value {
     })
 }
 
-fn macs_json(fabric: &Fabric) -> Value {
-    let entries: Vec<Value> = fabric
+fn macs(fabric: &Fabric) -> MacsAnswer {
+    let macs = fabric
         .switch
         .entries()
         .iter()
-        .map(|(mac, port, age)| {
-            json!({
-                "mac": format_mac(mac),
-                "port": fabric.ports.get(*port).map_or("?", |p| p.name.as_str()),
-                "age_secs": age,
-            })
+        .map(|(mac, port, age)| MacEntry {
+            mac: format_mac(mac),
+            port: fabric
+                .ports
+                .get(*port)
+                .map_or("?", |p| p.name.as_str())
+                .to_string(),
+            age_secs: *age,
         })
         .collect();
-    json!({ "macs": entries })
+    MacsAnswer { macs }
 }
 
-fn answer(server: &Server, line: &str) -> Value {
+/// The reply to one request line.
+fn answer(server: &Server, line: &str) -> Reply {
     let fabric = &server.fabric;
-    let refused = |error: String| json!({ "ok": false, "error": error });
-    let request: Value = match serde_json::from_str(line) {
-        Ok(request) => request,
-        Err(e) => return refused(format!("bad request: {e}")),
-    };
-    let mut answer = match request["cmd"].as_str() {
-        Some("stats") => {
+    match Request::parse(line) {
+        Err(error) => Reply::refused(error),
+        Ok(Request::Stats) => {
             let mut stats = stats_json(fabric);
             stats["control"] = counters_object(&server.counters.snapshot());
-            stats
+            Reply::answer(stats)
         }
-        Some("macs") => macs_json(fabric),
-        _ => match serde_json::from_value::<nic::NicRequest>(request) {
-            Ok(request) => match nic::answer(fabric, &server.settings.capture_dir, request) {
-                Ok(answer) => answer,
-                Err(error) => return refused(error),
-            },
-            Err(e) => return refused(format!("bad request: {e}")),
-        },
-    };
-    answer["ok"] = json!(true);
-    answer
+        Ok(Request::Macs) => Reply::answer(macs(fabric)),
+        Ok(request) => nic::answer(fabric, &server.settings.capture_dir, request),
+    }
 }
-
-/// Most bytes of one request line: far more than any request needs, little to buffer.
-pub const MAX_REQUEST: usize = 64 << 10;
 /// Most control clients connected at once; further ones are answered with an error.
 pub const MAX_CLIENTS: usize = 16;
 
@@ -227,14 +222,8 @@ fn read_request(
     }
 }
 
-fn write_answer(writer: &mut UnixStream, answer: &Value) -> io::Result<()> {
-    let mut out = serde_json::to_vec(answer)?;
-    out.push(b'\n');
-    writer.write_all(&out)
-}
-
-fn refusal(error: impl std::fmt::Display) -> Value {
-    json!({ "ok": false, "error": error.to_string() })
+fn write_answer(writer: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    writer.write_all(&reply.to_line())
 }
 
 fn serve_client(server: &Server, stream: UnixStream) -> io::Result<()> {
@@ -253,7 +242,7 @@ fn serve_client(server: &Server, stream: UnixStream) -> io::Result<()> {
                     _ => &server.counters.timed_out,
                 };
                 stats::inc(counter);
-                return write_answer(&mut writer, &refusal(error));
+                return write_answer(&mut writer, &Reply::refused(error));
             }
         };
         if line.trim().is_empty() {
@@ -295,7 +284,7 @@ impl Drop for ClientPlace {
 /// Turns a client away with one answer line, without a thread of its own.
 fn turn_away(mut stream: UnixStream, error: impl std::fmt::Display) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = write_answer(&mut stream, &refusal(error));
+    let _ = write_answer(&mut stream, &Reply::refused(error));
 }
 
 fn accept(server: &Arc<Server>, stream: UnixStream) {
@@ -373,8 +362,8 @@ pub fn serve(
         })
 }
 
-/// Sends one request to a running prism-vnic and returns its answer.
-pub fn request(path: &Path, request: &Value) -> Result<Value, ControlError> {
+/// Sends one request to a running prism-vnic and returns its answer's fields (without `ok`).
+pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
     let io_error = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -386,8 +375,7 @@ pub fn request(path: &Path, request: &Value) -> Result<Value, ControlError> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io_error)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| io_error(e.into()))?;
-    line.push(b'\n');
+    let line = request.to_line();
     // A daemon that turns us away answers and closes before reading: its answer says why.
     let written = stream.write_all(&line);
     let mut answer = String::new();
@@ -402,17 +390,16 @@ pub fn request(path: &Path, request: &Value) -> Result<Value, ControlError> {
             )));
         }
     }
-    let value: Value =
-        serde_json::from_str(&answer).map_err(|_| ControlError::BadAnswer(answer.clone()))?;
-    if value["ok"] != json!(true) {
+    let reply: Reply = serde_json::from_str(&answer).map_err(|source| ControlError::BadAnswer {
+        answer: answer.trim_end().to_string(),
+        source,
+    })?;
+    if !reply.ok {
         return Err(ControlError::Refused(
-            value["error"]
-                .as_str()
-                .unwrap_or("no reason given")
-                .to_string(),
+            reply.error.unwrap_or_else(|| "no reason given".to_string()),
         ));
     }
-    Ok(value)
+    Ok(reply.into_value())
 }
 
 /// Formats a stats answer like `ethtool -S`, port by port; per-queue counters are named

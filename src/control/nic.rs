@@ -2,12 +2,15 @@
 //! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms,
 //! packet capture and impairments (tc-netem). Each takes effect for the next frame; none stops the data path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::paths;
+use super::protocol::{
+    CaptureAnswer, ClassDelays, CoalesceAnswer, LinkAnswer, PriorityWeightAnswer, Reply, Request,
+    RuleEntry, RulesAnswer,
+};
 use crate::classify::Class;
 use crate::classify::rules::{Rule, RuleSet};
 use crate::cli::{parse_coalesce, parse_rate};
@@ -16,52 +19,6 @@ use crate::nic::link::{Link, LinkSettings};
 use crate::nic::moderation::CoalesceSettings;
 use crate::nic::netem::{self, NetemAction, NetemCommand};
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum NicRequest {
-    /// List a port's rules with hit counters.
-    Rules { port: String },
-    /// Add a rule in ethtool -N style text, e.g. `loc 1 proto udp dst-port 5001 action queue 0`.
-    RuleAdd { port: String, rule: String },
-    /// Delete the rule at a location.
-    RuleDel { port: String, loc: u32 },
-    /// Show, or change, a port's link: rate like "10G" (0 = unpaced), latency in microseconds,
-    /// and an extra delay for one class's frames.
-    Link {
-        port: String,
-        rate: Option<String>,
-        latency_us: Option<u64>,
-        /// Extra delay in microseconds for the frames of `class` only.
-        #[serde(default)]
-        delay_us: Option<u64>,
-        #[serde(default)]
-        class: Option<String>,
-    },
-    /// Show, or change, one queue's interrupt moderation ("rx-usecs=N,rx-frames=M").
-    Coalesce {
-        port: String,
-        queue: usize,
-        settings: Option<String>,
-    },
-    /// Set the priority weight (0 = strict priority).
-    PriorityWeight { port: String, weight: u32 },
-    /// Clear the residence histograms of one port or all.
-    ResidenceReset { port: Option<String> },
-    /// Start capturing delivered frames to a pcapng file (all queues or one), or stop.
-    Capture {
-        port: String,
-        queue: Option<usize>,
-        file: Option<PathBuf>,
-    },
-    /// Show or change a port's impairments: tc-netem's words (see `nic::netem::settings`);
-    /// none shows them.
-    Netem {
-        port: String,
-        #[serde(default)]
-        settings: String,
-    },
-}
 
 fn find<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
     fabric
@@ -84,40 +41,42 @@ fn find_nic<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String
     Ok(port)
 }
 
-fn rules_json(port: &FabricPort) -> Value {
+fn rules_answer(port: &FabricPort) -> RulesAnswer {
     let classifier = port.nic.rules();
     let rules = classifier.rules();
-    let hits: Vec<(u32, u64)> = rules.hits().collect();
-    let list: Vec<Value> = rules
+    // `hits` walks the rules in location order, as `rules` does.
+    let list = rules
         .rules()
         .iter()
-        .map(|rule| {
-            let hits = hits
-                .iter()
-                .find(|(loc, _)| *loc == rule.location)
-                .map_or(0, |(_, n)| *n);
-            json!({ "loc": rule.location, "rule": rule.to_string(), "hits": hits })
+        .zip(rules.hits())
+        .map(|(rule, (_, hits))| RuleEntry {
+            loc: rule.location,
+            rule: rule.to_string(),
+            hits,
         })
         .collect();
-    json!({ "port": port.name, "rules": list })
+    RulesAnswer {
+        port: port.name.clone(),
+        rules: list,
+    }
 }
 
-fn link_json(port: &FabricPort) -> Value {
+fn link_answer(port: &FabricPort) -> LinkAnswer {
     let link = port.nic.link.settings();
-    json!({
-        "port": port.name,
-        "rate_bps": link.rate_bps,
-        "latency_ns": link.latency_ns,
-        "class_delay_ns": class_delay_json(&port.nic.link),
-    })
+    LinkAnswer {
+        port: port.name.clone(),
+        rate_bps: link.rate_bps,
+        latency_ns: link.latency_ns,
+        class_delay_ns: class_delays(&port.nic.link),
+    }
 }
 
-/// Each class's extra delay, for the link's JSON here and in the stats.
-pub fn class_delay_json(link: &Link) -> Value {
-    json!({
-        "high": link.class_delay_ns(Class::High),
-        "normal": link.class_delay_ns(Class::Normal),
-    })
+/// Each class's extra delay, for the link's answer here and in the stats.
+pub fn class_delays(link: &Link) -> ClassDelays {
+    ClassDelays {
+        high: link.class_delay_ns(Class::High),
+        normal: link.class_delay_ns(Class::Normal),
+    }
 }
 
 /// A port's impairments, per class (settings in tc-netem's words, or null, and counters),
@@ -155,11 +114,19 @@ fn bounded_us(what: &str, us: u64) -> Result<u64, String> {
     Ok(us * 1000)
 }
 
-/// Answers one NIC request (without the "ok" field).
-pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Result<Value, String> {
+/// Answers one NIC request.
+pub fn answer(fabric: &Fabric, capture_dir: &Path, request: Request) -> Reply {
+    match answer_nic(fabric, capture_dir, request) {
+        Ok(reply) => reply,
+        Err(error) => Reply::refused(error),
+    }
+}
+
+fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<Reply, String> {
     match request {
-        NicRequest::Rules { port } => Ok(rules_json(find_nic(fabric, &port)?)),
-        NicRequest::RuleAdd { port, rule } => {
+        Request::Stats | Request::Macs => Err("not a NIC request".to_string()),
+        Request::Rules { port } => Ok(Reply::answer(rules_answer(find_nic(fabric, &port)?))),
+        Request::RuleAdd { port, rule } => {
             let port = find_nic(fabric, &port)?;
             let rule: Rule = rule.parse().map_err(|e| format!("rule {rule:?}: {e}"))?;
             let current = port.nic.rules();
@@ -175,9 +142,9 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
             rules.push(rule);
             let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
             port.nic.set_rules(set).map_err(|e| e.to_string())?;
-            Ok(rules_json(port))
+            Ok(Reply::answer(rules_answer(port)))
         }
-        NicRequest::RuleDel { port, loc } => {
+        Request::RuleDel { port, loc } => {
             let port = find_nic(fabric, &port)?;
             let current = port.nic.rules();
             let rules: Vec<Rule> = current
@@ -192,9 +159,9 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
             }
             let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
             port.nic.set_rules(set).map_err(|e| e.to_string())?;
-            Ok(rules_json(port))
+            Ok(Reply::answer(rules_answer(port)))
         }
-        NicRequest::Link {
+        Request::Link {
             port,
             rate,
             latency_us,
@@ -222,9 +189,9 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
             if let Some((class, delay_ns)) = class_delay {
                 port.nic.set_class_delay(class, delay_ns);
             }
-            Ok(link_json(port))
+            Ok(Reply::answer(link_answer(port)))
         }
-        NicRequest::Coalesce {
+        Request::Coalesce {
             port,
             queue,
             settings,
@@ -242,14 +209,21 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
                     parse_coalesce(&settings).map_err(|e| e.to_string())?;
                 port.nic.set_coalesce(queue, settings);
             }
-            Ok(json!({ "port": port.name, "queue": queue, "coalesce": rx_queue.coalesce.get() }))
+            Ok(Reply::answer(CoalesceAnswer {
+                port: port.name.clone(),
+                queue,
+                coalesce: json!(rx_queue.coalesce.get()),
+            }))
         }
-        NicRequest::PriorityWeight { port, weight } => {
+        Request::PriorityWeight { port, weight } => {
             let port = find_nic(fabric, &port)?;
             port.nic.set_priority_weight(weight);
-            Ok(json!({ "port": port.name, "priority_weight": weight }))
+            Ok(Reply::answer(PriorityWeightAnswer {
+                port: port.name.clone(),
+                priority_weight: weight,
+            }))
         }
-        NicRequest::ResidenceReset { port } => {
+        Request::ResidenceReset { port } => {
             for candidate in &fabric.ports {
                 if port.as_deref().is_none_or(|name| name == candidate.name) {
                     candidate
@@ -262,9 +236,9 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
             if let Some(name) = port {
                 find(fabric, &name)?;
             }
-            Ok(json!({}))
+            Ok(Reply::answer(()))
         }
-        NicRequest::Netem { port, settings } => {
+        Request::Netem { port, settings } => {
             let port = find_nic(fabric, &port)?;
             // Parsed whole before anything changes: a bad word leaves the settings as they are.
             let command: NetemCommand = settings
@@ -281,9 +255,9 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
             }
             let mut answer = netem_json(port);
             answer["port"] = json!(port.name);
-            Ok(answer)
+            Ok(Reply::answer(answer))
         }
-        NicRequest::Capture { port, queue, file } => {
+        Request::Capture { port, queue, file } => {
             let port = find_nic(fabric, &port)?;
             let queues = port.nic.queues().len();
             if queue.is_some_and(|q| q >= queues) {
@@ -297,11 +271,17 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: NicRequest) -> Resul
                     let capture = Capture::new(file, &path, &port.name, queues, queue)
                         .map_err(|e| e.to_string())?;
                     port.nic.set_capture(Some(capture));
-                    Ok(json!({ "port": port.name, "capturing": path }))
+                    Ok(Reply::answer(CaptureAnswer {
+                        port: port.name.clone(),
+                        capturing: Some(path),
+                    }))
                 }
                 None => {
                     port.nic.set_capture(None);
-                    Ok(json!({ "port": port.name, "capturing": null }))
+                    Ok(Reply::answer(CaptureAnswer {
+                        port: port.name.clone(),
+                        capturing: None,
+                    }))
                 }
             }
         }
