@@ -53,6 +53,12 @@ from prismtb.interp import ensure_system_python
 from prismtb.switch import prism_vnic_argv, release_binary
 
 PRISM = str(release_binary())
+# The backend prism-vnic is paired with: DPDK's vhost PMD, or ("base") another prism-vnic
+# binary given by --baseline-binary, to compare two builds case by case.
+OTHER = "dpdk"
+BASELINE = None
+NAMES = {"prism": "prism-vnic", "dpdk": "DPDK vhost PMD", "base": "baseline prism-vnic"}
+SHORT = {"dpdk": "DPDK vhost", "base": "baseline"}
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"
 BUSY_POLL_US = 0
@@ -226,14 +232,15 @@ class Rig:
         big = length > 1518
         mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
         # The backend.
-        if backend == "prism":
+        if backend in ("prism", "base"):
+            binary = PRISM if backend == "prism" else BASELINE
             ports = {"a": Path(sock_a)} if case != "c" else {"a": Path(sock_a), "b": Path(sock_b)}
             extra = ["--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
             if case == "a":
                 extra += [f"--{A_RECEIVER}", "null"]
             elif case == "b":
                 extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
-            cmd = prism_vnic_argv(Path(PRISM), ports, {}, 1, Path(work) / f"{tag}-ctl.sock", extra)
+            cmd = prism_vnic_argv(Path(binary), ports, {}, 1, Path(work) / f"{tag}-ctl.sock", extra)
             self.be = Proc(cmd, 1, os.path.join(work, f"be-{tag}.log"))
         else:
             tso = ",tso=1" if big else ""
@@ -337,14 +344,14 @@ def run_interleaved(case, length, turns, secs, work, probe):
     """Both backends set up at once, taking turns of `secs` seconds on the CPUs while the
     other rig is stopped: {backend: [Run per turn]}. Turns seconds
     apart see the same machine; rounds a minute apart did not (see the module's notes)."""
-    rigs, result = {}, {"prism": [], "dpdk": []}
+    rigs, result = {}, {"prism": [], OTHER: []}
     try:
-        for backend in ("prism", "dpdk"):
+        for backend in ("prism", OTHER):
             rigs[backend] = Rig(case, backend, length, work)
             rigs[backend].pause()
         for turn in range(turns):
             # Who goes first alternates: a turn's first second after a switch may differ.
-            order = ("prism", "dpdk") if turn % 2 == 0 else ("dpdk", "prism")
+            order = ("prism", OTHER) if turn % 2 == 0 else (OTHER, "prism")
             for backend in order:
                 before = core_to_core_ns(probe)
                 rig = rigs[backend]
@@ -413,6 +420,12 @@ def main():
                          "100G caps 9000-byte frames at 1.36 Mpps)")
     ap.add_argument("--busy-poll-us", type=int, default=0,
                     help="prism-vnic's --busy-poll-us (0: event-driven, as by default)")
+    ap.add_argument("--baseline-binary", metavar="PATH",
+                    help="pair prism-vnic with this other prism-vnic binary instead of DPDK "
+                         "(the same cases, turn by turn), and print per case the ratio new/old "
+                         "with its spread; exits 1 if a case loses more than --max-loss")
+    ap.add_argument("--max-loss", type=float, default=0.03,
+                    help="with --baseline-binary: the largest loss a case may show (default 0.03)")
     ap.add_argument("--a-receiver", choices=("discard", "sink"), default="discard",
                     help="prism-vnic's receiving port in (a): discard (dropped at the switch, "
                          "as testpmd's rxonly does) or sink (a NIC model that classifies first)")
@@ -423,13 +436,18 @@ def main():
         args.repeat = 10 if args.mode == "interleaved" else 3
     if args.secs < 1 or args.repeat < 1:
         sys.exit("vs_dpdk: --secs and --repeat must be at least 1")
-    global BUSY_POLL_US, LINK_RATE, A_RECEIVER
+    global BUSY_POLL_US, LINK_RATE, A_RECEIVER, OTHER, BASELINE
+    if args.baseline_binary:
+        if not os.access(args.baseline_binary, os.X_OK):
+            sys.exit(f"vs_dpdk: --baseline-binary {args.baseline_binary} is not an executable")
+        OTHER, BASELINE = "base", os.path.abspath(args.baseline_binary)
     A_RECEIVER = args.a_receiver
     BUSY_POLL_US = args.busy_poll_us
     LINK_RATE = args.link_rate
     print(f"prism-vnic: {'event-driven' if not BUSY_POLL_US else f'busy-poll {BUSY_POLL_US} us'}, "
           f"links {'unpaced' if LINK_RATE == '0' else 'at ' + LINK_RATE}, (a) into --{A_RECEIVER}; "
-          "DPDK vhost PMD: polling")
+          + ("DPDK vhost PMD: polling" if OTHER == "dpdk" else f"baseline: {BASELINE}"))
+    print(f"new: {PRISM}")
     for tool in ("dpdk-testpmd", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev util-linux; .ci/install-deps does)")
@@ -450,14 +468,14 @@ def main():
                     result = run_interleaved(case, length, args.repeat, args.secs, work, probe)
                 except RuntimeError as e:
                     log(f"({case}) {length} B failed: {e}")
-                    result = {"prism": [], "dpdk": []}
+                    result = {"prism": [], OTHER: []}
                 rows.append((case, length, result))
                 continue
-            result = {"prism": [], "dpdk": []}
+            result = {"prism": [], OTHER: []}
             # The two backends take turns, so a change in the machine's load between runs
             # falls on both figures alike.
             for i in range(args.repeat):
-                for backend in ("prism", "dpdk"):
+                for backend in ("prism", OTHER):
                     log(f"({case}) {length} B {backend} run {i + 1}/{args.repeat} ...")
                     before = core_to_core_ns(probe)
                     try:
@@ -473,6 +491,30 @@ def main():
             rows.append((case, length, result))
     print_summary(rows)
     save(rows, args.out)
+    if OTHER == "base" and not print_baseline(rows, args.max_loss):
+        sys.exit(1)
+
+
+def print_baseline(rows, max_loss):
+    """Per case, the paired ratio new/old (the median of the turn-by-turn ratios) with its
+    spread (10th and 90th percentiles of those ratios). False if a case loses more than
+    `max_loss` or has no pair."""
+    print(f"new / baseline, paired turn by turn (load average {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} at the end):")
+    print(f"{'case':<5} {'frame':>6} | {'pairs':>5} {'ratio':>6} {'p10':>6} {'p90':>6} | verdict")
+    fine = True
+    for case, length, result in rows:
+        ratios = turn_ratios(result["prism"], result[OTHER])
+        if not ratios:
+            print(f"({case})  {length:>6} | {0:>5} {'-':>6} {'-':>6} {'-':>6} | no pair")
+            fine = False
+            continue
+        ratio = statistics.median(ratios)
+        lost = ratio < 1 - max_loss
+        fine &= not lost
+        print(f"({case})  {length:>6} | {len(ratios):>5} {ratio:>6.3f} {percentile(ratios, 0.1):>6.3f} "
+              f"{percentile(ratios, 0.9):>6.3f} | {'LOSS' if lost else 'ok'}")
+    return fine
 
 
 def print_summary(rows):
@@ -483,23 +525,23 @@ def print_summary(rows):
     # reference machine moves them between near and far cores every few tens of seconds, and
     # every figure with them, both backends alike (up to 3x at 64 B).
     print(f"{'case':<5} {'frame':>6} | {'prism-vnic Mpps/s (p10/med/p90)':>31} {'CPU%':>5} | "
-          f"{'DPDK vhost Mpps/s (p10/med/p90)':>31} {'CPU%':>5} | {'ratio':>5} {'p90':>5} {'paired':>6} "
+          f"{SHORT[OTHER] + ' Mpps/s (p10/med/p90)':>31} {'CPU%':>5} | {'ratio':>5} {'p90':>5} {'paired':>6} "
           f"{'Gbit/s':>7}")
     for case, length, result in rows:
         p_text, p_med, p_high, p_cpu = per_second_summary(result["prism"])
-        d_text, d_med, d_high, d_cpu = per_second_summary(result["dpdk"])
+        d_text, d_med, d_high, d_cpu = per_second_summary(result[OTHER])
         ratio = p_med / d_med if d_med else 0.0
         fast = p_high / d_high if d_high else 0.0
         gbps = p_med * length * 8 / 1e9
         print(f"({case})  {length:>6} | {p_text:>31} {p_cpu:>5.0f} | {d_text:>31} {d_cpu:>5.0f} | "
-              f"{ratio:>5.2f} {fast:>5.2f} {paired_ratio(result['prism'], result['dpdk']):>6.2f} {gbps:>7.1f}")
+              f"{ratio:>5.2f} {fast:>5.2f} {paired_ratio(result['prism'], result[OTHER]):>6.2f} {gbps:>7.1f}")
         for where in ("near", "far"):
             prism, dpdk = pairs_at(result, where)
             if not prism:
                 continue
             p_med, d_med = per_second_summary(prism)[1], per_second_summary(dpdk)[1]
             print(f"{'':<5} {'':>6} | {where} cores, {len(prism)} pairs: prism-vnic {p_med / 1e6:.2f}, "
-                  f"DPDK {d_med / 1e6:.2f} Mpps/s (medians): ratio {p_med / d_med if d_med else 0.0:.2f}, "
+                  f"{SHORT[OTHER]} {d_med / 1e6:.2f} Mpps/s (medians): ratio {p_med / d_med if d_med else 0.0:.2f}, "
                   f"paired {paired_ratio(prism, dpdk):.2f}")
     probes = [c for _, _, result in rows for runs in result.values() for r in runs if r for c in r.c2c
               if c is not None]
@@ -511,7 +553,7 @@ def print_summary(rows):
 def pairs_at(result, where=None):
     """The turn pairs (prism-vnic's runs, DPDK's runs) in which both backends ran with the
     vCPUs at `where` (near or far; None: every pair that both completed)."""
-    pairs = [(p, d) for p, d in zip(result["prism"], result["dpdk"])
+    pairs = [(p, d) for p, d in zip(result["prism"], result[OTHER])
              if p and d and (where is None or p.placement() == d.placement() == where)]
     return [p for p, _ in pairs], [d for _, d in pairs]
 
@@ -527,10 +569,15 @@ def per_second_summary(runs):
     return f"{low / 1e6:.2f}/{mid / 1e6:.2f}/{high / 1e6:.2f}", mid, high, cpu
 
 
+def turn_ratios(prism, dpdk):
+    """The turn-by-turn ratios of the two backends' mean rates."""
+    return [statistics.mean(p.rates) / statistics.mean(d.rates)
+            for p, d in zip(prism, dpdk) if p and d and statistics.mean(d.rates)]
+
+
 def paired_ratio(prism, dpdk):
     """The median of the turn-by-turn ratios of the two backends' mean rates."""
-    ratios = [statistics.mean(p.rates) / statistics.mean(d.rates)
-              for p, d in zip(prism, dpdk) if p and d and statistics.mean(d.rates)]
+    ratios = turn_ratios(prism, dpdk)
     return statistics.median(ratios) if ratios else 0.0
 
 
@@ -541,7 +588,7 @@ def save(rows, out):
     os.makedirs(out, exist_ok=True)
     data = [{"case": case, "frame": length,
              **{backend: [r and {"rates": r.rates, "cpu": r.cpu, "c2c": r.c2c, "placement": r.placement()}
-                          for r in result[backend]] for backend in ("prism", "dpdk")}}
+                          for r in result[backend]] for backend in ("prism", OTHER)}}
             for case, length, result in rows]
     with open(os.path.join(out, "vs_dpdk.json"), "w") as f:
         json.dump(data, f, indent=1)
@@ -553,16 +600,15 @@ def save(rows, out):
         print(f"wrote {out}/vs_dpdk.json (matplotlib missing: no plots; "
               "apt-get install python3-matplotlib, run with /usr/bin/python3)")
         return
-    colours = {"prism": "tab:blue", "dpdk": "tab:orange"}
-    names = {"prism": "prism-vnic", "dpdk": "DPDK vhost PMD"}
+    colours = {"prism": "tab:blue", OTHER: "tab:orange"}
     cols = min(len(rows), 4)
     grid_rows = (len(rows) + cols - 1) // cols
     fig, axes = plt.subplots(grid_rows, cols, figsize=(4 * cols, 3.2 * grid_rows), squeeze=False)
     for ax, (case, length, result) in zip(axes.flat, rows):
-        for turn, (p, d) in enumerate(zip(result["prism"], result["dpdk"])):
+        for turn, (p, d) in enumerate(zip(result["prism"], result[OTHER])):
             if p and d and p.placement() == d.placement() == "far":
                 ax.axvspan(turn - 0.5, turn + 0.5, color="0.88", lw=0)
-        for backend in ("prism", "dpdk"):
+        for backend in ("prism", OTHER):
             # Each turn's seconds side by side within the turn's slot.
             xs, ys = [], []
             for turn, run in enumerate(result[backend]):
@@ -570,8 +616,8 @@ def save(rows, out):
                     n = len(run.rates)
                     xs += [turn - 0.3 + 0.6 * (i + 0.5) / n for i in range(n)]
                     ys += [r / 1e6 for r in run.rates]
-            ax.plot(xs, ys, ".", color=colours[backend], label=names[backend])
-        ax.set_title(f"({case}) {length} B: paired {paired_ratio(result['prism'], result['dpdk']):.2f}")
+            ax.plot(xs, ys, ".", color=colours[backend], label=NAMES[backend])
+        ax.set_title(f"({case}) {length} B: paired {paired_ratio(result['prism'], result[OTHER]):.2f}")
         ax.set_xlabel("turn (grey: both on far cores)")
         ax.set_ylabel("Mpps, per second")
         ax.set_ylim(bottom=0)
