@@ -295,12 +295,12 @@ class Overlay:
                 if v != before.get(k, 0)}
 
     def kmemleak_report(self, n: int) -> str:
-        """Two kmemleak scans in guest n (a debug kernel): the unreferenced objects it reports,
-        empty when there are none or the kernel has no kmemleak."""
+        """Two kmemleak scans in guest n (a debug kernel): the unreferenced objects it reports
+        after a line saying whether the kernel has kmemleak."""
         return self.c(n, "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
-                         "f=/sys/kernel/debug/kmemleak; [ -e $f ] || exit 0; "
-                         "echo scan > $f; sleep 5; echo scan > $f; cat $f", netns=False,
-                      timeout=600)
+                         "f=/sys/kernel/debug/kmemleak; if [ -e $f ]; then "
+                         "echo 'kmemleak: scanned'; echo scan > $f; sleep 5; echo scan > $f; "
+                         "cat $f; else echo 'kmemleak: absent'; fi", netns=False, timeout=600)
 
     def dmesg_problems(self, n: int) -> list[str]:
         out = self.c(n, f"dmesg | grep -E '{DMESG_BAD}' | head -20; true", netns=False)
