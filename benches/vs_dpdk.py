@@ -8,8 +8,9 @@ Every figure is paired, in the same run, with DPDK's own vhost PMD in prism-vnic
   (b) the backend generating into one port, frontend rxonly (prism-vnic: --gen);
   (c) two ports, A -> backend switches -> B. One frontend testpmd with one forwarding lcore
       polls both sides (pcap infinite_rx -> virtio_user A, virtio_user B -> net_null), so
-      scheduling cannot starve the receiver (see ../shared/BENCH.md for why the naive
-      three-poller setup measures nothing); DPDK: io forwarding between net_vhost0/1.
+      scheduling cannot starve the receiver (with a frontend per side, three pollers share
+      two CPUs, and while B's is descheduled nobody empties its ring: that setup measures
+      the scheduler); DPDK: io forwarding between net_vhost0/1.
 The backend runs on CPU 1, the frontend on CPU 0. Rates are testpmd's counters, read every
 second once frames flow. By default (--mode interleaved) both backends are set up at once,
 each with its own frontend, and take turns of --secs seconds on the CPUs while the other pair

@@ -521,10 +521,10 @@ impl Nic {
     /// ring that runs out of buffers does not ask its guest for a kick.
     ///
     /// Why: a guest whose driver polls (DPDK) kicks on every refill once asked, and the
-    /// port's worker thread then woke on the backend's CPU for each full-ring episode:
-    /// 8,400 times a second with 9000-byte frames, and with the task switches and the
-    /// interrupt exits, a sixth of the sending worker's time. The sender is running anyway
-    /// and tries again within a batch, as a DPDK application would.
+    /// port's worker thread then woke on the backend's CPU for each full-ring episode, and
+    /// with the task switches and the interrupt exits that took a large share of the
+    /// sending worker's time with jumbo frames. The sender is running anyway and tries again
+    /// within a batch, as a DPDK application would.
     pub fn promise_retry(&self) {
         self.retry_promises.fetch_add(1, Ordering::SeqCst);
     }
