@@ -182,3 +182,13 @@ def test_the_calibration_judges_the_harness_against_the_delay_the_nic_applied():
     without_nic = [{**t, "metrics": {"p50_us": t["metrics"]["p50_us"]}} for t in ts]
     (nominal,) = results.analyse_calibration(without_nic)
     assert nominal["expected"] == 500 and not nominal["passes"]  # +17% of the set delay
+
+
+def test_measured_orders_that_list_tied_modes_differently_are_the_same_order():
+    def order(ranking, relations):
+        return {"ranking": ranking, "links": [{"relation": r} for r in relations]}
+    a = order(["sync", "batch", "mode0"], ["~", "<"])
+    assert compare.same_order(a, order(["batch", "sync", "mode0"], ["~", "<"]))
+    assert not compare.same_order(a, order(["batch", "sync", "mode0"], ["<", "<"]))
+    assert not compare.same_order(a, order(["batch", "sync", "mode0"], ["~", "~"]))
+    assert compare.groups(a) == (frozenset({"sync", "batch"}), frozenset({"mode0"}))

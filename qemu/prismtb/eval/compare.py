@@ -83,7 +83,7 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
                                       words[0] if vb[key] else words[1], va[key]))
         for metric, oa in ea.get("observed", {}).items():
             ob = eb.get("observed", {}).get(metric)
-            if not (oa and ob and oa["ranking"] and ob["ranking"]) or oa["text"] == ob["text"]:
+            if not (oa and ob and oa["ranking"] and ob["ranking"]) or same_order(oa, ob):
                 continue
             # A regression when a PRISM mode that A put below mode 0 is not below it in B.
             changes.append(Change(label, f"measured order of {metric}", oa["text"], ob["text"],
@@ -113,6 +113,22 @@ def compare(a: dict, b: dict, *, absolute: bool = False) -> tuple[list[Change], 
     return changes, notes
 
 
+def groups(observed: dict) -> tuple[frozenset[str], ...]:
+    """A measured order as its groups from best to worst: the modes a run could not tell
+    apart ('~') form one group, whatever order the ranking lists them in."""
+    out: list[set[str]] = [{observed["ranking"][0]}] if observed["ranking"] else []
+    for link, name in zip(observed["links"], observed["ranking"][1:]):
+        if link["relation"] == "<":
+            out.append({name})
+        else:
+            out[-1].add(name)
+    return tuple(frozenset(g) for g in out)
+
+
+def same_order(a: dict, b: dict) -> bool:
+    return groups(a) == groups(b)
+
+
 def _below_mode0(observed: dict) -> set[str]:
     """The modes a measured order puts strictly below mode 0 (a '<' between them)."""
     ranking, links = observed["ranking"], observed["links"]
@@ -140,7 +156,7 @@ def same_orders(a: dict, b: dict) -> tuple[int, list[str]]:
             oa, ob = ea.get("observed", {}).get(m), eb.get("observed", {}).get(m)
             if oa and ob and oa["ranking"] and ob["ranking"]:
                 n += 1
-                if oa["text"] != ob["text"]:
+                if not same_order(oa, ob):
                     differ.append(f"{ea['label']}: {m}: {oa['text']} / {ob['text']}")
     return n, differ
 
