@@ -73,3 +73,39 @@ fn an_rx_ring_restarted_at_another_base_and_larger_keeps_working() {
     daemon.check_running().expect("daemon survives");
     assert_traffic_both_ways(&mut a, &mut b, 0, 200);
 }
+
+/// What a started ring's notification state is, whoever set it up: a driver initialises the
+/// used ring with its flags clear, so it kicks for every buffer it adds until the device says
+/// otherwise. A device that assumes "not asking" on a fresh ring never says otherwise unless
+/// the ring runs dry; a polling driver (DPDK's virtio PMD, without EVENT_IDX) with a ring
+/// larger than the traffic needs then makes a syscall per refill and wakes the daemon's thread
+/// for each.
+#[test]
+fn an_rx_ring_that_never_runs_dry_stops_asking_for_a_kick_per_buffer_after_each_start() {
+    use support::guest::feature::EVENT_IDX;
+    for (what, options) in [
+        ("without EVENT_IDX", GuestOptions::linux(2).without(EVENT_IDX)),
+        ("with EVENT_IDX", GuestOptions::linux(2)),
+    ] {
+        let mut daemon = Daemon::start(&["a", "b"], 1).expect("daemon starts");
+        let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+        let mut b =
+            TestGuest::connect(&daemon.socket("b"), options.queue_size(1024)).expect("b");
+        for (start, size) in [("first start", 0u16), ("after a restart", 512)] {
+            if size != 0 {
+                b.restart_vring(TestGuest::rx_vring(0), size)
+                    .expect("restart");
+            }
+            b.post_rx_buffers(0, 256, 2048).expect("b posts");
+            for tag in 1..=4 {
+                send_tagged(&mut a, 0, 2, tag).expect("send");
+                expect_tag(&mut b, tag).expect("b receives");
+            }
+            assert!(
+                !b.rx_asks_for_kick(0).expect("read b's ring"),
+                "{what}, {start}: b's ring, 252 buffers still posted, asks for a kick per buffer"
+            );
+        }
+        daemon.check_running().expect("daemon survives");
+    }
+}

@@ -408,9 +408,11 @@ impl VhostRxRing {
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
         if *scratch.avail_next != Some(state.get_queue().next_avail()) {
             // The frontend set the ring's base since our last write (or this is the first):
-            // read its index afresh, and arm notifications again when we run out.
+            // read its index afresh. Its driver initialised the used ring asking for a kick
+            // per buffer; count that as armed, so the first frame written turns it off
+            // (else a ring that never runs dry would keep asking for one forever).
             *scratch.avail = AvailCache::default();
-            *scratch.armed = false;
+            *scratch.armed = true;
         }
         let used_before = state.get_queue().next_used();
         if Self::write_single_buffer(state, mem, ring, scratch, header, frame, needed) {
