@@ -86,3 +86,18 @@ def test_the_two_guests_setup_covers_the_goals_cells_beside_host_client():
     cells = runner.cells(full, "two-guests")
     assert {(c.server, c.steering) for c in cells} == {("busy", True)}
     assert {c.experiment for c in cells} == {"a", "b", "c", "d"} and len(cells) == 9
+
+
+def test_paced_bulk_flows_run_iperf3_at_the_rate_given_for_each_flow():
+    assert " -P 2 -b 20M -t 60 " in runner.bulk_command(5301, 2, 60, "20M")
+    assert " -b " not in runner.bulk_command(5301, 2, 60, None)
+
+
+def test_a_bulk_rate_shows_in_the_plan_and_a_malformed_one_is_refused():
+    eval_cmd = [sys.executable, str(REPO / "benches" / "eval"), "--experiments", "b",
+                "--dry-run"]
+    proc = subprocess.run(eval_cmd + ["--bulk-rate", "20M"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "at 20Mbit/s each" in proc.stdout
+    proc = subprocess.run(eval_cmd + ["--bulk-rate", "fast"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a rate like 20M" in proc.stderr

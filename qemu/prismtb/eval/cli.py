@@ -10,6 +10,7 @@ See docs/EVAL.md for the method and the result directory."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -73,9 +74,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--icount", metavar="OPTS",
                    help="QEMU -icount OPTS for the guests (e.g. shift=auto), to compare the "
                    "intervals with a run without")
+    p.add_argument("--bulk-rate", metavar="RATE", type=_rate,
+                   help="pace each bulk flow at RATE bit/s (iperf3 -b: 20M, 500K) so the "
+                   "server is not saturated; default: unpaced")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, turns, estimated time) and exit")
     p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())
+
+
+def _rate(text: str) -> str:
+    """An iperf3 -b rate: a number with an optional K, M or G."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?[KMG]?", text):
+        raise argparse.ArgumentTypeError(f"not a rate like 20M or 500K: {text!r}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,13 +96,20 @@ class Profile:
     # QEMU -icount for the guests (e.g. "shift=auto"): guest time from instructions executed,
     # to see whether it tightens the intervals (docs/EVAL.md); None: real time.
     icount: str | None = None
+    # iperf3 -b for each bulk flow (e.g. "20M"); None: as fast as TCP goes. Paced below what
+    # the server's one vCPU can take, the bulk flows still build queues in the receive path
+    # but leave the vCPU idle part of the time: whether the modes' order depends on a
+    # saturated server is the question this answers (docs/EVAL.md).
+    bulk_rate: str | None = None
 
     def describe(self) -> str:
         return (f"{self.rounds} rounds of {self.seconds:g} s turns, experiments "
                 f"{','.join(self.experiments)}, {','.join(self.setups)}, servers "
                 f"{','.join(self.servers)}, steering "
                 f"{','.join('on' if s else 'off' for s in self.steering)}, flows "
-                f"{','.join(map(str, self.flows))}, ~{estimate_minutes(self):.0f} min")
+                f"{','.join(map(str, self.flows))}"
+                + (f" at {self.bulk_rate}bit/s each" if self.bulk_rate else "")
+                + f", ~{estimate_minutes(self):.0f} min")
 
 
 PROFILES = {
@@ -325,6 +332,7 @@ class Bed:
     initrd: Path
     out: Path
     icount: str | None = None
+    bulk_rate: str | None = None
     switch: object = None
     server: object = None
     client_guest: object = None
@@ -607,6 +615,13 @@ def bulk_seconds(steps: int, seconds: float) -> float:
     return BULK_WARMUP_S + steps * (seconds + STEP_OVERHEAD_S * 4) + 30
 
 
+def bulk_command(port: int, flows: int, secs: float, rate: str | None) -> str:
+    """The client's iperf3 for a cell's bulk flows (`rate`: iperf3 -b, for each flow)."""
+    paced = f"-b {rate} " if rate else ""
+    return (f"iperf3 -c {SERVER_C1} -p {port} -P {flows} {paced}-t {secs:.0f} -i 1 -J "
+            "2>/dev/null")
+
+
 def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float, rnd: int,
                  raw_dir: Path) -> Iterator[tuple[Step, str, dict]]:
     """A cell's turns in one go: the bulk flows start once and run under every step, and each
@@ -622,8 +637,8 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
     bulk = None
     base = f"{cell.slug()}-r{rnd}"
     if cell.flows:
-        bulk = client.start(f"iperf3 -c {SERVER_C1} -p {bed.bulk_port()} -P {cell.flows} "
-                            f"-t {bulk_seconds(len(steps), seconds):.0f} -i 1 -J 2>/dev/null")
+        bulk = client.start(bulk_command(bed.bulk_port(), cell.flows,
+                                         bulk_seconds(len(steps), seconds), bed.bulk_rate))
         time.sleep(BULK_WARMUP_S)  # past slow start
     def finished(turn: tuple, end: RxReading) -> tuple[Step, str, dict]:
         step, tag, metrics, raw, samples, start = turn
@@ -722,7 +737,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
                 "vni": 42, "dstport": 4789, "veth_mtu": 1450, "steering_rules": STEERING_RULES,
                 "app_bulk_flows": APP_BULK_FLOWS, "cal_delays_us": profile.cal_delays_us,
                 "cal_flows": profile.cal_flows,
-                "icount": profile.icount},
+                "icount": profile.icount, "bulk_rate": profile.bulk_rate},
             "topology": {"host-client": "server guest + host netns client on a tap port",
                          "two-guests": "server guest + client guest"},
             "started": _now(), "machine": {"cpus": os.cpu_count(),
@@ -731,7 +746,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
     for setup in profile.setups:
         for boot, (flavour, rounds) in enumerate(boot_plan(profile)):
             bed = Bed(setup, flavour, kernels[flavour], initrd, out / "logs" / f"{setup}-{boot}",
-                      icount=profile.icount)
+                      icount=profile.icount, bulk_rate=profile.bulk_rate)
             t0 = time.monotonic()
             progress(f"eval: {setup}: booting {flavour} (boot {boot})")
             try:
@@ -802,6 +817,8 @@ def run_from_args(args) -> int:
         overrides["kernels"] = tuple(args.kernels)
     if args.icount:
         overrides["icount"] = args.icount
+    if args.bulk_rate:
+        overrides["bulk_rate"] = args.bulk_rate
     profile = replace(profile, **overrides)
     if not profile.kernels or set(profile.kernels) - {"prism", "vanilla"}:
         print(f"benches/eval: --kernels takes prism and/or vanilla, not {args.kernels}",
