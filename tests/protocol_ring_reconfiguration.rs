@@ -84,13 +84,15 @@ fn an_rx_ring_restarted_at_another_base_and_larger_keeps_working() {
 fn an_rx_ring_that_never_runs_dry_stops_asking_for_a_kick_per_buffer_after_each_start() {
     use support::guest::feature::EVENT_IDX;
     for (what, options) in [
-        ("without EVENT_IDX", GuestOptions::linux(2).without(EVENT_IDX)),
+        (
+            "without EVENT_IDX",
+            GuestOptions::linux(2).without(EVENT_IDX),
+        ),
         ("with EVENT_IDX", GuestOptions::linux(2)),
     ] {
         let mut daemon = Daemon::start(&["a", "b"], 1).expect("daemon starts");
         let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-        let mut b =
-            TestGuest::connect(&daemon.socket("b"), options.queue_size(1024)).expect("b");
+        let mut b = TestGuest::connect(&daemon.socket("b"), options.queue_size(1024)).expect("b");
         for (start, size) in [("first start", 0u16), ("after a restart", 512)] {
             if size != 0 {
                 b.restart_vring(TestGuest::rx_vring(0), size)

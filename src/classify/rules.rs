@@ -347,6 +347,19 @@ impl RuleSet {
     pub fn may_match(&self, key: &FlowKey) -> bool {
         self.index.may_match(key)
     }
+
+    /// [`may_match`](Self::may_match) for an untagged IPv4 frame outside a tunnel, from its
+    /// header's fields (`ports`: source and destination, for TCP and UDP).
+    #[inline]
+    pub fn may_match_plain_ipv4(
+        &self,
+        src: u32,
+        dst: u32,
+        dscp: u8,
+        ports: Option<(u16, u16)>,
+    ) -> bool {
+        self.index.may_match_plain_ipv4(src, dst, dscp, ports)
+    }
 }
 
 #[cfg(test)]

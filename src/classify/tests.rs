@@ -345,15 +345,38 @@ fn the_plain_ipv4_shortcut_decides_as_the_full_parse_does() {
             frames.push(mutated);
         }
     }
-    for num_queues in [1u16, 4] {
-        for trust in [Trust::default_dscp(), Trust::default_pcp(), Trust::None] {
-            let c = classifier(num_queues, 1, trust.clone(), &[]);
-            for frame in &frames {
-                assert_eq!(
-                    c.classify(frame),
-                    c.classify_uncached(frame),
-                    "{num_queues} queues, {trust:?}, frame {frame:02x?}"
-                );
+    // With rules the shortcut runs the rule screen on the header's fields: rules of every
+    // field the screen knows (ports, DSCP, outer IPv4 prefixes of both directions) and of
+    // those it cannot screen a plain frame by (IPv6, inner layer, VNI, protocol alone).
+    let rule_sets: [&[&str]; 6] = [
+        &[],
+        &["loc 1 proto udp dst-port 80 action queue 0 class high"],
+        &[
+            "loc 1 src-port 1234 action drop",
+            "loc 2 dscp 40 action class high",
+        ],
+        &[
+            "loc 1 src-ip 10.0.0.0/8 action queue 0",
+            "loc 2 dst-ip 5.6.7.0/24 action class high",
+        ],
+        &[
+            "loc 1 dst-ip 2001:db8::/32 action drop",
+            "loc 2 inner proto udp dst-port 4 action class high",
+            "loc 3 vni 999 action queue 0",
+        ],
+        &["loc 1 proto tcp action class high"],
+    ];
+    for rules in rule_sets {
+        for num_queues in [1u16, 4] {
+            for trust in [Trust::default_dscp(), Trust::default_pcp(), Trust::None] {
+                let c = classifier(num_queues, 1, trust.clone(), rules);
+                for frame in &frames {
+                    assert_eq!(
+                        c.classify(frame),
+                        c.classify_uncached(frame),
+                        "rules {rules:?}, {num_queues} queues, {trust:?}, frame {frame:02x?}"
+                    );
+                }
             }
         }
     }

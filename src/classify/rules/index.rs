@@ -184,17 +184,22 @@ impl RuleScreen {
     /// screened per shape by [`RuleIndex::may_match`]).
     #[inline(always)]
     fn layer_may_match(&self, layer: &LayerKey) -> bool {
+        self.fields_may_match(layer.dst_port, layer.src_port, layer.dscp)
+    }
+
+    /// [`layer_may_match`](Self::layer_may_match) on the fields themselves.
+    #[inline(always)]
+    fn fields_may_match(
+        &self,
+        dst_port: Option<u16>,
+        src_port: Option<u16>,
+        dscp: Option<u8>,
+    ) -> bool {
         // Plain `|`: the tests are cheap and independent, and no branch is then mispredicted
         // on which of them fires.
-        layer
-            .dst_port
-            .is_some_and(|port| self.test(Self::port_position(Self::DST_PORTS, port)))
-            | layer
-                .src_port
-                .is_some_and(|port| self.test(Self::port_position(Self::SRC_PORTS, port)))
-            | layer
-                .dscp
-                .is_some_and(|dscp| self.dscps & (1 << (dscp & 63)) != 0)
+        dst_port.is_some_and(|port| self.test(Self::port_position(Self::DST_PORTS, port)))
+            | src_port.is_some_and(|port| self.test(Self::port_position(Self::SRC_PORTS, port)))
+            | dscp.is_some_and(|dscp| self.dscps & (1 << (dscp & 63)) != 0)
     }
 }
 
@@ -426,18 +431,12 @@ impl RuleIndex {
         if self.screen_passes_all {
             return true;
         }
-        let screen = &self.screen;
         let outer = &key.outer;
-        let mut hit = screen.layer_may_match(outer);
+        let mut hit = self.screen.layer_may_match(outer);
         if !self.outer_v4_shapes.is_empty() {
             match (outer.src_ip, outer.dst_ip) {
                 (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) => {
-                    let (src, dst) = (u32::from(src), u32::from(dst));
-                    hit |= self.outer_v4_shapes.iter().fold(false, |hit, shape| {
-                        let address = dst ^ ((src ^ dst) & shape.select);
-                        let key = u64::from(address & shape.mask) ^ shape.tag;
-                        hit | screen.may_contain_network(key)
-                    });
+                    hit |= self.outer_v4_networks_may_match(u32::from(src), u32::from(dst));
                 }
                 // No IPv4 address: no outer IPv4 prefix applies.
                 (None | Some(IpAddr::V6(_)), None | Some(IpAddr::V6(_))) => {}
@@ -449,6 +448,38 @@ impl RuleIndex {
             hit |= self.others_may_match(key);
         }
         hit
+    }
+
+    /// [`may_match`](Self::may_match) for an untagged IPv4 frame outside a tunnel, from the
+    /// fields the classifier's shortcut read straight from its header (`ports`: source and
+    /// destination, for TCP and UDP). Such a frame has no inner layer, VNI or IPv6 address,
+    /// so of the screen only its ports, DSCP and outer IPv4 prefixes apply: the same answer
+    /// as `may_match` on its parsed key (a test holds the two to it), without the parse.
+    #[inline(always)]
+    pub(super) fn may_match_plain_ipv4(
+        &self,
+        src: u32,
+        dst: u32,
+        dscp: u8,
+        ports: Option<(u16, u16)>,
+    ) -> bool {
+        if self.screen_passes_all {
+            return true;
+        }
+        let (src_port, dst_port) = (ports.map(|(src, _)| src), ports.map(|(_, dst)| dst));
+        self.screen.fields_may_match(dst_port, src_port, Some(dscp))
+            | (!self.outer_v4_shapes.is_empty() && self.outer_v4_networks_may_match(src, dst))
+    }
+
+    /// Whether an outer IPv4 prefix some rule names may hold the frame's source or
+    /// destination (whichever each shape is of).
+    #[inline(always)]
+    fn outer_v4_networks_may_match(&self, src: u32, dst: u32) -> bool {
+        self.outer_v4_shapes.iter().fold(false, |hit, shape| {
+            let address = dst ^ ((src ^ dst) & shape.select);
+            let key = u64::from(address & shape.mask) ^ shape.tag;
+            hit | self.screen.may_contain_network(key)
+        })
     }
 
     /// The part of [`may_match`](Self::may_match) for tunnelled frames and IPv6 or inner
