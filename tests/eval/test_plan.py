@@ -101,3 +101,12 @@ def test_a_bulk_rate_shows_in_the_plan_and_a_malformed_one_is_refused():
     assert "at 20Mbit/s each" in proc.stdout
     proc = subprocess.run(eval_cmd + ["--bulk-rate", "fast"], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a rate like 20M" in proc.stderr
+
+
+def test_the_report_says_whether_other_sessions_could_take_half_a_cpu():
+    from prismtb.eval import report
+    meta = {"machine": {"cpus": 2, "loadavg_start": "0.1", "loadavg_end": "0.2",
+                        "sched_autogroup": "1"}}
+    text = report.render(meta, {"cells": []}, [], REPO)
+    assert "sched_autogroup 1" in text
+    assert runner._sched_autogroup() in ("0", "1", "unknown")

@@ -108,7 +108,9 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     machine = meta.get("machine", {})
     if machine:
         lines.append(f"- machine: {machine.get('cpus')} CPUs, load average at start "
-                     f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}")
+                     f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}"
+                     + (f", sched_autogroup {machine['sched_autogroup']}"
+                        if "sched_autogroup" in machine else ""))
     for note in meta.get("skipped", []):
         lines.append(f"- SKIPPED: {note}")
     lines += ["", "Latencies are the priority flow's, in microseconds (sockperf: half the "

@@ -741,7 +741,13 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
             "topology": {"host-client": "server guest + host netns client on a tap port",
                          "two-guests": "server guest + client guest"},
             "started": _now(), "machine": {"cpus": os.cpu_count(),
-                                           "loadavg_start": _loadavg()}}
+                                           "loadavg_start": _loadavg(),
+                                           "sched_autogroup": _sched_autogroup()}}
+    if meta["machine"]["sched_autogroup"] == "1":
+        progress("eval: note: kernel.sched_autogroup_enabled is 1: another session's jobs get "
+                 "an equal share of each CPU whatever their nice value or SCHED_IDLE; on a "
+                 "shared machine run `sysctl -w kernel.sched_autogroup_enabled=0` first "
+                 "(docs/EVAL.md)")
     turns: list[dict] = []
     for setup in profile.setups:
         for boot, (flavour, rounds) in enumerate(boot_plan(profile)):
@@ -795,6 +801,15 @@ def _now() -> str:
 def _loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _sched_autogroup() -> str:
+    """kernel.sched_autogroup_enabled: with 1, CFS shares each CPU between sessions first,
+    so the nice value and SCHED_IDLE of other sessions' jobs no longer yield to the run."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
     except OSError:
         return "unknown"
 
