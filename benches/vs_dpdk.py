@@ -38,20 +38,22 @@ Usage: benches/vs_dpdk.py [--mode interleaved|rounds] [--secs N] [--repeat N] [-
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
 import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prismtb import REPO
+from prismtb.dpdk import (STANDARD_FRAME, NullPort, PcapReplay, Testpmd, TestpmdProcess, VhostPort,
+                          VirtioUser)
 from prismtb.interp import ensure_system_python
-from prismtb.switch import prism_vnic_argv, release_binary
+from prismtb.procs import ChildError, sigterm_exits
+from prismtb.switch import Switch, SwitchError, release_binary
 
 PRISM = str(release_binary())
 # The backend prism-vnic is paired with: DPDK's vhost PMD, or ("base") another prism-vnic
@@ -122,100 +124,84 @@ def write_pcap(path, frame):
         f.write(frame)
 
 
-class Proc:
-    def __init__(self, cmd, cpu, log_path):
-        self.log_path = log_path
-        self.out = open(log_path, "w")
-        # stdbuf: testpmd's printf output must reach the log as it happens.
-        self.p = subprocess.Popen(["taskset", "-c", str(cpu), "stdbuf", "-oL"] + cmd, stdout=self.out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.PIPE, start_new_session=True)
-
-    def command(self, line):
-        """Sends a command to an interactive testpmd."""
-        self.p.stdin.write((line + "\n").encode())
-        self.p.stdin.flush()
-
-    def cpu_seconds(self):
-        try:
-            with open(f"/proc/{self.p.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            return 0.0
-
-    def stop(self):
-        if self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGINT)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait()
-        self.out.close()
-
-    def text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+@dataclass(frozen=True)
+class Settings:
+    """What a case runs with, the frame size and what the frontend chooses: the ring size of
+    each virtio-user port (A: where the frames enter, B: where they leave in (c); None:
+    DPDK's default, 256), testpmd's --burst (None: 32) and the queue pairs of every port."""
+    frame: int = 64
+    ring_a: int | None = None
+    ring_b: int | None = None
+    burst: int | None = None
+    queues: int = 1
 
 
-def wait_for(path, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.05)
-    return False
+# Where the processes run: the backend alone on one CPU, the frontend on the other.
+FRONTEND_CPU, BACKEND_CPU = 0, 1
+# Errors that fail a case (its rig did not start, answer or forward), not the run.
+CASE_FAILURES = (RuntimeError, SwitchError, ChildError)
 
 
-def testpmd(prefix, vdevs, args, lcores="0@0,1@0"):
-    return ["dpdk-testpmd", "--lcores", lcores, "--no-pci", "--no-huge", "-m", "1024",
-            "--file-prefix", prefix] + [x for v in vdevs for x in ("--vdev", v)] + \
-           ["--", "--nb-cores=1", "--no-lsc-interrupt"] + args
+def prism_backend(case, binary, settings, tag, work):
+    """prism-vnic as the backend of a case, started: a vhost-user port per frontend side,
+    plus the discarding or sink port of (a) or the generator of (b)."""
+    extra = ["--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
+    if case == "a":
+        extra += [f"--{A_RECEIVER}", "null"]
+    elif case == "b":
+        extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={settings.frame}"]
+    # The environment names this binary and no stand-in: the bench measures prism-vnic.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRISM_SWITCH")}
+    be = Switch(work, ports=("a", "b") if case == "c" else ("a",), queues=settings.queues,
+                extra_args=extra, sock_dir=work / tag, env={**env, "PRISM_VNIC": str(binary)},
+                name=f"be-{tag}", cpus={BACKEND_CPU})
+    try:
+        be.start()
+    except BaseException:
+        be.kill()  # one that never listened would otherwise outlive the case
+        raise
+    return be, be.sockets
 
 
-def port_counts(text, port, key):
-    """Every cumulative `key` (RX-packets or TX-packets) of `port` printed by testpmd."""
-    counts = []
-    for block in re.split(r"#+ NIC statistics for port", text)[1:]:
-        m = re.match(r"\s*(\d+)", block)
-        if not m or int(m.group(1)) != port:
-            continue
-        v = re.search(key + r":\s+(\d+)", block)
-        if v:
-            counts.append(int(v.group(1)))
-    return counts
+def dpdk_backend(case, settings, tag, work):
+    """DPDK's vhost PMD as the backend of a case, started: rxonly drops what A sends (a),
+    txonly sends into A (b), io forwards A to B (c)."""
+    big = settings.frame > STANDARD_FRAME
+    sockets = {side: work / tag / f"{side}.sock" for side in (("a", "b") if case == "c" else ("a",))}
+    (work / tag).mkdir(parents=True, exist_ok=True)
+    config = Testpmd(f"be-{tag}", [VhostPort(sock, settings.queues, tso=big) for sock in sockets.values()],
+                     {"a": "rxonly", "b": "txonly", "c": "io"}[case], BACKEND_CPU, interactive=False,
+                     frame=settings.frame, txpkts=settings.frame if case == "b" else None,
+                     queues=settings.queues if settings.queues > 1 else None)
+    be = TestpmdProcess(config, work)
+    be.start()
+    return be, sockets
 
 
-def wait_blocks(proc, n, timeout=30):
-    """Waits until the log holds `n` stats blocks (a starved main lcore prints late)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.text().count("NIC statistics for port") >= n:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def wait_flowing(fe, ports, port, key, timeout=30):
-    """Asks for stats every half second until the measured counter grew over two intervals
-    in a row; returns how many stats blocks the log holds by then."""
-    deadline = time.time() + timeout
-    blocks, grew, last = 0, 0, None
-    while time.time() < deadline:
-        fe.command("show port stats all")
-        blocks += ports
-        if not wait_blocks(fe, blocks):
-            break
-        counts = port_counts(fe.text(), port, key)
-        if counts and last is not None and counts[-1] > last:
-            grew += 1
-            if grew == 2:
-                return blocks
-        else:
-            grew = 0
-        last = counts[-1] if counts else None
-        time.sleep(0.5)
-    raise RuntimeError(f"no frames flowed within {timeout} s; see {fe.log_path}")
+def frontend(case, sockets, settings, tag, work):
+    """The testpmd frontend of a case and what it measures (port, counter): (a) txonly into
+    A, counting what A's ring accepted; (b) rxonly on A; (c) one forwarding lcore feeding A
+    from a pcap and draining B into a null port, counting what B received."""
+    s = settings
+    a = VirtioUser(sockets["a"], MAC_A, s.queues, s.ring_a)
+    common = dict(frame=s.frame, burst=s.burst, queues=s.queues if s.queues > 1 else None)
+    if case == "a":
+        config = Testpmd(f"fe-{tag}", [a], "txonly", FRONTEND_CPU, txpkts=s.frame,
+                         eth_peers={0: MAC_B}, **common)
+        measured = (0, "TX-packets")
+    elif case == "b":
+        config = Testpmd(f"fe-{tag}", [a], "rxonly", FRONTEND_CPU, **common)
+        measured = (0, "RX-packets")
+    else:
+        pcap = work / f"frame{s.frame}.pcap"
+        write_pcap(pcap, udp_frame(s.frame, MAC_A, MAC_B))
+        b = VirtioUser(sockets["b"], MAC_B, s.queues, s.ring_b)
+        config = Testpmd(f"fe-{tag}", [PcapReplay(pcap), a, b, NullPort()], "io", FRONTEND_CPU,
+                         port_topology="paired", **common)
+        measured = (3, "TX-packets")  # what B received, forwarded to the null port
+    fe = TestpmdProcess(config, work)
+    fe.start()
+    return fe, measured
 
 
 class Rig:
@@ -223,79 +209,32 @@ class Rig:
     frames flow once the constructor returns. Both processes can be paused (SIGSTOP), so two
     rigs can share the two CPUs by taking turns."""
 
-    def __init__(self, case, backend, length, work):
+    def __init__(self, case, backend, settings, work):
         self.backend = backend
+        self.fe = self.be = None
+        work = Path(work)
         tag = f"{backend}-{case}"
-        sock_a, sock_b = os.path.join(work, f"{tag}-a.sock"), os.path.join(work, f"{tag}-b.sock")
-        for s in (sock_a, sock_b):
-            if os.path.exists(s):
-                os.unlink(s)
-        big = length > 1518
-        mbuf = ["--mbuf-size=10240", f"--max-pkt-len={length + 18}", "--total-num-mbufs=16384"] if big else []
-        # The backend.
-        if backend in ("prism", "base"):
-            binary = PRISM if backend == "prism" else BASELINE
-            ports = {"a": Path(sock_a)} if case != "c" else {"a": Path(sock_a), "b": Path(sock_b)}
-            extra = ["--busy-poll-us", str(BUSY_POLL_US), "--link-rate", LINK_RATE]
-            if case == "a":
-                extra += [f"--{A_RECEIVER}", "null"]
-            elif case == "b":
-                extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={length}"]
-            cmd = prism_vnic_argv(Path(binary), ports, {}, 1, Path(work) / f"{tag}-ctl.sock", extra)
-            self.be = Proc(cmd, 1, os.path.join(work, f"be-{tag}.log"))
-        else:
-            tso = ",tso=1" if big else ""
-            vdevs = [f"net_vhost0,iface={sock_a},queues=1{tso}"]
-            if case == "c":
-                vdevs.append(f"net_vhost1,iface={sock_b},queues=1{tso}")
-            mode = {"a": "rxonly", "b": "txonly", "c": "io"}[case]
-            extra = [f"--txpkts={length}"] if case == "b" else []
-            self.be = Proc(testpmd(f"be-{tag}", vdevs, [f"--forward-mode={mode}", "--auto-start"] + extra + mbuf,
-                                   "0@1,1@1"), 1, os.path.join(work, f"be-{tag}.log"))
-        self.fe = None
-        if not wait_for(sock_a) or (case == "c" and not wait_for(sock_b)):
-            self.close()
-            raise RuntimeError(f"{backend}: backend sockets did not appear; see {self.be.log_path}")
-        # The frontend.
-        if case == "a":
-            fe_cmd = testpmd(f"fe-{tag}", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
-                             ["-i", "--forward-mode=txonly", f"--txpkts={length}",
-                              f"--eth-peer=0,{MAC_B}"] + mbuf)
-            self.measured = (0, "TX-packets")
-        elif case == "b":
-            fe_cmd = testpmd(f"fe-{tag}", [f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}"],
-                             ["-i", "--forward-mode=rxonly"] + mbuf)
-            self.measured = (0, "RX-packets")
-        else:
-            pcap = os.path.join(work, f"frame{length}.pcap")
-            write_pcap(pcap, udp_frame(length, MAC_A, MAC_B))
-            fe_cmd = testpmd(f"fe-{tag}", [f"net_pcap0,rx_pcap={pcap},infinite_rx=1",
-                                           f"virtio_user0,path={sock_a},queues=1,mac={MAC_A}",
-                                           f"virtio_user1,path={sock_b},queues=1,mac={MAC_B}",
-                                           "net_null0,no-rx=1"],
-                             ["-i", "--forward-mode=io", "--port-topology=paired"] + mbuf)
-            self.measured = (3, "TX-packets")  # what B received, forwarded to the null port
-        self.fe = Proc(fe_cmd, 0, os.path.join(work, f"fe-{tag}.log"))
-        self.ports = 4 if case == "c" else 1
+        self.sock_dir = work / tag
         try:
+            if backend in ("prism", "base"):
+                self.be, sockets = prism_backend(case, PRISM if backend == "prism" else BASELINE,
+                                                 settings, tag, work)
+            else:
+                self.be, sockets = dpdk_backend(case, settings, tag, work)
+            self.fe, self.measured = frontend(case, sockets, settings, tag, work)
             self.fe.command("start")
             # Warm-up: connection, learning, rings filled. Frames flow once this returns:
             # DPDK's vhost PMD takes 1-4 s here to map the frontend's memory (4 KiB pages),
             # and a fixed warm-up shorter than that averaged seconds of nothing into its figure.
-            self.blocks = wait_flowing(self.fe, self.ports, *self.measured)
-        except RuntimeError:
+            self.fe.wait_flowing(*self.measured)
+        except BaseException:
             self.close()
             raise
 
     def reading(self):
         """(time, the measured counter) now. Waits for testpmd's answer, so a pause that
         follows cannot delay it into the next turn."""
-        self.fe.command("show port stats all")
-        now = time.time()
-        self.blocks += self.ports
-        if not wait_blocks(self.fe, self.blocks):
-            raise RuntimeError(f"no stats from the frontend; see {self.fe.log_path}")
-        return now, port_counts(self.fe.text(), *self.measured)[-1]
+        return self.fe.reading(*self.measured)
 
     def measure(self, secs):
         """A reading every second for `secs` seconds: (per-second rates, backend CPU %)."""
@@ -310,30 +249,28 @@ class Rig:
 
     def pause(self):
         for proc in (self.fe, self.be):
-            os.killpg(proc.p.pid, signal.SIGSTOP)
+            proc.pause()
 
     def resume(self):
         for proc in (self.be, self.fe):
-            os.killpg(proc.p.pid, signal.SIGCONT)
+            proc.resume()
 
     def close(self):
-        for proc in (self.fe, self.be):
-            if not proc:
-                continue
-            if proc.p.poll() is None:
-                os.killpg(proc.p.pid, signal.SIGCONT)  # a stopped process cannot quit
-                if proc is self.fe:
-                    try:
-                        proc.command("stop")
-                        proc.command("quit")
-                    except OSError:
-                        pass
-            proc.stop()
+        """Stops the frontend, then the backend; each removes what it leaves behind."""
+        if self.fe is not None:
+            self.fe.stop()
+        if isinstance(self.be, Switch):
+            problems = self.be.stop()
+            if problems:
+                log(f"{self.backend}: {self.be.log_path}: {'; '.join(problems)}")
+        elif self.be is not None:
+            self.be.stop()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
 
-def run_case(case, backend, length, secs, work):
+def run_case(case, backend, settings, secs, work):
     """One round of one backend alone: (per-second rates, backend CPU %)."""
-    rig = Rig(case, backend, length, work)
+    rig = Rig(case, backend, settings, work)
     try:
         time.sleep(1)
         return rig.measure(secs)
@@ -341,14 +278,14 @@ def run_case(case, backend, length, secs, work):
         rig.close()
 
 
-def run_interleaved(case, length, turns, secs, work, probe):
+def run_interleaved(case, settings, turns, secs, work, probe):
     """Both backends set up at once, taking turns of `secs` seconds on the CPUs while the
     other rig is stopped: {backend: [Run per turn]}. Turns seconds
     apart see the same machine; rounds a minute apart did not (see the module's notes)."""
     rigs, result = {}, {"prism": [], OTHER: []}
     try:
         for backend in ("prism", OTHER):
-            rigs[backend] = Rig(case, backend, length, work)
+            rigs[backend] = Rig(case, backend, settings, work)
             rigs[backend].pause()
         for turn in range(turns):
             # Who goes first alternates: a turn's first second after a switch may differ.
@@ -362,7 +299,7 @@ def run_interleaved(case, length, turns, secs, work, probe):
                 rig.pause()
                 run = Run(rates, cpu, (before, core_to_core_ns(probe)))
                 result[backend].append(run)
-                log(f"({case}) {length} B turn {turn + 1}/{turns} {backend}: per second "
+                log(f"({case}) {settings.frame} B turn {turn + 1}/{turns} {backend}: per second "
                     + " ".join(f"{r / 1e6:.2f}" for r in rates) + f" Mpps, backend CPU {cpu:.0f}%"
                     + run.c2c_text())
     finally:
@@ -449,9 +386,9 @@ def main():
           f"links {'unpaced' if LINK_RATE == '0' else 'at ' + LINK_RATE}, (a) into --{A_RECEIVER}; "
           + ("DPDK vhost PMD: polling" if OTHER == "dpdk" else f"baseline: {BASELINE}"))
     print(f"new: {PRISM}")
-    for tool in ("dpdk-testpmd", "taskset"):
+    for tool in ("dpdk-testpmd", "stdbuf"):
         if not shutil.which(tool):
-            sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev util-linux; .ci/install-deps does)")
+            sys.exit(f"vs_dpdk: {tool} not found (apt-get install dpdk-dev coreutils; .ci/install-deps does)")
     if not os.path.exists(PRISM):
         sys.exit(f"vs_dpdk: {PRISM} missing: run .ci/patch-crates && cargo build --release")
     frames = [int(f) for f in args.frames.split(",")] if args.frames else None
@@ -466,8 +403,9 @@ def main():
         for case, length in cases:
             if args.mode == "interleaved":
                 try:
-                    result = run_interleaved(case, length, args.repeat, args.secs, work, probe)
-                except RuntimeError as e:
+                    result = run_interleaved(case, Settings(frame=length), args.repeat, args.secs,
+                                             work, probe)
+                except CASE_FAILURES as e:
                     log(f"({case}) {length} B failed: {e}")
                     result = {"prism": [], OTHER: []}
                 rows.append((case, length, result))
@@ -480,8 +418,8 @@ def main():
                     log(f"({case}) {length} B {backend} run {i + 1}/{args.repeat} ...")
                     before = core_to_core_ns(probe)
                     try:
-                        rates, cpu = run_case(case, backend, length, args.secs, work)
-                    except RuntimeError as e:
+                        rates, cpu = run_case(case, backend, Settings(frame=length), args.secs, work)
+                    except CASE_FAILURES as e:
                         log(f"  failed: {e}")
                         result[backend].append(None)  # keeps the rounds aligned for pairing
                         continue
@@ -656,4 +594,5 @@ def save(rows, out):
 
 if __name__ == "__main__":
     ensure_system_python()
+    sigterm_exits()
     main()

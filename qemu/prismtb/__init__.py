@@ -3,6 +3,8 @@
 It owns the parts a booted-guest experiment is made of, each in one place:
 
     switch    prism-vnic (or a stand-in backend): its flags, control socket, stop contract
+    dpdk      DPDK's testpmd as a virtio-user frontend or as DPDK's vhost PMD backend
+    procs     child processes: started pinned, ready on a condition, paused, stopped, cleaned
     guest     a QEMU guest on a vhost-user port, driven through its serial console
     qemu      the QEMU binary: version, accelerator, the command lines
     kernel    guest kernels (guest-kernel/build, cached) and single-guest scenario boots

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import REPO
-from .procs import die_with_parent, signals_deferred
+from .procs import cpu_seconds, die_with_parent, log_tail, signal_group, signals_deferred
 SOCKET_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -187,10 +187,7 @@ class Switch:
         return self.binary is None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def log_size(self) -> int:
         try:
@@ -268,6 +265,22 @@ class Switch:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP: the backend keeps its state and uses no CPU until resume() (benchmarks
+        whose backends take turns on the CPUs)."""
+        if self.alive():
+            assert self.proc is not None
+            signal_group(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            signal_group(self.proc.pid, signal.SIGCONT)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the backend has used (user plus system)."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
     def stop(self) -> list[str]:
         """SIGTERMs the backend; returns the contract violations seen (empty when clean)."""
         problems: list[str] = []
@@ -276,6 +289,8 @@ class Switch:
         if self.proc.poll() is not None:
             problems.append(f"exited on its own, with {self.proc.returncode}, before SIGTERM")
         else:
+            # A paused backend would leave SIGTERM pending until it is killed.
+            self.resume()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from prismtb import REPO, image, kernel, knobs, qemu
+from prismtb import REPO, dpdk, image, kernel, knobs, qemu
 from prismtb.guest import GuestConfig
 from prismtb.interp import SYSTEM_PYTHON, is_system_python
 from prismtb.overlay import OverlayParams, container_ip, overlay_steps
+from prismtb.procs import Child, ChildError, pid_alive
 from prismtb.parsers import (iperf_receiver_mbits, iperf_udp_summary, parse_sockperf, prism_counters,
                              protocol_lines, qemu_version, stats_summary, vcpu_threads)
 from prismtb.shell import parse_status
@@ -113,6 +116,51 @@ def test_prism_mode_command_checks_the_value_took_and_refuses_other_modes():
         knobs.mode_command(3)
 
 
+def test_testpmd_as_the_frontend_of_case_c_is_one_lcore_polling_four_ports_on_one_cpu():
+    """pcap -> virtio-user A, virtio-user B -> null, paired io forwarding; the prefix is the
+    harness's own so two runs never share DPDK's runtime directory."""
+    config = dpdk.Testpmd("fe-prism-c", [dpdk.PcapReplay(Path("/w/f.pcap")),
+                                         dpdk.VirtioUser(Path("/w/a.sock"), "02:00:00:00:00:0a"),
+                                         dpdk.VirtioUser(Path("/w/b.sock"), "02:00:00:00:00:0b"),
+                                         dpdk.NullPort()], "io", 0, port_topology="paired")
+    assert config.prefix(1234) == "fe-prism-c-1234"
+    assert config.argv("fe-prism-c-1234") == [
+        "dpdk-testpmd", "--lcores", "0@0,1@0", "--no-pci", "--no-huge", "-m", "1024",
+        "--file-prefix", "fe-prism-c-1234",
+        "--vdev", "net_pcap0,rx_pcap=/w/f.pcap,infinite_rx=1",
+        "--vdev", "virtio_user0,path=/w/a.sock,queues=1,mac=02:00:00:00:00:0a",
+        "--vdev", "virtio_user1,path=/w/b.sock,queues=1,mac=02:00:00:00:00:0b",
+        "--vdev", "net_null0,no-rx=1",
+        "--", "--nb-cores=1", "--no-lsc-interrupt", "-i", "--forward-mode=io", "--port-topology=paired"]
+
+
+def test_testpmd_as_dpdks_vhost_backend_forwards_from_the_start_with_jumbo_mbufs_above_1518():
+    config = dpdk.Testpmd("be-dpdk-b", [dpdk.VhostPort(Path("/w/a.sock"), tso=True)], "txonly", 1,
+                          interactive=False, frame=9000, txpkts=9000)
+    assert config.argv("p")[config.argv("p").index("--"):] == [
+        "--", "--nb-cores=1", "--no-lsc-interrupt", "--forward-mode=txonly", "--auto-start",
+        "--txpkts=9000", "--mbuf-size=10240", "--max-pkt-len=9018", "--total-num-mbufs=16384"]
+    assert "net_vhost0,iface=/w/a.sock,queues=1,tso=1" in config.argv("p")
+    assert "--lcores" in config.argv("p") and "0@1,1@1" in config.argv("p")
+    assert dpdk.jumbo_args(1518) == []
+
+
+def test_testpmd_takes_what_a_sweep_varies_ring_sizes_burst_queues_and_frame():
+    a = dpdk.VirtioUser(Path("/w/a.sock"), "02:00:00:00:00:0a", queues=2, queue_size=1024)
+    b = dpdk.VirtioUser(Path("/w/b.sock"), queues=2, queue_size=256)
+    argv = dpdk.Testpmd("fe", [a, b], "txonly", 0, txpkts=1518, frame=1518, burst=64, queues=2,
+                        eth_peers={0: "02:00:00:00:00:0b"}).argv("p")
+    assert "virtio_user0,path=/w/a.sock,queues=2,mac=02:00:00:00:00:0a,queue_size=1024" in argv
+    assert "virtio_user1,path=/w/b.sock,queues=2,queue_size=256" in argv
+    assert argv[argv.index("--"):] == [
+        "--", "--nb-cores=1", "--no-lsc-interrupt", "-i", "--forward-mode=txonly", "--txpkts=1518",
+        "--eth-peer=0,02:00:00:00:00:0b", "--burst=64", "--rxq=2", "--txq=2"]
+
+
+def test_dpdks_runtime_directory_is_the_file_prefixs():
+    assert dpdk.runtime_dir("fe-1").name == "fe-1" and dpdk.runtime_dir("fe-1").parent.name == "dpdk"
+
+
 # --- parsers on recorded samples -----------------------------------------------------------
 
 def test_sockperf_ping_pong_figures():
@@ -170,6 +218,23 @@ def test_prism_vnic_stats_summary_has_a_line_per_port():
 def test_exit_status_is_the_numeric_line_among_console_noise():
     assert parse_status("[4]+  Done    foo\n3\n") == 3
     assert parse_status("nothing") is None
+
+
+def test_testpmd_port_stats_are_read_per_port_and_counter():
+    text = sample("testpmd-port-stats.txt")
+    assert dpdk.port_counts(text, 0, "RX-packets") == [39072]
+    assert dpdk.port_counts(text, 3, "TX-packets") == [256]
+    assert dpdk.port_counts(text * 2, 1, "TX-packets") == [512, 512]
+    assert dpdk.port_counts(text, 4, "TX-packets") == []
+
+
+def test_testpmds_failure_is_its_first_error_with_the_cause_it_exited_with():
+    assert dpdk.failure_reason(sample("testpmd-bind-failed.txt")) == (
+        "VHOST_CONFIG: (/nonexistent/dir/a.sock) failed to bind: No such file or directory; "
+        "remove it and try again; Start ports failed")
+    assert dpdk.failure_reason(sample("testpmd-no-backend.txt")) == (
+        "vhost_user_setup(): connect error, No such file or directory")
+    assert dpdk.failure_reason(sample("testpmd-port-stats.txt")) is None
 
 
 def test_only_the_install_steps_python_counts_as_the_system_interpreter():
@@ -269,3 +334,56 @@ def test_qemu_vm_names_qemus_threads_so_vcpus_can_be_pinned(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "-name t19\\,debug-threads=on " in res.stderr
+
+
+# --- processes (real, small ones) ----------------------------------------------------------
+
+def test_a_child_that_exits_before_it_is_ready_says_why_in_one_line(tmp_path):
+    child = Child(["sh", "-c", "echo starting; echo 'Cause: no ports'; exit 3"], tmp_path / "c.log",
+                  reason=lambda text: next((ln.split(": ", 1)[1] for ln in text.splitlines()
+                                            if ln.startswith("Cause: ")), None))
+    child.start()
+    with pytest.raises(ChildError) as err:
+        child.wait_until(lambda: False, 60, "listened")
+    first, *rest = str(err.value).splitlines()
+    assert first == f"sh exited before it listened: no ports (log {tmp_path}/c.log)"
+    assert "starting" in rest
+    assert child.stop() == 3
+
+
+def test_a_child_not_ready_in_time_is_named_with_its_exit_status_unknown(tmp_path):
+    child = Child(["sleep", "60"], tmp_path / "s.log")
+    child.start()
+    try:
+        with pytest.raises(ChildError, match=r"^sleep did not answer within 0 s \(log "):
+            child.wait_until(lambda: False, 0.2, "answer")
+    finally:
+        assert child.stop() == -signal.SIGINT
+
+
+def test_a_paused_child_is_stopped_pinned_and_its_log_says_how_it_ended(tmp_path):
+    """A SIGSTOPped process would keep a SIGINT pending forever: stop resumes it first."""
+    child = Child([sys.executable, "-c", "import os, sys, time; print(sorted(os.sched_getaffinity(0)),"
+                                         " flush=True); sys.stdin.readline(); time.sleep(60)"],
+                  tmp_path / "p.log", cpus={0})
+    child.start()
+    child.wait_until(lambda: "[0]" in child.text(), 60, "printed its CPUs")
+    child.send("go")
+    child.pause()
+    assert child.stop(timeout=30) == -signal.SIGINT
+    assert not pid_alive(child.pid)
+    assert child.text().splitlines()[-1] == "[prismtb] exit status -2"
+
+
+def test_testpmd_without_its_backend_fails_start_with_the_reason_and_leaves_no_runtime_files(tmp_path):
+    """Through the real dpdk-testpmd: a frontend whose backend socket is missing."""
+    if not os.path.exists("/usr/bin/dpdk-testpmd"):
+        pytest.skip("dpdk-testpmd missing (.ci/install-deps installs dpdk)")
+    config = dpdk.Testpmd("fe-unit", [dpdk.VirtioUser(tmp_path / "none.sock")], "io", 0)
+    fe = dpdk.TestpmdProcess(config, tmp_path)
+    with pytest.raises(dpdk.DpdkError) as err:
+        fe.start()
+    assert str(err.value).splitlines()[0] == (
+        "dpdk-testpmd probed 0 of its 1 ports: vhost_user_setup(): connect error, No such file "
+        f"or directory (log {tmp_path}/fe-unit.log)")
+    assert not fe.alive() and not dpdk.runtime_dir(fe.prefix).exists()
