@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prismtb import REPO
 from prismtb.interp import ensure_system_python
+from prismtb.procs import sigterm_exits
 from prismtb.switch import Switch, SwitchError, release_binary
 
 # PRISM_VNIC (or PRISM_VNIC_BIN): a prism-vnic built elsewhere (e.g. in a CARGO_TARGET_DIR of one's own).
@@ -228,4 +229,5 @@ def priority(work, args):
 
 if __name__ == "__main__":
     ensure_system_python()
+    sigterm_exits()
     main()

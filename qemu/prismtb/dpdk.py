@@ -1,7 +1,8 @@
 """DPDK's testpmd as a process of the testbed: as a virtio-user frontend (the traffic a
 benchmark offers and counts) and as DPDK's vhost PMD backend (what prism-vnic is measured
-against). This is the one place that knows testpmd's flags, its ports (vdevs), its counters
-and its runtime files.
+against). It knows testpmd's flags, its ports (vdevs), its counters and its runtime files
+(the e2e suites' stand-in backend, testpmd as a two-port cable, is a command template in
+switch.py, beside PRISM_SWITCH_CMD's).
 
 A configuration is data (`Testpmd`): the ports, the forwarding mode, and what a sweep varies
 (the ring size of each virtio-user port, --burst, --rxq/--txq, the frame size); `argv()` is
