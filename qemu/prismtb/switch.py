@@ -233,6 +233,16 @@ class Switch:
             raise SwitchError(f"cannot run {self.argv[0]}: {e}") from e
         finally:
             log.close()
+        try:
+            self._wait_listening()
+        except BaseException:
+            # Not started is not running: a backend that did not get there in time, or
+            # whose start was interrupted (Ctrl-C, SIGTERM), has no caller to stop it.
+            self.kill()
+            raise
+
+    def _wait_listening(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + SOCKET_TIMEOUT
         wanted = list(self.sockets.values()) + ([self.control] if self.binary is not None else [])
         while not all(_is_socket(s) for s in wanted):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from prismtb import REPO, dpdk, image, kernel, knobs, qemu
+from prismtb import REPO, dpdk, image, kernel, knobs, qemu, switch
 from prismtb.guest import GuestConfig
 from prismtb.interp import SYSTEM_PYTHON, is_system_python
 from prismtb.overlay import OverlayParams, container_ip, overlay_steps
@@ -275,6 +275,18 @@ def test_a_socket_another_prism_vnic_listens_on_is_refused_before_starting(tmp_p
         assert second.proc is None and first.alive()
     finally:
         assert first.stop() == []
+
+
+def test_a_backend_that_does_not_listen_in_time_is_killed_not_left_running(tmp_path, monkeypatch):
+    """Its caller gets an error, not an object to stop: the start must not leave it behind
+    (nor when Ctrl-C or SIGTERM interrupts the wait)."""
+    monkeypatch.setattr(switch, "SOCKET_TIMEOUT", 0.5)
+    sw = Switch(tmp_path, ports=("vm1",), queues=1, sock_dir=tmp_path / "s",
+                env={"PRISM_SWITCH_CMD": "sleep 60"})
+    with pytest.raises(SwitchError, match=r"sleep did not create \[.*vm1.sock'\] within 0 s"):
+        sw.start()
+    assert sw.proc is not None and sw.proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_metrics_port_already_bound_fails_start_with_the_daemons_one_line(tmp_path):
