@@ -225,6 +225,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 &port.name,
                 port.queue_counters.len(),
                 capture.queue,
+                port.nic.port_counters.clone(),
             )?;
             port.nic.set_capture(Some(capture));
         }

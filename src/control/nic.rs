@@ -268,8 +268,15 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                     let path =
                         paths::capture_path(capture_dir, &file).map_err(|e| e.to_string())?;
                     let file = paths::create_capture_file(&path).map_err(|e| e.to_string())?;
-                    let capture = Capture::new(file, &path, &port.name, queues, queue)
-                        .map_err(|e| e.to_string())?;
+                    let capture = Capture::new(
+                        file,
+                        &path,
+                        &port.name,
+                        queues,
+                        queue,
+                        port.nic.port_counters.clone(),
+                    )
+                    .map_err(|e| e.to_string())?;
                     port.nic.set_capture(Some(capture));
                     Ok(Reply::answer(CaptureAnswer {
                         port: port.name.clone(),

@@ -99,10 +99,13 @@ impl Nic {
         self.priority_weight.store(weight, Ordering::Relaxed);
     }
 
-    /// Starts (or with `None` stops) capturing delivered frames.
+    /// Starts (or with `None` stops) capturing delivered frames. A capture replaced or
+    /// stopped writes what it holds before this returns (unless its file takes no writes).
     pub fn set_capture(&self, capture: Option<Capture>) {
         self.capturing.store(capture.is_some(), Ordering::Relaxed);
-        self.capture.store(capture.map(Arc::new));
+        if let Some(previous) = self.capture.swap(capture.map(Arc::new)) {
+            previous.stop();
+        }
     }
 
     /// Smallest gso_size this NIC cuts in software.

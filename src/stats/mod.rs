@@ -135,6 +135,12 @@ counters! {
         vxlan_tx_drops_send,
         /// VXLAN port: frames not sent because the datagram is too big for the path (MTU).
         vxlan_tx_errors_too_big,
+        /// Frames left out of the port's capture because its buffer was full: the capture
+        /// file took writes more slowly than frames arrived (the frames were delivered).
+        capture_drops_queue_full,
+        /// Frames left out of the port's capture because writing its file failed (a full
+        /// disk); the frames were delivered.
+        capture_drops_write_error,
     }
 }
 
