@@ -7,17 +7,32 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use prism_vnic::cli::{Cli, Command, RuleAction};
-use prism_vnic::config::Config;
-use prism_vnic::control::protocol::{MacsAnswer, Request, RulesAnswer};
+use prism_vnic::config::{Config, ConfigError};
+use prism_vnic::control::ControlError;
+use prism_vnic::control::protocol::{MacsAnswer, Request, RulesAnswer, StatsAnswer};
+use prism_vnic::daemon::DaemonError;
 use prism_vnic::{control, daemon};
+
+/// Why prism-vnic stops with a failure: the message printed is this error's.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("unexpected answer: {0}")]
+    Answer(#[from] serde_json::Error),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         None => Config::try_from(cli.run)
-            .map_err(|e| e.to_string())
-            .and_then(|config| daemon::run(config).map_err(|e| e.to_string())),
+            .map_err(MainError::from)
+            .and_then(|config| Ok(daemon::run(config)?)),
         Some(command) => client(command),
     };
     match result {
@@ -74,20 +89,22 @@ fn request_of(command: &Command) -> Request {
 }
 
 /// The answer's fields as the answer type of the request.
-fn typed<T: DeserializeOwned>(answer: Value) -> Result<T, String> {
-    serde_json::from_value(answer).map_err(|e| format!("unexpected answer: {e}"))
+fn typed<T: DeserializeOwned>(answer: Value) -> Result<T, MainError> {
+    Ok(serde_json::from_value(answer)?)
 }
 
 /// Runs one subcommand: one control request to the socket it names, the answer printed.
-fn client(command: Command) -> Result<(), String> {
-    let answer =
-        control::request(command.control(), &request_of(&command)).map_err(|e| e.to_string())?;
+fn client(command: Command) -> Result<(), MainError> {
+    let answer = control::request(command.control(), &request_of(&command))?;
     match command {
         Command::Stats(args) if args.json => println!("{answer}"),
-        Command::Stats(args) => print!("{}", control::format_stats(&answer, args.port.as_deref())),
+        Command::Stats(args) => print!(
+            "{}",
+            control::format_stats(&typed::<StatsAnswer>(answer)?, args.port.as_deref())
+        ),
         Command::Residence(args) if !args.reset => print!(
             "{}",
-            control::format_residence(&answer, args.port.as_deref())
+            control::format_residence(&typed::<StatsAnswer>(answer)?, args.port.as_deref())
         ),
         Command::Macs(_) => {
             for entry in typed::<MacsAnswer>(answer)?.macs {

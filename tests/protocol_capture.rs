@@ -15,11 +15,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::Command;
 use std::thread::{self, JoinHandle};
 
 use pcap_file::pcapng::{Block, PcapNgReader};
-use support::daemon::{BINARY, Daemon};
+use support::daemon::Daemon;
 use support::frames::{mac, udp_frame, udp_tag};
 use support::guest::{GuestOptions, TestGuest};
 
@@ -161,21 +160,6 @@ impl Drop for StalledFile {
     }
 }
 
-fn control(daemon: &Daemon, args: &[&str]) -> String {
-    let output = Command::new(BINARY)
-        .args(args)
-        .arg("--control")
-        .arg(daemon.control_socket())
-        .output()
-        .expect("run prism-vnic control command");
-    assert!(
-        output.status.success(),
-        "prism-vnic {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// The daemon's threads named as a capture's writer.
 fn capture_threads(daemon: &Daemon) -> usize {
     let tasks = format!("/proc/{}/task", daemon.pid().expect("running"));
@@ -212,7 +196,7 @@ fn a_capture_file_that_stops_taking_writes_never_stops_the_traffic() {
     let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
     let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
     b.post_rx_buffers(0, 4 * BATCH, 2048).expect("post");
-    control(&daemon, &["capture", "b", "stalled.pcapng"]);
+    daemon.control(&["capture", "b", "stalled.pcapng"]);
     assert_eq!(capture_threads(&daemon), 1, "one writer thread per capture");
     let file = dir.path().join("stalled.pcapng");
     let stalled = StalledFile::stall(&file);
@@ -239,14 +223,16 @@ fn a_capture_file_that_stops_taking_writes_never_stops_the_traffic() {
         .expect("capture drops counted");
     assert!(dropped < u64::from(FRAMES), "it kept nothing: {dropped}");
     assert!(
-        control(&daemon, &["stats", "--port", "b"]).contains("capture_drops_queue_full"),
+        daemon
+            .control(&["stats", "--port", "b"])
+            .contains("capture_drops_queue_full"),
         "`stats` shows the counter"
     );
 
     // Once the file takes writes again, what was held back is written, and stopping the
     // capture ends its writer.
     drop(stalled);
-    control(&daemon, &["capture", "b"]);
+    daemon.control(&["capture", "b"]);
     assert_eq!(
         packets_in(&file) + dropped,
         u64::from(FRAMES),

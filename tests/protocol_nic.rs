@@ -15,22 +15,6 @@ use support::traffic::expect_tag;
 const PAIRS: u16 = 4;
 const EF: u8 = 46;
 
-fn control(daemon: &Daemon, args: &[&str]) -> String {
-    let mut command = Command::new(BINARY);
-    command
-        .args(&args[..1])
-        .arg("--control")
-        .arg(daemon.control_socket())
-        .args(&args[1..]);
-    let output = command.output().expect("run prism-vnic control command");
-    assert!(
-        output.status.success(),
-        "prism-vnic {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn two_guests(extra: &[&str]) -> (Daemon, TestGuest, TestGuest) {
     let mut builder = Daemon::builder().port("a").port("b").queues(PAIRS);
     for arg in extra {
@@ -124,36 +108,30 @@ fn a_rule_added_at_run_time_takes_effect_on_the_next_frame() {
     let before = expect_tag(&mut b, 1).expect("frame before the rule");
     assert_ne!(before.pair, 0, "an unmarked flow avoids the priority queue");
 
-    control(
-        &daemon,
-        &[
-            "rule", "add", "b", "loc", "3", "proto", "udp", "dst-port", "5001", "action", "queue",
-            "0", "class", "high",
-        ],
-    );
+    daemon.control(&[
+        "rule", "add", "b", "loc", "3", "proto", "udp", "dst-port", "5001", "action", "queue", "0",
+        "class", "high",
+    ]);
     a.send(0, VirtioNetHdr::plain(), &frame(4000, 5001, 0, 2))
         .expect("send");
     let after = expect_tag(&mut b, 2).expect("frame after the rule");
     assert_eq!(after.pair, 0, "the rule steers the very next frame");
-    let listing = control(&daemon, &["rule", "list", "b"]);
+    let listing = daemon.control(&["rule", "list", "b"]);
     assert!(
         listing.contains("loc 3") && listing.contains("hits 1"),
         "{listing}"
     );
 
-    control(
-        &daemon,
-        &[
-            "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "drop",
-        ],
-    );
+    daemon.control(&[
+        "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "drop",
+    ]);
     a.send(0, VirtioNetHdr::plain(), &frame(4000, 5001, 0, 3))
         .expect("send");
     a.send(0, VirtioNetHdr::plain(), &frame(4000, 5002, 0, 4))
         .expect("send");
     expect_tag(&mut b, 4).expect("an unmatched frame still passes");
-    control(&daemon, &["rule", "del", "b", "1"]);
-    let listing = control(&daemon, &["rule", "list", "b"]);
+    daemon.control(&["rule", "del", "b", "1"]);
+    let listing = daemon.control(&["rule", "list", "b"]);
     assert!(!listing.contains("action drop"), "{listing}");
 }
 
@@ -186,13 +164,10 @@ fn frame_with_long_ipv6_options(dst_port: u16, tag: u32) -> Vec<u8> {
 #[test]
 fn a_large_frame_whose_headers_go_past_the_copied_head_is_classified_on_all_of_them() {
     let (mut daemon, mut a, mut b) = two_guests(&[]);
-    control(
-        &daemon,
-        &[
-            "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "queue",
-            "0", "class", "high",
-        ],
-    );
+    daemon.control(&[
+        "rule", "add", "b", "loc", "1", "proto", "udp", "dst-port", "5001", "action", "queue", "0",
+        "class", "high",
+    ]);
     b.post_rx_buffers_all(16, 2048).expect("post");
     let frame = frame_with_long_ipv6_options(5001, 7);
     a.send(0, VirtioNetHdr::plain(), &frame).expect("send");
@@ -204,7 +179,7 @@ fn a_large_frame_whose_headers_go_past_the_copied_head_is_classified_on_all_of_t
         "the rule on the UDP port behind the options steers it"
     );
     assert_eq!(daemon.counter("b", "rx_parse_errors").expect("stats"), 0);
-    let listing = control(&daemon, &["rule", "list", "b"]);
+    let listing = daemon.control(&["rule", "list", "b"]);
     assert!(listing.contains("hits 1"), "{listing}");
 }
 
@@ -271,7 +246,7 @@ fn capture_written_by_the_nic_is_read_back_by_tcpdump() {
     let (daemon, mut a, mut b) = two_guests(&["--capture-dir", dir.path().to_str().unwrap()]);
     let file = dir.path().join("b.pcapng");
     b.post_rx_buffers_all(16, 2048).expect("post");
-    control(&daemon, &["capture", "b", file.to_str().unwrap()]);
+    daemon.control(&["capture", "b", file.to_str().unwrap()]);
     for tag in 0..5 {
         a.send(
             0,
@@ -281,7 +256,7 @@ fn capture_written_by_the_nic_is_read_back_by_tcpdump() {
         .expect("send");
         expect_tag(&mut b, tag).expect("frame arrives");
     }
-    control(&daemon, &["capture", "b"]);
+    daemon.control(&["capture", "b"]);
     let output = Command::new("tcpdump")
         .args(["-nn", "-r"])
         .arg(&file)
@@ -331,10 +306,7 @@ fn residence_p50s(daemon: &mut Daemon, port: &str, class: &str) -> Vec<u64> {
 fn a_class_delay_holds_back_that_class_only() {
     let (mut daemon, mut a, mut b) = two_guests(&[]);
     b.post_rx_buffers_all(8, 2048).expect("post");
-    let answer = control(
-        &daemon,
-        &["link", "b", "--delay-us", "50000", "--class", "high"],
-    );
+    let answer = daemon.control(&["link", "b", "--delay-us", "50000", "--class", "high"]);
     assert!(answer.contains("50000000"), "{answer}");
     // The EF frame goes first but is held back 50 ms; the normal one sent after it overtakes.
     a.send(0, VirtioNetHdr::plain(), &frame(7000, 7001, EF, 1))
@@ -359,10 +331,7 @@ fn a_class_delay_holds_back_that_class_only() {
         "normal residence {normal:?} carries the high class's delay"
     );
     // 0 removes the delay.
-    control(
-        &daemon,
-        &["link", "b", "--delay-us", "0", "--class", "high"],
-    );
+    daemon.control(&["link", "b", "--delay-us", "0", "--class", "high"]);
     let stats = daemon.stats().expect("stats");
     let link = &stats["ports"]
         .as_array()

@@ -51,13 +51,18 @@ pub enum Class {
     Normal,
 }
 
+/// A word that names no class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a class (high or normal)")]
+pub struct UnknownClass(pub String);
+
 impl FromStr for Class {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = UnknownClass;
+    fn from_str(text: &str) -> Result<Self, UnknownClass> {
         match text {
             "high" => Ok(Class::High),
             "normal" => Ok(Class::Normal),
-            _ => Err(format!("`{text}` is not a class (high or normal)")),
+            _ => Err(UnknownClass(text.to_string())),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 pub mod access;
 pub mod nic;
@@ -24,7 +24,10 @@ pub mod protocol;
 
 use self::access::Gid;
 pub use self::protocol::MAX_REQUEST;
-use self::protocol::{MacEntry, MacsAnswer, Reply, Request};
+use self::protocol::{
+    Counters, LinkStats, MacEntry, MacsAnswer, NetemStats, PerClass, PortStats, QueueStats, Reply,
+    Request, StatsAnswer,
+};
 use crate::stats::{self, ControlCounters, QueueCounters};
 use crate::switch::fabric::Fabric;
 use crate::switch::format_mac;
@@ -48,18 +51,9 @@ pub enum ControlError {
     Refused(String),
 }
 
-fn counters_object(snapshot: &[(&'static str, u64)]) -> Value {
-    Value::Object(
-        snapshot
-            .iter()
-            .map(|(name, value)| (name.to_string(), json!(value)))
-            .collect::<Map<String, Value>>(),
-    )
-}
-
-/// All counters of all ports, the switch and its table, as JSON.
-pub fn stats_json(fabric: &Fabric) -> Value {
-    let ports: Vec<Value> = fabric
+/// All counters of all ports and the switch, and the ports' settings.
+pub fn stats(fabric: &Fabric) -> StatsAnswer {
+    let ports = fabric
         .ports
         .iter()
         .map(|port| {
@@ -70,45 +64,47 @@ pub fn stats_json(fabric: &Fabric) -> Value {
                 total = QueueCounters::default().snapshot();
             }
             total.extend(port.nic.port_counters.snapshot());
-            let queues: Vec<Value> = queue_snapshots
+            let queues = queue_snapshots
                 .iter()
                 .enumerate()
                 .map(|(index, snapshot)| {
                     let queue = port.nic.queue(index);
-                    json!({
-                        "index": index,
-                        "rx_enabled": queue.is_some_and(|q| q.is_enabled()),
-                        "rx_buffered_now": queue.map_or(0, |q| q.buffered()),
-                        "coalesce": queue.map(|q| q.coalesce.get()),
-                        "residence": queue.map(|q| {
+                    QueueStats {
+                        index,
+                        rx_enabled: queue.is_some_and(|q| q.is_enabled()),
+                        rx_buffered_now: queue.map_or(0, |q| q.buffered()),
+                        coalesce: queue.map(|q| q.coalesce.get()),
+                        residence: queue.map(|q| {
                             let [high, normal] = q.residence();
-                            json!({ "high": high, "normal": normal })
+                            PerClass { high, normal }
                         }),
-                        "counters": counters_object(snapshot),
-                    })
+                        counters: Counters::of(snapshot),
+                    }
                 })
                 .collect();
-            json!({
-                "name": port.name,
-                "kind": port.kind.label(),
-                "connected": port.nic.is_connected(),
-                "link": {
-                    "rate_bps": port.nic.link.settings().rate_bps,
-                    "latency_ns": port.nic.link.settings().latency_ns,
-                    "class_delay_ns": nic::class_delays(&port.nic.link),
+            let link = port.nic.link.settings();
+            PortStats {
+                name: port.name.clone(),
+                kind: port.kind.label().to_string(),
+                connected: port.nic.is_connected(),
+                link: LinkStats {
+                    rate_bps: link.rate_bps,
+                    latency_ns: link.latency_ns,
+                    class_delay_ns: nic::class_delays(&port.nic.link),
                 },
-                "priority_weight": port.nic.priority_weight(),
-                "netem": nic::netem_json(port),
-                "buffered_now": port.nic.buffered(),
-                "counters": counters_object(&total),
-                "queues": queues,
-            })
+                priority_weight: port.nic.priority_weight(),
+                netem: nic::netem_stats(port),
+                buffered_now: port.nic.buffered(),
+                counters: Counters::of(&total),
+                queues,
+            }
         })
         .collect();
-    json!({
-        "ports": ports,
-        "switch": counters_object(&fabric.switch.counters.snapshot()),
-    })
+    StatsAnswer {
+        ports,
+        switch: Counters::of(&fabric.switch.counters.snapshot()),
+        control: Counters::default(),
+    }
 }
 
 fn macs(fabric: &Fabric) -> MacsAnswer {
@@ -134,11 +130,10 @@ fn answer(server: &Server, line: &str) -> Reply {
     let fabric = &server.fabric;
     match Request::parse(line) {
         Err(error) => Reply::refused(error),
-        Ok(Request::Stats) => {
-            let mut stats = stats_json(fabric);
-            stats["control"] = counters_object(&server.counters.snapshot());
-            Reply::answer(stats)
-        }
+        Ok(Request::Stats) => Reply::answer(StatsAnswer {
+            control: Counters::of(&server.counters.snapshot()),
+            ..stats(fabric)
+        }),
         Ok(Request::Macs) => Reply::answer(macs(fabric)),
         Ok(request) => nic::answer(fabric, &server.settings.capture_dir, request),
     }
@@ -404,37 +399,35 @@ pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
 
 /// Formats a stats answer like `ethtool -S`, port by port; per-queue counters are named
 /// `rx_queue_N_...` / `tx_queue_N_...` as virtio_net and most NIC drivers do.
-pub fn format_stats(stats: &Value, only_port: Option<&str>) -> String {
+pub fn format_stats(stats: &StatsAnswer, only_port: Option<&str>) -> String {
     let mut out = String::new();
-    for port in stats["ports"].as_array().into_iter().flatten() {
-        let name = port["name"].as_str().unwrap_or("?");
-        if only_port.is_some_and(|only| only != name) {
+    for port in &stats.ports {
+        if only_port.is_some_and(|only| only != port.name) {
             continue;
         }
-        let connected = if port["connected"] == json!(true) {
+        let connected = if port.connected {
             "connected"
         } else {
             "not connected"
         };
         out += &format!(
-            "port {name} ({}, {connected})\nNIC statistics:\n",
-            port["kind"].as_str().unwrap_or("?")
+            "port {} ({}, {connected})\nNIC statistics:\n",
+            port.name, port.kind
         );
-        for (counter, value) in port["counters"].as_object().into_iter().flatten() {
+        for (counter, value) in &port.counters.0 {
             out += &format!("     {counter}: {value}\n");
         }
-        for queue in port["queues"].as_array().into_iter().flatten() {
-            let index = queue["index"].as_u64().unwrap_or(0);
-            for (counter, value) in queue["counters"].as_object().into_iter().flatten() {
+        for queue in &port.queues {
+            for (counter, value) in &queue.counters.0 {
                 let (direction, rest) = counter.split_once('_').unwrap_or(("", counter));
-                out += &format!("     {direction}_queue_{index}_{rest}: {value}\n");
+                out += &format!("     {direction}_queue_{}_{rest}: {value}\n", queue.index);
             }
         }
-        out += &format_netem(&port["netem"]);
+        out += &format_netem(&port.netem);
     }
     if only_port.is_none() {
         out += "switch:\n";
-        for (counter, value) in stats["switch"].as_object().into_iter().flatten() {
+        for (counter, value) in &stats.switch.0 {
             out += &format!("     {counter}: {value}\n");
         }
     }
@@ -443,17 +436,17 @@ pub fn format_stats(stats: &Value, only_port: Option<&str>) -> String {
 
 /// A port's impairments in a stats answer, per class impaired now or before: the settings,
 /// then the counters named `netem_<class>_<effect>`.
-fn format_netem(netem: &Value) -> String {
+fn format_netem(netem: &NetemStats) -> String {
     let mut out = String::new();
-    for class in ["high", "normal"] {
-        let counters = netem[class]["counters"].as_object();
-        let counted = counters.is_some_and(|c| c.values().any(|v| v.as_u64() != Some(0)));
-        let settings = netem[class]["settings"].as_str();
-        if settings.is_none() && !counted {
+    for (class, stats) in [("high", &netem.high), ("normal", &netem.normal)] {
+        if stats.settings.is_none() && !stats.counters.any() {
             continue;
         }
-        out += &format!("     netem {class}: {}\n", settings.unwrap_or("off"));
-        for (counter, value) in counters.into_iter().flatten() {
+        out += &format!(
+            "     netem {class}: {}\n",
+            stats.settings.as_deref().unwrap_or("off")
+        );
+        for (counter, value) in &stats.counters.0 {
             let effect = counter.strip_prefix("netem_").unwrap_or(counter);
             out += &format!("     netem_{class}_{effect}: {value}\n");
         }
@@ -462,34 +455,34 @@ fn format_netem(netem: &Value) -> String {
 }
 
 /// Formats the residence histograms of a stats answer: one line per port, queue and class.
-pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
+pub fn format_residence(stats: &StatsAnswer, only_port: Option<&str>) -> String {
     let mut out = format!(
         "{:<12} {:>5} {:<6} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
         "port", "queue", "class", "frames", "p50 us", "p99 us", "p99.9 us", "max us"
     );
-    let us = |v: &Value| v.as_u64().map_or(0.0, |ns| ns as f64 / 1000.0);
-    for port in stats["ports"].as_array().into_iter().flatten() {
-        let name = port["name"].as_str().unwrap_or("?");
-        if only_port.is_some_and(|only| only != name) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    for port in &stats.ports {
+        if only_port.is_some_and(|only| only != port.name) {
             continue;
         }
-        for queue in port["queues"].as_array().into_iter().flatten() {
-            for class in ["high", "normal"] {
-                let r = &queue["residence"][class];
-                if r["count"].as_u64().unwrap_or(0) == 0 {
+        for queue in &port.queues {
+            let Some(residence) = &queue.residence else {
+                continue;
+            };
+            for (class, r) in [("high", &residence.high), ("normal", &residence.normal)] {
+                if r.count == 0 {
                     continue;
                 }
-                // As numbers: a JSON `Value` prints without the width it is given.
                 out += &format!(
                     "{:<12} {:>5} {:<6} {:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1}\n",
-                    name,
-                    queue["index"].as_u64().unwrap_or(0),
+                    port.name,
+                    queue.index,
                     class,
-                    r["count"].as_u64().unwrap_or(0),
-                    us(&r["p50_ns"]),
-                    us(&r["p99_ns"]),
-                    us(&r["p999_ns"]),
-                    us(&r["max_ns"])
+                    r.count,
+                    us(r.p50_ns),
+                    us(r.p99_ns),
+                    us(r.p999_ns),
+                    us(r.max_ns)
                 );
             }
         }
@@ -499,30 +492,78 @@ pub fn format_residence(stats: &Value, only_port: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::protocol::{
+        ClassDelays, Counters, LinkStats, NetemClassStats, NetemStats, PerClass, PortStats,
+        QueueStats, StatsAnswer,
+    };
     use super::{format_netem, format_residence};
-    use serde_json::json;
+    use crate::nic::residence::ResidenceSummary;
+
+    fn class(settings: Option<&str>, lost: u64) -> NetemClassStats {
+        NetemClassStats {
+            settings: settings.map(str::to_string),
+            counters: Counters(vec![("netem_lost".into(), lost)]),
+        }
+    }
 
     #[test]
     fn netem_lines_show_the_classes_impaired_now_or_before_only() {
-        let netem = json!({
-            "high": {"settings": null, "counters": {"netem_lost": 0}},
-            "normal": {"settings": "loss random 1% seed 7", "counters": {"netem_lost": 3}},
-        });
+        let netem = NetemStats {
+            high: class(None, 0),
+            normal: class(Some("loss random 1% seed 7"), 3),
+            ..NetemStats::default()
+        };
         assert_eq!(
             format_netem(&netem),
             "     netem normal: loss random 1% seed 7\n     netem_normal_lost: 3\n"
         );
-        let turned_off = json!({"high": {"settings": null, "counters": {"netem_lost": 2}}});
+        let turned_off = NetemStats {
+            high: class(None, 2),
+            ..NetemStats::default()
+        };
         assert!(format_netem(&turned_off).starts_with("     netem high: off\n"));
-        assert_eq!(format_netem(&json!({})), "");
+        assert_eq!(format_netem(&NetemStats::default()), "");
     }
 
     #[test]
     fn residence_rows_line_up_under_their_headers() {
-        let stats = json!({"ports": [{"name": "vm1", "queues": [{"index": 3, "residence": {
-            "high": {"count": 0},
-            "normal": {"count": 14, "p50_ns": 5300, "p99_ns": 60900, "p999_ns": 60900, "max_ns": 60900},
-        }}]}]});
+        let normal = ResidenceSummary {
+            count: 14,
+            p50_ns: 5300,
+            p99_ns: 60900,
+            p999_ns: 60900,
+            max_ns: 60900,
+            ..ResidenceSummary::default()
+        };
+        let stats = StatsAnswer {
+            ports: vec![PortStats {
+                name: "vm1".into(),
+                kind: "vhost-user".into(),
+                connected: true,
+                link: LinkStats {
+                    rate_bps: 0,
+                    latency_ns: 0,
+                    class_delay_ns: ClassDelays { high: 0, normal: 0 },
+                },
+                priority_weight: 0,
+                netem: NetemStats::default(),
+                buffered_now: 0,
+                counters: Counters::default(),
+                queues: vec![QueueStats {
+                    index: 3,
+                    rx_enabled: true,
+                    rx_buffered_now: 0,
+                    coalesce: None,
+                    residence: Some(PerClass {
+                        high: ResidenceSummary::default(),
+                        normal,
+                    }),
+                    counters: Counters::default(),
+                }],
+            }],
+            switch: Counters::default(),
+            control: Counters::default(),
+        };
         let table = format_residence(&stats, None);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(

@@ -2,41 +2,87 @@
 //! and latency, interrupt moderation (ethtool -C), priority weight, residence histograms,
 //! packet capture and impairments (tc-netem). Each takes effect for the next frame; none stops the data path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
-
-use super::paths;
+use super::paths::{self, PathError};
 use super::protocol::{
-    CaptureAnswer, ClassDelays, CoalesceAnswer, LinkAnswer, PriorityWeightAnswer, Reply, Request,
-    RuleEntry, RulesAnswer,
+    CaptureAnswer, ClassDelays, CoalesceAnswer, Counters, LinkAnswer, NetemAnswer, NetemClassStats,
+    NetemStats, PriorityWeightAnswer, Reply, Request, RuleEntry, RulesAnswer,
 };
-use crate::classify::Class;
-use crate::classify::rules::{Rule, RuleSet};
-use crate::cli::{parse_coalesce, parse_rate};
-use crate::nic::capture::Capture;
+use crate::classify::rules::{Rule, RuleSet, RuleSyntaxError, RulesError};
+use crate::classify::{Class, ClassifierError, UnknownClass};
+use crate::cli::{ValueError, parse_coalesce, parse_rate};
+use crate::nic::capture::{Capture, CaptureError};
 use crate::nic::link::{Link, LinkSettings};
-use crate::nic::moderation::CoalesceSettings;
-use crate::nic::netem::{self, NetemAction, NetemCommand};
+use crate::nic::netem::{NetemAction, NetemCommand, NetemError};
 use crate::switch::fabric::{Fabric, FabricPort, PortKind};
 
-fn find<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
+/// Longest latency or class delay a link takes, in microseconds.
+const MAX_DELAY_US: u64 = 10_000_000;
+
+/// Why a NIC request was refused; the refusal's text is this error's.
+#[derive(Debug, thiserror::Error)]
+pub enum NicRequestError {
+    #[error("not a NIC request")]
+    NotNicRequest,
+    #[error("there is no port {0:?}")]
+    NoPort(String),
+    #[error("port {0:?} is a discard port: the switch drops its frames before any NIC")]
+    DiscardPort(String),
+    #[error("rule {rule:?}: {source}")]
+    RuleSyntax {
+        rule: String,
+        source: RuleSyntaxError,
+    },
+    #[error("loc {0} is taken; delete it first")]
+    LocationTaken(u32),
+    #[error("no rule at loc {0}")]
+    NoRuleAt(u32),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+    #[error(transparent)]
+    Class(#[from] UnknownClass),
+    #[error("{what} {us} us is more than 10 s")]
+    TooLong { what: &'static str, us: u64 },
+    #[error("--class needs --delay-us")]
+    ClassWithoutDelay,
+    #[error("--delay-us needs --class high|normal")]
+    DelayWithoutClass,
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    #[error("port {port} has queues 0 to {last}, not {queue}")]
+    NoQueue {
+        port: String,
+        last: usize,
+        queue: usize,
+    },
+    #[error("netem {port}: {source}")]
+    Netem { port: String, source: NetemError },
+    #[error("port {port} has {queues} queues")]
+    CaptureQueue { port: String, queues: usize },
+    #[error(transparent)]
+    CapturePath(#[from] PathError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+fn find<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, NicRequestError> {
     fabric
         .ports
         .iter()
         .find(|port| port.name == name)
-        .ok_or_else(|| format!("there is no port {name:?}"))
+        .ok_or_else(|| NicRequestError::NoPort(name.to_string()))
 }
 
 /// The port whose NIC a request configures: any but a discard port, whose frames never
 /// reach its NIC (the switch drops them), so rules, links, moderation and captures there
 /// would take effect on nothing.
-fn find_nic<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, String> {
+fn find_nic<'a>(fabric: &'a Fabric, name: &str) -> Result<&'a FabricPort, NicRequestError> {
     let port = find(fabric, name)?;
     if matches!(port.kind, PortKind::Discard) {
-        return Err(format!(
-            "port {name:?} is a discard port: the switch drops its frames before any NIC"
-        ));
+        return Err(NicRequestError::DiscardPort(name.to_string()));
     }
     Ok(port)
 }
@@ -79,37 +125,31 @@ pub fn class_delays(link: &Link) -> ClassDelays {
     }
 }
 
-/// A port's impairments, per class (settings in tc-netem's words, or null, and counters),
+/// A port's impairments, per class (settings in tc-netem's words, or none, and counters),
 /// and its delay buffer; for the netem answer here and in the stats.
-pub fn netem_json(port: &FabricPort) -> Value {
+pub fn netem_stats(port: &FabricPort) -> NetemStats {
     let nic = &port.nic;
-    let class = |class: Class| {
-        let counters: serde_json::Map<String, Value> = nic
+    let class = |class: Class| NetemClassStats {
+        settings: nic
             .netem
-            .counters(class)
-            .snapshot()
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), json!(value)))
-            .collect();
-        json!({
-            "settings": nic.netem.settings(class).map(|settings| settings.to_string()),
-            "counters": counters,
-        })
+            .settings(class)
+            .map(|settings| settings.to_string()),
+        counters: Counters::of(&nic.netem.counters(class).snapshot()),
     };
     let (held_bytes, budget_bytes) = nic.netem.held_bytes(nic.link.settings().rate_bps);
-    json!({
-        "high": class(Class::High),
-        "normal": class(Class::Normal),
-        "held_now": nic.netem.held(),
-        "held_bytes": held_bytes,
-        "budget_bytes": budget_bytes,
-    })
+    NetemStats {
+        high: class(Class::High),
+        normal: class(Class::Normal),
+        held_now: nic.netem.held(),
+        held_bytes,
+        budget_bytes,
+    }
 }
 
-/// Checks a latency or delay given in microseconds.
-fn bounded_us(what: &str, us: u64) -> Result<u64, String> {
-    if us > 10_000_000 {
-        return Err(format!("{what} {us} us is more than 10 s"));
+/// Checks a latency or delay given in microseconds; in nanoseconds.
+fn bounded_us(what: &'static str, us: u64) -> Result<u64, NicRequestError> {
+    if us > MAX_DELAY_US {
+        return Err(NicRequestError::TooLong { what, us });
     }
     Ok(us * 1000)
 }
@@ -122,13 +162,19 @@ pub fn answer(fabric: &Fabric, capture_dir: &Path, request: Request) -> Reply {
     }
 }
 
-fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<Reply, String> {
+fn answer_nic(
+    fabric: &Fabric,
+    capture_dir: &Path,
+    request: Request,
+) -> Result<Reply, NicRequestError> {
     match request {
-        Request::Stats | Request::Macs => Err("not a NIC request".to_string()),
+        Request::Stats | Request::Macs => Err(NicRequestError::NotNicRequest),
         Request::Rules { port } => Ok(Reply::answer(rules_answer(find_nic(fabric, &port)?))),
         Request::RuleAdd { port, rule } => {
             let port = find_nic(fabric, &port)?;
-            let rule: Rule = rule.parse().map_err(|e| format!("rule {rule:?}: {e}"))?;
+            let rule: Rule = rule
+                .parse()
+                .map_err(|source| NicRequestError::RuleSyntax { rule, source })?;
             let current = port.nic.rules();
             if current
                 .rules()
@@ -136,12 +182,11 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                 .iter()
                 .any(|r| r.location == rule.location)
             {
-                return Err(format!("loc {} is taken; delete it first", rule.location));
+                return Err(NicRequestError::LocationTaken(rule.location));
             }
             let mut rules = current.rules().rules().to_vec();
             rules.push(rule);
-            let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
-            port.nic.set_rules(set).map_err(|e| e.to_string())?;
+            port.nic.set_rules(RuleSet::new(rules)?)?;
             Ok(Reply::answer(rules_answer(port)))
         }
         Request::RuleDel { port, loc } => {
@@ -155,10 +200,9 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                 .copied()
                 .collect();
             if rules.len() == current.rules().len() {
-                return Err(format!("no rule at loc {loc}"));
+                return Err(NicRequestError::NoRuleAt(loc));
             }
-            let set = RuleSet::new(rules).map_err(|e| e.to_string())?;
-            port.nic.set_rules(set).map_err(|e| e.to_string())?;
+            port.nic.set_rules(RuleSet::new(rules)?)?;
             Ok(Reply::answer(rules_answer(port)))
         }
         Request::Link {
@@ -175,12 +219,12 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                     Some((class.parse::<Class>()?, bounded_us("delay", us)?))
                 }
                 (None, None) => None,
-                (Some(_), None) => return Err("--class needs --delay-us".to_string()),
-                (None, Some(_)) => return Err("--delay-us needs --class high|normal".to_string()),
+                (Some(_), None) => return Err(NicRequestError::ClassWithoutDelay),
+                (None, Some(_)) => return Err(NicRequestError::DelayWithoutClass),
             };
             let mut settings = port.nic.link.settings();
             if let Some(rate) = rate {
-                settings.rate_bps = parse_rate(&rate).map_err(|e| e.to_string())?;
+                settings.rate_bps = parse_rate(&rate)?;
             }
             if let Some(latency_us) = latency_us {
                 settings.latency_ns = bounded_us("latency", latency_us)?;
@@ -198,21 +242,19 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
         } => {
             let port = find_nic(fabric, &port)?;
             let Some(rx_queue) = port.nic.queue(queue) else {
-                return Err(format!(
-                    "port {} has queues 0 to {}, not {queue}",
-                    port.name,
-                    port.nic.queues().len().saturating_sub(1)
-                ));
+                return Err(NicRequestError::NoQueue {
+                    port: port.name.clone(),
+                    last: port.nic.queues().len().saturating_sub(1),
+                    queue,
+                });
             };
             if let Some(settings) = settings {
-                let settings: CoalesceSettings =
-                    parse_coalesce(&settings).map_err(|e| e.to_string())?;
-                port.nic.set_coalesce(queue, settings);
+                port.nic.set_coalesce(queue, parse_coalesce(&settings)?);
             }
             Ok(Reply::answer(CoalesceAnswer {
                 port: port.name.clone(),
                 queue,
-                coalesce: json!(rx_queue.coalesce.get()),
+                coalesce: rx_queue.coalesce.get(),
             }))
         }
         Request::PriorityWeight { port, weight } => {
@@ -241,9 +283,11 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
         Request::Netem { port, settings } => {
             let port = find_nic(fabric, &port)?;
             // Parsed whole before anything changes: a bad word leaves the settings as they are.
-            let command: NetemCommand = settings
-                .parse()
-                .map_err(|e: netem::NetemError| format!("netem {}: {e}", port.name))?;
+            let command: NetemCommand =
+                settings.parse().map_err(|source| NicRequestError::Netem {
+                    port: port.name.clone(),
+                    source,
+                })?;
             match command.action {
                 NetemAction::Show => {}
                 NetemAction::Off => {
@@ -253,21 +297,24 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                     port.nic.set_netem(command.scope, Some(settings));
                 }
             }
-            let mut answer = netem_json(port);
-            answer["port"] = json!(port.name);
-            Ok(Reply::answer(answer))
+            Ok(Reply::answer(NetemAnswer {
+                netem: netem_stats(port),
+                port: port.name.clone(),
+            }))
         }
         Request::Capture { port, queue, file } => {
             let port = find_nic(fabric, &port)?;
             let queues = port.nic.queues().len();
             if queue.is_some_and(|q| q >= queues) {
-                return Err(format!("port {} has {queues} queues", port.name));
+                return Err(NicRequestError::CaptureQueue {
+                    port: port.name.clone(),
+                    queues,
+                });
             }
             match file {
                 Some(file) => {
-                    let path =
-                        paths::capture_path(capture_dir, &file).map_err(|e| e.to_string())?;
-                    let file = paths::create_capture_file(&path).map_err(|e| e.to_string())?;
+                    let path: PathBuf = paths::capture_path(capture_dir, &file)?;
+                    let file = paths::create_capture_file(&path)?;
                     let capture = Capture::new(
                         file,
                         &path,
@@ -275,8 +322,7 @@ fn answer_nic(fabric: &Fabric, capture_dir: &Path, request: Request) -> Result<R
                         queues,
                         queue,
                         port.nic.port_counters.clone(),
-                    )
-                    .map_err(|e| e.to_string())?;
+                    )?;
                     port.nic.set_capture(Some(capture));
                     Ok(Reply::answer(CaptureAnswer {
                         port: port.name.clone(),

@@ -3,10 +3,15 @@
 //! beside `ok`, or `{"ok":false,"error":"..."}`. Both sides go through [`Request`]'s and
 //! [`Reply`]'s serde forms; neither builds a request or an envelope by hand.
 
+use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use crate::nic::moderation::CoalesceSettings;
+use crate::nic::residence::ResidenceSummary;
 
 /// Most bytes of one request line: far more than any request needs, little to buffer.
 pub const MAX_REQUEST: usize = 64 << 10;
@@ -179,11 +184,11 @@ pub struct LinkAnswer {
 }
 
 /// The answer to `coalesce`: the queue's moderation after the request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoalesceAnswer {
     pub port: String,
     pub queue: usize,
-    pub coalesce: Value,
+    pub coalesce: CoalesceSettings,
 }
 
 /// The answer to `priority-weight`.
@@ -212,6 +217,131 @@ pub struct MacEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MacsAnswer {
     pub macs: Vec<MacEntry>,
+}
+
+/// Counters by name, in the order their set declares them (a JSON object, `ethtool -S`
+/// order when printed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters(pub Vec<(String, u64)>);
+
+impl Counters {
+    pub fn of(snapshot: &[(&'static str, u64)]) -> Counters {
+        Counters(
+            snapshot
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect(),
+        )
+    }
+
+    /// Whether any counter is not zero.
+    pub fn any(&self) -> bool {
+        self.0.iter().any(|(_, value)| *value != 0)
+    }
+}
+
+impl Serialize for Counters {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Counters {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> Visitor<'de> for InOrder {
+            type Value = Counters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Counters, A::Error> {
+                let mut counters = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    counters.push(entry);
+                }
+                Ok(Counters(counters))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+/// The answer to `stats`: every counter of every port, the switch and the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsAnswer {
+    pub ports: Vec<PortStats>,
+    pub switch: Counters,
+    /// Refusals of the control socket.
+    #[serde(default)]
+    pub control: Counters,
+}
+
+/// One port in a [`StatsAnswer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub name: String,
+    pub kind: String,
+    pub connected: bool,
+    pub link: LinkStats,
+    pub priority_weight: u32,
+    pub netem: NetemStats,
+    /// Frames the NIC holds now, all queues and classes.
+    pub buffered_now: usize,
+    /// The queues' counters summed, then the port's own.
+    pub counters: Counters,
+    pub queues: Vec<QueueStats>,
+}
+
+/// A port's link in a [`PortStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStats {
+    pub rate_bps: u64,
+    pub latency_ns: u64,
+    pub class_delay_ns: ClassDelays,
+}
+
+/// One queue pair in a [`PortStats`]; the NIC fields are null for a queue the NIC lacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub index: usize,
+    pub rx_enabled: bool,
+    pub rx_buffered_now: usize,
+    pub coalesce: Option<CoalesceSettings>,
+    pub residence: Option<PerClass<ResidenceSummary>>,
+    pub counters: Counters,
+}
+
+/// One value per class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerClass<T> {
+    pub high: T,
+    pub normal: T,
+}
+
+/// A port's impairments, per class, and its delay buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetemStats {
+    pub high: NetemClassStats,
+    pub normal: NetemClassStats,
+    /// Frames held for their delay now.
+    pub held_now: usize,
+    pub held_bytes: usize,
+    pub budget_bytes: usize,
+}
+
+/// One class's impairments: its settings in tc-netem's words (none if off) and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetemClassStats {
+    pub settings: Option<String>,
+    pub counters: Counters,
+}
+
+/// The answer to `netem`: the port's impairments after the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetemAnswer {
+    #[serde(flatten)]
+    pub netem: NetemStats,
+    pub port: String,
 }
 
 #[cfg(test)]
@@ -257,5 +387,40 @@ mod tests {
         assert_eq!(refused, "{\"ok\":false,\"error\":\"no\"}\n");
         let back: Reply = serde_json::from_str(line.trim()).unwrap();
         assert_eq!(back, reply);
+    }
+
+    #[test]
+    fn counters_keep_their_order_there_and_back() {
+        let counters = Counters(vec![("tx_packets".into(), 2), ("rx_bytes".into(), 1)]);
+        let line = serde_json::to_string(&counters).unwrap();
+        assert_eq!(line, r#"{"tx_packets":2,"rx_bytes":1}"#);
+        assert_eq!(serde_json::from_str::<Counters>(&line).unwrap(), counters);
+    }
+
+    #[test]
+    fn a_netem_answer_keeps_its_wire_form() {
+        let answer = NetemAnswer {
+            netem: NetemStats {
+                normal: NetemClassStats {
+                    settings: Some("loss random 1%".into()),
+                    counters: Counters(vec![("netem_lost".into(), 3)]),
+                },
+                held_now: 1,
+                held_bytes: 60,
+                budget_bytes: 65536,
+                ..NetemStats::default()
+            },
+            port: "b".into(),
+        };
+        let line = String::from_utf8(Reply::answer(&answer).to_line()).unwrap();
+        assert_eq!(
+            line,
+            "{\"ok\":true,\"high\":{\"settings\":null,\"counters\":{}},\
+             \"normal\":{\"settings\":\"loss random 1%\",\"counters\":{\"netem_lost\":3}},\
+             \"held_now\":1,\"held_bytes\":60,\"budget_bytes\":65536,\"port\":\"b\"}\n"
+        );
+        let reply: Reply = serde_json::from_str(&line).unwrap();
+        let back: NetemAnswer = serde_json::from_value(reply.into_value()).unwrap();
+        assert_eq!(back, answer);
     }
 }

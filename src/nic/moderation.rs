@@ -12,7 +12,7 @@ pub struct Coalesce {
 }
 
 /// A snapshot of [`Coalesce`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CoalesceSettings {
     pub rx_usecs: u32,
     pub rx_frames: u32,

@@ -2,7 +2,7 @@
 //! used ring, what no real NIC shows. One histogram per queue and class.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest residence recorded exactly (longer ones saturate): 60 s.
 const MAX_NS: u64 = 60_000_000_000;
@@ -22,7 +22,7 @@ pub const CDF_QUANTILES: [f64; 12] = [
 ];
 
 /// Percentiles of a residence histogram, in nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResidenceSummary {
     pub count: u64,
     pub p50_ns: u64,

@@ -214,6 +214,23 @@ impl Daemon {
         }
     }
 
+    /// `prism-vnic ARGS... --control CTL`, which must succeed; its output.
+    pub fn control(&self, args: &[&str]) -> String {
+        let output = Command::new(BINARY)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run prism-vnic control command");
+        assert!(
+            output.status.success(),
+            "prism-vnic {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// `prism-vnic stats --control CTL --json`, parsed.
     pub fn stats(&mut self) -> Result<Value> {
         self.check_running()?;
