@@ -31,6 +31,10 @@ so that it takes GSO frames, stalled after 32-320 frames with DPDK's own vhost P
 backend, with and without mergeable buffers (DPDK 22.11, 7 tries). No reference figure can
 be had from it. prism-vnic passed the GSO frames to B intact, and segmented them in software
 for a receiver without LRO.
+The processes are the testbed package's: prism-vnic a prismtb.switch.Switch, testpmd (frontends
+and DPDK's vhost PMD) a prismtb.dpdk.TestpmdProcess, each pinned, stopped and cleaned up by it
+(also on Ctrl-C or SIGTERM). A case runs with a Settings: the frame size, and what the
+frontend chooses (ring size of A's and B's virtio-user ports, --burst, queue pairs).
 Usage: benches/vs_dpdk.py [--mode interleaved|rounds] [--secs N] [--repeat N] [--only a,b,c]
        [--frames 64,1518,9000] [--busy-poll-us N] [--link-rate RATE] [--logs DIR]
 """
