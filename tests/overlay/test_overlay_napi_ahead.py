@@ -30,6 +30,8 @@ IPERF_TIMEOUT = 300
 ROUNDS = int(os.environ.get("PRISM_NAPI_AHEAD_ROUNDS", "0"))
 SECS = int(os.environ.get("PRISM_NAPI_AHEAD_SECS", "10"))
 MPS = 200
+# Runs of the ping-pong under bulk with the knob at 1 until rx-0's NAPI has gone ahead once.
+AHEAD_TRIES = 4
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,23 @@ def counter_deltas(ov: Overlay, run, names=("napi_ahead", "marked_by_queue")):
     return result, {n: {k: after[n][k] - before[n][k] for k in names} for n in (1, 2)}
 
 
+def deltas_until_ahead(ov: Overlay, tries: int = AHEAD_TRIES) -> tuple[dict, dict]:
+    """pingpong_under_bulk() until vm2's napi_ahead has risen, at most `tries` runs; the last
+    run's sockperf figures and the deltas summed over the runs. Going ahead needs another NAPI
+    on poll_list at the moment rx-0's interrupt comes: likely at every arrival on a fast guest,
+    but a slow one (the KASAN + lockdep kernel under TCG) exchanges only a few dozen requests
+    in one run, and one such run on the debug kernel had none."""
+    total = {n: {"napi_ahead": 0, "marked_by_queue": 0} for n in (1, 2)}
+    for _ in range(tries):
+        (res, _), d = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
+        for n in (1, 2):
+            for k, v in d[n].items():
+                total[n][k] += v
+        if total[2]["napi_ahead"] > 0:
+            break
+    return res, total
+
+
 def dmesg_clean(ov: Overlay) -> None:
     for n in (1, 2):
         problems = ov.dmesg_problems(n)
@@ -89,13 +108,13 @@ def test_the_priority_queues_napi_is_scheduled_ahead_of_the_bulk_napis(ov: Overl
     """A marked ping-pong on rx-0 under bulk TCP on rx-1..3: with prism_napi_ahead = 1 vm2,
     which receives the requests next to the bulk data, schedules rx-0's NAPI ahead of
     waiting NAPIs (napi_ahead rises; vm1, which receives the replies next to the bulk ACKs,
-    is reported); with 0, or in mode 0, neither guest ever does, while the flow is still
-    marked by queue in modes 1 and 2. On the series before patch 8 there was no such
+    is reported; up to AHEAD_TRIES runs until it does); with 0, or in mode 0, neither guest
+    ever does, while the flow is still marked by queue in modes 1 and 2. On the series before patch 8 there was no such
     precedence: rx-0's NAPI always queued at the tail of poll_list."""
     ov.set_mode(mode)
     try:
         set_ahead(ov, True)
-        (res_on, _), on = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
+        res_on, on = deltas_until_ahead(ov)
         set_ahead(ov, False)
         (res_off, _), off = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
         ov.set_mode(0)
