@@ -98,6 +98,32 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+def processes_naming(text: str) -> list[str]:
+    """"PID: COMMAND LINE" of every process (but this one) whose command line holds text:
+    what a harness left running that names its directory."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def sigterm_and_collect(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Stops a script as a user's SIGTERM would, and returns its (stdout, stderr) once it
+    has exited; SIGKILLs it if it is still there after timeout seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # Seconds a SIGKILLed child may take to be gone.
 KILL_TIMEOUT = 300.0
 

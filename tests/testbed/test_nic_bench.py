@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from prismtb import REPO
+from prismtb.procs import processes_naming, sigterm_and_collect
 from prismtb.switch import release_binary
 
 NIC = REPO / "benches" / "nic.py"
@@ -39,18 +39,8 @@ def test_nic_bench_stopped_by_sigterm_mid_run_leaves_nothing_behind(tmp_path):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "no daemon came up within 300 s"
                 time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=300)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _, stderr = sigterm_and_collect(proc, 300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert list(tmp.iterdir()) == [], stderr
-    left = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if str(tmp).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                left.append(pid)
-        except OSError:
-            pass
-    assert left == []
+    assert processes_naming(str(tmp)) == []

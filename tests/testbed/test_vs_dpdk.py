@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from prismtb import REPO, dpdk
+from prismtb.procs import processes_naming, sigterm_and_collect
 from prismtb.switch import release_binary
 
 VS_DPDK = REPO / "benches" / "vs_dpdk.py"
@@ -34,18 +35,6 @@ def runtime_dirs_of(pid: int) -> list[str]:
     harness started: their file prefixes end with its pid."""
     root = dpdk.runtime_dir("x").parent
     return sorted(d.name for d in root.iterdir() if d.name.endswith(f"-{pid}")) if root.is_dir() else []
-
-
-def processes_naming(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and int(pid) != os.getpid():
-            found.append(f"{pid}: {cmdline}")
-    return found
 
 
 def run_vs_dpdk(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -125,10 +114,7 @@ def test_vs_dpdk_stopped_by_sigterm_mid_run_leaves_nothing_behind(tmp_path):
             for line in proc.stderr:
                 if "turn 1/100" in line:
                     break
-            proc.send_signal(signal.SIGTERM)
-            stdout, stderr = proc.communicate(timeout=300)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            stdout, stderr = sigterm_and_collect(proc, 300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert_nothing_left(proc.pid, logs, f"stdout:\n{stdout}\nstderr:\n{stderr}")
