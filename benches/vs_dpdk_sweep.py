@@ -186,7 +186,9 @@ def plot(results: list[dict], args) -> str:
     cases = sorted({r["case"] for r in results})
     fig, axes = plt.subplots(len(cases), 1, figsize=(12, 2.2 + 1.6 * len(cases) * 2),
                              squeeze=False)
-    norm = TwoSlopeNorm(vmin=0.5, vcenter=args.target, vmax=1.5)
+    # Red below the target, green above; the scale reaches at least 0.5x and 1.5x.
+    t = args.target
+    norm = TwoSlopeNorm(vmin=min(0.5, t - 0.25), vcenter=t, vmax=max(1.5, t + 0.25))
     for ax, case in zip(axes.flat, cases):
         rows_ = [r for r in results if r["case"] == case]
         ring_keys = sorted({(r["ring_a"] or 0, r["ring_b"] or 0) for r in rows_})
