@@ -196,7 +196,7 @@ def frontend(case, sockets, settings, tag, work):
         pcap = work / f"frame{s.frame}.pcap"
         write_pcap(pcap, udp_frame(s.frame, MAC_A, MAC_B))
         b = VirtioUser(sockets["b"], MAC_B, s.queues, s.ring_b)
-        config = Testpmd(f"fe-{tag}", [PcapReplay(pcap), a, b, NullPort()], "io", FRONTEND_CPU,
+        config = Testpmd(f"fe-{tag}", [PcapReplay(pcap, s.queues), a, b, NullPort()], "io", FRONTEND_CPU,
                          port_topology="paired", **common)
         measured = (3, "TX-packets")  # what B received, forwarded to the null port
     fe = TestpmdProcess(config, work)

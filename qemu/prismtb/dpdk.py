@@ -84,12 +84,15 @@ class VhostPort:
 
 @dataclass(frozen=True)
 class PcapReplay:
-    """A port that receives one pcap file's frames over and over (the offered load)."""
+    """A port that receives one pcap file's frames over and over (the offered load). The pcap
+    PMD has an RX queue per rx_pcap given (and as many dropping TX queues), so a frontend with
+    --rxq N needs the file given N times."""
     pcap: Path
+    queues: int = 1
     kind = "net_pcap"
 
     def args(self) -> str:
-        return f"rx_pcap={self.pcap},infinite_rx=1"
+        return ",".join([f"rx_pcap={self.pcap}"] * self.queues) + ",infinite_rx=1"
 
 
 @dataclass(frozen=True)

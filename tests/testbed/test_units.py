@@ -134,6 +134,12 @@ def test_testpmd_as_the_frontend_of_case_c_is_one_lcore_polling_four_ports_on_on
         "--", "--nb-cores=1", "--no-lsc-interrupt", "-i", "--forward-mode=io", "--port-topology=paired"]
 
 
+def test_a_pcap_source_for_a_frontend_with_four_queues_has_four_rx_queues():
+    """testpmd refuses --rxq 4 on a pcap port with one rx_pcap (max_rx_queues 1)."""
+    assert dpdk.PcapReplay(Path("/w/f.pcap"), 4).args() == \
+        "rx_pcap=/w/f.pcap,rx_pcap=/w/f.pcap,rx_pcap=/w/f.pcap,rx_pcap=/w/f.pcap,infinite_rx=1"
+
+
 def test_testpmd_as_dpdks_vhost_backend_forwards_from_the_start_with_jumbo_mbufs_above_1518():
     config = dpdk.Testpmd("be-dpdk-b", [dpdk.VhostPort(Path("/w/a.sock"), tso=True)], "txonly", 1,
                           interactive=False, frame=9000, txpkts=9000)
