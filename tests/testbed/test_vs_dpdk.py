@@ -40,12 +40,17 @@ def runtime_dirs_of(pid: int) -> list[str]:
 def run_vs_dpdk(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     """Runs the bench (one turn of one second per backend, 64-byte frames) and checks that
     it left nothing; (its result, its output directory)."""
+    return run_bench(VS_DPDK, tmp_path, "--repeat", "1", "--secs", "1", "--frames", "64", *args)
+
+
+def run_bench(script: Path, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Runs a bench of vs_dpdk's kind with its --logs and --out in `tmp_path` and the release
+    prism-vnic, and checks that it left nothing; (its result, its output directory)."""
     binary = release_binary()
     if not binary.is_file():
         pytest.fail(f"{binary} missing: cargo build --release (or set PRISM_VNIC)", pytrace=False)
     logs, out = tmp_path / "logs", tmp_path / "out"
-    argv = ["/usr/bin/python3", str(VS_DPDK), "--repeat", "1", "--secs", "1", "--frames", "64",
-            "--logs", str(logs), "--out", str(out), *args]
+    argv = ["/usr/bin/python3", str(script), "--logs", str(logs), "--out", str(out), *args]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "PRISM_VNIC": str(binary)}) as proc:
         try:
@@ -53,7 +58,7 @@ def run_vs_dpdk(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
         except subprocess.TimeoutExpired:
             proc.terminate()
             stdout, stderr = proc.communicate(timeout=120)
-            pytest.fail(f"vs_dpdk did not end within {RUN_TIMEOUT} s:\n{stderr}")
+            pytest.fail(f"{script.name} did not end within {RUN_TIMEOUT} s:\n{stderr}")
     res = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     assert_nothing_left(proc.pid, logs, f"stdout:\n{stdout}\nstderr:\n{stderr}")
     return res, out
