@@ -33,6 +33,15 @@ def die_with_parent() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def default_signals() -> None:
+    """subprocess.Popen(preexec_fn=...): SIGINT and SIGTERM as a new program expects them.
+    A harness started in the background of a non-interactive shell (`cmd &`: CI jobs, nohup)
+    ignores SIGINT, and one inside `signals_deferred` blocks both; ignored and blocked
+    signals survive exec, and the harness stops its children with them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -170,7 +179,8 @@ class Child:
                 raise ChildError(f"cannot run {self.argv[0]}: {e}") from e
 
     def _preexec(self) -> None:
-        """Between fork and exec: the CPUs, and death with the harness."""
+        """Between fork and exec: the CPUs, death with the harness, the signals stop() uses."""
+        default_signals()
         if self.cpus:
             os.sched_setaffinity(0, self.cpus)
         die_with_parent()

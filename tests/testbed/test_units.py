@@ -18,7 +18,7 @@ from prismtb import REPO, dpdk, image, kernel, knobs, qemu, switch
 from prismtb.guest import GuestConfig
 from prismtb.interp import SYSTEM_PYTHON, is_system_python
 from prismtb.overlay import OverlayParams, container_ip, overlay_steps
-from prismtb.procs import Child, ChildError, pid_alive
+from prismtb.procs import Child, ChildError, pid_alive, signals_deferred
 from prismtb.parsers import (iperf_receiver_mbits, iperf_udp_summary, parse_sockperf, prism_counters,
                              protocol_lines, qemu_version, stats_summary, vcpu_threads)
 from prismtb.shell import parse_status
@@ -377,6 +377,24 @@ def test_a_child_not_ready_in_time_is_named_with_its_exit_status_unknown(tmp_pat
             child.wait_until(lambda: False, 0.2, "answer")
     finally:
         assert child.stop() == -signal.SIGINT
+
+
+def test_a_child_of_a_harness_that_ignores_sigint_still_stops_on_sigint(tmp_path):
+    """A harness started in the background of a non-interactive shell (`cmd &`, as CI jobs
+    and nohup are) ignores SIGINT, and an ignored signal survives exec: the child's polite
+    stop would never reach it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        child = Child(["sleep", "60"], tmp_path / "s.log")
+        child.start()
+        # Started inside signals_deferred (SIGINT and SIGTERM blocked): the same.
+        with signals_deferred():
+            deferred = Child(["sleep", "60"], tmp_path / "d.log")
+            deferred.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert child.stop(timeout=30) == -signal.SIGINT
+    assert deferred.stop(timeout=30) == -signal.SIGINT
 
 
 def test_a_paused_child_is_stopped_pinned_and_its_log_says_how_it_ended(tmp_path):

@@ -252,8 +252,10 @@ class HostClient:
 
     def start(self, cmd: str) -> subprocess.Popen:
         """cmd in a session of its own, so that stop() reaches every process of it."""
+        from ..procs import default_signals
         return subprocess.Popen(self.argv(cmd), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=default_signals)
 
     def stop(self, proc: subprocess.Popen) -> str:
         """Interrupts a start()ed tool (iperf3 prints its report on SIGINT); its output."""
