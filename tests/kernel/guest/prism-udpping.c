@@ -8,8 +8,10 @@
  *   prism-udpping client IP PORT COUNT TIMEOUT_MS
  *       sends COUNT numbered datagrams one after the other, each after the reply to the
  *       previous one or after TIMEOUT_MS without it; prints
- *       "sent=N replies=N timeouts=N stale=N" and exits 0 (the caller judges the counts).
- *       A late reply to an earlier datagram is counted as stale, not as a reply.
+ *       "sent=N replies=N timeouts=N stale=N missing=N" and exits 0 (the caller judges the
+ *       counts). A late reply to an earlier datagram is counted as stale, not as a reply.
+ *       missing counts the datagrams never answered at all: after the last one the client
+ *       waits for the late replies still due, until none is or DRAIN_MS pass without one.
  *   prism-udpping burst IP PORT COUNT
  *       sends COUNT datagrams back to back (sendmmsg in batches of 64), no replies.
  */
@@ -27,6 +29,8 @@
 #include <unistd.h>
 
 #define BATCH 64
+/* How long the client waits for a late reply after the previous one, at the end. */
+#define DRAIN_MS 30000
 
 static int parse_long(const char *s, long min, long max, long *out)
 {
@@ -84,10 +88,24 @@ static long now_ms(void)
 	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Marks the reply to @seq as received; returns 1 the first time. */
+static int answered(unsigned char *got, long count, uint32_t seq)
+{
+	if (seq >= (uint32_t)count || got[seq])
+		return 0;
+	got[seq] = 1;
+	return 1;
+}
+
 static int client(int fd, const struct sockaddr_in *sa, long count, long timeout_ms)
 {
-	long seq, replies = 0, timeouts = 0, stale = 0;
+	long seq, replies = 0, timeouts = 0, stale = 0, missing = count;
+	unsigned char *got = calloc((size_t)count, 1);
 
+	if (!got) {
+		perror("calloc");
+		return 2;
+	}
 	if (connect(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
 		perror("connect");
 		return 2;
@@ -95,13 +113,13 @@ static int client(int fd, const struct sockaddr_in *sa, long count, long timeout
 	for (seq = 0; seq < count; seq++) {
 		uint32_t out = htonl((uint32_t)seq), in;
 		long deadline = now_ms() + timeout_ms;
-		int got = 0;
+		int ok = 0;
 
 		if (send(fd, &out, sizeof(out), 0) < 0 && errno != ECONNREFUSED) {
 			perror("send");
 			return 2;
 		}
-		while (!got) {
+		while (!ok) {
 			struct pollfd p = { .fd = fd, .events = POLLIN };
 			long left = deadline - now_ms();
 
@@ -109,17 +127,31 @@ static int client(int fd, const struct sockaddr_in *sa, long count, long timeout
 				break;
 			if (recv(fd, &in, sizeof(in), 0) != sizeof(in))
 				continue;
+			missing -= answered(got, count, ntohl(in));
 			if (ntohl(in) == (uint32_t)seq)
-				got = 1;
+				ok = 1;
 			else
 				stale++;
 		}
-		if (got)
+		if (ok)
 			replies++;
 		else
 			timeouts++;
 	}
-	printf("sent=%ld replies=%ld timeouts=%ld stale=%ld\n", count, replies, timeouts, stale);
+	while (missing > 0) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		uint32_t in;
+
+		if (poll(&p, 1, DRAIN_MS) <= 0)
+			break;
+		if (recv(fd, &in, sizeof(in), 0) != sizeof(in))
+			continue;
+		stale++;
+		missing -= answered(got, count, ntohl(in));
+	}
+	printf("sent=%ld replies=%ld timeouts=%ld stale=%ld missing=%ld\n", count, replies,
+	       timeouts, stale, missing);
+	free(got);
 	return 0;
 }
 
