@@ -22,6 +22,7 @@ EXPECTED_STEPS = [
     r"mark priority packets on transmit",
     r"per RX queue",
     r"RX queue's NAPI ahead",
+    r"new mode on each CPU where no packet is queued",
     r"document PRISM",
 ]
 

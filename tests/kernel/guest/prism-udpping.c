@@ -14,6 +14,13 @@
  *       waits for the late replies still due, until none is or DRAIN_MS pass without one.
  *   prism-udpping burst IP PORT COUNT
  *       sends COUNT datagrams back to back (sendmmsg in batches of 64), no replies.
+ *   prism-udpping stream IP PORT COUNT BATCH GAP_US
+ *       sends COUNT numbered datagrams, BATCH back to back (sendmmsg) then a pause of
+ *       GAP_US microseconds, no replies; prints "sent=N".
+ *   prism-udpping sink IP PORT IDLE_MS
+ *       receives numbered datagrams until IDLE_MS pass without one (after the first);
+ *       prints "received=N reordered=N maxseq=N": a datagram is reordered when one with a
+ *       higher number came before it. Exits 0 (the caller judges the counts).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -155,16 +162,17 @@ static int client(int fd, const struct sockaddr_in *sa, long count, long timeout
 	return 0;
 }
 
-static int burst(int fd, const struct sockaddr_in *sa, long count)
+static int stream(int fd, const struct sockaddr_in *sa, long count, long batch, long gap_us)
 {
 	struct mmsghdr msgs[BATCH];
 	struct iovec iov[BATCH];
 	uint32_t seqs[BATCH];
+	struct timespec gap = { .tv_sec = gap_us / 1000000, .tv_nsec = gap_us % 1000000 * 1000 };
 	long sent = 0;
 
 	memset(msgs, 0, sizeof(msgs));
 	while (sent < count) {
-		int n = count - sent < BATCH ? (int)(count - sent) : BATCH, i, r;
+		int n = count - sent < batch ? (int)(count - sent) : (int)batch, i, r;
 
 		for (i = 0; i < n; i++) {
 			seqs[i] = htonl((uint32_t)(sent + i));
@@ -177,19 +185,59 @@ static int burst(int fd, const struct sockaddr_in *sa, long count)
 		}
 		r = sendmmsg(fd, msgs, (unsigned int)n, 0);
 		if (r < 0) {
+			if (errno == ECONNREFUSED || errno == ENOBUFS)
+				continue;
 			perror("sendmmsg");
 			return 2;
 		}
 		sent += r;
+		if (gap_us)
+			nanosleep(&gap, NULL);
 	}
 	printf("sent=%ld\n", sent);
+	return 0;
+}
+
+static int burst(int fd, const struct sockaddr_in *sa, long count)
+{
+	return stream(fd, sa, count, BATCH, 0);
+}
+
+static int sink(int fd, const struct sockaddr_in *sa, long idle_ms)
+{
+	long received = 0, reordered = 0, maxseq = -1;
+	int rcvbuf = 4 << 20;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa))) {
+		perror("bind");
+		return 2;
+	}
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		uint32_t in;
+		int r = poll(&p, 1, received ? (int)idle_ms : -1);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		if (recv(fd, &in, sizeof(in), 0) != sizeof(in))
+			continue;
+		received++;
+		if ((long)ntohl(in) < maxseq)
+			reordered++;
+		else
+			maxseq = (long)ntohl(in);
+	}
+	printf("received=%ld reordered=%ld maxseq=%ld\n", received, reordered, maxseq);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	struct sockaddr_in sa;
-	long count, timeout_ms;
+	long count, timeout_ms, batch, gap_us;
 	int fd;
 
 	if (argc < 4 || make_addr(argv[2], argv[3], &sa)) {
@@ -209,6 +257,13 @@ int main(int argc, char **argv)
 		return client(fd, &sa, count, timeout_ms);
 	if (!strcmp(argv[1], "burst") && argc == 5 && !parse_long(argv[4], 1, 100000000, &count))
 		return burst(fd, &sa, count);
+	if (!strcmp(argv[1], "stream") && argc == 7 &&
+	    !parse_long(argv[4], 1, 100000000, &count) &&
+	    !parse_long(argv[5], 1, BATCH, &batch) &&
+	    !parse_long(argv[6], 0, 10000000, &gap_us))
+		return stream(fd, &sa, count, batch, gap_us);
+	if (!strcmp(argv[1], "sink") && argc == 5 && !parse_long(argv[4], 1, 3600000, &timeout_ms))
+		return sink(fd, &sa, timeout_ms);
 	fprintf(stderr, "usage: see the comment at the top of prism-udpping.c\n");
 	return 2;
 }
