@@ -189,9 +189,11 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
       every ICMP packet is marked by queue on receive (modes 1, 2). ping sends on its own clock
       whatever comes back, so a lost request or reply is a gap in the reply sequence numbers:
       the replies must be exactly 0..last (the one in flight when ping is stopped may be missing),
-      and in that order: a switch must not let a packet of the new mode's path overtake one
-      still on the old (patch 9; a CPU switched with packets queued is counted in
-      switch_forced, reported).
+      and in order: a switch must not let a packet of the new mode's path overtake one still
+      on the old (patch 9). The one exception the series documents: a CPU whose queues do
+      not empty within 200 ms of a switch (a slow guest under bulk load) is switched with
+      packets queued, counted in switch_forced, and those may be overtaken once; so each
+      reply that comes after a later one must be matched by a forced switch.
     - UDP to PORT_MARKED, 200-byte datagrams at 200 kbit/s in back-to-back 5 s iperf3 runs:
       in net.core.prism_ports on both guests (marked on transmit in vm1, and the iperf3 control
       connection is marked by port on receive), and steered by a vm2 rule to rx-0 as high class,
@@ -250,8 +252,9 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     assert sorted(seqs) == list(range(len(seqs))), \
         f"ping replies not a complete sequence: missing {sorted(set(range(max(seqs) + 1)) - set(seqs))}"
     late = [(a, b) for a, b in zip(seqs, seqs[1:]) if b < a]
-    assert not late, (f"ping replies out of order (reply, then an earlier one): {late}; "
-                      f"switch_forced vm1 {forced[1]} vm2 {forced[2]}")
+    assert len(late) <= forced[1] + forced[2], (
+        f"ping replies out of order (reply, then an earlier one): {late}, more than the "
+        f"forced switches: switch_forced vm1 {forced[1]} vm2 {forced[2]}")
     assert sent - len(seqs) <= 1, f"{sent} echo requests, {len(seqs)} replies"
 
     runs = re.findall(r"(\d+)/(\d+) \([\d.e+-]+%\)\s+receiver", prio_out)
@@ -266,7 +269,7 @@ def test_mode_switching_under_traffic_loses_no_priority_packet(ov: Overlay, repo
     report(f"mode switching: {results[1][1].strip()} (vm1), {results[2][1].strip()} (vm2); "
            f"{bulk_runs} bulk runs; ping {len(seqs)}/{sent} replies; marked UDP lost {lost}/{total} in {len(runs)} runs; "
            f"marked (by queue, by port) vm1 {marks[1]} vm2 {marks[2]}; "
-           f"switch_forced vm1 {forced[1]} vm2 {forced[2]}")
+           f"switch_forced vm1 {forced[1]} vm2 {forced[2]}; replies out of order {late}")
     assert lost == 0, (f"marked UDP lost {lost} of {total} datagrams; per run (lost/total) "
                        f"{runs}; drop counters that moved: {drops}")
     for n in (1, 2):
