@@ -108,7 +108,7 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def udp_frame(length, src_mac, dst_mac):
+def udp_frame(length, src_mac, dst_mac, src_port=1024):
     """An Ethernet/IPv4/UDP frame of `length` bytes (no FCS)."""
     mac = lambda m: bytes(int(x, 16) for x in m.split(":"))
     payload = bytes(length - 42)
@@ -117,15 +117,29 @@ def udp_frame(length, src_mac, dst_mac):
     s = sum(struct.unpack("!10H", ip))
     s = (s & 0xFFFF) + (s >> 16)
     ip = ip[:10] + struct.pack("!H", ~s & 0xFFFF) + ip[12:]
-    udp = struct.pack("!HHHH", 1024, 9, 8 + len(payload), 0)
+    udp = struct.pack("!HHHH", src_port, 9, 8 + len(payload), 0)
     return mac(dst_mac) + mac(src_mac) + b"\x08\x00" + ip + udp + payload
 
 
-def write_pcap(path, frame):
+def write_pcap(path, frames):
     with open(path, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        f.write(struct.pack("<IIII", 0, 0, len(frame), len(frame)))
-        f.write(frame)
+        for frame in frames:
+            f.write(struct.pack("<IIII", 0, 0, len(frame), len(frame)))
+            f.write(frame)
+
+
+# Flows (UDP source ports) replayed per queue pair in (c) with several pairs. A NIC steers a
+# flow to one queue (prism-vnic: RSS over its normal-class queues), so one flow would leave
+# every receiving queue but one idle, which no multi-queue setup is meant for; DPDK's vhost
+# PMD forwards queue i to queue i whatever the flows.
+FLOWS_PER_PAIR = 8
+
+
+def frames_of(s):
+    """(c)'s frames: one flow with one queue pair, FLOWS_PER_PAIR per pair with more."""
+    flows = 1 if s.queues == 1 else FLOWS_PER_PAIR * s.queues
+    return [udp_frame(s.frame, MAC_A, MAC_B, 1024 + k) for k in range(flows)]
 
 
 @dataclass(frozen=True)
@@ -193,8 +207,8 @@ def frontend(case, sockets, settings, tag, work):
         config = Testpmd(f"fe-{tag}", [a], "rxonly", FRONTEND_CPU, **common)
         measured = (0, "RX-packets")
     else:
-        pcap = work / f"frame{s.frame}.pcap"
-        write_pcap(pcap, udp_frame(s.frame, MAC_A, MAC_B))
+        pcap = work / f"frame{s.frame}-{s.queues}q.pcap"
+        write_pcap(pcap, frames_of(s))
         b = VirtioUser(sockets["b"], MAC_B, s.queues, s.ring_b)
         config = Testpmd(f"fe-{tag}", [PcapReplay(pcap, s.queues), a, b, NullPort()], "io", FRONTEND_CPU,
                          port_topology="paired", **common)

@@ -24,8 +24,8 @@ event-driven with --busy-poll-us 0. Output: a line per cell as it ends, a table,
 below --target (exit 1 if any), vs_dpdk_sweep.json and vs_dpdk_sweep.png (a heat map of the
 paired ratios) in --out.
 
-Usage: benches/vs_dpdk_sweep.py [--sweep quick|full] [--only a,b,c] [--secs 2] [--repeat 3]
-       [--busy-poll-us 50] [--target 1.0] [--out DIR] [--logs DIR]
+Usage: benches/vs_dpdk_sweep.py [--sweep quick|full] [--only a,b,c] [--match TEXT]... [--secs 2]
+       [--repeat 3] [--busy-poll-us 50] [--target 1.0] [--out DIR] [--logs DIR]
 """
 
 from __future__ import annotations
@@ -106,12 +106,18 @@ def main() -> int:
                     help="the paired ratio every cell should reach (exit 1 if one does not)")
     ap.add_argument("--out", default=os.path.join(REPO, "benches", "out"))
     ap.add_argument("--logs", help="keep the testpmd and prism-vnic logs in this directory")
+    ap.add_argument("--match", action="append", default=[],
+                    help="only the cells whose label (as --dry-run lists them) contains this "
+                         "text, e.g. '4q' or '256->1024'; repeated: every text")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and the time, and exit")
     args = ap.parse_args()
     cases = [c for c in args.only.split(",") if c]
     if set(cases) - set(FRAMES) or args.secs < 1 or args.repeat < 1:
         sys.exit("vs_dpdk_sweep: --only takes a,b,c; --secs and --repeat at least 1")
     cells = (quick_matrix if args.sweep == "quick" else full_matrix)(cases)
+    cells = [(case, s) for case, s in cells if all(m in label(case, s) for m in args.match)]
+    if not cells:
+        sys.exit("vs_dpdk_sweep: no cell matches " + " and ".join(map(repr, args.match)))
     print(f"{len(cells)} cells, {args.repeat} turns of {args.secs} s per backend each, "
           f"~{estimate_minutes(cells, args.repeat, args.secs):.0f} min; prism-vnic "
           + ("event-driven" if not args.busy_poll_us else f"busy-poll {args.busy_poll_us} us"))

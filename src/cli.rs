@@ -217,6 +217,12 @@ pub struct RunArgs {
     /// the guest's kick again (0: event-driven only). Trades CPU for packet rate.
     #[arg(long, value_name = "USECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Worker threads per vhost-user port, each serving its share of the port's queue pairs
+    /// in turn (pair p goes to thread p % N). Default: as many as the CPUs the daemon may
+    /// run on (its affinity mask), at most --queues: busy threads beyond the CPUs only take
+    /// turns, and a ring waits unserved while its thread is off the CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_PAIRS as i64))]
+    pub worker_threads: Option<u16>,
     /// Largest virtqueue size a guest may set up (a power of two).
     #[arg(long, default_value_t = 1024, value_parser = parse_queue_size)]
     pub queue_size: u16,

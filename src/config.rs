@@ -71,6 +71,9 @@ pub struct VhostSettings {
     pub queue_pairs: u16,
     pub max_queue_size: u16,
     pub busy_poll: Duration,
+    /// Worker threads per port (`--worker-threads`); `None`: one per CPU the daemon may run
+    /// on. Never more than `queue_pairs`.
+    pub worker_threads: Option<u16>,
 }
 
 /// How the daemon creates the sockets others connect to and the directories they are in.
@@ -297,6 +300,7 @@ impl TryFrom<RunArgs> for Config {
                 queue_pairs: args.queues,
                 max_queue_size: args.queue_size,
                 busy_poll: Duration::from_micros(args.busy_poll_us),
+                worker_threads: args.worker_threads,
             },
             nic: nic_config(&args),
             switch: SwitchConfig {

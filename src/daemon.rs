@@ -257,6 +257,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         scheduler::spawn(port.nic.clone(), &port.name).map_err(DaemonError::Thread)?;
     }
 
+    let worker_threads = config
+        .vhost
+        .worker_threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |cpus| u16::try_from(cpus.get()).unwrap_or(u16::MAX))
+        })
+        .clamp(1, config.vhost.queue_pairs);
     for (id, mac, listener) in listeners {
         let port_config = PortConfig {
             queue_pairs: config.vhost.queue_pairs,
@@ -264,6 +272,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             mac,
             mtu: 1500,
             busy_poll: config.vhost.busy_poll,
+            worker_threads,
         };
         server::spawn(fabric.clone(), id, port_config, listener)?;
     }

@@ -1,14 +1,16 @@
 //! The `VhostUserBackend` implementation of one connection of a vhost-user port.
 //!
 //! One backend lives as long as one frontend connection; a reconnect gets a fresh one (with
-//! fresh guest memory and fresh exit events), see `server`. Each queue pair has its own worker
-//! thread and its own scratch state, so queues never share a lock on the data path.
+//! fresh guest memory and fresh exit events), see `server`. Each queue pair has its own
+//! scratch state, so queues never share a lock on the data path; a worker thread serves one
+//! or more pairs (`PortConfig::worker_threads`).
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use arrayvec::ArrayVec;
 use log::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringT};
@@ -23,13 +25,13 @@ use super::memory_guard;
 use super::ring_view;
 use super::rx::{VhostRxRing, Vring};
 use super::tx::{self, TxProgress, TxScratch, TxSender};
-use super::virtio_net::{self, Negotiated};
+use super::virtio_net::{self, MAX_QUEUE_PAIRS, Negotiated};
 use crate::stats::RateLimitedLog;
 use crate::stats::{self, PortCounters};
 use crate::switch::PortId;
-use crate::switch::fabric::{Fabric, ForwardState};
+use crate::switch::fabric::Fabric;
 
-/// Local vring index within a worker (each worker owns one pair).
+/// A vring's place within its pair: a thread's vrings are its pairs' RX and TX rings.
 const RX: u16 = 0;
 const TX: u16 = 1;
 
@@ -42,6 +44,9 @@ pub struct PortConfig {
     pub mtu: u16,
     /// How long a TX worker polls its ring after draining it (0: notifications only).
     pub busy_poll: std::time::Duration,
+    /// Worker threads of a connection (at most `queue_pairs`): pair `p` is served by thread
+    /// `p % worker_threads`.
+    pub worker_threads: u16,
 }
 
 /// State of one worker (queue pair), touched only by that worker's thread.
@@ -130,90 +135,190 @@ impl NetBackend {
         }
     }
 
-    /// With --busy-poll, watches the TX ring for up to that long before going back to
-    /// notifications: a guest sending steadily then costs no kick and no wakeup per burst
-    /// (vhost-net's busy_poll). Frames this worker left waiting for a full ring are tried
-    /// again meanwhile (its retry promises hold). Returns whether chains arrived.
-    fn busy_poll(&self, vring: &Vring, forward: &ForwardState) -> bool {
+    /// The queue pairs served by worker thread `thread`: pair `p` belongs to thread
+    /// `p % threads`, so the pairs a guest uses first (0, 1, ...) spread over the threads.
+    fn thread_pairs(&self, thread: usize) -> impl Iterator<Item = usize> {
+        let threads = usize::from(self.config.worker_threads.max(1));
+        (thread..usize::from(self.config.queue_pairs)).step_by(threads)
+    }
+
+    /// With --busy-poll, watches the thread's TX rings for up to that long before going
+    /// back to notifications: a guest sending steadily then costs no kick and no wakeup per
+    /// burst (vhost-net's busy_poll). Frames the thread's workers left waiting for a full
+    /// ring are tried again meanwhile (their retry promises hold). Returns the rings where
+    /// chains arrived.
+    fn busy_poll(&self, rings: &mut [TxRing<'_>]) -> u32 {
         if self.config.busy_poll.is_zero() {
-            return false;
+            return 0;
         }
         let start = std::time::Instant::now();
         while start.elapsed() < self.config.busy_poll {
-            {
-                let state = vring.get_ref();
-                let mem = self.mem.memory();
-                if ring_view::has_available(&state, &*mem) {
-                    return true;
-                }
+            let found = self.with_chains(rings);
+            if found != 0 {
+                return found;
             }
-            if forward.has_promises() {
-                self.fabric.retry_promised(forward);
+            for ring in rings.iter() {
+                if ring.worker.tx.forward.has_promises() {
+                    self.fabric.retry_promised(&ring.worker.tx.forward);
+                }
             }
             std::hint::spin_loop();
         }
-        false
+        0
     }
 
-    fn run_tx(&self, pair: usize, worker: &mut Worker, vring: &Vring) {
+    /// The rings (bit `k` for `rings[k]`) where the guest has made chains available.
+    fn with_chains(&self, rings: &[TxRing<'_>]) -> u32 {
+        let mem = self.mem.memory();
+        let mut found = 0;
+        for (k, ring) in rings.iter().enumerate() {
+            if !ring.vring.is_quarantined()
+                && ring_view::has_available(&ring.vring.get_ref(), &*mem)
+            {
+                found |= 1 << k;
+            }
+        }
+        found
+    }
+
+    /// Serves the TX rings of worker thread `thread`, starting with its ring `first` (the one
+    /// that was kicked), until all of them are drained (and, with --busy-poll, stayed so).
+    ///
+    /// A thread may serve several queue pairs (`--worker-threads`): it then takes one batch
+    /// from each ring with chains in turn, as a DPDK lcore polls its queues, so a guest
+    /// that keeps one ring full cannot starve its other rings. Serving them from one thread
+    /// instead of a thread per pair matters when the pairs share fewer CPUs than there are
+    /// pairs: busy threads time-slicing one CPU leave each ring unserved for a scheduler
+    /// slice at a time, while its guest keeps adding to it.
+    fn run_tx(&self, thread: usize, first: usize, vrings: &[Vring]) {
         let port = &self.fabric.ports[self.port];
-        let Some(counters) = port.queue_counters.get(pair) else {
-            return;
-        };
-        let sender = TxSender {
-            fabric: &self.fabric,
-            port: self.port,
-            counters,
-            log: &self.log,
-        };
-        loop {
-            if vring.is_quarantined() {
-                return;
-            }
-            let progress = {
-                let mut state = vring.get_mut();
-                // Caught with the vring's lock held, so that the lock is not poisoned: see
-                // `contain`.
-                contain(&self.log, vring, &port.nic.port_counters, "TX", || {
-                    let _ = state.disable_notification();
-                    let progress =
-                        tx::process_batch(&mut state, &self.mem, &mut worker.tx, &sender);
-                    if tx::wants_interrupt(state.get_queue(), &self.mem, &mut worker.tx) {
-                        let _ = state.signal_used_queue();
-                    }
-                    progress
-                })
-                .unwrap_or(TxProgress::Broken)
+        let mut rings = ArrayVec::<TxRing<'_>, { MAX_QUEUE_PAIRS as usize }>::new();
+        for (k, pair) in self.thread_pairs(thread).enumerate() {
+            let (Some(vring), Some(worker), Some(counters)) = (
+                vrings.get(2 * k + usize::from(TX)),
+                self.workers.get(pair),
+                port.queue_counters.get(pair),
+            ) else {
+                break;
             };
-            if vring.is_quarantined() {
-                // What the failed batch left is dropped: its staged frames and its promises.
-                worker.tx.forward.release_promises();
-                worker.tx = TxScratch::default();
-                return;
+            rings.push(TxRing {
+                vring,
+                worker: worker.lock().unwrap_or_else(|p| p.into_inner()),
+                sender: TxSender {
+                    fabric: &self.fabric,
+                    port: self.port,
+                    counters,
+                    log: &self.log,
+                },
+            });
+        }
+        if first >= rings.len() {
+            return;
+        }
+        // Rings whose notifications this call turned off, and rings with chains to take.
+        let mut polled: u32 = 0;
+        let mut pending: u32 = 1 << first;
+        loop {
+            let mut more = 0;
+            for k in bits(pending) {
+                match self.tx_batch(&mut rings[k]) {
+                    TxProgress::More => {
+                        polled |= 1 << k;
+                        more |= 1 << k;
+                    }
+                    TxProgress::Drained => polled |= 1 << k,
+                    TxProgress::Broken => {
+                        rings[k].worker.tx.forward.release_promises();
+                        polled &= !(1 << k);
+                    }
+                }
             }
-            self.fabric.flush(&mut worker.tx.forward);
-            match progress {
-                TxProgress::More => continue,
-                TxProgress::Broken => {
-                    worker.tx.forward.release_promises();
-                    return;
+            // Every ring with chains gets the next turn, kicked or not: a kick that came
+            // while this thread was busy waits in its event queue until the call returns.
+            pending = if rings.len() > 1 {
+                more | self.with_chains(&rings)
+            } else {
+                more
+            };
+            if pending != 0 {
+                continue;
+            }
+            pending = self.busy_poll(&mut rings);
+            if pending != 0 {
+                continue;
+            }
+            // Idle from here: frames left waiting need the guests' kicks now.
+            for ring in rings.iter_mut() {
+                ring.worker.tx.forward.release_promises();
+            }
+            // Re-enable notifications, then look again: the guest may have added chains
+            // after our last look and before it saw notifications on.
+            for k in bits(polled) {
+                let vring = rings[k].vring;
+                if !vring.is_quarantined() && vring.get_mut().enable_notification().unwrap_or(false)
+                {
+                    pending |= 1 << k;
                 }
-                TxProgress::Drained => {
-                    if self.busy_poll(vring, &worker.tx.forward) {
-                        continue;
-                    }
-                    // Idle from here: frames left waiting need the guests' kicks now.
-                    worker.tx.forward.release_promises();
-                    // Re-enable notifications, then look again: the guest may have added
-                    // chains after our last look and before it saw notifications on.
-                    let more = vring.get_mut().enable_notification().unwrap_or(false);
-                    if !more {
-                        return;
-                    }
-                }
+            }
+            polled = 0;
+            if pending == 0 {
+                return;
             }
         }
     }
+
+    /// Takes one batch of chains from a TX ring and delivers what it staged.
+    fn tx_batch(&self, ring: &mut TxRing<'_>) -> TxProgress {
+        let TxRing {
+            vring,
+            worker,
+            sender,
+        } = ring;
+        if vring.is_quarantined() {
+            return TxProgress::Broken;
+        }
+        let counters = &self.fabric.ports[self.port].nic.port_counters;
+        let progress = {
+            let mut state = vring.get_mut();
+            // Caught with the vring's lock held, so that the lock is not poisoned: see
+            // `contain`.
+            contain(&self.log, vring, counters, "TX", || {
+                let _ = state.disable_notification();
+                let progress = tx::process_batch(&mut state, &self.mem, &mut worker.tx, sender);
+                if tx::wants_interrupt(state.get_queue(), &self.mem, &mut worker.tx) {
+                    let _ = state.signal_used_queue();
+                }
+                progress
+            })
+            .unwrap_or(TxProgress::Broken)
+        };
+        if vring.is_quarantined() {
+            // What the failed batch left is dropped: its staged frames and its promises.
+            worker.tx.forward.release_promises();
+            worker.tx = TxScratch::default();
+            return TxProgress::Broken;
+        }
+        self.fabric.flush(&mut worker.tx.forward);
+        progress
+    }
+}
+
+/// One TX ring of a worker thread, with its pair's worker state, for one `run_tx`.
+struct TxRing<'a> {
+    vring: &'a Vring,
+    worker: MutexGuard<'a, Worker>,
+    sender: TxSender<'a>,
+}
+
+/// The indices of the set bits of `mask`, lowest first.
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let k = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            k
+        })
+    })
 }
 
 /// Runs `work`; if it panics, quarantines `vring` (it stays unused until the frontend sets
@@ -331,8 +436,11 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.config.queue_pairs)
-            .map(|pair| 0b11u64 << (2 * pair))
+        (0..usize::from(self.config.worker_threads.clamp(1, self.config.queue_pairs)))
+            .map(|thread| {
+                self.thread_pairs(thread)
+                    .fold(0u64, |mask, pair| mask | 0b11u64 << (2 * pair))
+            })
             .collect()
     }
 
@@ -356,24 +464,25 @@ impl VhostUserBackend for NetBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        let (Some(worker), [_rx, tx]) = (self.workers.get(thread_id), vrings) else {
+        // The thread's vrings are its pairs' RX and TX rings, in pair order.
+        let (local_pair, kind) = (usize::from(device_event / 2), device_event % 2);
+        let Some(tx) = vrings.get(2 * local_pair + usize::from(TX)) else {
             return Ok(());
         };
-        let mut worker = worker.lock().unwrap_or_else(|p| p.into_inner());
         let nic = &self.fabric.ports[self.port].nic;
-        // Whatever fails on this worker's thread (delivering into other ports' rings
-        // included) stays with this port: its TX ring is quarantined, the thread lives on.
-        let _ = contain(&self.log, tx, &nic.port_counters, "worker", || {
-            match device_event {
-                // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
-                // buffers go now, without waiting for traffic to push them.
-                RX => {
+        match kind {
+            // The guest posted RX buffers, or enabled the ring: frames waiting in the NIC
+            // buffers go now, without waiting for traffic to push them. Whatever fails on
+            // this thread (delivering into other ports' rings included) stays with this port.
+            RX => {
+                let _ = contain(&self.log, tx, &nic.port_counters, "worker", || {
                     nic.drain_waiting();
-                }
-                TX => self.run_tx(thread_id, &mut worker, tx),
-                _ => {}
+                });
             }
-        });
+            // `run_tx` contains each batch's failure within its own ring.
+            TX => self.run_tx(thread_id, local_pair, vrings),
+            _ => {}
+        }
         Ok(())
     }
 }

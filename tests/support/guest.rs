@@ -398,19 +398,30 @@ impl TestGuest {
     /// Sends `frames` (plain headers, one descriptor each) on TX queue `pair` with one kick
     /// for all of them, so the device reads them as one batch.
     pub fn send_batch(&mut self, pair: u16, frames: &[Vec<u8>]) -> Result<Vec<u16>> {
+        let heads = self.queue_batch(pair, frames)?;
+        self.kick_tx(pair)?;
+        Ok(heads)
+    }
+
+    /// Makes `frames` (plain headers, one descriptor each) available on TX queue `pair`
+    /// without a kick: a device that is not polling sees them at the next kick.
+    pub fn queue_batch(&mut self, pair: u16, frames: &[Vec<u8>]) -> Result<Vec<u16>> {
         let vring = Self::tx_vring(pair);
         self.wait_tx_room(pair, frames.len())?;
         let (queue, ram) = self.queue_and_ram(vring)?;
-        let heads = frames
+        frames
             .iter()
             .map(|frame| {
                 let mut bytes = VirtioNetHdr::plain().to_bytes().to_vec();
                 bytes.extend_from_slice(frame);
                 queue.add_chain(ram, &[ChainBuf::Readable(bytes)])
             })
-            .collect::<Result<Vec<u16>>>()?;
-        queue.kick()?;
-        Ok(heads)
+            .collect()
+    }
+
+    /// Kicks TX queue `pair`.
+    pub fn kick_tx(&mut self, pair: u16) -> Result<()> {
+        self.queue(Self::tx_vring(pair))?.kick()
     }
 
     fn queue_and_ram(&mut self, vring: u16) -> Result<(&mut SplitQueue, &mut GuestRam)> {
