@@ -129,7 +129,7 @@ def write_pcap(path, frames):
             f.write(frame)
 
 
-# Flows (UDP source ports) replayed per queue pair in (c) with several pairs. A NIC steers a
+# Flows per queue pair in (c)'s pcap and (b)'s generator with several pairs. A NIC steers a
 # flow to one queue (prism-vnic: RSS over its normal-class queues), so one flow would leave
 # every receiving queue but one idle, which no multi-queue setup is meant for; DPDK's vhost
 # PMD forwards queue i to queue i whatever the flows.
@@ -167,7 +167,8 @@ def prism_backend(case, binary, settings, tag, work):
     if case == "a":
         extra += [f"--{A_RECEIVER}", "null"]
     elif case == "b":
-        extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={settings.frame}"]
+        flows = "" if settings.queues == 1 else f",flows={FLOWS_PER_PAIR * settings.queues}"
+        extra += ["--gen", f"g=dst={MAC_A},src={MAC_B},len={settings.frame}{flows}"]
     # The environment names this binary and no stand-in: the bench measures prism-vnic.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRISM_SWITCH")}
     be = Switch(work, ports=("a", "b") if case == "c" else ("a",), queues=settings.queues,
