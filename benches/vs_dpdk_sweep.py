@@ -109,6 +109,9 @@ def main() -> int:
     ap.add_argument("--match", action="append", default=[],
                     help="only the cells whose label (as --dry-run lists them) contains this "
                          "text, e.g. '4q' or '256->1024'; repeated: every text")
+    ap.add_argument("--baseline-binary", metavar="PATH",
+                    help="another prism-vnic build in DPDK's place (the 'DPDK' figures are then "
+                         "its own): where a change gains or loses, cell by cell")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and the time, and exit")
     args = ap.parse_args()
     cases = [c for c in args.only.split(",") if c]
@@ -130,6 +133,10 @@ def main() -> int:
     if not os.path.exists(vs_dpdk.PRISM):
         sys.exit(f"vs_dpdk_sweep: {vs_dpdk.PRISM} missing: cargo build --release")
     vs_dpdk.BUSY_POLL_US = args.busy_poll_us
+    if args.baseline_binary:
+        if not os.access(args.baseline_binary, os.X_OK):
+            sys.exit(f"vs_dpdk_sweep: --baseline-binary {args.baseline_binary} is not an executable")
+        vs_dpdk.OTHER, vs_dpdk.BASELINE = "base", os.path.abspath(args.baseline_binary)
     results = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vs-dpdk-sweep-") as tmp:
@@ -142,15 +149,16 @@ def main() -> int:
                 result = vs_dpdk.run_interleaved(case, s, args.repeat, args.secs, work, probe)
                 error = None
             except CASE_FAILURES as e:
-                result, error = {"prism": [], "dpdk": []}, str(e)
-            ratio = vs_dpdk.paired_ratio(result["prism"], result["dpdk"]) if not error else None
-            ratios = vs_dpdk.turn_ratios(result["prism"], result["dpdk"])
+                result, error = {"prism": [], vs_dpdk.OTHER: []}, str(e)
+            other = result[vs_dpdk.OTHER]
+            ratio = vs_dpdk.paired_ratio(result["prism"], other) if not error else None
+            ratios = vs_dpdk.turn_ratios(result["prism"], other)
             rate = lambda runs: statistics.median(r for run in runs if run for r in run.rates) \
                 if any(runs) else None
             row = {"case": case, **asdict(s), "ratio": ratio,
                    "turn_ratios": ratios, "error": error,
                    "prism_mpps": (rate(result["prism"]) or 0) / 1e6,
-                   "dpdk_mpps": (rate(result["dpdk"]) or 0) / 1e6}
+                   "dpdk_mpps": (rate(other) or 0) / 1e6}
             results.append(row)
             elapsed = (time.monotonic() - started) / 60
             vs_dpdk.log(f"[{k}/{len(cells)}, {elapsed:.0f} min] {label(case, s)}: "
