@@ -83,6 +83,11 @@ def quick_matrix(cases: list[str]) -> list[tuple[str, Settings]]:
     return cells
 
 
+def other_name() -> str:
+    """What prism-vnic is compared with: DPDK, or a --baseline-binary build."""
+    return vs_dpdk.SHORT[vs_dpdk.OTHER].split()[0]
+
+
 def label(case: str, s: Settings) -> str:
     rings = f"{s.ring_a}->{s.ring_b}" if case == "c" else f"ring {s.ring_a}"
     return f"({case}) {rings}, burst {s.burst}, {s.frame} B, {s.queues}q"
@@ -163,20 +168,20 @@ def main() -> int:
             elapsed = (time.monotonic() - started) / 60
             vs_dpdk.log(f"[{k}/{len(cells)}, {elapsed:.0f} min] {label(case, s)}: "
                         + (f"FAILED: {error}" if error else
-                           f"prism-vnic {row['prism_mpps']:.2f} / DPDK {row['dpdk_mpps']:.2f} Mpps, "
+                           f"prism-vnic {row['prism_mpps']:.2f} / {other_name()} {row['dpdk_mpps']:.2f} Mpps, "
                            f"paired {ratio:.3f}"))
     return report(results, args)
 
 
 def report(results: list[dict], args) -> int:
-    print(f"{'cell':<44} {'prism-vnic':>10} {'DPDK':>8} {'paired':>7}  turns")
+    print(f"{'cell':<44} {'prism-vnic':>10} {other_name():>8} {'paired':>7}  turns")
     for r in results:
         s = Settings(**{k: r[k] for k in ("frame", "ring_a", "ring_b", "burst", "queues")})
         turns = " ".join(f"{x:.2f}" for x in r["turn_ratios"])
         print(f"{label(r['case'], s):<44} {r['prism_mpps']:>10.2f} {r['dpdk_mpps']:>8.2f} "
               + (f"{r['ratio']:>7.3f}  {turns}" if r["ratio"] is not None else "  failed"))
     below = [r for r in results if r["ratio"] is None or r["ratio"] < args.target]
-    print(f"{len(results) - len(below)} of {len(results)} cells at or above {args.target}x DPDK "
+    print(f"{len(results) - len(below)} of {len(results)} cells at or above {args.target}x {other_name()} "
           f"(paired, {args.repeat} turns of {args.secs} s)")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "vs_dpdk_sweep.json")
@@ -221,7 +226,7 @@ def plot(results: list[dict], args) -> str:
                       [f"{a}->{b}" if case == "c" else f"ring {a}" for a, b in ring_keys])
         ax.set_xticks(range(len(col_keys)), [f"{f} B\nb{b} {q}q" for f, b, q in col_keys],
                       fontsize=7)
-        ax.set_title(f"({case}) prism-vnic / DPDK vhost PMD, paired"
+        ax.set_title(f"({case}) prism-vnic / {vs_dpdk.NAMES[vs_dpdk.OTHER]}, paired"
                      + (" (sender ring -> receiver ring)" if case == "c" else ""))
     fig.tight_layout()
     path = os.path.join(args.out, "vs_dpdk_sweep.png")
