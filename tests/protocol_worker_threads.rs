@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::frames::{VirtioNetHdr, udp_tag};
@@ -22,30 +21,22 @@ fn daemon(pairs: u16, extra: &[&str]) -> Daemon {
     builder.spawn().expect("daemon starts")
 }
 
-/// The daemon's threads that serve vrings.
-fn vring_workers(daemon: &Daemon) -> usize {
-    let tasks = format!("/proc/{}/task", daemon.pid().expect("running"));
-    std::fs::read_dir(tasks)
-        .expect("tasks")
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "vring_worker")
-        .count()
-}
-
-/// Waits until the daemon has `n` vring worker threads.
+/// Waits until the daemon has `n` threads that serve vrings (a new thread takes its name a
+/// moment after it starts).
 fn expect_vring_workers(daemon: &Daemon, n: usize) {
-    let deadline = std::time::Instant::now() + support::TIMEOUT;
-    loop {
-        let have = vring_workers(daemon);
-        if have == n {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{n} vring worker threads expected, {have} running"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let workers = || {
+        daemon
+            .thread_names()
+            .iter()
+            .filter(|name| *name == "vring_worker")
+            .count()
+    };
+    support::wait_for(
+        &format!("{n} vring worker threads"),
+        support::TIMEOUT,
+        || Ok((workers() == n).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {} running", workers()));
 }
 
 #[test]

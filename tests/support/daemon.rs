@@ -162,6 +162,20 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The names of the daemon's threads, from /proc (empty if it is not running).
+    pub fn thread_names(&self) -> Vec<String> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
     /// Open file descriptors, threads and resident memory of the daemon, from /proc.
     pub fn resources(&self) -> Result<Resources> {
         let pid = self.pid().ok_or_else(|| HarnessError::Command {
