@@ -80,18 +80,26 @@ def counter_deltas(ov: Overlay, run, names=("napi_ahead", "marked_by_queue")):
 
 
 def deltas_until_ahead(ov: Overlay, tries: int = AHEAD_TRIES) -> tuple[dict, dict]:
-    """pingpong_under_bulk() until vm2's napi_ahead has risen, at most `tries` runs; the last
-    run's sockperf figures and the deltas summed over the runs. Going ahead needs another NAPI
-    on poll_list at the moment rx-0's interrupt comes: likely at every arrival on a fast guest,
-    but a slow one (the KASAN + lockdep kernel under TCG) exchanges only a few dozen requests
-    in one run, and one such run on the debug kernel had none."""
+    """pingpong_under_bulk() until a guest's napi_ahead has risen, at most `tries` runs; the
+    last run's sockperf figures and the deltas summed over the runs.
+
+    napi_ahead counts overtakes on poll_list: rx-0's NAPI scheduled while another NAPI waits
+    there. Which guest sees them depends on where its bulk NAPIs wait. vm1 receives the bulk
+    ACKs: its bulk NAPIs finish under their weight and are scheduled again by their
+    interrupts, onto poll_list, where rx-0's overtakes them (hundreds per run). vm2 receives
+    the bulk data and its one vCPU is saturated: its bulk NAPIs use their whole weight and
+    wait on net_rx_action's private repoll list, which goes back on poll_list only at the end
+    of the run; rx-0's NAPI, scheduled during the run, is popped from the live poll_list
+    before them without counting an overtake, so vm2 counts a few per run at most, and none
+    in some. A slow guest (the KASAN + lockdep kernel under TCG) exchanges only a few dozen
+    requests in one run, hence the retries."""
     total = {n: {"napi_ahead": 0, "marked_by_queue": 0} for n in (1, 2)}
     for _ in range(tries):
         (res, _), d = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
         for n in (1, 2):
             for k, v in d[n].items():
                 total[n][k] += v
-        if total[2]["napi_ahead"] > 0:
+        if total[1]["napi_ahead"] + total[2]["napi_ahead"] > 0:
             break
     return res, total
 
@@ -105,12 +113,12 @@ def dmesg_clean(ov: Overlay) -> None:
 @pytest.mark.parametrize("mode", [1, 2], ids=["batch", "sync"])
 def test_the_priority_queues_napi_is_scheduled_ahead_of_the_bulk_napis(ov: Overlay, mode: int,
                                                                        report):
-    """A marked ping-pong on rx-0 under bulk TCP on rx-1..3: with prism_napi_ahead = 1 vm2,
-    which receives the requests next to the bulk data, schedules rx-0's NAPI ahead of
-    waiting NAPIs (napi_ahead rises; vm1, which receives the replies next to the bulk ACKs,
-    is reported; up to AHEAD_TRIES runs until it does); with 0, or in mode 0, neither guest
-    ever does, while the flow is still marked by queue in modes 1 and 2. On the series before patch 8 there was no such
-    precedence: rx-0's NAPI always queued at the tail of poll_list."""
+    """A marked ping-pong on rx-0 under bulk TCP on rx-1..3: with prism_napi_ahead = 1 the
+    guests schedule rx-0's NAPI ahead of NAPIs waiting on poll_list (napi_ahead rises in one
+    of them, up to AHEAD_TRIES runs until it does; mostly vm1, see deltas_until_ahead); with
+    0, or in mode 0, neither guest ever does, while the flow is still marked by queue in
+    modes 1 and 2. On the series before patch 8 there was no such precedence: rx-0's NAPI
+    always queued at the tail of poll_list."""
     ov.set_mode(mode)
     try:
         set_ahead(ov, True)
@@ -125,7 +133,7 @@ def test_the_priority_queues_napi_is_scheduled_ahead_of_the_bulk_napis(ov: Overl
         ov.set_mode(0)
     report(f"napi_ahead mode {mode}: on {on}, off {off}, mode 0 {vanilla}; "
            f"p50 on {res_on['p50']} us, off {res_off['p50']} us")
-    assert on[2]["napi_ahead"] > 0, f"vm2: rx-0's NAPI never went ahead: {on}"
+    assert on[1]["napi_ahead"] + on[2]["napi_ahead"] > 0, f"rx-0's NAPI never went ahead: {on}"
     for n in (1, 2):
         assert on[n]["marked_by_queue"] > 0 and off[n]["marked_by_queue"] > 0, (on, off)
         assert off[n]["napi_ahead"] == 0, f"vm{n}: went ahead with prism_napi_ahead 0: {off}"
@@ -173,7 +181,7 @@ def test_paired_latency_with_and_without_napi_precedence(ov: Overlay, out_dir, r
     prism_napi_ahead 1 and with 0, the order alternating from round to round, in
     PRISM_NAPI_AHEAD_MODE (default 1). Reports the medians of p50 and p99 of each side, their
     ratios (on / off) and the per-round paired ratios, with the host's load average; writes
-    napi_ahead_paired.json. Asserts only that every run completed and that vm2's napi_ahead
+    napi_ahead_paired.json. Asserts only that every run completed and that a guest's napi_ahead
     moved in the turns with precedence, and no guest's in the others."""
     mode = int(os.environ.get("PRISM_NAPI_AHEAD_MODE", "1"))
     ov.set_mode(mode)
@@ -216,5 +224,5 @@ def test_paired_latency_with_and_without_napi_precedence(ov: Overlay, out_dir, r
            f"paired p50 {[round(x, 2) for x in paired['p50']]}, "
            f"p99 {[round(x, 2) for x in paired['p99']]}")
     for r in runs:
-        assert r["napi_ahead"][2] > 0 if r["ahead"] else not any(r["napi_ahead"].values()), r
+        assert any(r["napi_ahead"].values()) == r["ahead"], r
     dmesg_clean(ov)
