@@ -391,7 +391,7 @@ fn parse_outer<'a>(frame: &'a [u8], vxlan_ports: &[u16], parsed: &mut Parsed) ->
 /// Whether UDP destination `port` is one of `vxlan_ports`.
 #[inline(always)]
 pub(super) fn is_vxlan_port(vxlan_ports: &[u16], port: u16) -> bool {
-    // Not `contains`: for u16 that is an out-of-line call, 1.4% of the switching path.
+    // Not `contains`: for u16 that is an out-of-line call, on every frame's path.
     #[allow(clippy::manual_contains)]
     vxlan_ports.iter().any(|&vxlan| vxlan == port)
 }

@@ -1,7 +1,7 @@
 //! The NIC model's clock: nanoseconds since the process started, read once or twice per
 //! frame (arrival, publication, pacing), so it must be cheap.
 //!
-//! `clock_gettime` through the vDSO showed as 15-20% of the switching path in a profile. On
+//! `clock_gettime` through the vDSO was a large share of the switching path in a profile. On
 //! x86_64 with an invariant TSC (`constant_tsc` and `nonstop_tsc`, which is also what lets the
 //! kernel use the TSC as its clocksource) we read the TSC and scale it by a factor calibrated
 //! against `Instant` at start. Elsewhere, `Instant` it is.

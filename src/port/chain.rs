@@ -64,7 +64,7 @@ pub enum ChainError {
 /// `Result<u32, ChainError>` (24 bytes) went back through memory, written as two 4-byte
 /// stores and read back by the caller with one 16-byte load, which cannot be forwarded
 /// from them and waits until every earlier store has drained, misses into the other
-/// CPU's rings included (4% of the backend in benchmark case (c) at 64 bytes).
+/// CPU's rings included.
 pub type Walked = Result<usize, Box<ChainError>>;
 
 /// A split-ring descriptor as laid out in guest memory (little endian).
@@ -166,8 +166,7 @@ pub fn walk(
 /// [`walk`], appending to what `out` holds: a frame spread over several chains collects
 /// their segments in place. Copying each chain's segments over from a separate vector read
 /// them back with loads wider than the stores that had just written them, which wait for
-/// every earlier store to drain (2.7% of the backend's samples in benchmark case (c) at 64
-/// bytes). After an error `out` may end with part of this chain's segments.
+/// every earlier store to drain. After an error `out` may end with part of this chain's segments.
 pub fn walk_append(
     mem: &HostMemory,
     ring: &SplitRing,

@@ -349,7 +349,7 @@ impl AvailCache {
 
     /// Starts loading the descriptor of the chain at avail `position`, if the guest made one
     /// available there. The head comes from the copy when it holds the entry: read from the
-    /// ring, it was a miss on the line the driver is appending to (5% of the two-port path).
+    /// ring, it was a miss on the line the driver is appending to.
     pub fn prefetch_descriptor(&self, ring: &SplitRing, position: Wrapping<u16>) {
         if !self.is_ahead_of(position) {
             return;

@@ -51,7 +51,7 @@ const ARENA_BYTES: usize = 64 * 1024;
 /// Where the frames a NIC will stage (up to `STAGE_MAX_LEN`) are gathered, each in its own
 /// place, and left as they are until they are delivered: the NIC then stages a reference
 /// to the frame (`TxFrame::lasting`) instead of copying it into its burst, one copy per
-/// frame fewer (the staging copy was 4% of the worker in benchmark case (c) at 64 bytes).
+/// frame fewer.
 /// A frame over `SPLIT_FROM_LEN` gets a place of its full length but only its head is
 /// gathered; the NIC gathers the tail into the place when it stages the frame, so a frame
 /// that is dropped at the switch (a discard port) costs only its head.
@@ -251,8 +251,8 @@ fn process_chains(
             // 2 KiB; staged bursts publish themselves) become visible now, not at the end
             // of the batch. A ring no larger than the batch otherwise ran out of buffers
             // its driver had long since been given frames in, and from then on every
-            // frame waited in the NIC, two more copies each (case (c) of
-            // benches/vs_dpdk.py at 9000 bytes: 5.8 of 7.0 million frames).
+            // frame waited in the NIC, two more copies each (most frames of a jumbo-frame
+            // stream did).
             sender.fabric.publish_touched(&scratch.forward);
             // Give the guest its buffers back during a long batch too: its ring may be no
             // larger than the batch, and it cannot queue more until it sees completions.
@@ -332,11 +332,8 @@ fn take_chain(
 /// Starts loading the rest of a large buffer, up to `PREFETCH_MAX` bytes, one frame ahead.
 /// The NIC copies a frame of up to 2 KiB out of the guest when it stages it, and a larger
 /// one's tail straight into the receiver: without this, that copy waited for each line in
-/// turn from the sending guest's CPU. Both builds at once, order swapped, 8 s
-/// (`benches/vs_dpdk.py`'s cases): (c) at 1518 B 1.091, 1.046, 1.180 and 1.037 times the
-/// rate; (c) at 9000 B 1.009, 1.010; (a) at 1518 B 0.999, 1.009; (c) at 64 B 0.990, 0.988,
-/// 0.999, 0.993. Out of line, so a small frame's path stays as it was (inline, the loop
-/// cost (c) at 64 B 1-2%).
+/// turn from the sending guest's CPU. Out of line, so a small frame's path stays as it was
+/// (inline, the loop cost small frames more than it saved; docs/DATAPATH.md).
 #[inline(never)]
 fn prefetch_rest(segment: &Segment) {
     /// A miss queue's worth: 32 lines.

@@ -115,8 +115,8 @@ impl ForwardState {
 const FRAMES_PER_STAMP: u8 = 8;
 
 /// Arrival stamps for a sender's frames: the clock is read for every eighth frame of a batch
-/// and at the first of each batch. A TSC read costs about 10 ns on this project's reference
-/// machine (AMD EPYC, in a VM), 7% of the generator -> port path at 64 bytes. A stamp is then
+/// and at the first of each batch: a TSC read per frame showed in profiles of the generator
+/// -> port path at 64 bytes (docs/DATAPATH.md). A stamp is then
 /// at most seven frames early (well under a microsecond at the rates where batches are that
 /// long), which can only lengthen the residence a frame is recorded with; a lone frame, as
 /// in latency tests, is stamped exactly.

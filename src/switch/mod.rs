@@ -22,7 +22,7 @@ pub type PortId = usize;
 
 const SHARDS: usize = 16;
 
-/// Hashes MAC addresses for the table: SipHash (std's default) showed as 8% of the
+/// Hashes MAC addresses for the table: SipHash (std's default) showed in profiles of the
 /// forwarding path, and a table bounded by the per-port MAC limit gains nothing from
 /// collision-attack resistance. Folds the bytes, then a multiplicative mix.
 #[derive(Default)]
