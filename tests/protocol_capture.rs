@@ -1,5 +1,5 @@
 //! Packet capture through the real binary: a capture whose file stops taking writes never
-//! stops the traffic it records.
+//! stops the traffic it records, nor the daemon's shutdown.
 //!
 //! A capture is always a new regular file (a FIFO or any existing path is refused), so the
 //! sink that blocks here is a regular file whose writes sleep: the test holds the file's
@@ -278,4 +278,46 @@ fn a_capture_running_at_shutdown_is_written_whole_before_the_daemon_exits() {
     send_all(&mut a, &mut b, frames);
     daemon.stop().expect("clean stop");
     assert_eq!(packets_in(&file), u64::from(frames));
+}
+
+#[test]
+fn a_capture_file_that_takes_no_writes_at_shutdown_does_not_hold_the_shutdown_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::builder()
+        .port("a")
+        .port("b")
+        .queues(1)
+        .arg("--capture-dir")
+        .arg(dir.path().to_str().unwrap())
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
+    b.post_rx_buffers(0, 4 * BATCH, 2048).expect("post");
+    daemon.control(&["capture", "b", "stalled.pcapng"]);
+    wait_capture_threads(&daemon, 1);
+    let file = dir.path().join("stalled.pcapng");
+    let stalled = StalledFile::stall(&file);
+    // Records for the writer, whose write into the file now sleeps.
+    send_all(&mut a, &mut b, 256);
+
+    daemon.sigterm().expect("SIGTERM");
+    // The shutdown goes on past the capture (after its bounded wait): the sockets are
+    // removed and the capture's fate is logged, while its file still takes no writes.
+    let sockets = [daemon.socket("a"), daemon.socket("b")];
+    support::wait_for(
+        "the shutdown past the stalled capture",
+        support::TIMEOUT,
+        || {
+            Ok((sockets.iter().all(|s| !s.exists())
+                && daemon.stderr().contains("the file takes no writes"))
+            .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", daemon.stderr()));
+
+    // The writer's write fails or completes once the file takes writes again, and the
+    // process, which was only waiting for that thread to leave the kernel, exits cleanly.
+    drop(stalled);
+    daemon.stop().expect("clean exit");
 }

@@ -299,10 +299,11 @@ impl Daemon {
         )
     }
 
-    /// SIGTERM, then asserts a clean exit (status 0) and that the sockets are gone.
-    pub fn stop(mut self) -> Result<()> {
-        let mut child = self.child.take().ok_or_else(|| HarnessError::Command {
-            command: "stop daemon".into(),
+    /// Sends SIGTERM and returns at once: the daemon starts shutting down (see [`Self::stop`]
+    /// to wait for its exit).
+    pub fn sigterm(&self) -> Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| HarnessError::Command {
+            command: "kill -TERM daemon".into(),
             detail: "already stopped".into(),
         })?;
         // SAFETY: plain kill(2) on the pid of our own child, which we have not reaped yet.
@@ -313,6 +314,16 @@ impl Daemon {
                 detail: std::io::Error::last_os_error().to_string(),
             });
         }
+        Ok(())
+    }
+
+    /// SIGTERM, then asserts a clean exit (status 0) and that the sockets are gone.
+    pub fn stop(mut self) -> Result<()> {
+        self.sigterm()?;
+        let mut child = self.child.take().ok_or_else(|| HarnessError::Command {
+            command: "stop daemon".into(),
+            detail: "already stopped".into(),
+        })?;
         let status = wait_for("daemon to exit after SIGTERM", TIMEOUT, || {
             child.try_wait().map_err(|e| HarnessError::Command {
                 command: "wait for daemon".into(),
