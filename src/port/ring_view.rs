@@ -350,6 +350,7 @@ impl AvailCache {
     /// Starts loading the descriptor of the chain at avail `position`, if the guest made one
     /// available there. The head comes from the copy when it holds the entry: read from the
     /// ring, it was a miss on the line the driver is appending to.
+    #[inline]
     pub fn prefetch_descriptor(&self, ring: &SplitRing, position: Wrapping<u16>) {
         if !self.is_ahead_of(position) {
             return;
@@ -439,6 +440,7 @@ impl UsedShadow {
 
 /// Appends used element (`head`, `len`) at the queue's next used position, not yet
 /// stored or published; false for a head the ring cannot name (counted by the caller).
+#[inline]
 pub fn put_used(
     queue: &mut Queue,
     ring: &SplitRing,
