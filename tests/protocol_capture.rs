@@ -210,23 +210,33 @@ fn packets_in(path: &Path) -> u64 {
     packets
 }
 
-#[test]
-fn a_capture_file_that_stops_taking_writes_never_stops_the_traffic() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut daemon = Daemon::builder()
+/// The capture file the stalled-file tests write, in their --capture-dir.
+const CAPTURE: &str = "stalled.pcapng";
+
+/// A daemon with ports `a` and `b` and captures in `dir`, guests on both (b with RX buffers
+/// for a few batches), and a capture of `b` into [`CAPTURE`] whose writer is running.
+fn capturing_b(dir: &Path) -> (Daemon, TestGuest, TestGuest) {
+    let daemon = Daemon::builder()
         .port("a")
         .port("b")
         .queues(1)
         .arg("--capture-dir")
-        .arg(dir.path().to_str().unwrap())
+        .arg(dir.to_str().unwrap())
         .spawn()
         .expect("daemon starts");
-    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    let a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
     let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
     b.post_rx_buffers(0, 4 * BATCH, 2048).expect("post");
-    daemon.control(&["capture", "b", "stalled.pcapng"]);
+    daemon.control(&["capture", "b", CAPTURE]);
     wait_capture_threads(&daemon, 1);
-    let file = dir.path().join("stalled.pcapng");
+    (daemon, a, b)
+}
+
+#[test]
+fn a_capture_file_that_stops_taking_writes_never_stops_the_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, mut a, mut b) = capturing_b(dir.path());
+    let file = dir.path().join(CAPTURE);
     let stalled = StalledFile::stall(&file);
 
     // Every frame arrives while the capture file takes no writes.
@@ -283,21 +293,8 @@ fn a_capture_running_at_shutdown_is_written_whole_before_the_daemon_exits() {
 #[test]
 fn a_capture_file_that_takes_no_writes_at_shutdown_does_not_hold_the_shutdown_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::builder()
-        .port("a")
-        .port("b")
-        .queues(1)
-        .arg("--capture-dir")
-        .arg(dir.path().to_str().unwrap())
-        .spawn()
-        .expect("daemon starts");
-    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
-    let mut b = TestGuest::connect(&daemon.socket("b"), GuestOptions::linux(2)).expect("b");
-    b.post_rx_buffers(0, 4 * BATCH, 2048).expect("post");
-    daemon.control(&["capture", "b", "stalled.pcapng"]);
-    wait_capture_threads(&daemon, 1);
-    let file = dir.path().join("stalled.pcapng");
-    let stalled = StalledFile::stall(&file);
+    let (daemon, mut a, mut b) = capturing_b(dir.path());
+    let stalled = StalledFile::stall(&dir.path().join(CAPTURE));
     // Records for the writer, whose write into the file now sleeps.
     send_all(&mut a, &mut b, 256);
 
