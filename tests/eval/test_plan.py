@@ -81,6 +81,69 @@ def test_a_reading_of_the_guest_gives_its_clock_ksoftirqd_time_and_bytes():
     assert reading == runner.RxReading(35.61, 425, 123456789)
 
 
+STAT = ("12 (ksoftirqd/0) S 2 0 0 0 -1 69238848 0 0 0 0 "
+        "150 275 0 0 20 0 1 0 3 0 0 18446744073709551615")
+# CONTAINER_RX's lines as a PRISM guest prints them: clock, ksoftirqd's stat, the container's
+# bytes, then ksoftirqd's voluntary switches, softnet_stat (hex), /proc/stat's cpu line, the
+# NET_RX softirqs and /proc/net/prism's header and total on one line.
+PRISM_READING = [
+    "35.61 20.02", STAT, "123456789", "voluntary_ctxt_switches:\t4242",
+    "0000ab12 00000000 00000011 00000000 00000000 00000000 00000000 00000000 00000000 "
+    "00000000 00000000 00000000 00000000",
+    "cpu  100 0 200 300 0 5 77 0 0 0", "      NET_RX:       9876",
+    "cpu marked_by_queue marked_by_port marked_on_tx prio_enqueued prio_dropped preemptions "
+    "yields sync_deliveries sync_fallbacks empty_runs napi_ahead switch_forced "
+    "total 1 2 3 4 5 6 7 8 9 10 11 12 ",
+]
+
+
+def test_a_reading_also_gives_the_receive_paths_counters():
+    reading = runner._rx_reading(PRISM_READING)
+    assert (reading.uptime, reading.ksoftirqd_ticks, reading.rx_bytes) == (35.61, 425, 123456789)
+    assert reading.counters == {
+        "ksoftirqd_wakeups": 4242, "softnet_processed": 0xab12, "time_squeeze": 0x11,
+        "cpu_idle_ticks": 300, "cpu_softirq_ticks": 77, "net_rx_softirqs": 9876,
+        "prism_preemptions": 6, "prism_yields": 7, "prism_empty_runs": 10,
+        "prism_napi_ahead": 11}
+    # A kernel without PRISM prints an empty last line: no prism_* counters.
+    vanilla = runner._rx_reading(PRISM_READING[:-1] + [""])
+    assert not any(k.startswith("prism_") for k in vanilla.counters)
+    assert vanilla.counters["time_squeeze"] == 0x11
+
+
+def test_a_turn_records_the_counters_increase_and_the_cpus_shares():
+    start = runner._rx_reading(PRISM_READING)
+    end = runner.RxReading(start.uptime + 2.0, start.ksoftirqd_ticks + 50, start.rx_bytes,
+                           {**start.counters, "time_squeeze": start.counters["time_squeeze"] + 3,
+                            "cpu_softirq_ticks": start.counters["cpu_softirq_ticks"] + 80,
+                            "prism_empty_runs": 12})
+    metrics = runner.turn_counters(start, end)
+    assert metrics["time_squeeze"] == 3 and metrics["prism_empty_runs"] == 2
+    assert metrics["ksoftirqd_cpu"] == 0.25 and metrics["softirq_cpu"] == 0.4
+    assert metrics["idle_cpu"] == 0.0
+
+
+def test_no_priority_flow_measures_the_bulk_flows_alone():
+    class Bed:
+        priority_mps, client = 0, None  # a client call would fail
+    cell = runner.results.Cell("host-client", "b", "busy", True, 2, "overlay")
+    metrics, raw, samples = runner._probe(Bed(), cell, 0, "t", None)
+    assert (metrics, raw, samples) == ({}, {}, [])
+
+
+def test_knobs_and_the_priority_rate_show_in_the_plan_and_bad_knobs_are_refused():
+    eval_cmd = [sys.executable, str(REPO / "benches" / "eval"), "--experiments", "b",
+                "--dry-run"]
+    proc = subprocess.run(eval_cmd + ["--knob", "prism_napi_ahead=0", "--priority-mps", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "priority flow at 0 msg/s" in proc.stdout
+    assert "knobs prism_napi_ahead=0" in proc.stdout
+    for bad in ("dev_weight=8", "prism_mode=1; reboot", "prism_napi_ahead"):
+        proc = subprocess.run(eval_cmd + ["--knob", bad], capture_output=True, text=True)
+        assert proc.returncode == 2 and "not a PRISM knob setting" in proc.stderr, bad
+
+
 def test_the_two_guests_setup_covers_the_goals_cells_beside_host_client():
     full = runner.PROFILES["full"]
     cells = runner.cells(full, "two-guests")

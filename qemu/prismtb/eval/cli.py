@@ -77,6 +77,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bulk-rate", metavar="RATE", type=_rate,
                    help="pace each bulk flow at RATE bit/s (iperf3 -b: 20M, 500K) so the "
                    "server is not saturated; default: unpaced")
+    p.add_argument("--priority-mps", metavar="N", type=int,
+                   help="the priority flow's messages per second (sockperf --mps) in "
+                   "experiments a, b and cal; 0: none, the bulk flows alone (default 500)")
+    p.add_argument("--knob", metavar="NAME=VALUE", type=_knob, action="append",
+                   help="set a PRISM knob (net.core.prism_*, e.g. prism_napi_ahead=0) in the "
+                   "server's kernel after boot; repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, turns, estimated time) and exit")
     p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())
@@ -86,6 +92,14 @@ def _rate(text: str) -> str:
     """An iperf3 -b rate: a number with an optional K, M or G."""
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?[KMG]?", text):
         raise argparse.ArgumentTypeError(f"not a rate like 20M or 500K: {text!r}")
+    return text
+
+
+def _knob(text: str) -> str:
+    """NAME=VALUE for a PRISM knob: a prism_* sysctl of net.core and an integer."""
+    if not re.fullmatch(r"prism_[a-z_]+=[0-9]+", text):
+        raise argparse.ArgumentTypeError(
+            f"not a PRISM knob setting like prism_napi_ahead=0: {text!r}")
     return text
 
 

@@ -101,6 +101,13 @@ class Profile:
     # but leave the vCPU idle part of the time: whether the modes' order depends on a
     # saturated server is the question this answers (docs/EVAL.md).
     bulk_rate: str | None = None
+    # The priority flow's rate (sockperf --mps) in experiments a, b and cal; 0: no priority
+    # flow, the bulk flows alone (what the modes cost the bulk flows without anything to
+    # preempt for).
+    priority_mps: int = SOCKPERF_MPS
+    # Receive-path knobs of the PRISM kernel (net.core.prism_*, e.g. prism_napi_ahead=0),
+    # set after boot: a run with a knob changed, beside one without, isolates what it costs.
+    knobs: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return (f"{self.rounds} rounds of {self.seconds:g} s turns, experiments "
@@ -109,6 +116,9 @@ class Profile:
                 f"{','.join('on' if s else 'off' for s in self.steering)}, flows "
                 f"{','.join(map(str, self.flows))}"
                 + (f" at {self.bulk_rate}bit/s each" if self.bulk_rate else "")
+                + (f", priority flow at {self.priority_mps} msg/s"
+                   if self.priority_mps != SOCKPERF_MPS else "")
+                + (f", knobs {' '.join(self.knobs)}" if self.knobs else "")
                 + f", ~{estimate_minutes(self):.0f} min")
 
 
@@ -131,9 +141,18 @@ SETTLE_S = 0.5
 # boot with its setup; the estimate of --dry-run.
 STEP_OVERHEAD_S = 4.0
 # The guest's clock, the CPU time of ksoftirqd/0 (fields 14 and 15 of its stat, in USER_HZ
-# ticks, filled in per boot) and the bytes the container received (see Bed.container_rx).
+# ticks, filled in per boot) and the bytes the container received (see Bed.container_rx),
+# then the receive path's counters (see KERNEL_COUNTERS): ksoftirqd's voluntary context
+# switches (its wakeups: it sleeps once per batch of deferred work), CPU 0's softnet_stat,
+# the CPU's time split, the NET_RX softirqs run, and /proc/net/prism's header and total.
 CONTAINER_RX = ("cat /proc/uptime /proc/{ksoftirqd}/stat && "
-                "ip netns exec c1 cat /sys/class/net/eth0/statistics/rx_bytes")
+                "ip netns exec c1 cat /sys/class/net/eth0/statistics/rx_bytes && "
+                "grep -h ^voluntary_ctxt_switches /proc/{ksoftirqd}/status && "
+                "head -n 1 /proc/net/softnet_stat && grep '^cpu ' /proc/stat && "
+                "grep NET_RX /proc/softirqs && "
+                "{{ grep -e '^cpu ' -e '^total' /proc/net/prism 2>/dev/null | tr '\\n' ' '; "
+                "echo; }}")
+READING_LINES = 8
 USER_HZ = 100
 CELL_OVERHEAD_S = 3.0
 BOOT_S = 60.0
@@ -335,6 +354,8 @@ class Bed:
     out: Path
     icount: str | None = None
     bulk_rate: str | None = None
+    priority_mps: int = SOCKPERF_MPS
+    knobs: tuple[str, ...] = ()
     switch: object = None
     server: object = None
     client_guest: object = None
@@ -419,6 +440,10 @@ class Bed:
             self.srv(f"echo 1 > {RX0_FLAG}")
             for port in (PRIO_PORT, MEMCACHED_PORT, HTTP_PORT):
                 self.srv(f"echo 'add {port}' > {KNOBS}/prism_ports")
+            for knob in self.knobs:
+                name, value = knob.split("=", 1)
+                self.srv(f"echo {shlex.quote(value)} > {KNOBS}/{name} && "
+                         f"[ \"$(cat {KNOBS}/{name})\" = {shlex.quote(value)} ]")
         self.srv(f"( {c1} sockperf sr -i {SERVER_C1} -p {PRIO_PORT} > /tmp/sr.log 2>&1 & )")
         self.srv(f"( sockperf sr -i {UNDERLAY_SERVER} -p {PRIO_PORT} > /tmp/sr0.log 2>&1 & )")
         for port in BULK_PORTS:
@@ -507,13 +532,15 @@ class Bed:
         rx = self.container_rx_command()
         out = self.srv(f"{rx} && {switch}sleep {SETTLE_S} && {rx}")
         lines = out.strip().splitlines()
-        return _rx_reading(lines[-6:-3]), _rx_reading(lines[-3:])
+        n = READING_LINES
+        return _rx_reading(lines[-2 * n:-n]), _rx_reading(lines[-n:])
 
     def container_rx(self) -> RxReading:
         """The guest's clock, ksoftirqd/0's CPU time and the bytes the container c1's
         interface received: the bulk throughput as the container sees it, timed by the guest
         so that the serial console's delays do not enter it."""
-        return _rx_reading(self.srv(self.container_rx_command()).strip().splitlines()[-3:])
+        out = self.srv(self.container_rx_command())
+        return _rx_reading(out.strip().splitlines()[-READING_LINES:])
 
     def container_rx_command(self) -> str:
         if self.ksoftirqd is None:
@@ -553,11 +580,14 @@ def _probe(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path
     client = bed.client
     raw: dict[str, str] = {}
     samples: list[float] = []
-    if cell.experiment in ("a", "b", "cal"):
+    if cell.experiment in ("a", "b", "cal") and not bed.priority_mps:
+        time.sleep(seconds)  # the bulk flows alone
+        metrics = {}
+    elif cell.experiment in ("a", "b", "cal"):
         target = SERVER_C1 if cell.path == "overlay" else UNDERLAY_SERVER
         log = client.file(f"{tag}.csv")
         out = client.run(f"rm -f {log}; sockperf ping-pong -i {target} -p {PRIO_PORT} "
-                         f"--mps {SOCKPERF_MPS} -t {seconds:g} --full-log {log}",
+                         f"--mps {bed.priority_mps} -t {seconds:g} --full-log {log}",
                          timeout=seconds + 120, container=cell.path == "overlay")
         (raw_dir / f"{tag}.sockperf.txt").write_text(out)
         raw["sockperf"] = f"raw/{tag}.sockperf.txt"
@@ -603,12 +633,54 @@ class RxReading:
     uptime: float
     ksoftirqd_ticks: int
     rx_bytes: int
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+# The receive path's counters a turn records (their increase during it), beside the bulk
+# throughput: what PRISM's modes make the server's CPU do per byte that mode 0 does not.
+KERNEL_COUNTERS = ("ksoftirqd_wakeups", "softnet_processed", "time_squeeze", "net_rx_softirqs",
+                   "cpu_softirq_ticks", "cpu_idle_ticks", "prism_preemptions", "prism_yields",
+                   "prism_empty_runs", "prism_napi_ahead")
 
 
 def _rx_reading(lines: list[str]) -> RxReading:
-    """CONTAINER_RX's three lines: /proc/uptime, ksoftirqd's stat, the byte counter."""
+    """CONTAINER_RX's lines: /proc/uptime, ksoftirqd's stat, the byte counter, then (when
+    given) the counters of KERNEL_COUNTERS; a kernel without PRISM has no prism_* ones."""
     stat = lines[1].rsplit(")", 1)[1].split()  # fields after the command name
-    return RxReading(float(lines[0].split()[0]), int(stat[11]) + int(stat[12]), int(lines[2]))
+    counters: dict[str, int] = {}
+    if len(lines) >= READING_LINES:
+        counters["ksoftirqd_wakeups"] = int(lines[3].split()[-1])
+        softnet = [int(x, 16) for x in lines[4].split()]
+        counters["softnet_processed"], counters["time_squeeze"] = softnet[0], softnet[2]
+        cpu = [int(x) for x in lines[5].split()[1:]]
+        counters["cpu_idle_ticks"], counters["cpu_softirq_ticks"] = cpu[3], cpu[6]
+        counters["net_rx_softirqs"] = int(lines[6].split()[1])
+        prism = lines[7].split()
+        if "total" in prism:
+            at = prism.index("total")
+            names, values = prism[1:at], prism[at + 1:]
+            for name, value in zip(names, values):
+                if f"prism_{name}" in KERNEL_COUNTERS:
+                    counters[f"prism_{name}"] = int(value)
+    return RxReading(float(lines[0].split()[0]), int(stat[11]) + int(stat[12]), int(lines[2]),
+                     counters)
+
+
+def turn_counters(start: RxReading, end: RxReading) -> dict[str, float]:
+    """What the server's receive path did during a turn: the increase of each counter of
+    KERNEL_COUNTERS, and the shares of its CPU that ksoftirqd took (how much of the receive
+    path ran deferred, scheduled against the applications, rather than on interrupt exit),
+    that softirqs took (both ways), and that stayed idle."""
+    seconds = end.uptime - start.uptime
+    out: dict[str, float] = {
+        "ksoftirqd_cpu": (end.ksoftirqd_ticks - start.ksoftirqd_ticks) / USER_HZ / seconds}
+    for name in KERNEL_COUNTERS:
+        if name in end.counters and name in start.counters:
+            out[name] = end.counters[name] - start.counters[name]
+    for share, ticks in (("softirq_cpu", "cpu_softirq_ticks"), ("idle_cpu", "cpu_idle_ticks")):
+        if ticks in out:
+            out[share] = out[ticks] / USER_HZ / seconds
+    return out
 
 
 def bulk_seconds(steps: int, seconds: float) -> float:
@@ -644,12 +716,10 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
         time.sleep(BULK_WARMUP_S)  # past slow start
     def finished(turn: tuple, end: RxReading) -> tuple[Step, str, dict]:
         step, tag, metrics, raw, samples, start = turn
-        seconds = end.uptime - start.uptime
         if bulk is not None:
-            metrics["bulk_mbps"] = (end.rx_bytes - start.rx_bytes) * 8 / seconds / 1e6
-        # The share of the server's CPU its ksoftirqd took: how much of the receive path
-        # ran deferred, scheduled against the applications, rather than on interrupt exit.
-        metrics["ksoftirqd_cpu"] = (end.ksoftirqd_ticks - start.ksoftirqd_ticks) / USER_HZ / seconds
+            metrics["bulk_mbps"] = ((end.rx_bytes - start.rx_bytes) * 8
+                                    / (end.uptime - start.uptime) / 1e6)
+        metrics.update(turn_counters(start, end))
         return step, tag, {"metrics": metrics, "raw": raw, "samples": samples}
 
     pending = None
@@ -734,7 +804,8 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
             "prism_vnic_commit": _git_commit(), "kernels": {k: _series_of(p)
                                                           for k, p in kernels.items()},
             "initrd": str(initrd), "settings": {
-                "sockperf_mps": SOCKPERF_MPS, "queues": 2, "trust": "none",
+                "sockperf_mps": profile.priority_mps, "knobs": profile.knobs,
+                "queues": 2, "trust": "none",
                 "server_vcpus": 1, "server_cpu": GUEST_CPU, "client_cpu": HOST_CPU,
                 "vni": 42, "dstport": 4789, "veth_mtu": 1450, "steering_rules": STEERING_RULES,
                 "app_bulk_flows": APP_BULK_FLOWS, "cal_delays_us": profile.cal_delays_us,
@@ -754,7 +825,8 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
     for setup in profile.setups:
         for boot, (flavour, rounds) in enumerate(boot_plan(profile)):
             bed = Bed(setup, flavour, kernels[flavour], initrd, out / "logs" / f"{setup}-{boot}",
-                      icount=profile.icount, bulk_rate=profile.bulk_rate)
+                      icount=profile.icount, bulk_rate=profile.bulk_rate,
+                      priority_mps=profile.priority_mps, knobs=profile.knobs)
             t0 = time.monotonic()
             progress(f"eval: {setup}: booting {flavour} (boot {boot})")
             try:
@@ -836,6 +908,10 @@ def run_from_args(args) -> int:
         overrides["icount"] = args.icount
     if args.bulk_rate:
         overrides["bulk_rate"] = args.bulk_rate
+    if args.priority_mps is not None:
+        overrides["priority_mps"] = args.priority_mps
+    if args.knob:
+        overrides["knobs"] = tuple(args.knob)
     profile = replace(profile, **overrides)
     if not profile.kernels or set(profile.kernels) - {"prism", "vanilla"}:
         print(f"benches/eval: --kernels takes prism and/or vanilla, not {args.kernels}",
