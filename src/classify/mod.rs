@@ -298,8 +298,9 @@ impl Classifier {
     /// two to it over frames of every kind, with and without rules). `None` for any other
     /// frame, and for one the rule screen says a rule may match: those take the full parse.
     /// Building the full key (two layers of optional fields, IPv6-sized addresses) and
-    /// reading it back was a sixth of the switching path at 64 bytes; with rules, most frames
-    /// match none (rules pick out a few flows), so the screen runs on the header's fields.
+    /// reading it back showed in profiles of the switching path at 64 bytes; with rules, most
+    /// frames match none (rules pick out a few flows), so the screen runs on the header's
+    /// fields.
     #[inline(always)]
     fn classify_plain_ipv4(&self, frame: &[u8]) -> Option<Decision> {
         let header: &[u8; 34] = frame.get(..34)?.try_into().ok()?;

@@ -1,9 +1,9 @@
 //! Bulk copies of frame bytes that stay fast whatever the two buffers' alignment.
 //!
 //! glibc's `memcpy`/`memmove` (2.36, x86-64) switch to `rep movsb` above about 2 KiB. On the
-//! AMD EPYC (Zen 4) this project is measured on, `rep movsb` runs about ten times slower when
-//! the destination is 1 to 15 bytes past the source modulo 4 KiB: 2.8 GB/s instead of 36 at
-//! 9000 bytes (`cargo bench --bench copy` prints the figures). A 12-byte virtio-net header
+//! AMD EPYC (Zen 4) this project is measured on, `rep movsb` runs many times slower when the
+//! destination is 1 to 15 bytes past the source modulo 4 KiB (`cargo bench --bench copy`
+//! prints the figures; docs/DATAPATH.md section 5). A 12-byte virtio-net header
 //! puts frames exactly there whenever the sender's frame starts at the same page offset as the
 //! receiver's buffer (a sender whose header has a descriptor of its own, a receiver that takes
 //! header and frame in one buffer). Jumbo frames, TSO frames of up to 64 KiB and their

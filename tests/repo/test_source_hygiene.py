@@ -13,6 +13,8 @@ from prismtb import REPO
 FIGURE = re.compile(
     r"\d+(\.\d+)?(-\d+(\.\d+)?)?% (of the|slower|faster)"
     r"|\d+(\.\d+)?x the rate"
+    r"|\b(a|one) (half|third|quarter|fourth|fifth|sixth|tenth) of (the|its|case)"
+    r"|[0-9.]+ ?GB/s instead"
     r"|benches/vs_dpdk|benchmark case|reference machine"
 )
 COMMENT = re.compile(r"^\s*//")
@@ -55,5 +57,6 @@ def test_the_figure_pattern_catches_what_it_is_for():
     assert FIGURE.search("// the staging copy was 4% of the worker")
     assert FIGURE.search("/// 32 was 4-6% slower at 64 bytes")
     assert FIGURE.search("// (case (c) of benches/vs_dpdk.py at 9000 bytes)")
+    assert FIGURE.search("/// reading it back was a sixth of the switching path")
     assert not FIGURE.search("// Two significant digits: within 1%.")
     assert not FIGURE.search("/// 100% in [`Chance`] units.")
