@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from prismtb import REPO
 from prismtb.eval import runner
 
@@ -109,6 +111,27 @@ def test_a_reading_also_gives_the_receive_paths_counters():
     vanilla = runner._rx_reading(PRISM_READING[:-1] + [""])
     assert not any(k.startswith("prism_") for k in vanilla.counters)
     assert vanilla.counters["time_squeeze"] == 0x11
+
+
+def test_readings_come_whole_from_a_guests_output_with_or_without_prism():
+    """Two readings in one trip over the console (switch_mode) parse alike whether the kernel
+    has /proc/net/prism or not: its line carries a marker, so the output never ends with an
+    empty line that stripping would drop (a vanilla boot of `benches/eval --quick` failed so,
+    the second reading read one line off)."""
+    empty = subprocess.run(["sh", "-c", runner.PRISM_LINE.replace("/proc/net/prism",
+                                                                  "/nonexistent/prism")],
+                           capture_output=True, text=True, check=True).stdout
+    assert empty.strip() == "prism"
+    prism_line = "prism " + PRISM_READING[-1]
+    for last in (empty.rstrip("\n"), prism_line):
+        reading = PRISM_READING[:-1] + [last]
+        out = "$ cmd\n" + "\n".join(reading + reading) + "\n"
+        before, after = runner.rx_readings(out, 2)
+        assert before == after
+        assert (after.uptime, after.ksoftirqd_ticks, after.rx_bytes) == (35.61, 425, 123456789)
+        assert ("prism_yields" in after.counters) == (last == prism_line)
+    with pytest.raises(runner.EvalError):
+        runner.rx_readings("35.61 20.02\n", 1)
 
 
 def test_a_turn_records_the_counters_increase_and_the_cpus_shares():

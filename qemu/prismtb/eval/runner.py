@@ -145,13 +145,17 @@ STEP_OVERHEAD_S = 4.0
 # then the receive path's counters (see KERNEL_COUNTERS): ksoftirqd's voluntary context
 # switches (its wakeups: it sleeps once per batch of deferred work), CPU 0's softnet_stat,
 # the CPU's time split, the NET_RX softirqs run, and /proc/net/prism's header and total.
+# /proc/net/prism's header and total on one line after a marker, so that the line is there,
+# and not empty, on a kernel without PRISM too: an empty last line would be stripped from the
+# console's output with its trailing newline, and every reading after it taken one line off.
+PRISM_LINE = ("echo \"prism $(grep -e '^cpu ' -e '^total' /proc/net/prism 2>/dev/null "
+              "| tr '\\n' ' ')\"")
 CONTAINER_RX = ("cat /proc/uptime /proc/{ksoftirqd}/stat && "
                 "ip netns exec c1 cat /sys/class/net/eth0/statistics/rx_bytes && "
                 "grep -h ^voluntary_ctxt_switches /proc/{ksoftirqd}/status && "
                 "head -n 1 /proc/net/softnet_stat && grep '^cpu ' /proc/stat && "
                 "grep NET_RX /proc/softirqs && "
-                "{{ grep -e '^cpu ' -e '^total' /proc/net/prism 2>/dev/null | tr '\\n' ' '; "
-                "echo; }}")
+                f"{PRISM_LINE}")
 READING_LINES = 8
 USER_HZ = 100
 CELL_OVERHEAD_S = 3.0
@@ -531,16 +535,15 @@ class Bed:
         switch = "" if variant == "vanilla" else f"{mode_command(MODES[variant])} && "
         rx = self.container_rx_command()
         out = self.srv(f"{rx} && {switch}sleep {SETTLE_S} && {rx}")
-        lines = out.strip().splitlines()
-        n = READING_LINES
-        return _rx_reading(lines[-2 * n:-n]), _rx_reading(lines[-n:])
+        before, after = rx_readings(out, 2)
+        return before, after
 
     def container_rx(self) -> RxReading:
         """The guest's clock, ksoftirqd/0's CPU time and the bytes the container c1's
         interface received: the bulk throughput as the container sees it, timed by the guest
         so that the serial console's delays do not enter it."""
         out = self.srv(self.container_rx_command())
-        return _rx_reading(out.strip().splitlines()[-READING_LINES:])
+        return rx_readings(out, 1)[0]
 
     def container_rx_command(self) -> str:
         if self.ksoftirqd is None:
@@ -643,6 +646,14 @@ KERNEL_COUNTERS = ("ksoftirqd_wakeups", "softnet_processed", "time_squeeze", "ne
                    "prism_empty_runs", "prism_napi_ahead")
 
 
+def rx_readings(out: str, count: int) -> list[RxReading]:
+    """The last `count` readings of CONTAINER_RX in a guest's output, in order."""
+    lines = out.strip().splitlines()[-count * READING_LINES:]
+    if len(lines) < count * READING_LINES:
+        raise EvalError(f"expected {count} readings of {READING_LINES} lines:\n{out[-2000:]}")
+    return [_rx_reading(lines[i * READING_LINES:(i + 1) * READING_LINES]) for i in range(count)]
+
+
 def _rx_reading(lines: list[str]) -> RxReading:
     """CONTAINER_RX's lines: /proc/uptime, ksoftirqd's stat, the byte counter, then (when
     given) the counters of KERNEL_COUNTERS; a kernel without PRISM has no prism_* ones."""
@@ -656,6 +667,8 @@ def _rx_reading(lines: list[str]) -> RxReading:
         counters["cpu_idle_ticks"], counters["cpu_softirq_ticks"] = cpu[3], cpu[6]
         counters["net_rx_softirqs"] = int(lines[6].split()[1])
         prism = lines[7].split()
+        if prism[:1] == ["prism"]:
+            prism = prism[1:]
         if "total" in prism:
             at = prism.index("total")
             names, values = prism[1:at], prism[at + 1:]
