@@ -146,6 +146,20 @@ def test_goals_that_nothing_measured_are_not_measured_rather_than_failed():
     assert all(g["met"] is None and g["measured"] == 0 for g in goals.values()), goals
 
 
+def test_a_counter_one_kernel_lacks_is_left_out_of_that_variant_not_given_as_none():
+    """The vanilla kernel has no /proc/net/prism: its turns carry no prism_* counters, and the
+    summary gives it none (a median of None is not a figure; the quick run's check of every
+    cell failed on it), while the PRISM variants keep theirs."""
+    ts = turns(rounds=2)
+    for t in ts:
+        if t["variant"] != "vanilla":
+            t["metrics"]["prism_yields"] = 3
+    (entry, *_) = results.analyse(ts)["cells"]
+    assert "prism_yields" not in entry["variants"]["vanilla"]
+    assert entry["variants"]["mode0"]["prism_yields"]["median"] == 3
+    assert all(s["median"] is not None for v in entry["variants"].values() for s in v.values())
+
+
 def test_the_demo_table_shows_each_mode_with_its_ratio_to_mode0(run_a):
     from prismtb.eval import report
     lines = report.priority_table(results.read_summary(run_a))

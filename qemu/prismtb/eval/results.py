@@ -130,8 +130,10 @@ def analyse_cell(turns: list[dict]) -> dict:
     res: dict = {"variants": {}, "ratios": {}, "ordering": {}, "observed": {},
                  "agreement": {}}
     for v in variants:
-        res["variants"][v] = {m: stats.spread(t["metrics"].get(m) for t in plain
-                                              if t["variant"] == v) for m in metrics}
+        mine = [t for t in plain if t["variant"] == v]
+        # Only what this variant measured: the vanilla kernel has no PRISM counters.
+        res["variants"][v] = {m: stats.spread(t["metrics"].get(m) for t in mine)
+                              for m in metrics if any(m in t["metrics"] for t in mine)}
     for m in metrics:
         rounds = by_round(plain, m)
         res["ratios"][m] = {}
