@@ -144,7 +144,9 @@ STEP_OVERHEAD_S = 4.0
 # ticks, filled in per boot) and the bytes the container received (see Bed.container_rx),
 # then the receive path's counters (see KERNEL_COUNTERS): ksoftirqd's voluntary context
 # switches (its wakeups: it sleeps once per batch of deferred work), CPU 0's softnet_stat,
-# the CPU's time split, the NET_RX softirqs run, and /proc/net/prism's header and total.
+# the CPU's time split, the NET_RX softirqs run, and /proc/net/prism's header and total
+# (PRISM_LINE).
+#
 # /proc/net/prism's header and total on one line after a marker, so that the line is there,
 # and not empty, on a kernel without PRISM too: an empty last line would be stripped from the
 # console's output with its trailing newline, and every reading after it taken one line off.
