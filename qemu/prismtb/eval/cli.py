@@ -2,6 +2,7 @@
 
     benches/eval [--quick | --full] [--out DIR] [--rounds N] [--experiments a,b,c,d,cal]
                  [--setups host-client,two-guests] [--servers idle,busy] [--steering on,off]
+    benches/eval run [the same options] --out DIR --resume   continue a run cut short
     benches/eval compare DIR_A DIR_B [--absolute]     exit 1 on a regression from A to B
     benches/eval report DIR                           analysis, plots, report again from run.json
 
@@ -83,6 +84,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knob", metavar="NAME=VALUE", type=_knob, action="append",
                    help="set a PRISM knob (net.core.prism_*, e.g. prism_napi_ahead=0) in the "
                    "server's kernel after boot; repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out DIR with the same options: rounds "
+                   "complete there are kept, a round cut short is measured again; refused "
+                   "when the plan, commit, kernels or image differ (docs/EVAL.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (cells, turns, estimated time) and exit")
     p.epilog = "profiles: " + "; ".join(f"{k}: {v.describe()}" for k, v in PROFILES.items())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import results, stats
+from . import results, resume, stats
 
 
 def _num(x: float | None, digits: int = 0) -> str:
@@ -111,6 +111,7 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
                      f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}"
                      + (f", sched_autogroup {machine['sched_autogroup']}"
                         if "sched_autogroup" in machine else ""))
+    lines += resume.report_lines(meta)
     for note in meta.get("skipped", []):
         lines.append(f"- SKIPPED: {note}")
     lines += ["", "Latencies are the priority flow's, in microseconds (sockperf: half the "

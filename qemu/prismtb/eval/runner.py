@@ -47,7 +47,7 @@ from typing import Callable, Iterator
 
 from .. import REPO
 from ..parsers import parse_sockperf
-from . import parsers, results
+from . import parsers, resume, results
 
 PRIO_PORT = 11111
 MEMCACHED_PORT = 11211
@@ -579,6 +579,11 @@ class Step:
     delay_us: int = 0
 
 
+def step_tag(cell: results.Cell, step: Step, rnd: int) -> str:
+    """The name of a turn's raw files (raw/TAG.*)."""
+    return f"{cell.slug()}-{step.variant}-d{step.delay_us}-r{rnd}"
+
+
 def _probe(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path
            ) -> tuple[dict, dict, list[float]]:
     """The priority workload of one turn: (metrics, raw files, latency samples)."""
@@ -724,7 +729,8 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
     in the guest with the mode switch."""
     client = bed.client
     bulk = None
-    base = f"{cell.slug()}-r{rnd}"
+    # The flavour in the name: a vanilla boot's round r must not overwrite the PRISM boot's.
+    base = f"{cell.slug()}-{bed.flavour}-r{rnd}"
     if cell.flows:
         bulk = client.start(bulk_command(bed.bulk_port(), cell.flows,
                                          bulk_seconds(len(steps), seconds), bed.bulk_rate))
@@ -740,7 +746,7 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
     pending = None
     try:
         for step in steps:
-            tag = f"{cell.slug()}-{step.variant}-d{step.delay_us}-r{rnd}"
+            tag = step_tag(cell, step, rnd)
             if cell.experiment == "cal":
                 bed.set_delay(step.delay_us)
             # One trip to the guest ends the last turn's count and starts this one's.
@@ -801,21 +807,11 @@ def workload_image(progress: Callable[[str], None]) -> Path:
         return build_initramfs(extra_bins=[sockperf])
 
 
-def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = None,
-        initrd: Path | None = None, progress: Callable[[str], None] = print) -> dict:
-    """Runs the profile; writes the result directory as it goes; returns the summary."""
-    from ..kernel import resolve_kernel
-    from .cli import finish_run
-    out.mkdir(parents=True, exist_ok=True)
-    raw_dir = out / "raw"
-    raw_dir.mkdir(exist_ok=True)
-    started = time.monotonic()
-    progress("eval: kernels and image (built if missing; a cold kernel build takes long)")
-    specs = kernel_specs or {}
-    kernels = {k: resolve_kernel(specs.get(k, k)) for k in profile.kernels}
-    initrd = initrd or workload_image(progress)
-    meta = {"profile": profile.describe(), "rounds": profile.rounds,
-            "turn_seconds": profile.seconds,
+def plan_meta(profile: Profile, kernels: dict[str, Path], initrd: Path) -> dict:
+    """What run.json's meta records about the plan and the versions: everything a resumed
+    session must match (resume.differences)."""
+    return {"profile": profile.describe(), "rounds": profile.rounds,
+            "turn_seconds": profile.seconds, "plan": resume.plan_of(profile),
             "prism_vnic_commit": _git_commit(), "kernels": {k: _series_of(p)
                                                           for k, p in kernels.items()},
             "initrd": str(initrd), "settings": {
@@ -828,58 +824,160 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
                 "icount": profile.icount, "bulk_rate": profile.bulk_rate},
             "topology": {"host-client": "server guest + host netns client on a tap port",
                          "two-guests": "server guest + client guest"},
-            "started": _now(), "machine": {"cpus": os.cpu_count(),
-                                           "loadavg_start": _loadavg(),
-                                           "sched_autogroup": _sched_autogroup()}}
+            "machine": {"cpus": os.cpu_count(), "sched_autogroup": _sched_autogroup()}}
+
+
+def segments(profile: Profile) -> list[tuple[str, int, str, list[int]]]:
+    """(setup, boot, kernel flavour, rounds): every boot of the run, in the order it runs."""
+    return [(setup, boot, flavour, rounds) for setup in profile.setups
+            for boot, (flavour, rounds) in enumerate(boot_plan(profile))]
+
+
+def round_raw_names(profile: Profile, segment: dict, rnd: int) -> list[str]:
+    """Glob patterns, under raw/, of the files one round of a segment writes (each turn's
+    tool output and samples, each cell's bulk report)."""
+    class Planned:
+        flavour, apps = segment["flavour"], True
+    names = []
+    for cell, steps in round_groups(Planned(), profile, rnd, segment["setup"]):
+        names.append(f"{cell.slug()}-{segment['flavour']}-r{rnd}.iperf3.json")
+        names += [f"{step_tag(cell, step, rnd)}.*" for step in steps]
+    return names
+
+
+def open_run(profile: Profile, out: Path, resuming: bool) -> tuple[dict | None, list[dict]]:
+    """The recorded meta and turns of the run to resume (None, [] for a fresh one), after
+    the checks that need no kernel: a fresh run never overwrites one, a resumed one must
+    exist, have the same plan and run the same commit."""
+    if not resuming:
+        if (out / "run.json").exists():
+            raise resume.ResumeRefused(
+                f"{out} holds a run already: --resume to continue it, or another --out")
+        return None, []
+    if not (out / "run.json").exists():
+        raise resume.ResumeRefused(f"{out} has no run.json: nothing to resume")
+    meta, turns = results.read_run(out)
+    problems = resume.differences(meta, {"plan": resume.plan_of(profile),
+                                         "prism_vnic_commit": _git_commit()})
+    if problems:
+        raise resume.ResumeRefused(_refusal(out, problems))
+    return meta, turns
+
+
+def _refusal(out: Path, problems: list[str]) -> str:
+    return (f"cannot resume the run in {out}: its turns would not be comparable with this "
+            f"session's:\n  " + "\n  ".join(problems))
+
+
+def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = None,
+        initrd: Path | None = None, progress: Callable[[str], None] = print,
+        resuming: bool = False) -> dict | None:
+    """Runs the profile, or what is left of the run in `out` (`resuming`); writes the
+    result directory as it goes; returns the summary (None: a resumed run that was
+    complete already, left as it was)."""
+    from ..kernel import resolve_kernel
+    from .cli import finish_run
+    recorded, turns = open_run(profile, out, resuming)
+    if recorded is not None and not resume.left(recorded) and recorded.get("finished"):
+        progress(f"eval: {out}: every round is complete; nothing to resume")
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    raw_dir = out / "raw"
+    raw_dir.mkdir(exist_ok=True)
+    started = time.monotonic()
+    progress("eval: kernels and image (built if missing; a cold kernel build takes long)")
+    specs = kernel_specs or {}
+    kernels = {k: resolve_kernel(specs.get(k, k)) for k in profile.kernels}
+    initrd = initrd or workload_image(progress)
+    meta = plan_meta(profile, kernels, initrd)
+    if recorded is None:
+        meta.update({"started": _now(), "segments": resume.new_segments(segments(profile))})
+        meta["machine"]["loadavg_start"] = _loadavg()
+    else:
+        problems = resume.differences(recorded, meta)
+        if problems:
+            raise resume.ResumeRefused(_refusal(out, problems))
+        meta = recorded
+        turns = resume.drop_unfinished(out, meta, turns,
+                                       lambda seg, rnd: round_raw_names(profile, seg, rnd))
+    session = resume.open_session(meta, _now(), _loadavg(), _sched_autogroup())
     if meta["machine"]["sched_autogroup"] == "1":
         progress("eval: note: kernel.sched_autogroup_enabled is 1: another session's jobs get "
                  "an equal share of each CPU whatever their nice value or SCHED_IDLE; on a "
                  "shared machine run `sysctl -w kernel.sched_autogroup_enabled=0` first "
                  "(docs/EVAL.md)")
-    turns: list[dict] = []
-    for setup in profile.setups:
-        for boot, (flavour, rounds) in enumerate(boot_plan(profile)):
-            bed = Bed(setup, flavour, kernels[flavour], initrd, out / "logs" / f"{setup}-{boot}",
-                      icount=profile.icount, bulk_rate=profile.bulk_rate,
-                      priority_mps=profile.priority_mps, knobs=profile.knobs)
-            t0 = time.monotonic()
-            progress(f"eval: {setup}: booting {flavour} (boot {boot})")
-            try:
-                bed.up()
-                progress(f"eval: {setup}: {flavour} up in {time.monotonic() - t0:.0f} s")
-                skipped = sorted({c.experiment for c in cells(profile, setup)
-                                  if c.experiment in ("c", "d")} if not bed.apps else set())
-                if skipped:
-                    note = (f"{setup}/{flavour}: experiments {','.join(skipped)} skipped: no "
-                            f"memcached/nginx in the image or no memcaslap/wrk on the client")
+
+    def record() -> None:
+        meta["sessions"][session]["last"] = _now()
+        results.write_run(out, meta, turns)
+
+    todo = resume.left(meta)
+    if recorded is not None:
+        progress(f"eval: resuming {out} (session {session}): "
+                 + (", ".join(f"{s['setup']} boot {s['boot']} ({s['flavour']}) rounds "
+                              f"{','.join(map(str, rs))}" for s, rs in todo) or "analysis only"))
+    record()
+    for seg, rounds in todo:
+        setup, boot, flavour = seg["setup"], seg["boot"], seg["flavour"]
+        logs = out / "logs" / (f"{setup}-{boot}" if session == 0
+                               else f"{setup}-{boot}-session-{session}")
+        bed = Bed(setup, flavour, kernels[flavour], initrd, logs,
+                  icount=profile.icount, bulk_rate=profile.bulk_rate,
+                  priority_mps=profile.priority_mps, knobs=profile.knobs)
+        t0 = time.monotonic()
+        seg["boots"].append({"session": session, "started": _now()})
+        progress(f"eval: {setup}: booting {flavour} (boot {boot})")
+        try:
+            bed.up()
+            progress(f"eval: {setup}: {flavour} up in {time.monotonic() - t0:.0f} s")
+            apps = meta.setdefault("apps", {}).setdefault(setup, bed.apps)
+            if apps != bed.apps:
+                raise EvalError(f"{setup}: this session's image or client "
+                                f"{'has' if bed.apps else 'lacks'} memcached/nginx and "
+                                f"memcaslap/wrk, the run's earlier sessions "
+                                f"{'had' if apps else 'lacked'} them: experiments c and d "
+                                f"would be missing from some rounds")
+            skipped = sorted({c.experiment for c in cells(profile, setup)
+                              if c.experiment in ("c", "d")} if not bed.apps else set())
+            if skipped:
+                note = (f"{setup}/{flavour}: experiments {','.join(skipped)} skipped: no "
+                        f"memcached/nginx in the image or no memcaslap/wrk on the client")
+                if note not in meta.get("skipped", []):
                     meta.setdefault("skipped", []).append(note)
-                    progress(f"eval: {note}")
-                state: tuple | None = None
-                for rnd in rounds:
-                    for cell, steps in round_groups(bed, profile, rnd, setup):
-                        if state != (cell.server, cell.steering):
-                            bed.set_server(cell.server == "busy")
-                            bed.set_steering(cell.steering)
-                            state = (cell.server, cell.steering)
-                        for step, tag, res in measure_cell(bed, cell, steps, profile.seconds,
-                                                           rnd, raw_dir):
-                            (raw_dir / f"{tag}.samples.json").write_text(
-                                json.dumps(res["samples"]))
-                            turns.append(results.new_turn(
-                                cell, step.variant, rnd, boot, res["metrics"], res["raw"],
-                                delay_us=step.delay_us, samples=f"raw/{tag}.samples.json",
-                                at=_now()))
-                            results.write_run(out, meta, turns)
-                            m = res["metrics"]
-                            progress(f"eval: {tag}: p50 {m.get('p50_us', math.nan):.0f} us, "
-                                     f"p99 {m.get('p99_us', math.nan):.0f} us"
-                                     + (f", bulk {m['bulk_mbps']:.0f} Mbit/s"
-                                        if "bulk_mbps" in m else ""))
-            finally:
-                bed.down()
+                progress(f"eval: {note}")
+            state: tuple | None = None
+            for rnd in rounds:
+                entry = {"round": rnd, "session": session, "started": _now()}
+                seg["round_log"].append(entry)
+                for cell, steps in round_groups(bed, profile, rnd, setup):
+                    if state != (cell.server, cell.steering):
+                        bed.set_server(cell.server == "busy")
+                        bed.set_steering(cell.steering)
+                        state = (cell.server, cell.steering)
+                    for step, tag, res in measure_cell(bed, cell, steps, profile.seconds,
+                                                       rnd, raw_dir):
+                        (raw_dir / f"{tag}.samples.json").write_text(
+                            json.dumps(res["samples"]))
+                        turns.append(results.new_turn(
+                            cell, step.variant, rnd, boot, res["metrics"], res["raw"],
+                            delay_us=step.delay_us, samples=f"raw/{tag}.samples.json",
+                            at=_now()))
+                        record()
+                        m = res["metrics"]
+                        progress(f"eval: {tag}: p50 {m.get('p50_us', math.nan):.0f} us, "
+                                 f"p99 {m.get('p99_us', math.nan):.0f} us"
+                                 + (f", bulk {m['bulk_mbps']:.0f} Mbit/s"
+                                    if "bulk_mbps" in m else ""))
+                entry["finished"] = _now()
+                record()
+        finally:
+            bed.down()
     meta["finished"] = _now()
-    meta["machine"]["loadavg_end"] = _loadavg()
-    meta["wall_seconds"] = round(time.monotonic() - started)
+    meta["sessions"][session]["loadavg_end"] = meta["machine"]["loadavg_end"] = _loadavg()
+    meta["sessions"][session]["last"] = meta["finished"]
+    span = resume.summary(meta)
+    meta["wall_seconds"] = round(span["session_hours"] * 3600 if span
+                                 else time.monotonic() - started)
     return finish_run(out, meta, turns)
 
 
@@ -937,6 +1035,20 @@ def run_from_args(args) -> int:
         print(f"benches/eval: unknown experiments {sorted(bad)}; known: "
               f"{','.join(results.EXPERIMENTS)}", file=sys.stderr)
         return 2
+    if args.resume and not args.out:
+        print("benches/eval: --resume needs --out DIR, the run to continue", file=sys.stderr)
+        return 2
+    if args.dry_run and args.resume:
+        try:
+            recorded, _ = open_run(profile, args.out, resuming=True)
+        except resume.ResumeRefused as e:
+            print(f"benches/eval: {e}", file=sys.stderr)
+            return 2
+        todo = resume.left(recorded)
+        print(f"{args.out}: {len(recorded.get('sessions', []))} session(s) so far; left: "
+              + ("; ".join(f"{s['setup']} boot {s['boot']} ({s['flavour']}) rounds "
+                           f"{','.join(map(str, rs))}" for s, rs in todo) or "nothing"))
+        return 0
     if args.dry_run:
         print(profile.describe())
         for setup in profile.setups:
@@ -951,7 +1063,15 @@ def run_from_args(args) -> int:
     # SIGTERM ends a run like Ctrl-C: the testbed's cleanup (guests, prism-vnic, tap,
     # namespace, temp dir) runs on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    summary = run(profile, out, kernel_specs=specs, initrd=args.initrd)
+    try:
+        summary = run(profile, out, kernel_specs=specs, initrd=args.initrd,
+                      resuming=args.resume)
+    except resume.ResumeRefused as e:
+        print(f"benches/eval: {e}", file=sys.stderr)
+        return 2
+    if summary is None:
+        print(f"eval: report {out / 'report.md'} (unchanged)")
+        return 0
     print(f"eval: report {out / 'report.md'}")
     for name, goal in summary["goals"].items():
         state = {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
