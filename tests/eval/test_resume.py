@@ -267,7 +267,9 @@ def test_a_run_killed_inside_a_round_resumes_to_the_same_complete_run(tmp_path, 
     assert "RESUMED 1 time" in (out / "report.md").read_text()
     assert len(meta["sessions"]) == 2 and meta["finished"]
 
-    # Once finished, resuming does nothing: no boot, no file rewritten.
+    # Once finished, resuming does nothing: no boot, no file rewritten; from any checkout
+    # (this one has uncommitted changes), as nothing is measured.
+    monkeypatch.setattr(runner, "_git_commit", lambda: f"{COMMIT}-dirty")
     FakeBed.boots = []
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert runner.run(profile, out, initrd=initrd, progress=quiet, resuming=True) is None

@@ -66,6 +66,8 @@ def differences(recorded: dict, now: dict) -> list[str]:
         is_ = now.get("machine", {}).get(key)
         if "machine" in now and was != is_:
             out.append(f"machine {key}: recorded {was}, now {is_}")
+    if "prism_vnic_commit" not in now:
+        return out
     for commit in {recorded.get("prism_vnic_commit"), now.get("prism_vnic_commit")}:
         if isinstance(commit, str) and commit.endswith("-dirty"):
             out.append(f"prism-vnic commit {commit} has uncommitted changes: a resumed run "
@@ -80,7 +82,7 @@ def _show(value: Any) -> str:
 
 def complete_rounds(meta: dict) -> set[tuple[str, int, int]]:
     """(setup, boot, round) of every round whose last turn was written."""
-    return {(s["setup"], s["boot"], r["round"]) for s in meta["segments"]
+    return {(s["setup"], s["boot"], r["round"]) for s in meta.get("segments", [])
             for r in s["round_log"] if r.get("finished")}
 
 
@@ -88,7 +90,7 @@ def left(meta: dict) -> list[tuple[dict, list[int]]]:
     """[(segment, rounds not complete)] for the segments with rounds left, in plan order."""
     done = complete_rounds(meta)
     out = []
-    for seg in meta["segments"]:
+    for seg in meta.get("segments", []):
         rounds = [r for r in seg["rounds"] if (seg["setup"], seg["boot"], r) not in done]
         if rounds:
             out.append((seg, rounds))

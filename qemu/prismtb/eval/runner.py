@@ -857,8 +857,12 @@ def open_run(profile: Profile, out: Path, resuming: bool) -> tuple[dict | None, 
     if not (out / "run.json").exists():
         raise resume.ResumeRefused(f"{out} has no run.json: nothing to resume")
     meta, turns = results.read_run(out)
-    problems = resume.differences(meta, {"plan": resume.plan_of(profile),
-                                         "prism_vnic_commit": _git_commit()})
+    now = {"plan": resume.plan_of(profile)}
+    if resume.left(meta) or not meta.get("finished"):
+        # Only a session that measures must run the same code; a finished run is left as
+        # it is by any checkout that asks for the same plan.
+        now["prism_vnic_commit"] = _git_commit()
+    problems = resume.differences(meta, now)
     if problems:
         raise resume.ResumeRefused(_refusal(out, problems))
     return meta, turns
