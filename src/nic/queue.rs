@@ -147,16 +147,11 @@ impl RxQueue {
     ) -> Publish {
         match outcome {
             RingWrite::Written => {
-                // Under the queue's lock: one writer at a time.
-                let counters = &self.counters;
-                stats::add_single_writer(&counters.rx_packets, 1);
-                stats::add_single_writer(&counters.rx_bytes, len as u64);
-                if class == Class::High {
-                    stats::add_single_writer(&counters.rx_high_packets, 1);
-                    stats::add_single_writer(&counters.rx_high_bytes, len as u64);
-                }
-                accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
-                accounting.pending.add(1, now_ns);
+                self.account_written(
+                    accounting,
+                    std::iter::once((class, len, arrival_ns)),
+                    now_ns,
+                );
                 Publish::Published
             }
             RingWrite::Full => Publish::RingFull,
@@ -169,6 +164,42 @@ impl RxQueue {
                 Publish::Dropped
             }
         }
+    }
+
+    /// Accounts for frames written into the ring together, each given as (class, length,
+    /// arrival): what [`RxQueue::account`] does for a written frame, with the counters and
+    /// the pending notification moved once for all of them rather than once per frame.
+    /// The caller holds the queue's lock, so the counters have one writer at a time.
+    pub(super) fn account_written(
+        &self,
+        accounting: &mut Accounting,
+        frames: impl Iterator<Item = (Class, usize, u64)>,
+        now_ns: u64,
+    ) {
+        // Per class: packets, bytes.
+        let mut totals = [(0u64, 0u64); 2];
+        for (class, len, arrival_ns) in frames {
+            let total = &mut totals[class_index(class)];
+            total.0 += 1;
+            total.1 += len as u64;
+            accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
+        }
+        let [(high, high_bytes), (normal, normal_bytes)] = totals;
+        let packets = high + normal;
+        if packets == 0 {
+            return;
+        }
+        let counters = &self.counters;
+        stats::add_single_writer(&counters.rx_packets, packets);
+        stats::add_single_writer(&counters.rx_bytes, high_bytes + normal_bytes);
+        if high > 0 {
+            stats::add_single_writer(&counters.rx_high_packets, high);
+            stats::add_single_writer(&counters.rx_high_bytes, high_bytes);
+        }
+        // A chunk holds at most a burst of frames.
+        accounting
+            .pending
+            .add(u32::try_from(packets).unwrap_or(u32::MAX), now_ns);
     }
 
     /// Buffers a frame of `class`; counts a tail drop if the class buffer is full.

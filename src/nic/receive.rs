@@ -213,21 +213,27 @@ impl Nic {
             let ring_guard = queue.ring();
             let mut state = queue.lock();
             burst.planned.clear();
+            // Whether each class may go past the buffers, read once and again only after
+            // this delivery buffered a frame itself: the counts are shared by every queue
+            // of the NIC, and reading them per frame cost more than the rest of the plan.
+            // A frame another sender buffers meanwhile could as well have come after ours.
+            let mut skip = self.skip_buffers(latency);
+            let has_ring = ring_guard.is_some();
             for at in first..burst.frames.len() {
-                let frame = burst.frames[at];
+                let frame = &burst.frames[at];
                 if frame.queue != index {
                     continue;
                 }
-                if self.may_skip_buffers(frame.class, latency[class_index(frame.class)])
-                    && ring_guard.is_some()
-                    && link.take(now_ns, frame.wire_bytes)
+                if skip[class_index(frame.class)] && has_ring && link.take(now_ns, frame.wire_bytes)
                 {
                     burst.planned.push(at);
                     continue;
                 }
+                let frame = *frame;
                 // It must wait: what was planned before it goes first.
                 self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
                 self.buffer_staged(queue, &mut state, &frame, burst.bytes_of(&frame));
+                skip = self.skip_buffers(latency);
             }
             self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
             drop(state);
@@ -261,6 +267,13 @@ impl Nic {
             Class::Normal => self.buffered(),
         };
         ahead == 0 && latency_ns == 0
+    }
+
+    /// [`Nic::may_skip_buffers`] for each class (by `class_index`), with the link's
+    /// latencies `latency` (likewise).
+    fn skip_buffers(&self, latency: [u64; 2]) -> [bool; 2] {
+        [Class::High, Class::Normal]
+            .map(|class| self.may_skip_buffers(class, latency[class_index(class)]))
     }
 
     /// Writes the frames of `burst.planned` into the queue's ring; what does not fit waits.
@@ -312,12 +325,20 @@ impl Nic {
                     now,
                 )
             };
-            let mut wire_bytes = 0;
-            for &at in &rest[..written] {
-                let frame = &frames[at];
-                account(state, RingWrite::Written, frame);
-                wire_bytes += frame.wire_bytes;
-                self.captured(queue.index, frame.class, FrameBytes::whole(bytes_of(frame)));
+            // Accounted for together: the counters once per chunk, not once per frame.
+            let written_frames = rest[..written].iter().map(|&at| &frames[at]);
+            queue.account_written(
+                &mut state.accounting,
+                written_frames
+                    .clone()
+                    .map(|frame| (frame.class, frame.len, frame.arrival_ns)),
+                now,
+            );
+            let wire_bytes = written_frames.clone().map(|frame| frame.wire_bytes).sum();
+            if self.is_capturing() {
+                for frame in written_frames {
+                    self.captured(queue.index, frame.class, FrameBytes::whole(bytes_of(frame)));
+                }
             }
             // The chunk goes on the wire back to back, at once: one update of the link
             // (an atomic read-modify-write, which waits for every store before it) rather

@@ -419,6 +419,24 @@ fn parse_errors_count_once_per_frame_staged_or_sent_at_once() {
 }
 
 #[test]
+fn a_burst_of_both_classes_counts_each_frame_in_its_class() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    let frames: Vec<_> = [EF, 0, EF, 0, 0]
+        .into_iter()
+        .zip(1..)
+        .map(|(dscp, tag)| (frame(dscp, tag), 10))
+        .collect();
+    assert_eq!(rig.send_burst(&frames), vec![Some(0); 5]);
+    let len = frames[0].0.len() as u64;
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 5);
+    assert_eq!(rig.counter(0, |c| &c.rx_bytes), 5 * len);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_packets), 2);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_bytes), 2 * len);
+    let [high, normal] = rig.nic.queue(0).unwrap().residence();
+    assert_eq!((high.count, normal.count), (2, 3));
+}
+
+#[test]
 fn a_burst_with_room_reaches_the_ring_in_order() {
     let rig = Rig::new(1, config(), RuleSet::default());
     let frames: Vec<_> = (1..=5).map(|tag| (frame(0, tag), 10)).collect();
