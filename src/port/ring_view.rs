@@ -364,7 +364,29 @@ impl AvailCache {
 }
 
 /// Reads the next chain head the guest made available, advancing our avail index.
+///
+/// Inline for the commonest case, a head already in the copy of the avail entries behind an
+/// index already read: called once per frame on both paths, the call and its return of the
+/// enum cost more than that case's few loads. The rest (reading the guest's index, copying
+/// entries, a broken ring) stays out of line.
+#[inline]
 pub fn next_head(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) -> NextHead {
+    let next = Wrapping(queue.next_avail());
+    let offset = (next - cache.base).0;
+    if cache.known.is_some_and(|known| known != next)
+        && offset < cache.count
+        && let Some(&head) = cache.heads.get(usize::from(offset))
+    {
+        queue.set_next_avail((next + Wrapping(1)).0);
+        return NextHead::Head(head);
+    }
+    next_head_refill(queue, ring, cache)
+}
+
+/// [`next_head`] past the copy of the avail entries: reads the guest's index if ours caught
+/// up with it, and copies the next entries.
+#[inline(never)]
+fn next_head_refill(queue: &mut Queue, ring: &SplitRing, cache: &mut AvailCache) -> NextHead {
     let next = Wrapping(queue.next_avail());
     let avail = match cache.known {
         // Still ahead of us: checked against the queue size when it was read.
