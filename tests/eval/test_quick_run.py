@@ -56,6 +56,19 @@ def test_quick_run_reports_every_cell_with_a_number(quick_run):
         assert name in report
 
 
+def test_resuming_a_finished_quick_run_changes_nothing(quick_run):
+    """The resume path through the real command on a real run, at no cost to CI (a kill and
+    a resume would add a boot and rounds; test_resume.py kills and resumes the runner with
+    a fake testbed): no boot, no file rewritten, so the report checked here stays valid."""
+    before = {p: p.read_bytes() for p in quick_run.rglob("*") if p.is_file()}
+    proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "--quick",
+                           "--out", str(quick_run), "--resume"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "nothing to resume" in proc.stdout and "booting" not in proc.stdout
+    assert {p: p.read_bytes() for p in quick_run.rglob("*") if p.is_file()} == before
+
+
 def test_quick_run_plots_decode_and_hold_data_points(quick_run):
     pngs = sorted((quick_run / "plots").glob("*.png"))
     assert {p.stem.split("-")[0] for p in pngs} >= {"cdf", "flows", "throughput", "paired"}
