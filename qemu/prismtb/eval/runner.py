@@ -930,6 +930,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
                   priority_mps=profile.priority_mps, knobs=profile.knobs)
         t0 = time.monotonic()
         seg["boots"].append({"session": session, "started": _now()})
+        record()  # a boot that fails is on record too
         progress(f"eval: {setup}: booting {flavour} (boot {boot})")
         try:
             bed.up()
