@@ -155,7 +155,7 @@ def test_the_command_refuses_to_resume_with_another_plan(tmp_path):
     before = (out / "run.json").read_text()
     proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "run", "--quick",
                            "--rounds", "4", "--out", str(out), "--resume"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "cannot resume the run" in proc.stderr and "plan: recorded" in proc.stderr
     assert (out / "run.json").read_text() == before
@@ -165,12 +165,12 @@ def test_a_run_is_never_written_over_and_resume_needs_a_run(tmp_path):
     out = write_partial_run(tmp_path)
     before = (out / "run.json").read_text()
     proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "run", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "holds a run already" in proc.stderr, proc.stderr
     assert (out / "run.json").read_text() == before
     proc = subprocess.run([sys.executable, str(REPO / "benches" / "eval"), "run", "--quick",
                            "--out", str(tmp_path / "none"), "--resume"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "nothing to resume" in proc.stderr, proc.stderr
 
 
