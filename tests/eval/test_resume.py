@@ -19,8 +19,9 @@ QUICK = runner.PROFILES["quick"]
 
 @pytest.fixture(autouse=True)
 def clean_commit(monkeypatch):
-    """The tests must not depend on the state of the tree they run in."""
+    """The tests must not depend on the state of the tree or the machine they run in."""
     monkeypatch.setattr(runner, "_git_commit", lambda: COMMIT)
+    monkeypatch.setattr(runner, "_machine", lambda: {"cpus": 2, "sched_autogroup": "0"})
 
 
 def kernels(tmp_path: Path, prism_hash: str = "c3d1f16aefa8fa7b") -> dict[str, Path]:
@@ -119,6 +120,7 @@ def test_a_finished_run_has_nothing_left(tmp_path):
     (lambda m: m.update(initrd="/other/initrd.img"), "initrd"),
     (lambda m: m["machine"].update(sched_autogroup="1"), "machine sched_autogroup"),
     (lambda m: m["machine"].update(cpus=4), "machine cpus"),
+    (lambda m: m["machine"].update(sched_autogroup="unknown"), "machine sched_autogroup"),
 ])
 def test_a_session_whose_turns_would_not_be_comparable_is_refused(tmp_path, change, named):
     recorded = fresh_meta(tmp_path)

@@ -824,7 +824,12 @@ def plan_meta(profile: Profile, kernels: dict[str, Path], initrd: Path) -> dict:
                 "icount": profile.icount, "bulk_rate": profile.bulk_rate},
             "topology": {"host-client": "server guest + host netns client on a tap port",
                          "two-guests": "server guest + client guest"},
-            "machine": {"cpus": os.cpu_count(), "sched_autogroup": _sched_autogroup()}}
+            "machine": _machine()}
+
+
+def _machine() -> dict:
+    """The facts of the machine a resumed session must share (resume.SAME_MACHINE)."""
+    return {"cpus": os.cpu_count(), "sched_autogroup": _sched_autogroup()}
 
 
 def segments(profile: Profile) -> list[tuple[str, int, str, list[int]]]:
