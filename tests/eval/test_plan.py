@@ -52,10 +52,8 @@ def test_unknown_experiment_is_refused():
 
 
 def test_a_cells_turns_share_one_set_of_bulk_flows_and_take_the_rounds_order():
-    class Bed:
-        flavour, apps = "prism", True
     quick = runner.PROFILES["quick"]
-    groups = list(runner.round_groups(Bed(), quick, 1, "host-client"))
+    groups = list(runner.round_groups("prism", True, quick, 1, "host-client"))
     b = [steps for cell, steps in groups if cell.experiment == "b"]
     assert b == [[runner.Step("sync"), runner.Step("batch"), runner.Step("mode0")]]
     cal = [steps for cell, steps in groups if cell.experiment == "cal"]
@@ -63,10 +61,8 @@ def test_a_cells_turns_share_one_set_of_bulk_flows_and_take_the_rounds_order():
 
 
 def test_a_vanilla_boot_measures_each_cell_once_and_no_calibration():
-    class Bed:
-        flavour, apps = "vanilla", False
     quick = runner.PROFILES["quick"]
-    groups = list(runner.round_groups(Bed(), quick, 0, "host-client"))
+    groups = list(runner.round_groups("vanilla", False, quick, 0, "host-client"))
     assert [(c.experiment, s) for c, s in groups] == [("b", [runner.Step("vanilla")])]
 
 

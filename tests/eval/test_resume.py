@@ -45,11 +45,8 @@ def measured(meta: dict, segment: int, rnd: int, *, finished: bool = True,
     entry = {"round": rnd, "session": len(meta["sessions"]) - 1,
              "started": "2026-12-07T10:01:00+00:00"}
     seg["round_log"].append(entry)
-
-    class Planned:
-        flavour, apps = seg["flavour"], True
     out = []
-    for cell, steps in runner.round_groups(Planned(), profile, rnd, seg["setup"]):
+    for cell, steps in runner.round_groups(seg["flavour"], True, profile, rnd, seg["setup"]):
         for step in steps:
             out.append(results.new_turn(cell, step.variant, rnd, seg["boot"],
                                         {"p50_us": 100.0}, delay_us=step.delay_us))
@@ -75,6 +72,8 @@ def test_complete_rounds_are_skipped_and_a_round_cut_short_is_measured_again(tmp
     turns = measured(meta, 0, 0) + measured(meta, 0, 1)
     partial = measured(meta, 0, 2, finished=False, turns_done=4)
     assert resume.left(meta) == [(meta["segments"][0], [2]), (meta["segments"][1], [0, 1, 2])]
+    assert resume.describe_left(resume.left(meta), "; ") == \
+        "host-client boot 0 (prism) rounds 2; host-client boot 1 (vanilla) rounds 0,1,2"
     # The cut round's raw files go aside; the complete rounds' stay.
     raw = tmp_path / "raw"
     raw.mkdir()

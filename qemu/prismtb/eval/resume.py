@@ -97,6 +97,12 @@ def left(meta: dict) -> list[tuple[dict, list[int]]]:
     return out
 
 
+def describe_left(todo: list[tuple[dict, list[int]]], sep: str) -> str:
+    """`left()`'s answer in words, one segment after another joined by `sep`; "" for none."""
+    return sep.join(f"{s['setup']} boot {s['boot']} ({s['flavour']}) rounds "
+                    f"{','.join(map(str, rs))}" for s, rs in todo)
+
+
 def drop_unfinished(out: Path, meta: dict, turns: list[dict], raw_names) -> list[dict]:
     """The turns of complete rounds. A round started and not finished (the session ended
     inside it) is marked dropped in its segment's round_log with the number of its turns

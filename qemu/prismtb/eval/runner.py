@@ -775,16 +775,17 @@ def measure_cell(bed: Bed, cell: results.Cell, steps: list[Step], seconds: float
             (raw_dir / f"{base}.iperf3.json").write_text(out)
 
 
-def round_groups(bed: Bed, profile: Profile, rnd: int, setup: str
+def round_groups(flavour: str, apps: bool, profile: Profile, rnd: int, setup: str
                  ) -> Iterator[tuple[results.Cell, list[Step]]]:
-    """(cell, steps) in the order round r measures them; groups cells by server state and
+    """(cell, steps) in the order round r of a `flavour` boot measures them (`apps`: the
+    image has the workloads of experiments c and d); groups cells by server state and
     steering, so the hog and the rules change only between groups."""
-    variants = round_order(rnd) if bed.flavour != "vanilla" else ["vanilla"]
+    variants = round_order(rnd) if flavour != "vanilla" else ["vanilla"]
     for cell in cells(profile, setup):
-        if not bed.apps and cell.experiment in ("c", "d"):
+        if not apps and cell.experiment in ("c", "d"):
             continue
         yield cell, [Step(v) for v in variants]
-    if bed.flavour == "vanilla":
+    if flavour == "vanilla":
         return
     delays = [0, *profile.cal_delays_us]
     for cal in calibration_cells(profile, setup):
@@ -841,10 +842,8 @@ def segments(profile: Profile) -> list[tuple[str, int, str, list[int]]]:
 def round_raw_names(profile: Profile, segment: dict, rnd: int) -> list[str]:
     """Glob patterns, under raw/, of the files one round of a segment writes (each turn's
     tool output and samples, each cell's bulk report)."""
-    class Planned:
-        flavour, apps = segment["flavour"], True
     names = []
-    for cell, steps in round_groups(Planned(), profile, rnd, segment["setup"]):
+    for cell, steps in round_groups(segment["flavour"], True, profile, rnd, segment["setup"]):
         names.append(f"{cell.slug()}-{segment['flavour']}-r{rnd}.iperf3.json")
         names += [f"{step_tag(cell, step, rnd)}.*" for step in steps]
     return names
@@ -923,8 +922,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
     todo = resume.left(meta)
     if recorded is not None:
         progress(f"eval: resuming {out} (session {session}): "
-                 + (", ".join(f"{s['setup']} boot {s['boot']} ({s['flavour']}) rounds "
-                              f"{','.join(map(str, rs))}" for s, rs in todo) or "analysis only"))
+                 + (resume.describe_left(todo, ", ") or "analysis only"))
     record()
     for seg, rounds in todo:
         setup, boot, flavour = seg["setup"], seg["boot"], seg["flavour"]
@@ -959,7 +957,7 @@ def run(profile: Profile, out: Path, *, kernel_specs: dict[str, str] | None = No
             for rnd in rounds:
                 entry = {"round": rnd, "session": session, "started": _now()}
                 seg["round_log"].append(entry)
-                for cell, steps in round_groups(bed, profile, rnd, setup):
+                for cell, steps in round_groups(bed.flavour, bed.apps, profile, rnd, setup):
                     if state != (cell.server, cell.steering):
                         bed.set_server(cell.server == "busy")
                         bed.set_steering(cell.steering)
@@ -1056,8 +1054,7 @@ def run_from_args(args) -> int:
             return 2
         todo = resume.left(recorded)
         print(f"{args.out}: {len(recorded.get('sessions', []))} session(s) so far; left: "
-              + ("; ".join(f"{s['setup']} boot {s['boot']} ({s['flavour']}) rounds "
-                           f"{','.join(map(str, rs))}" for s, rs in todo) or "nothing"))
+              + (resume.describe_left(todo, "; ") or "nothing"))
         return 0
     if args.dry_run:
         print(profile.describe())
