@@ -16,6 +16,10 @@ use crate::stats::{PortCounters, QueueCounters};
 pub(super) struct FakeRing {
     pub(super) frames: Mutex<Vec<Vec<u8>>>,
     pub(super) room: AtomicUsize,
+    /// Calls of `write_burst`.
+    bursts: AtomicUsize,
+    /// Frames longer than this are refused as too big (0: none is).
+    max_len: AtomicUsize,
     notified: AtomicUsize,
     disabled: AtomicBool,
 }
@@ -25,12 +29,27 @@ impl GuestRxRing for Arc<FakeRing> {
         if self.disabled.load(Ordering::Relaxed) {
             return RingWrite::NotReady;
         }
+        let max_len = self.max_len.load(Ordering::Relaxed);
+        if max_len > 0 && frame.len() > max_len {
+            return RingWrite::TooBig;
+        }
         if self.room.load(Ordering::Relaxed) == 0 {
             return RingWrite::Full;
         }
         self.room.fetch_sub(1, Ordering::Relaxed);
         self.frames.lock().unwrap().push(frame.to_vec());
         RingWrite::Written
+    }
+
+    fn write_burst(&self, frames: &[BurstFrame<'_>]) -> (usize, Option<RingWrite>) {
+        self.bursts.fetch_add(1, Ordering::Relaxed);
+        for (index, &(header, bytes)) in frames.iter().enumerate() {
+            let outcome = self.write(header, bytes);
+            if outcome != RingWrite::Written {
+                return (index, Some(outcome));
+            }
+        }
+        (frames.len(), None)
     }
 
     fn notify(&self) {
@@ -184,6 +203,50 @@ fn full_buffers_tail_drop_and_count_by_class() {
     rig.nic.drain(0);
     // The oldest frames survived (tail drop).
     assert_eq!(rig.rings[0].tags(), vec![100, 101, 102, 103, 0, 1, 2, 3]);
+}
+
+#[test]
+fn waiting_frames_go_back_to_the_ring_a_chunk_at_a_time() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    for tag in 0..4 {
+        rig.send(&frame(0, tag), 0);
+    }
+    assert_eq!(rig.nic.buffered(), 4);
+    let bursts = || rig.rings[0].bursts.load(Ordering::Relaxed);
+    let before = bursts();
+    // Room for three: one write of the four, three go in, the fourth keeps waiting.
+    rig.rings[0].room.store(3, Ordering::Relaxed);
+    rig.nic.drain(0);
+    assert_eq!(rig.rings[0].tags(), vec![0, 1, 2]);
+    assert_eq!(bursts() - before, 1);
+    assert_eq!(rig.nic.buffered(), 1);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 3);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(0);
+    assert_eq!(rig.rings[0].tags(), vec![0, 1, 2, 3]);
+    assert_eq!(rig.nic.buffered(), 0);
+    assert_eq!(rig.counter(0, |c| &c.rx_drops_no_buffer), 0);
+}
+
+#[test]
+fn a_waiting_frame_the_ring_refuses_is_counted_and_the_next_ones_go_in() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(0, Ordering::Relaxed);
+    let small = frame(0, 0);
+    let mut large = frame(0, 1);
+    large.resize(small.len() + 100, 0);
+    for bytes in [&small, &large, &frame(0, 2), &frame(0, 3)] {
+        rig.send(bytes, 0);
+    }
+    assert_eq!(rig.nic.buffered(), 4);
+    rig.rings[0].max_len.store(small.len(), Ordering::Relaxed);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(0);
+    assert_eq!(rig.rings[0].tags(), vec![0, 2, 3]);
+    assert_eq!(rig.nic.buffered(), 0);
+    assert_eq!(rig.counter(0, |c| &c.rx_drops_too_big), 1);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 3);
 }
 
 #[test]
