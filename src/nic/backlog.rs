@@ -139,6 +139,11 @@ impl Frames {
         true
     }
 
+    /// The frames, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Waiting> {
+        self.queued.iter()
+    }
+
     /// The oldest frame, if any.
     pub fn front(&self) -> Option<&Waiting> {
         self.queued.front()

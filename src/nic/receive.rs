@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use arrayvec::ArrayVec;
 
+use super::backlog::Frames;
 use super::burst::{self, Burst, STAGE_MAX_LEN};
 use super::queue::{self, Publish, RxQueue, class_index};
 use super::{BurstFrame, FrameBytes, GuestRxRing, Nic, RingWrite, WRITE_CHUNK, netem};
@@ -468,33 +469,101 @@ impl Nic {
                     if let Some(until) = self.link.busy_until(now_ns) {
                         return Some(next.map_or(until, |n| n.min(until)));
                     }
-                    let buffer = &mut state.buffers[class_index(class)];
-                    let Some(head) = buffer.front() else { break };
-                    let outcome = queue.publish(
+                    // How many of this class may go in a row now: the choice above would
+                    // be made again for each, on the same buffers (the lock is held) and at
+                    // the same time, until the weight hands a turn to a normal frame or a
+                    // normal frame hands it back to a waiting high one.
+                    let in_a_row = match class {
+                        Class::High if weight > 0 && normal_ready => {
+                            weight.saturating_sub(state.high_streak).max(1) as usize
+                        }
+                        Class::High => usize::MAX,
+                        Class::Normal if high_ready => 1,
+                        Class::Normal => usize::MAX,
+                    };
+                    let ci = class_index(class);
+                    // The frames that go together: ready, and taken by the link (as the
+                    // sender's burst plans them; the first is, as just checked).
+                    let mut link = self.link.plan();
+                    let mut chunk: ArrayVec<BurstFrame<'_>, WRITE_CHUNK> = ArrayVec::new();
+                    for waiting in state.buffers[ci].iter().take(in_a_row.min(WRITE_CHUNK)) {
+                        if waiting.arrival_ns + latency[ci] > now_ns
+                            || !link.take(now_ns, waiting.wire_bytes)
+                        {
+                            break;
+                        }
+                        chunk.push((&waiting.header, &waiting.bytes));
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    // Written together: one acquisition of the ring's locks for the chunk,
+                    // not one per frame (a guest that fell behind is given its frames back
+                    // as fast as it makes room).
+                    let (written, outcome) = ring.write_burst(&chunk);
+                    drop(chunk);
+                    let buffer = &state.buffers[ci];
+                    let frames = || buffer.iter().take(written);
+                    queue.account_written(
                         &mut state.accounting,
-                        ring.as_ref().as_ref(),
-                        class,
-                        &head.arrival(),
+                        frames().map(|waiting| (class, waiting.bytes.len(), waiting.arrival_ns)),
                         now_ns,
                     );
-                    match outcome {
-                        Publish::RingFull => break,
-                        Publish::Published => {
-                            self.link.transmit(now_ns, head.wire_bytes);
-                            self.captured(queue.index, class, FrameBytes::whole(&head.bytes));
-                            state.high_streak = match class {
-                                Class::High => state.high_streak.saturating_add(1),
-                                Class::Normal => 0,
-                            };
-                        }
-                        Publish::Dropped => {}
+                    if written > 0 {
+                        let sent = frames().map(|waiting| waiting.wire_bytes).sum();
+                        self.link.transmit(now_ns, sent);
                     }
-                    state.buffers[class_index(class)].pop();
-                    self.buffered[class_index(class)].fetch_sub(1, Ordering::Release);
+                    if self.is_capturing() {
+                        for waiting in frames() {
+                            self.captured(queue.index, class, FrameBytes::whole(&waiting.bytes));
+                        }
+                    }
+                    state.high_streak = match class {
+                        Class::High => state
+                            .high_streak
+                            .saturating_add(u32::try_from(written).unwrap_or(u32::MAX)),
+                        Class::Normal if written > 0 => 0,
+                        Class::Normal => state.high_streak,
+                    };
+                    let mut gone = written;
+                    match outcome {
+                        None | Some(RingWrite::Written) => {}
+                        Some(RingWrite::Full) => {
+                            self.pop_waiting(&mut state.buffers[ci], ci, gone);
+                            break;
+                        }
+                        Some(dropped) => {
+                            // Counted, and gone: the frame after it is tried next.
+                            if let Some(waiting) = state.buffers[ci].iter().nth(written) {
+                                let len = waiting.bytes.len();
+                                let arrival_ns = waiting.arrival_ns;
+                                queue.account(
+                                    &mut state.accounting,
+                                    dropped,
+                                    class,
+                                    len,
+                                    arrival_ns,
+                                    now_ns,
+                                );
+                                gone += 1;
+                            }
+                        }
+                    }
+                    self.pop_waiting(&mut state.buffers[ci], ci, gone);
                 }
             }
         }
         next
+    }
+
+    /// Removes the first `count` frames of class index `ci` from `buffer`, which they left.
+    fn pop_waiting(&self, buffer: &mut Frames, ci: usize, count: usize) {
+        for _ in 0..count {
+            buffer.pop();
+        }
+        if count > 0 {
+            self.buffered[ci].fetch_sub(count, Ordering::Release);
+        }
     }
 
     /// Delivers what waits and fits right away, on the caller's thread (the port's worker
