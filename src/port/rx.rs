@@ -108,6 +108,38 @@ struct DeferredCopy {
     len: usize,
 }
 
+/// The frames of one write into the ring: one frame, which may be split (`write_bytes`), or
+/// a burst of whole frames (`write_burst`). One type for both, so the write loop is compiled
+/// once and the one-buffer write it runs for frame after frame has one call site, where it
+/// is inlined: with a loop per caller it stayed out of line, and its call (arguments
+/// spilled and reloaded, registers saved) cost a frame more than the counts it keeps.
+#[derive(Clone, Copy)]
+enum Frames<'a> {
+    One(&'a VirtioNetHdrBytes, FrameBytes<'a>),
+    Burst(&'a [BurstFrame<'a>]),
+}
+
+impl<'a> Frames<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Frames::One(..) => 1,
+            Frames::Burst(frames) => frames.len(),
+        }
+    }
+
+    /// Frame `index` (< `len()`).
+    #[inline]
+    fn get(&self, index: usize) -> (&'a VirtioNetHdrBytes, FrameBytes<'a>) {
+        match *self {
+            Frames::One(header, frame) => (header, frame),
+            Frames::Burst(frames) => {
+                let (header, bytes) = frames[index];
+                (header, FrameBytes::whole(bytes))
+            }
+        }
+    }
+}
+
 /// A guest's RX vring, as the NIC writes into it.
 pub struct VhostRxRing {
     vring: Vring,
@@ -278,14 +310,9 @@ impl VhostRxRing {
         Some(ring)
     }
 
-    /// Writes frames `0..count` (`frame(i)` gives each) in order under one acquisition of
-    /// the ring's locks, stopping at the first that does not go in. Returns how many went
-    /// in and what stopped the rest.
-    fn write_frames<'a>(
-        &self,
-        count: usize,
-        frame: impl Fn(usize) -> (&'a VirtioNetHdrBytes, FrameBytes<'a>),
-    ) -> (usize, Option<RingWrite>) {
+    /// Writes `frames` in order under one acquisition of the ring's locks, stopping at the
+    /// first that does not go in. Returns how many went in and what stopped the rest.
+    fn write_frames(&self, frames: Frames<'_>) -> (usize, Option<RingWrite>) {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() || self.vring.is_quarantined() {
@@ -305,7 +332,7 @@ impl VhostRxRing {
         // released, so neither is poisoned and the senders of other ports that write into
         // this ring are not taken down with it. This ring is quarantined instead.
         let written = panic::catch_unwind(AssertUnwindSafe(|| {
-            self.write_frames_locked(&mut guard, &mut state, count, &frame)
+            self.write_frames_locked(&mut guard, &mut state, frames)
         }));
         match written {
             Ok(outcome) => outcome,
@@ -323,13 +350,13 @@ impl VhostRxRing {
     }
 
     /// [`Self::write_frames`] with the ring's locks held and its generation checked.
-    fn write_frames_locked<'a>(
+    fn write_frames_locked(
         &self,
         scratch: &mut RxScratch,
         state: &mut VringState<SharedGuestMemory>,
-        count: usize,
-        frame: &impl Fn(usize) -> (&'a VirtioNetHdrBytes, FrameBytes<'a>),
+        source: Frames<'_>,
     ) -> (usize, Option<RingWrite>) {
+        let count = source.len();
         let mem = HostMemory::current(&self.mem, &mut scratch.host);
         let ring = match scratch.ring.get(mem, state.get_queue()) {
             Ok(ring) => ring,
@@ -367,28 +394,38 @@ impl VhostRxRing {
         let mut result = (count, None);
         let mut index = 0;
         while index < count {
-            if *frames.avail_next == Some(state.get_queue().next_avail()) {
-                // A run of frames into one-buffer chains, the commonest case: what each
-                // write keeps track of besides the chain (our avail index, the first
-                // unpublished entry, the guest's kicks) is brought up to date once for the
-                // run rather than once per frame.
-                let used_before = state.get_queue().next_used();
-                let run_start = index;
-                while index < count {
-                    let (header, bytes) = frame(index);
-                    if !Self::write_single_buffer(state, mem, &ring, &mut frames, header, bytes) {
-                        break;
-                    }
-                    index += 1;
-                }
-                if index > run_start {
-                    frames.written_single(state, used_before);
-                }
-                if index == count {
+            let next_avail = state.get_queue().next_avail();
+            if *frames.avail_next != Some(next_avail) {
+                // The frontend set the ring's base since our last write (or this is the
+                // first): read its index afresh. Its driver initialised the used ring
+                // asking for a kick per buffer; count that as armed, so the first frame
+                // written turns it off (else a ring that never runs dry would keep asking
+                // for one forever).
+                *frames.avail = AvailCache::default();
+                *frames.armed = true;
+                *frames.avail_next = Some(next_avail);
+            }
+            // A run of frames into one-buffer chains, the commonest case: what each write
+            // keeps track of besides the chain (our avail index, the first unpublished
+            // entry, the guest's kicks) is brought up to date once for the run rather than
+            // once per frame. This is the one place that tries the one-buffer write.
+            let used_before = state.get_queue().next_used();
+            let run_start = index;
+            while index < count {
+                let (header, bytes) = source.get(index);
+                if !Self::write_single_buffer(state, mem, &ring, &mut frames, header, bytes) {
                     break;
                 }
+                index += 1;
             }
-            let (header, bytes) = frame(index);
+            if index > run_start {
+                frames.written_single(state, used_before);
+            }
+            if index == count {
+                break;
+            }
+            // Any other chain, an empty ring or a fault: the general walk.
+            let (header, bytes) = source.get(index);
             match self.write_locked(state, mem, &ring, &mut frames, mergeable, header, bytes) {
                 RingWrite::Written => index += 1,
                 other => {
@@ -415,7 +452,9 @@ impl VhostRxRing {
         result
     }
 
-    /// Writes one frame; the ring's locks are held by the caller.
+    /// Writes one frame through the general walk (any chain, mergeable buffers, faults);
+    /// the ring's locks are held by the caller, who tried the one-buffer write first and
+    /// brought our avail index up to date with the queue's.
     #[allow(clippy::too_many_arguments)]
     fn write_locked(
         &self,
@@ -428,19 +467,7 @@ impl VhostRxRing {
         frame: FrameBytes<'_>,
     ) -> RingWrite {
         let needed = VIRTIO_NET_HDR_LEN + frame.len();
-        if *scratch.avail_next != Some(state.get_queue().next_avail()) {
-            // The frontend set the ring's base since our last write (or this is the first):
-            // read its index afresh. Its driver initialised the used ring asking for a kick
-            // per buffer; count that as armed, so the first frame written turns it off
-            // (else a ring that never runs dry would keep asking for one forever).
-            *scratch.avail = AvailCache::default();
-            *scratch.armed = true;
-        }
         let used_before = state.get_queue().next_used();
-        if Self::write_single_buffer(state, mem, ring, scratch, header, frame) {
-            scratch.written_single(state, used_before);
-            return RingWrite::Written;
-        }
         let mut rewind_to = state.get_queue().next_avail();
         let mut attempt = 0;
         let outcome = loop {
@@ -518,7 +545,8 @@ impl VhostRxRing {
     /// general walk costs a large frame as much as a small one.
     ///
     /// What the write leaves to its caller: [`FrameScratch::written_single`] after the
-    /// last of a run of such writes, before anything else uses the scratch.
+    /// last of a run of such writes, before anything else uses the scratch. Its one caller
+    /// is the write loop (see [`Frames`] for why one).
     #[inline]
     fn write_single_buffer(
         state: &mut VringState<SharedGuestMemory>,
@@ -726,17 +754,14 @@ impl GuestRxRing for VhostRxRing {
     }
 
     fn write_bytes(&self, header: &VirtioNetHdrBytes, frame: FrameBytes<'_>) -> RingWrite {
-        match self.write_frames(1, |_| (header, frame)) {
+        match self.write_frames(Frames::One(header, frame)) {
             (_, Some(outcome)) => outcome,
             (_, None) => RingWrite::Written,
         }
     }
 
     fn write_burst(&self, frames: &[BurstFrame<'_>]) -> (usize, Option<RingWrite>) {
-        self.write_frames(frames.len(), |index| {
-            let (header, bytes) = frames[index];
-            (header, FrameBytes::whole(bytes))
-        })
+        self.write_frames(Frames::Burst(frames))
     }
 
     fn publish(&self) {
