@@ -22,6 +22,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,13 @@ KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
 BOOT_TIMEOUT = float(os.environ.get("PRISM_E2E_BOOT_TIMEOUT", "180"))
 COMMAND_TIMEOUT = 120.0
 PROGRESS_EVERY = 30.0
+# QEMU stopped by one of its own assertions (SIGABRT): a bug of QEMU's, not of the guest or
+# the backend. Under TCG, QEMU 10 can abort so while a guest boots (iotlb_to_section's
+# `section_index < d->map.sections_nb`, a race between a vCPU and a memory map update). A
+# boot that ends so is started again, at most BOOT_RELAUNCHES times, and says so; any other
+# end of QEMU, and any abort after the guest is ready, stays a failure.
+QEMU_ASSERTION_RE = re.compile(r"qemu-system-[^:\s]+: [^:\s]+\.c:\d+: [^\n]*Assertion [^\n]* failed")
+BOOT_RELAUNCHES = 1
 
 _marker_ids = itertools.count(1)
 
@@ -97,6 +105,9 @@ class Guest(Shell):
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.starts = 0
+        # QEMU's own aborts at boot that wait_ready() started the guest again after.
+        self.qemu_aborts: list[str] = []
+        self._relaunch: Callable[[], object] | None = None
         self._sock: socket.socket | None = None
         self._writer = None
         self._generation = 0
@@ -114,6 +125,7 @@ class Guest(Shell):
         if self.alive():
             raise GuestError(f"{self.name}: already running (pid {self.pid})")
         self.config.console = "stdio"
+        self._relaunch = self.start
         qemu_log = self._new_start()
         # New session: a test runner's Ctrl-C does not reach QEMU, the finalizers kill it.
         self.proc = subprocess.Popen(self.config.command(), stdin=subprocess.PIPE,
@@ -135,6 +147,7 @@ class Guest(Shell):
         Returns QEMU's pid."""
         if self.alive():
             raise GuestError(f"{self.name}: already running (pid {self.pid})")
+        self._relaunch = lambda: self.start_detached(console, timeout, on_spawn)
         self.config.console = str(console)
         self.config.console_log = str(self.console_log_path)
         qemu_log = self._new_start()
@@ -268,6 +281,13 @@ class Guest(Shell):
         except OSError:
             return ""
 
+    def _qemu_assertion(self) -> str | None:
+        """QEMU's assertion message if this start of QEMU ended by aborting on one."""
+        if self.proc is None or self.proc.poll() != -signal.SIGABRT:
+            return None
+        m = QEMU_ASSERTION_RE.search(self.qemu_log_tail())
+        return m.group(0) if m else None
+
     def _describe_failure(self, what: str) -> str:
         state = "running" if self.alive() else f"exited with {self.proc.returncode if self.proc else None}"
         return (f"{self.name}: {what} (QEMU {state}; logs {self.console_log_path}, "
@@ -305,8 +325,23 @@ class Guest(Shell):
 
     def wait_ready(self, timeout: float = BOOT_TIMEOUT,
                    progress: Callable[[float], None] | None = None) -> str:
-        """Waits for /init's readiness line; raises with the console if it reports failure."""
-        m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY", progress)
+        """Waits for /init's readiness line; raises with the console if it reports failure.
+        A boot QEMU aborted on its own assertion is started again (BOOT_RELAUNCHES)."""
+        while True:
+            try:
+                m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY", progress)
+                break
+            except GuestError:
+                assertion = self._qemu_assertion()
+                if (assertion is None or self._relaunch is None
+                        or len(self.qemu_aborts) >= BOOT_RELAUNCHES):
+                    raise
+            self.qemu_aborts.append(assertion)
+            print(f"{self.name}: QEMU aborted on its own assertion while the guest booted "
+                  f"({assertion}); starting it again (logs {self.qemu_log_path})",
+                  file=sys.stderr, flush=True)
+            self.kill()
+            self._relaunch()
         line = m.group(0).strip()
         if m.group(1) != "READY":
             raise GuestError(self._describe_failure(f"guest init failed: {line}"))
