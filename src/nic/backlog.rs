@@ -237,6 +237,28 @@ mod tests {
     }
 
     #[test]
+    fn every_buffer_of_a_full_queue_is_kept_for_reuse_within_the_budget() {
+        // More frames than any fixed number of spares: a guest that falls behind by a full
+        // buffer and catches up must not cost an allocation and a free per frame.
+        let limit = 1024;
+        let budget = ByteBudget::new(1 << 30);
+        let mut frames = Frames::new(limit, budget.clone());
+        for _ in 0..limit {
+            assert!(frames.push(&arrival(&[0; 12], &[1; 64], 0, 88)));
+        }
+        let held = budget.used();
+        while !frames.is_empty() {
+            frames.pop();
+        }
+        assert_eq!(frames.spare.len(), limit);
+        for _ in 0..limit {
+            assert!(frames.push(&arrival(&[0; 12], &[2; 64], 0, 88)));
+        }
+        assert!(frames.spare.is_empty());
+        assert_eq!(budget.used(), held);
+    }
+
+    #[test]
     fn frames_over_the_byte_budget_are_refused_and_delivered_ones_give_their_bytes_back() {
         let budget = ByteBudget::new(4000);
         let mut high = Frames::new(100, budget.clone());
