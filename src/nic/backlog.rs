@@ -152,13 +152,13 @@ impl Frames {
     /// Removes the oldest frame, keeping its buffer for reuse.
     pub fn pop(&mut self) {
         if let Some(waiting) = self.queued.pop_front() {
-            // Keep at most `limit` spare buffers; a burst of jumbo frames should not pin
-            // memory forever.
-            // Spare buffers only while the budget is less than half used: they are a cache
-            // for a steady state, and under pressure their bytes are for frames (another
-            // queue's frames too, which could not free them).
-            if self.spare.len() < self.limit.min(256) && self.budget.used() <= self.budget.limit / 2
-            {
+            // At most `limit` spare buffers, as many as the frames a full buffer holds: a
+            // guest that fell behind by that much and caught up finds every buffer it needs
+            // again (with fewer, each frame past them cost an allocation and a free). Their
+            // bytes are bounded by the budget, and kept only while it is less than half
+            // used: they are a cache for a steady state, and under pressure their bytes are
+            // for frames (another queue's frames too, which could not free them).
+            if self.spare.len() < self.limit && self.budget.used() <= self.budget.limit / 2 {
                 self.spare.push(waiting.bytes);
             } else {
                 self.budget.give_back(waiting.bytes.capacity());
