@@ -310,10 +310,10 @@ impl Nic {
             let rest = &planned[from..];
             let count = rest.len().min(WRITE_CHUNK);
             chunk.clear();
-            chunk.extend(rest[..count].iter().map(|&at| {
+            for &at in &rest[..count] {
                 let frame = &frames[at];
-                (&frame.header, bytes_of(frame))
-            }));
+                chunk.push((&frame.header, bytes_of(frame)));
+            }
             let (written, outcome) = ring.write_burst(&chunk);
             let account = |state: &mut queue::QueueState, outcome, frame: &burst::Staged| {
                 let len = frame.len;
