@@ -225,6 +225,33 @@ class Overlay:
         except ValueError as e:
             raise OverlayError(f"vm{n}: {e}") from e
 
+    def counter_deltas(self, run, names: tuple[str, ...]) -> tuple[object, dict[int, dict]]:
+        """Runs run() and returns its result and, per guest, the increase of the named
+        /proc/net/prism counters during it."""
+        before = {n: self.counters(n) for n in (1, 2)}
+        result = run()
+        after = {n: self.counters(n) for n in (1, 2)}
+        return result, {n: {k: after[n][k] - before[n][k] for k in names} for n in (1, 2)}
+
+    def pingpong_under_bulk(self, prio_port: int, bulk_port: int, secs: int, mps: int
+                            ) -> tuple[dict, str]:
+        """sockperf ping-pong (prio_port, mps requests/s, secs seconds) from vm1's container
+        to vm2's while two bulk TCP flows (bulk_port) load vm2, started before it and ending
+        after it; returns sockperf's figures and iperf3's output."""
+        peer = CONTAINER[2]
+        self.bg(1, "bulk", f"ip netns exec c1 iperf3 -c {peer} -p {bulk_port} -P 2 "
+                           f"-t {secs + 8} -i 1")
+        self.wait_until(1, "grep -q 'sec ' /tmp/bulk.out || [ -s /tmp/bulk.rc ]", timeout=120)
+        out = self.c(1, f"timeout {secs * 6 + 60} sockperf ping-pong -i {peer} -p {prio_port} "
+                        f"-t {secs} --mps {mps}", timeout=secs * 6 + 120)
+        rc, bulk = self.wait_bg(1, "bulk", timeout=secs * 10 + 300)
+        if rc != 0 or "receiver" not in bulk:
+            raise OverlayError(f"bulk iperf3 rc={rc}:\n{bulk[-2000:]}")
+        res = parse_sockperf(out)
+        if "p50" not in res or "p99" not in res:
+            raise OverlayError(f"sockperf printed no percentiles:\n{out[-2000:]}")
+        return res, bulk
+
     def start_servers(self, n: int, iperf_ports: list[int], sockperf_port: int | None = None) -> None:
         for port in iperf_ports:
             self.c(n, f"iperf3 -s -p {port} -D")

@@ -19,8 +19,8 @@ OVERLAY_TRAFFIC = [
 
 
 def test_every_knob_rejects_bad_input_and_is_root_only(prism_kernel, test_initramfs):
-    """prism_mode, prism_prio_weight, prism_ports, prism_vxlan_ports and
-    rx-N/prism_priority accept their documented input, return EINVAL (value unchanged) for
+    """prism_mode, prism_prio_weight, prism_napi_ahead, prism_wait_stats, prism_ports,
+    prism_vxlan_ports and rx-N/prism_priority accept their documented input, return EINVAL (value unchanged) for
     non-numbers, out-of-range and overflowing numbers, empty writes and port 0, and refuse
     writes from uid 65534 and from root without CAP_NET_ADMIN; /proc/net/prism is readable."""
     run = boot(prism_kernel, test_initramfs, "knobs", "knobs")
@@ -30,6 +30,8 @@ def test_every_knob_rejects_bad_input_and_is_root_only(prism_kernel, test_initra
         "einval:prism_ports:add_0", "einval:prism_ports:<empty>", "einval:prism_priority:2",
         "root_only:nobody:prism_mode", "root_only:nocap:prism_mode",
         "root_only:nocap:prism_ports", "root_only:nocap:prism_priority",
+        "wait_stats_default", "einval:prism_wait_stats:2", "root_only:nobody:prism_wait_stats",
+        "root_only:nocap:prism_wait_stats",
         "knobs_unchanged_by_unprivileged", "dmesg_clean"])
     einval = [k for k in run.checks if k.startswith("einval:")]
     assert len(einval) >= 35, f"only {len(einval)} bad-input checks ran"

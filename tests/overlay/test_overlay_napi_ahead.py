@@ -21,7 +21,7 @@ import statistics
 
 import pytest
 
-from prismtb.overlay import CONTAINER, KNOBS, RX0_FLAG, Overlay, parse_sockperf
+from prismtb.overlay import CONTAINER, KNOBS, RX0_FLAG, Overlay
 
 OVERLAY_SMP = 1
 PRIO_PORT, FLOOD_PORT, BULK_PORT = 11111, 5401, 5301
@@ -32,6 +32,7 @@ SECS = int(os.environ.get("PRISM_NAPI_AHEAD_SECS", "10"))
 MPS = 200
 # Runs of the ping-pong under bulk with the knob at 1 until rx-0's NAPI has gone ahead once.
 AHEAD_TRIES = 4
+COUNTED = ("napi_ahead", "marked_by_queue")
 
 
 @pytest.fixture(scope="module")
@@ -50,33 +51,13 @@ def ov(overlay: Overlay) -> Overlay:
     return overlay
 
 
+def pingpong_under_bulk(ov: Overlay, secs: int) -> tuple[dict, str]:
+    return ov.pingpong_under_bulk(PRIO_PORT, BULK_PORT, secs, MPS)
+
+
 def set_ahead(ov: Overlay, on: bool) -> None:
     value = int(on)
     ov.both(f"echo {value} > {AHEAD} && [ \"$(cat {AHEAD})\" = {value} ]")
-
-
-def pingpong_under_bulk(ov: Overlay, secs: int) -> tuple[dict, str]:
-    """sockperf ping-pong (PRIO_PORT, MPS requests/s, secs seconds) from vm1's container to
-    vm2's while two bulk TCP flows (BULK_PORT) load vm2, started before it and ending after
-    it; returns sockperf's figures and iperf3's output."""
-    peer = CONTAINER[2]
-    ov.bg(1, "bulk", f"ip netns exec c1 iperf3 -c {peer} -p {BULK_PORT} -P 2 -t {secs + 8} -i 1")
-    ov.wait_until(1, "grep -q 'sec ' /tmp/bulk.out || [ -s /tmp/bulk.rc ]", timeout=120)
-    out = ov.c(1, f"timeout {secs * 6 + 60} sockperf ping-pong -i {peer} -p {PRIO_PORT} "
-                  f"-t {secs} --mps {MPS}", timeout=secs * 6 + 120)
-    rc, bulk = ov.wait_bg(1, "bulk", timeout=secs * 10 + IPERF_TIMEOUT)
-    assert rc == 0 and "receiver" in bulk, f"bulk iperf3 rc={rc}:\n{bulk[-2000:]}"
-    res = parse_sockperf(out)
-    assert "p50" in res and "p99" in res, f"sockperf printed no percentiles:\n{out[-2000:]}"
-    return res, bulk
-
-
-def counter_deltas(ov: Overlay, run, names=("napi_ahead", "marked_by_queue")):
-    """Runs run() and returns its result and, per guest, the deltas of the named counters."""
-    before = {n: ov.counters(n) for n in (1, 2)}
-    result = run()
-    after = {n: ov.counters(n) for n in (1, 2)}
-    return result, {n: {k: after[n][k] - before[n][k] for k in names} for n in (1, 2)}
 
 
 def deltas_until_ahead(ov: Overlay, tries: int = AHEAD_TRIES) -> tuple[dict, dict]:
@@ -95,7 +76,7 @@ def deltas_until_ahead(ov: Overlay, tries: int = AHEAD_TRIES) -> tuple[dict, dic
     requests in one run, hence the retries."""
     total = {n: {"napi_ahead": 0, "marked_by_queue": 0} for n in (1, 2)}
     for _ in range(tries):
-        (res, _), d = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
+        (res, _), d = ov.counter_deltas(lambda: pingpong_under_bulk(ov, 5), COUNTED)
         for n in (1, 2):
             for k, v in d[n].items():
                 total[n][k] += v
@@ -124,10 +105,10 @@ def test_the_priority_queues_napi_is_scheduled_ahead_of_the_bulk_napis(ov: Overl
         set_ahead(ov, True)
         res_on, on = deltas_until_ahead(ov)
         set_ahead(ov, False)
-        (res_off, _), off = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
+        (res_off, _), off = ov.counter_deltas(lambda: pingpong_under_bulk(ov, 5), COUNTED)
         ov.set_mode(0)
         set_ahead(ov, True)
-        _, vanilla = counter_deltas(ov, lambda: pingpong_under_bulk(ov, 5))
+        _, vanilla = ov.counter_deltas(lambda: pingpong_under_bulk(ov, 5), COUNTED)
     finally:
         set_ahead(ov, True)
         ov.set_mode(0)
@@ -191,7 +172,8 @@ def test_paired_latency_with_and_without_napi_precedence(ov: Overlay, out_dir, r
         for rnd in range(ROUNDS):
             for on in ((True, False) if rnd % 2 == 0 else (False, True)):
                 set_ahead(ov, on)
-                (res, bulk), deltas = counter_deltas(ov, lambda: pingpong_under_bulk(ov, SECS))
+                (res, bulk), deltas = ov.counter_deltas(
+                    lambda: pingpong_under_bulk(ov, SECS), COUNTED)
                 runs.append({"round": rnd, "ahead": on, "p50": res["p50"], "p99": res["p99"],
                              "sent": res.get("sent"), "received": res.get("received"),
                              "napi_ahead": {n: d["napi_ahead"] for n, d in deltas.items()},
