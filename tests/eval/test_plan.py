@@ -90,8 +90,8 @@ PRISM_READING = [
     "00000000 00000000 00000000 00000000",
     "cpu  100 0 200 300 0 5 77 0 0 0", "      NET_RX:       9876",
     "cpu marked_by_queue marked_by_port marked_on_tx prio_enqueued prio_dropped preemptions "
-    "yields sync_deliveries sync_fallbacks empty_runs napi_ahead switch_forced "
-    "total 1 2 3 4 5 6 7 8 9 10 11 12 ",
+    "yields sync_deliveries sync_fallbacks empty_runs napi_ahead switch_forced prio_waits "
+    "prio_waited prio_unmatched total 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 ",
 ]
 
 
@@ -102,7 +102,8 @@ def test_a_reading_also_gives_the_receive_paths_counters():
         "ksoftirqd_wakeups": 4242, "softnet_processed": 0xab12, "time_squeeze": 0x11,
         "cpu_idle_ticks": 300, "cpu_softirq_ticks": 77, "net_rx_softirqs": 9876,
         "prism_preemptions": 6, "prism_yields": 7, "prism_empty_runs": 10,
-        "prism_napi_ahead": 11}
+        "prism_napi_ahead": 11, "prism_prio_waits": 13, "prism_prio_waited": 14,
+        "prism_prio_unmatched": 15}
     # A kernel without PRISM prints an empty last line: no prism_* counters.
     vanilla = runner._rx_reading(PRISM_READING[:-1] + [""])
     assert not any(k.startswith("prism_") for k in vanilla.counters)
@@ -140,6 +141,18 @@ def test_a_turn_records_the_counters_increase_and_the_cpus_shares():
     assert metrics["time_squeeze"] == 3 and metrics["prism_empty_runs"] == 2
     assert metrics["ksoftirqd_cpu"] == 0.25 and metrics["softirq_cpu"] == 0.4
     assert metrics["idle_cpu"] == 0.0
+    # No marked packet reached a socket: no wait metric rather than a division by zero.
+    assert runner.results.WAIT_METRIC not in metrics
+
+
+def test_a_turn_with_the_kernels_wait_counters_gives_the_mean_wait_of_a_priority_packet():
+    start = runner._rx_reading(PRISM_READING)
+    end = runner.RxReading(start.uptime + 2.0, start.ksoftirqd_ticks, start.rx_bytes,
+                           {**start.counters, "prism_prio_waits": 13 + 50,
+                            "prism_prio_waited": 14 + 50 * 37, "prism_prio_unmatched": 15})
+    metrics = runner.turn_counters(start, end)
+    assert metrics[runner.results.WAIT_METRIC] == 37.0
+    assert metrics["prism_prio_unmatched"] == 0
 
 
 def test_no_priority_flow_measures_the_bulk_flows_alone():

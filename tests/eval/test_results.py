@@ -206,3 +206,37 @@ def test_measured_orders_that_list_tied_modes_differently_are_the_same_order():
     assert not compare.same_order(a, order(["batch", "sync", "mode0"], ["<", "<"]))
     assert not compare.same_order(a, order(["batch", "sync", "mode0"], ["~", "~"]))
     assert compare.groups(a) == (frozenset({"sync", "batch"}), frozenset({"mode0"}))
+
+
+def with_wait_metric(ts: list[dict], ratios: dict[str, float], noise: float,
+                     p50_noise: float, seed: int = 5) -> list[dict]:
+    """The turns of a PRISM boot with the kernel's wait counters on: WAIT_METRIC is mode 0's
+    count times a known ratio, with `noise` per turn; p50 gets `p50_noise` per turn on top of
+    the round's drift (the host's speed, which the count does not see)."""
+    import random
+    rng = random.Random(seed)
+    for t in ts:
+        if t["variant"] in ratios:
+            t["metrics"][results.WAIT_METRIC] = 40.0 * ratios[t["variant"]] * rng.gauss(1, noise)
+            t["metrics"]["p50_us"] *= rng.gauss(1, p50_noise)
+    return ts
+
+
+def test_the_report_says_whether_the_host_speed_independent_metric_tightens_the_intervals():
+    from prismtb.eval import report
+    wait = {"mode0": 1.0, "batch": 0.5, "sync": 0.25}
+    tight = results.analyse(with_wait_metric(turns(), wait, noise=0.02, p50_noise=0.3))
+    rows = tight["wait_metric"]
+    # Both servers' cells of experiment b with 0 and 2 flows, batch and sync in each.
+    assert len(rows) == 8 and all(r["narrower"] for r in rows), rows
+    batch = next(r for r in rows if r["variant"] == "batch")
+    assert abs(batch["wait"]["value"] - 0.5) < 0.02
+    text = "\n".join(report.wait_section(rows))
+    assert "## Host-speed-independent metric" in text
+    assert f"{results.WAIT_METRIC}'s interval is the narrower in 8 of 8 comparisons" in text
+    # A count noisier than the latency does not tighten anything, and the report says so.
+    loose = results.analyse(with_wait_metric(turns(), wait, noise=0.5, p50_noise=0.0))
+    assert not any(r["narrower"] for r in loose["wait_metric"])
+    # Without the counters (the default) the report has no such section.
+    assert results.analyse(turns())["wait_metric"] == []
+    assert report.wait_section([]) == []

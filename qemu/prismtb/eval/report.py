@@ -96,6 +96,29 @@ def priority_table(summary: dict, experiment: str = "b") -> list[str]:
     return lines
 
 
+def wait_section(rows: list[dict]) -> list[str]:
+    """Whether the host-speed-independent metric (results.WAIT_METRIC) tightens the
+    intervals: its paired ratio to mode 0 beside p50's, with each interval's spread."""
+    if not rows:
+        return []
+    m = results.WAIT_METRIC
+    lines = ["## Host-speed-independent metric", "",
+             f"{m}: the normal packets the server's CPU received while a priority packet "
+             "went from the driver to its socket, mean per turn (the kernel's prio_waited / "
+             "prio_waits, `--knob prism_wait_stats=1`). Spread: an interval's high / low.",
+             "", f"| cell | variant | {m} / mode0 [95%] | spread | p50 / mode0 [95%] | "
+             "spread | narrower |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['variant']} | {_ratio(r['wait'])} | "
+                     f"{results.spread_factor(r['wait']):.2f} | {_ratio(r['p50'])} | "
+                     f"{results.spread_factor(r['p50']):.2f} | "
+                     f"{'yes' if r['narrower'] else 'no'} |")
+    narrower = sum(r["narrower"] for r in rows)
+    lines += ["", f"{m}'s interval is the narrower in {narrower} of {len(rows)} comparisons.",
+              ""]
+    return lines
+
+
 def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
     lines = ["# PRISM evaluation", ""]
     lines += [f"- profile: {meta.get('profile')}, rounds: {meta.get('rounds')}, "
@@ -163,6 +186,7 @@ def render(meta: dict, summary: dict, plots: list[Path], run_dir: Path) -> str:
         for e in entries:
             lines += [f"### {e['label']}", ""] + cell_table(e) + [""] + cell_verdicts(e) + [""]
         lines.append("")
+    lines += wait_section(summary.get("wait_metric", []))
     if plots:
         lines += ["## Plots", ""]
         for p in plots:

@@ -32,6 +32,12 @@ CELL_KEYS = ("setup", "experiment", "server", "steering", "flows", "path")
 LATENCY_METRICS = ("p50_us", "p99_us")
 TABLE_METRICS = ("p50_us", "p90_us", "p99_us", "p99.9_us")
 THROUGHPUT = "bulk_mbps"
+# The host-speed-independent metric (`benches/eval --knob prism_wait_stats=1`): the normal
+# packets the server's CPU received, on average, while a priority packet was on its way from
+# the driver to its socket (the kernel's prio_waited / prio_waits). Counted in the guest,
+# so the host's speed does not reach it; the report says whether its paired ratios have
+# narrower intervals than the latency's.
+WAIT_METRIC = "prio_wait_normal"
 EXPERIMENTS = {
     "a": "streamlined processing: one request/response flow, overlay against no overlay",
     "b": "priority differentiation: the priority flow under 0-8 bulk flows",
@@ -202,7 +208,28 @@ def analyse(turns: list[dict]) -> dict:
         summary["cells"].append({"cell": cell.as_dict(), "label": cell.label(),
                                  "slug": cell.slug(), **analyse_cell(ts)})
     summary["goals"] = goals(summary)
+    summary["wait_metric"] = wait_comparison(summary)
     return summary
+
+
+def spread_factor(ratio: dict) -> float:
+    """How wide a ratio's interval is, as high / low: comparable between metrics whatever
+    their values (a ratio's interval is about as wide either side on a log scale)."""
+    return ratio["high"] / ratio["low"] if ratio["low"] > 0 else math.inf
+
+
+def wait_comparison(summary: dict) -> list[dict]:
+    """Per cell and PRISM mode measured with the kernel's wait counters: WAIT_METRIC's
+    paired ratio to mode 0 beside p50's, and whether its interval is the narrower one."""
+    out = []
+    for c in summary["cells"]:
+        for v, wait in sorted(c["ratios"].get(WAIT_METRIC, {}).items()):
+            p50 = c["ratios"].get("p50_us", {}).get(v)
+            if not p50:
+                continue
+            out.append({"label": c["label"], "variant": v, "wait": wait, "p50": p50,
+                        "narrower": spread_factor(wait) < spread_factor(p50)})
+    return out
 
 
 def goals(summary: dict) -> dict:

@@ -650,7 +650,8 @@ class RxReading:
 # throughput: what PRISM's modes make the server's CPU do per byte that mode 0 does not.
 KERNEL_COUNTERS = ("ksoftirqd_wakeups", "softnet_processed", "time_squeeze", "net_rx_softirqs",
                    "cpu_softirq_ticks", "cpu_idle_ticks", "prism_preemptions", "prism_yields",
-                   "prism_empty_runs", "prism_napi_ahead")
+                   "prism_empty_runs", "prism_napi_ahead", "prism_prio_waits",
+                   "prism_prio_waited", "prism_prio_unmatched")
 
 
 def rx_readings(out: str, count: int) -> list[RxReading]:
@@ -690,7 +691,8 @@ def turn_counters(start: RxReading, end: RxReading) -> dict[str, float]:
     """What the server's receive path did during a turn: the increase of each counter of
     KERNEL_COUNTERS, and the shares of its CPU that ksoftirqd took (how much of the receive
     path ran deferred, scheduled against the applications, rather than on interrupt exit),
-    that softirqs took (both ways), and that stayed idle."""
+    that softirqs took (both ways), and that stayed idle; with the kernel's wait counters
+    on, results.WAIT_METRIC."""
     seconds = end.uptime - start.uptime
     out: dict[str, float] = {
         "ksoftirqd_cpu": (end.ksoftirqd_ticks - start.ksoftirqd_ticks) / USER_HZ / seconds}
@@ -700,6 +702,8 @@ def turn_counters(start: RxReading, end: RxReading) -> dict[str, float]:
     for share, ticks in (("softirq_cpu", "cpu_softirq_ticks"), ("idle_cpu", "cpu_idle_ticks")):
         if ticks in out:
             out[share] = out[ticks] / USER_HZ / seconds
+    if out.get("prism_prio_waits"):
+        out[results.WAIT_METRIC] = out["prism_prio_waited"] / out["prism_prio_waits"]
     return out
 
 
