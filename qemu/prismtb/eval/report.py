@@ -103,9 +103,10 @@ def wait_section(rows: list[dict]) -> list[str]:
         return []
     m = results.WAIT_METRIC
     lines = ["## Host-speed-independent metric", "",
-             f"{m}: the normal packets the server's CPU received while a priority packet "
-             "went from the driver to its socket, mean per turn (the kernel's prio_waited / "
-             "prio_waits, `--knob prism_wait_stats=1`). Spread: an interval's high / low.",
+             f"{m}: the packets the server's CPU handled while a priority packet went from "
+             "the driver to its socket, itself counted as one, mean per turn (1 + the "
+             "kernel's prio_waited / prio_waits, `--knob prism_wait_stats=1`). Spread: an "
+             "interval's high / low.",
              "", f"| cell | variant | {m} / mode0 [95%] | spread | p50 / mode0 [95%] | "
              "spread | narrower |", "|---|---|---|---|---|---|---|"]
     for r in rows:

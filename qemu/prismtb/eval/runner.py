@@ -703,7 +703,7 @@ def turn_counters(start: RxReading, end: RxReading) -> dict[str, float]:
         if ticks in out:
             out[share] = out[ticks] / USER_HZ / seconds
     if out.get("prism_prio_waits"):
-        out[results.WAIT_METRIC] = out["prism_prio_waited"] / out["prism_prio_waits"]
+        out[results.WAIT_METRIC] = 1 + out["prism_prio_waited"] / out["prism_prio_waits"]
     return out
 
 
