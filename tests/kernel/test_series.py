@@ -24,6 +24,7 @@ EXPECTED_STEPS = [
     r"RX queue's NAPI ahead",
     r"new mode on each CPU where no packet is queued",
     r"document PRISM",
+    r"count the normal packets a priority packet waits for",
 ]
 
 
