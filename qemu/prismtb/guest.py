@@ -326,7 +326,9 @@ class Guest(Shell):
     def wait_ready(self, timeout: float = BOOT_TIMEOUT,
                    progress: Callable[[float], None] | None = None) -> str:
         """Waits for /init's readiness line; raises with the console if it reports failure.
-        A boot QEMU aborted on its own assertion is started again (BOOT_RELAUNCHES)."""
+        A boot QEMU aborted on its own assertion is started again, BOOT_RELAUNCHES times
+        at most for this boot: a guest killed and started again gets its own."""
+        relaunched = 0
         while True:
             try:
                 m = self._wait_for(READY_RE, 0, timeout, "PRISM-GUEST-READY", progress)
@@ -334,8 +336,9 @@ class Guest(Shell):
             except GuestError:
                 assertion = self._qemu_assertion()
                 if (assertion is None or self._relaunch is None
-                        or len(self.qemu_aborts) >= BOOT_RELAUNCHES):
+                        or relaunched >= BOOT_RELAUNCHES):
                     raise
+            relaunched += 1
             self.qemu_aborts.append(assertion)
             print(f"{self.name}: QEMU aborted on its own assertion while the guest booted "
                   f"({assertion}); starting it again (logs {self.qemu_log_path})",

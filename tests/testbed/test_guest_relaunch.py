@@ -14,12 +14,12 @@ from prismtb.guest import BOOT_RELAUNCHES, Guest, GuestConfig, GuestError
 
 ASSERTION = ("qemu-system-x86_64: system/physmem.c:2678: iotlb_to_section: Assertion "
              "`section_index < d->map.sections_nb' failed.")
-# The stand-in: its first FAKE_QEMU_FAILS starts fail (abort on the assertion, or exit 1
-# with FAKE_QEMU_HOW=exit), the next prints the readiness line and waits.
+# The stand-in: the starts FAKE_QEMU_FAILS_AT names (counted from 0) fail (abort on the
+# assertion, or exit 1 with FAKE_QEMU_HOW=exit); every other prints the readiness line and waits.
 FAKE_QEMU = """#!/bin/sh
 case "$1" in --version) echo "QEMU emulator version 10.0.0"; exit 0;; esac
 n=$(cat "$FAKE_QEMU_STATE" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_QEMU_STATE"
-if [ "$n" -lt "$FAKE_QEMU_FAILS" ]; then
+if case " $FAKE_QEMU_FAILS_AT " in *" $n "*) true;; *) false;; esac; then
   if [ "$FAKE_QEMU_HOW" = exit ]; then echo "qemu-system-x86_64: some error" >&2; exit 1; fi
   echo "ASSERTION" >&2
   kill -ABRT $$
@@ -45,8 +45,9 @@ def guest_of(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_QEMU_STATE", str(tmp_path / "starts"))
     guests = []
 
-    def make(fails: int, how: str = "abort") -> Guest:
-        monkeypatch.setenv("FAKE_QEMU_FAILS", str(fails))
+    def make(fails: int = 0, how: str = "abort", fails_at: tuple[int, ...] = ()) -> Guest:
+        fails_at = fails_at or tuple(range(fails))
+        monkeypatch.setenv("FAKE_QEMU_FAILS_AT", " ".join(map(str, fails_at)))
         monkeypatch.setenv("FAKE_QEMU_HOW", how)
         g = Guest(GuestConfig("vm1", tmp_path / "vm1.sock", kernel=str(tmp_path / "bzImage"),
                               initrd=str(tmp_path / "initrd")), tmp_path / "out")
@@ -87,3 +88,15 @@ def test_qemu_exiting_without_an_assertion_is_a_failure_at_once(guest_of):
     with pytest.raises(GuestError, match="QEMU exited with 1"):
         g.wait_ready(timeout=60)
     assert starts(g) == 1 and g.qemu_aborts == []
+
+
+def test_every_boot_of_a_guest_gets_its_own_relaunch(guest_of):
+    # Boot 1 aborts once and is started again; boot 2 (after kill) aborts once too and
+    # must get the same second chance, not inherit boot 1's.
+    g = guest_of(fails_at=(0, 2))
+    g.start()
+    g.wait_ready(timeout=60)
+    g.kill()
+    g.start()
+    assert g.wait_ready(timeout=60) == "PRISM-GUEST-READY vm1 stand-in"
+    assert starts(g) == 4 and len(g.qemu_aborts) == 2 and g.alive()
