@@ -1067,6 +1067,15 @@ def run_from_args(args) -> int:
             print(f"{setup}: {len(cells(profile, setup))} cells, {prism} PRISM turns and "
                   f"{vanilla} vanilla turns per round; boots {boot_plan(profile)}")
         return 0
+    if "host-client" in profile.setups:
+        from ..hosttools import EVAL_HOST_CLIENT, missing
+        apps = {"c": "memcaslap", "d": "wrk"}
+        lacking = missing([t for t in EVAL_HOST_CLIENT if t not in apps.values()]
+                          + [apps[e] for e in profile.experiments if e in apps])
+        if lacking:
+            print(f"benches/eval: the host-client setup runs these on the host, which lacks "
+                  f"{', '.join(lacking)}: run .ci/install-deps", file=sys.stderr)
+            return 2
     out = args.out or REPO / "benches" / "out" / \
         f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     specs = {k: v for k, v in (("prism", args.prism_kernel),
