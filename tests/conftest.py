@@ -51,3 +51,21 @@ def qemu_binary() -> str:
         pytest.skip(str(e))
     except qemu.QemuError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def path_without(tmp_path):
+    """A PATH of symlinks to everything the host's usual directories hold, but `tool`:
+    how a harness behaves on a machine that lacks it."""
+    def make(tool: str) -> str:
+        bin_dir = tmp_path / f"path-without-{tool}"
+        bin_dir.mkdir()
+        for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            if not Path(d).is_dir():
+                continue
+            for p in sorted(Path(d).iterdir()):
+                target = bin_dir / p.name
+                if p.name != tool and not target.exists() and not target.is_symlink():
+                    target.symlink_to(p)
+        return str(bin_dir)
+    return make

@@ -34,6 +34,7 @@ from typing import Callable
 from . import image, kernel, qemu
 from .guest import Guest, GuestConfig, GuestError
 from .knobs import MODES, mode_command, read_mode_command
+from .hosttools import missing
 from .netns import HostNetns, NetnsError, create_tap
 from .overlay import OverlayParams, container_ip, overlay_steps
 from .parsers import stats_summary
@@ -223,6 +224,13 @@ def cmd_up(args) -> int:
     except TopologyError as e:
         print(f"testbed: {e}", file=sys.stderr)
         return 2
+    if any(h.kind == "netns" for h in topo.hosts):
+        # A host namespace is made with ip and proven reachable with ping, on the host.
+        lacking = missing(["ip", "ping"])
+        if lacking:
+            print(f"testbed: {args.topology}: its host namespaces need, on the host, "
+                  f"{', '.join(lacking)}: run .ci/install-deps", file=sys.stderr)
+            return 2
     state = State(topo.name)
     try:
         state.lock()

@@ -100,3 +100,16 @@ def test_up_with_a_bad_topology_file_says_so_in_one_line_and_starts_nothing(tmp_
     assert res.stderr == (f"testbed: {path}:15: host 'vm2': unknown key 'memroy' "
                           "(did you mean 'memory'?)\n")
     assert not (tmp_path / "run").exists() and not (tmp_path / "logs").exists()
+
+
+def test_up_with_a_host_namespace_on_a_machine_without_ping_names_it_and_starts_nothing(
+        tmp_path, path_without):
+    # The host namespaces' reachability check runs ping on the host.
+    path = write(tmp_path, (REPO / "qemu" / "topologies" / "guest-netns.toml").read_text())
+    env = {**os.environ, "PATH": path_without("ping"), "PRISM_TESTBED_RUN": str(tmp_path / "run"),
+           "PRISM_TESTBED_LOGS": str(tmp_path / "logs")}
+    res = subprocess.run([str(TESTBED), "up", str(path)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "ping (iputils-ping)" in res.stderr and "\n" not in res.stderr.rstrip("\n")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "logs").exists()
