@@ -48,6 +48,30 @@ pub enum Publish {
     Dropped,
 }
 
+/// Frames written into the ring together, as the accounting takes them
+/// ([`RxQueue::account_written`]): `frames` of `class` that arrived at `arrival_ns`, `bytes`
+/// long together. A sender stamps several frames at a time, so the frames of a chunk come
+/// in a few such runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenRun {
+    pub class: Class,
+    pub frames: u64,
+    pub bytes: u64,
+    pub arrival_ns: u64,
+}
+
+impl WrittenRun {
+    /// One frame of `class`, `len` bytes long, that arrived at `arrival_ns`.
+    pub fn one(class: Class, len: usize, arrival_ns: u64) -> Self {
+        WrittenRun {
+            class,
+            frames: 1,
+            bytes: len as u64,
+            arrival_ns,
+        }
+    }
+}
+
 /// A loaded ring reference (arc-swap's guard: no reference count touched).
 pub type RingGuard = arc_swap::Guard<Option<Arc<Box<dyn GuestRxRing>>>>;
 
@@ -149,7 +173,7 @@ impl RxQueue {
             RingWrite::Written => {
                 self.account_written(
                     accounting,
-                    std::iter::once((class, len, arrival_ns)),
+                    &[WrittenRun::one(class, len, arrival_ns)],
                     now_ns,
                 );
                 Publish::Published
@@ -166,23 +190,24 @@ impl RxQueue {
         }
     }
 
-    /// Accounts for frames written into the ring together, each given as (class, length,
-    /// arrival): what [`RxQueue::account`] does for a written frame, with the counters and
-    /// the pending notification moved once for all of them rather than once per frame.
+    /// Accounts for frames written into the ring together, given as runs of one class and
+    /// arrival time ([`WrittenRun`]; a frame alone is a run of one): what
+    /// [`RxQueue::account`] does for a written frame, with the counters and the pending
+    /// notification moved once for all of them, and each run's residence recorded at once.
     /// The caller holds the queue's lock, so the counters have one writer at a time.
     pub(super) fn account_written(
         &self,
         accounting: &mut Accounting,
-        frames: impl Iterator<Item = (Class, usize, u64)>,
+        runs: &[WrittenRun],
         now_ns: u64,
     ) {
         // Per class: packets, bytes.
         let mut totals = [(0u64, 0u64); 2];
-        for (class, len, arrival_ns) in frames {
-            let total = &mut totals[class_index(class)];
-            total.0 += 1;
-            total.1 += len as u64;
-            accounting.residence[class_index(class)].record(now_ns.saturating_sub(arrival_ns));
+        for run in runs {
+            let ci = class_index(run.class);
+            totals[ci].0 += run.frames;
+            totals[ci].1 += run.bytes;
+            accounting.residence[ci].record_n(now_ns.saturating_sub(run.arrival_ns), run.frames);
         }
         let [(high, high_bytes), (normal, normal_bytes)] = totals;
         let packets = high + normal;

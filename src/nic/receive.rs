@@ -9,7 +9,7 @@ use arrayvec::ArrayVec;
 
 use super::backlog::Frames;
 use super::burst::{self, Burst, STAGE_MAX_LEN};
-use super::queue::{self, Publish, RxQueue, class_index};
+use super::queue::{self, Publish, RxQueue, WrittenRun, class_index};
 use super::{BurstFrame, FrameBytes, GuestRxRing, Nic, RingWrite, WRITE_CHUNK, netem};
 use crate::classify::{Class, Decision};
 use crate::packet::offload::VirtioNetHdrBytes;
@@ -306,13 +306,18 @@ impl Nic {
         // frames are written: filling all of a 64-slot array first is 1.5 KiB of stores
         // per burst, a cost that shows with small frames in short bursts.
         let mut chunk: ArrayVec<BurstFrame<'_>, WRITE_CHUNK> = ArrayVec::new();
+        // What accounting the chunk needs, added up while it is laid out (the frames are
+        // at hand there): runs of one class and arrival stamp, and the bytes on the wire.
+        let mut tally = ChunkTally::new();
         while from < planned.len() {
             let rest = &planned[from..];
             let count = rest.len().min(WRITE_CHUNK);
             chunk.clear();
+            tally.clear();
             for &at in &rest[..count] {
                 let frame = &frames[at];
                 chunk.push((&frame.header, bytes_of(frame)));
+                tally.add_staged(frame);
             }
             let (written, outcome) = ring.write_burst(&chunk);
             let account = |state: &mut queue::QueueState, outcome, frame: &burst::Staged| {
@@ -326,18 +331,21 @@ impl Nic {
                     now,
                 )
             };
-            // Accounted for together: the counters once per chunk, not once per frame.
-            let written_frames = rest[..written].iter().map(|&at| &frames[at]);
-            queue.account_written(
-                &mut state.accounting,
-                written_frames
-                    .clone()
-                    .map(|frame| (frame.class, frame.len, frame.arrival_ns)),
-                now,
-            );
-            let wire_bytes = written_frames.clone().map(|frame| frame.wire_bytes).sum();
+            let done = &rest[..written];
+            if written < count {
+                // Cut short by the ring: the tally counts frames that did not go in.
+                tally.clear();
+                for &at in done {
+                    tally.add_staged(&frames[at]);
+                }
+            }
+            // Accounted for together: the counters once per chunk, the residences once per
+            // run of one arrival stamp, not once per frame.
+            let (runs, wire_bytes) = tally.finish();
+            queue.account_written(&mut state.accounting, runs, now);
             if self.is_capturing() {
-                for frame in written_frames {
+                for &at in done {
+                    let frame = &frames[at];
                     self.captured(queue.index, frame.class, FrameBytes::whole(bytes_of(frame)));
                 }
             }
@@ -486,6 +494,7 @@ impl Nic {
                     // sender's burst plans them; the first is, as just checked).
                     let mut link = self.link.plan();
                     let mut chunk: ArrayVec<BurstFrame<'_>, WRITE_CHUNK> = ArrayVec::new();
+                    let mut tally = ChunkTally::new();
                     for waiting in state.buffers[ci].iter().take(in_a_row.min(WRITE_CHUNK)) {
                         if waiting.arrival_ns + latency[ci] > now_ns
                             || !link.take(now_ns, waiting.wire_bytes)
@@ -493,6 +502,12 @@ impl Nic {
                             break;
                         }
                         chunk.push((&waiting.header, &waiting.bytes));
+                        tally.add(
+                            class,
+                            waiting.bytes.len(),
+                            waiting.arrival_ns,
+                            waiting.wire_bytes,
+                        );
                     }
                     if chunk.is_empty() {
                         break;
@@ -501,16 +516,25 @@ impl Nic {
                     // not one per frame (a guest that fell behind is given its frames back
                     // as fast as it makes room).
                     let (written, outcome) = ring.write_burst(&chunk);
+                    let laid_out = chunk.len();
                     drop(chunk);
                     let buffer = &state.buffers[ci];
                     let frames = || buffer.iter().take(written);
-                    queue.account_written(
-                        &mut state.accounting,
-                        frames().map(|waiting| (class, waiting.bytes.len(), waiting.arrival_ns)),
-                        now_ns,
-                    );
+                    if written < laid_out {
+                        // Cut short by the ring: the tally counts frames that did not go in.
+                        tally.clear();
+                        for waiting in frames() {
+                            tally.add(
+                                class,
+                                waiting.bytes.len(),
+                                waiting.arrival_ns,
+                                waiting.wire_bytes,
+                            );
+                        }
+                    }
+                    let (runs, sent) = tally.finish();
+                    queue.account_written(&mut state.accounting, runs, now_ns);
                     if written > 0 {
-                        let sent = frames().map(|waiting| waiting.wire_bytes).sum();
                         self.link.transmit(now_ns, sent);
                     }
                     if self.is_capturing() {
@@ -626,6 +650,79 @@ impl Nic {
     pub fn release_retry(&self) {
         self.retry_promises.fetch_sub(1, Ordering::SeqCst);
         self.drain_waiting();
+    }
+}
+
+/// The accounting of a chunk of staged frames, added up as the chunk is laid out: its frames
+/// as runs of one class and arrival stamp, and their bytes on the wire. The run being
+/// added to is kept apart from the finished ones, so that in the layout loop it stays in
+/// registers: a frame of the same run costs a comparison and three additions.
+struct ChunkTally {
+    runs: ArrayVec<WrittenRun, WRITE_CHUNK>,
+    /// The run the next frame may extend; no frames yet at the start.
+    current: WrittenRun,
+    wire_bytes: u64,
+}
+
+impl ChunkTally {
+    /// The run a chunk starts with: no frames.
+    const NO_RUN: WrittenRun = WrittenRun {
+        class: Class::Normal,
+        frames: 0,
+        bytes: 0,
+        arrival_ns: 0,
+    };
+
+    fn new() -> Self {
+        ChunkTally {
+            runs: ArrayVec::new(),
+            current: Self::NO_RUN,
+            wire_bytes: 0,
+        }
+    }
+
+    /// Adds a staged frame of the chunk (at most [`WRITE_CHUNK`] of them).
+    #[inline]
+    fn add_staged(&mut self, frame: &burst::Staged) {
+        self.add(frame.class, frame.len, frame.arrival_ns, frame.wire_bytes);
+    }
+
+    /// Adds a frame of the chunk (at most [`WRITE_CHUNK`] of them): its class, length,
+    /// arrival and bytes on the wire.
+    #[inline]
+    fn add(&mut self, class: Class, len: usize, arrival_ns: u64, wire_bytes: u64) {
+        self.wire_bytes += wire_bytes;
+        let run = &mut self.current;
+        // An empty run takes any frame: its count starts from nothing.
+        if run.class == class && run.arrival_ns == arrival_ns {
+            run.frames += 1;
+            run.bytes += len as u64;
+        } else {
+            self.start_run(WrittenRun::one(class, len, arrival_ns));
+        }
+    }
+
+    /// Ends the current run (if it has frames) and starts `run`.
+    #[cold]
+    fn start_run(&mut self, run: WrittenRun) {
+        if self.current.frames > 0 {
+            // A chunk's frames make at most as many runs as the chunk has slots.
+            let _ = self.runs.try_push(self.current);
+        }
+        self.current = run;
+    }
+
+    /// Ends the chunk: its runs and its bytes on the wire. [`ChunkTally::clear`] before
+    /// the next chunk.
+    fn finish(&mut self) -> (&[WrittenRun], u64) {
+        self.start_run(Self::NO_RUN);
+        (&self.runs, self.wire_bytes)
+    }
+
+    fn clear(&mut self) {
+        self.runs.clear();
+        self.current = Self::NO_RUN;
+        self.wire_bytes = 0;
     }
 }
 

@@ -62,12 +62,19 @@ impl Residence {
 
     #[inline]
     pub fn record(&mut self, ns: u64) {
+        self.record_n(ns, 1);
+    }
+
+    /// Records `count` frames that stayed `ns` each (frames of one arrival stamp published
+    /// together).
+    #[inline]
+    pub fn record_n(&mut self, ns: u64, count: u64) {
         let ns = ns.clamp(1, MAX_NS);
         if self.run.0 == ns {
-            self.run.1 += 1;
+            self.run.1 += count;
         } else {
             self.end_run();
-            self.run = (ns, 1);
+            self.run = (ns, count);
         }
     }
 

@@ -403,6 +403,13 @@ fn pcp_trust_reads_the_vlan_priority() {
 impl Rig {
     /// Stages `frames` (frame, arrival) in one burst and delivers it, as a sender's flush does.
     fn send_burst(&self, frames: &[(Vec<u8>, u64)]) -> Vec<Option<usize>> {
+        // Delivered when the last frame was staged, as a sender's flush does.
+        let delivered_at = frames.iter().map(|(_, at)| *at).max().unwrap_or(0);
+        self.send_burst_at(frames, delivered_at)
+    }
+
+    /// [`Rig::send_burst`], the burst delivered at `delivered_at`.
+    fn send_burst_at(&self, frames: &[(Vec<u8>, u64)], delivered_at: u64) -> Vec<Option<usize>> {
         let mut burst = Burst::default();
         let queues = frames
             .iter()
@@ -421,8 +428,6 @@ impl Rig {
             frames.len(),
             "small frames are staged, not sent"
         );
-        // Delivered when the last frame was staged, as a sender's flush does.
-        let delivered_at = frames.iter().map(|(_, at)| *at).max().unwrap_or(0);
         self.nic.deliver_burst(&mut burst, delivered_at);
         assert!(burst.is_empty());
         queues
@@ -633,4 +638,87 @@ fn a_frame_made_whole_for_writing_is_copied_not_referred_to() {
     assert_eq!(burst.bytes.len(), expected.len(), "copied into the burst");
     rig.nic.deliver_burst(&mut burst, 0);
     assert_eq!(*rig.rings[0].frames.lock().unwrap(), vec![expected]);
+}
+
+/// A test frame of class `dscp` with tag `tag`, `len` bytes long.
+fn sized_frame(dscp: u8, tag: u8, len: usize) -> Vec<u8> {
+    let mut bytes = frame(dscp, tag);
+    bytes.resize(len, tag);
+    bytes
+}
+
+#[test]
+fn a_burst_records_each_frame_at_its_own_residence_whatever_its_run() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    // Normal frames stamped 10, 10, 10, 20, 20 (a sender stamps several at a time), a high
+    // frame stamped 15 between them; delivered at 100.
+    let frames = vec![
+        (sized_frame(0, 1, 60), 10),
+        (sized_frame(0, 2, 70), 10),
+        (sized_frame(EF, 3, 80), 15),
+        (sized_frame(0, 4, 90), 10),
+        (sized_frame(0, 5, 100), 20),
+        (sized_frame(0, 6, 110), 20),
+    ];
+    rig.send_burst_at(&frames, 100);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 6);
+    assert_eq!(rig.counter(0, |c| &c.rx_bytes), 510);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_packets), 1);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_bytes), 80);
+    let [high, normal] = rig.nic.queue(0).unwrap().residence();
+    assert_eq!((high.count, high.max_ns), (1, 85));
+    assert_eq!(normal.count, 5);
+    // Three of five stayed 90 ns, two 80 ns.
+    assert_eq!((normal.max_ns, normal.p50_ns), (90, 90));
+    assert_eq!(
+        normal.cdf_ns[0], 80,
+        "the lowest percentile is the later stamp's"
+    );
+}
+
+#[test]
+fn a_burst_cut_short_by_the_ring_accounts_only_what_went_in() {
+    let rig = Rig::new(1, config(), RuleSet::default());
+    rig.rings[0].room.store(3, Ordering::Relaxed);
+    let frames: Vec<_> = (1..=5)
+        .map(|tag| (sized_frame(0, tag, 60 + 10 * usize::from(tag)), 10))
+        .collect();
+    rig.send_burst_at(&frames, 50);
+    assert_eq!(rig.rings[0].tags(), vec![1, 2, 3]);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 3);
+    assert_eq!(rig.counter(0, |c| &c.rx_bytes), 70 + 80 + 90);
+    assert_eq!(rig.nic.queue(0).unwrap().residence()[1].count, 3);
+    assert_eq!(rig.nic.buffered(), 2);
+    rig.rings[0].room.store(usize::MAX, Ordering::Relaxed);
+    rig.nic.drain(60);
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 5);
+    assert_eq!(rig.counter(0, |c| &c.rx_bytes), 70 + 80 + 90 + 100 + 110);
+    assert_eq!(rig.nic.queue(0).unwrap().residence()[1].count, 5);
+}
+
+#[test]
+fn a_burst_over_two_queues_accounts_each_queue_its_own_frames() {
+    // Two queues: high frames on queue 0, normal ones on queue 1, interleaved in the burst.
+    let rig = Rig::new(2, config(), RuleSet::default());
+    let frames = vec![
+        (sized_frame(EF, 1, 60), 10),
+        (sized_frame(0, 2, 70), 10),
+        (sized_frame(EF, 3, 80), 20),
+        (sized_frame(0, 4, 90), 20),
+        (sized_frame(0, 5, 100), 30),
+    ];
+    assert_eq!(
+        rig.send_burst_at(&frames, 40),
+        vec![Some(0), Some(1), Some(0), Some(1), Some(1)]
+    );
+    assert_eq!(rig.counter(0, |c| &c.rx_packets), 2);
+    assert_eq!(rig.counter(0, |c| &c.rx_bytes), 140);
+    assert_eq!(rig.counter(0, |c| &c.rx_high_packets), 2);
+    assert_eq!(rig.counter(1, |c| &c.rx_packets), 3);
+    assert_eq!(rig.counter(1, |c| &c.rx_bytes), 260);
+    assert_eq!(rig.counter(1, |c| &c.rx_high_packets), 0);
+    let high = rig.nic.queue(0).unwrap().residence()[0];
+    assert_eq!((high.count, high.max_ns, high.cdf_ns[0]), (2, 30, 20));
+    let normal = rig.nic.queue(1).unwrap().residence()[1];
+    assert_eq!((normal.count, normal.max_ns, normal.cdf_ns[0]), (3, 30, 10));
 }
