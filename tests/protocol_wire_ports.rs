@@ -5,10 +5,12 @@
 mod support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use support::daemon::Daemon;
 use support::frames::{BROADCAST, VirtioNetHdr, mac, udp_frame_of_len};
 use support::guest::{GuestOptions, TestGuest};
+use support::wait_for;
 
 /// A MAC nobody has: frames to it are flooded, which is how a port that never sends (and so
 /// is never learned) receives unicast.
@@ -161,6 +163,71 @@ fn generator_frames_arrive_as_asked(len: usize) {
         "four flows, by source port"
     );
     assert!(daemon.counter("g", "tx_packets").unwrap() >= 16);
+}
+
+/// `--gen` for a generator of 64-byte frames to `dst`, with `extra` (",pps=N") appended.
+fn generator_spec(dst: [u8; 6], extra: &str) -> String {
+    let dst = dst.map(|b| format!("{b:02x}")).join(":");
+    format!("g=dst={dst},len=64{extra}")
+}
+
+/// An unpaced generator never goes idle and tries the frames waiting for a guest's full ring
+/// at every batch, as a busy vhost TX worker does: the ring must not ask the guest for a kick
+/// (a polling driver makes a syscall per refill when asked, and each kick wakes the port's
+/// worker on the backend's CPU), and buffers posted without a kick still take the frames.
+#[test]
+fn an_unpaced_generator_fills_a_ring_without_asking_its_guest_for_kicks() {
+    let mut daemon = Daemon::builder()
+        .port("a")
+        .arg("--gen")
+        .arg(&generator_spec(mac(1), ""))
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    a.post_rx_buffers(0, 32, 2048).expect("post");
+    a.expect_frames(32).expect("the generator fills the ring");
+    // The ring is out of buffers, and frames keep coming: had it asked for a kick, that
+    // would show within a few of the generator's batches.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            !a.rx_asks_for_kick(0).expect("read a's ring"),
+            "the full ring asks for a kick per buffer posted"
+        );
+    }
+    a.post_rx_buffers_without_kick(0, 8, 2048)
+        .expect("post eight buffers");
+    a.expect_frames(8)
+        .expect("buffers posted without a kick are filled");
+    daemon.check_running().expect("daemon survives");
+}
+
+/// A paced generator sleeps between its frames, and a sleeping sender cannot try again: a
+/// ring it found full asks for a kick, so that the guest's buffers move the waiting frames.
+#[test]
+fn a_paced_generator_leaves_a_full_ring_asking_for_a_kick() {
+    let mut daemon = Daemon::builder()
+        .port("a")
+        .arg("--gen")
+        .arg(&generator_spec(mac(1), ",pps=2000"))
+        .spawn()
+        .expect("daemon starts");
+    let mut a = TestGuest::connect(&daemon.socket("a"), GuestOptions::linux(1)).expect("a");
+    a.post_rx_buffers(0, 4, 2048).expect("post");
+    a.expect_frames(4).expect("the generator fills the ring");
+    wait_for(
+        "a's ring to ask for a kick",
+        Duration::from_secs(30),
+        || Ok(a.rx_asks_for_kick(0)?.then_some(())),
+    )
+    .expect("the full ring asks for a kick");
+    assert!(
+        a.post_rx_buffers_as_driver(0, 4, 2048).expect("post"),
+        "the driver was asked to kick"
+    );
+    a.expect_frames(4)
+        .expect("the kick moves the waiting frames");
+    daemon.check_running().expect("daemon survives");
 }
 
 /// The Internet checksum of `bytes` (0 over a header whose checksum field is right).

@@ -84,7 +84,17 @@ pub fn spawn(
         let mut frames: Vec<Vec<u8>> = (0..spec.flows.max(1))
             .map(|flow| build_frame(&spec, flow))
             .collect();
-        let mut scratch = ForwardState::default();
+        // Unpaced, the generator never goes idle and tries the frames waiting for a full
+        // ring at every flush, as a busy vhost TX worker does between its batches: it
+        // promises to (`Nic::promise_retry`), so that a ring that runs out does not ask its
+        // guest for a kick. A polling driver asked for one makes a syscall per refill, and
+        // each kick wakes the port's worker on the CPU the generator runs on. A paced
+        // generator sleeps between its frames and could not keep the promise.
+        let mut scratch = if spec.pps == 0 {
+            ForwardState::promising()
+        } else {
+            ForwardState::default()
+        };
         let Some(counters) = fabric.ports[port].queue_counters.first().cloned() else {
             return;
         };
