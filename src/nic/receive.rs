@@ -195,22 +195,25 @@ impl Nic {
         let mut link = self.link.plan();
         // Queues already handled: a bit each (a NIC has at most 16), a scan beyond 64.
         let mut handled: u64 = 0;
-        for first in 0..burst.frames.len() {
+        let is_handled = |handled: u64, queue: usize| queue < 64 && handled & 1 << queue != 0;
+        // The first frame of a queue not handled yet. The plan of one queue passes every
+        // later frame anyway, and notes where the next queue starts: a burst for one queue
+        // is gone through once, not once more to look for other queues.
+        let mut first = 0;
+        while first < burst.frames.len() {
             let index = burst.frames[first].queue;
             let seen = if index < 64 {
-                let bit = 1u64 << index;
-                let seen = handled & bit != 0;
-                handled |= bit;
+                let seen = is_handled(handled, index);
+                handled |= 1 << index;
                 seen
             } else {
                 burst.frames[..first].iter().any(|f| f.queue == index)
             };
-            if seen {
-                continue;
-            }
-            let Some(queue) = self.queues.get(index) else {
+            let Some(queue) = self.queues.get(index).filter(|_| !seen) else {
+                first += 1;
                 continue;
             };
+            let mut next = burst.frames.len();
             let ring_guard = queue.ring();
             let mut state = queue.lock();
             burst.planned.clear();
@@ -223,6 +226,9 @@ impl Nic {
             for at in first..burst.frames.len() {
                 let frame = &burst.frames[at];
                 if frame.queue != index {
+                    if next == burst.frames.len() && !is_handled(handled, frame.queue) {
+                        next = at;
+                    }
                     continue;
                 }
                 if skip[class_index(frame.class)] && has_ring && link.take(now_ns, frame.wire_bytes)
@@ -243,6 +249,7 @@ impl Nic {
             if let Some(ring) = ring_guard.as_ref() {
                 ring.publish();
             }
+            first = next;
         }
         burst.clear();
     }

@@ -2,6 +2,7 @@
 //! drives (arrival and drain times are passed in), so nothing here depends on real time.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::burst::STAGE_MAX_LEN;
@@ -721,4 +722,33 @@ fn a_burst_over_two_queues_accounts_each_queue_its_own_frames() {
     assert_eq!((high.count, high.max_ns, high.cdf_ns[0]), (2, 30, 20));
     let normal = rig.nic.queue(1).unwrap().residence()[1];
     assert_eq!((normal.count, normal.max_ns, normal.cdf_ns[0]), (3, 30, 10));
+}
+
+#[test]
+fn a_burst_over_several_queues_reaches_each_queue_once_and_in_order() {
+    // Four queues: EF frames on queue 0, the flows (UDP source ports) spread over 1 to 3.
+    let rig = Rig::new(4, config(), RuleSet::default());
+    let frames: Vec<_> = (1..=24u8)
+        .map(|tag| {
+            let mut bytes = frame(if tag % 5 == 0 { EF } else { 0 }, tag);
+            bytes[34..36].copy_from_slice(&(4000 + u16::from(tag % 7)).to_be_bytes());
+            (bytes, 10)
+        })
+        .collect();
+    let queues = rig.send_burst(&frames);
+    let used: HashSet<usize> = queues.iter().flatten().copied().collect();
+    assert!(used.len() >= 3, "the flows spread over queues {used:?}");
+    for (index, ring) in rig.rings.iter().enumerate() {
+        let expected: Vec<u8> = (1..=24u8)
+            .zip(&queues)
+            .filter(|(_, queue)| **queue == Some(index))
+            .map(|(tag, _)| tag)
+            .collect();
+        assert_eq!(ring.tags(), expected, "queue {index}");
+        assert_eq!(
+            rig.counter(index, |c| &c.rx_packets),
+            expected.len() as u64,
+            "queue {index}"
+        );
+    }
 }
