@@ -1,8 +1,8 @@
 //! The NIC model against a fake guest ring whose room the test controls, on a clock the test
 //! drives (arrival and drain times are passed in), so nothing here depends on real time.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::burst::STAGE_MAX_LEN;

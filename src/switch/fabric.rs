@@ -349,6 +349,24 @@ impl Fabric {
             .is_some_and(|target| target.nic.drain_waiting())
     }
 
+    /// Makes `scratch`'s retry promises (see `Nic::promise_retry`) to the NIC of every port
+    /// but `ingress` at once, rather than to each as its first flush after delivering to it
+    /// does: for a promising sender that may run a ring out before its first flush (a
+    /// generator's first batch of frames into a ring just set up), and would have it ask
+    /// its guest for a kick there.
+    pub fn promise_everywhere(&self, ingress: PortId, scratch: &mut ForwardState) {
+        if !scratch.promising {
+            return;
+        }
+        for (port, target) in self.ports.iter().enumerate() {
+            if port != ingress && !scratch.promised.iter().any(|&(p, _)| p == port) {
+                scratch
+                    .promised
+                    .push((port, RetryPromise::new(&target.nic)));
+            }
+        }
+    }
+
     /// Tries again the frames waiting in the NICs this sender promised to (see
     /// `Nic::promise_retry`): for a sender that polls for work, between polls.
     pub fn retry_promised(&self, scratch: &ForwardState) {

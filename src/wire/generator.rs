@@ -90,11 +90,14 @@ pub fn spawn(
         // guest for a kick. A polling driver asked for one makes a syscall per refill, and
         // each kick wakes the port's worker on the CPU the generator runs on. A paced
         // generator sleeps between its frames and could not keep the promise.
+        // Promised to every port before the first frame: the first batch into a ring just
+        // set up may run it out before a flush would have made the promise.
         let mut scratch = if spec.pps == 0 {
             ForwardState::promising()
         } else {
             ForwardState::default()
         };
+        fabric.promise_everywhere(port, &mut scratch);
         let Some(counters) = fabric.ports[port].queue_counters.first().cloned() else {
             return;
         };
