@@ -91,6 +91,11 @@ pub struct LinkPlan {
 }
 
 impl LinkPlan {
+    /// Whether the wire takes every frame at once (no rate set).
+    pub fn is_unpaced(&self) -> bool {
+        self.ps_per_byte == 0
+    }
+
     /// Whether the wire can take a frame at `now`; if so, counts it as sent.
     pub fn take(&mut self, now: u64, wire_bytes: u64) -> bool {
         if self.ps_per_byte == 0 {

@@ -223,6 +223,12 @@ impl Nic {
             // A frame another sender buffers meanwhile could as well have come after ours.
             let mut skip = self.skip_buffers(latency);
             let has_ring = ring_guard.is_some();
+            // Whether every frame of the queue goes to the ring, whatever its class and
+            // length: nothing waits, there is a ring and the wire is unpaced (the common
+            // case, decided once rather than per frame).
+            let unpaced = link.is_unpaced();
+            let all_go = |skip: [bool; 2]| skip == [true, true] && has_ring && unpaced;
+            let mut every_frame_goes = all_go(skip);
             for at in first..burst.frames.len() {
                 let frame = &burst.frames[at];
                 if frame.queue != index {
@@ -231,7 +237,10 @@ impl Nic {
                     }
                     continue;
                 }
-                if skip[class_index(frame.class)] && has_ring && link.take(now_ns, frame.wire_bytes)
+                if every_frame_goes
+                    || skip[class_index(frame.class)]
+                        && has_ring
+                        && link.take(now_ns, frame.wire_bytes)
                 {
                     burst.planned.push(at);
                     continue;
@@ -241,6 +250,7 @@ impl Nic {
                 self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
                 self.buffer_staged(queue, &mut state, &frame, burst.bytes_of(&frame));
                 skip = self.skip_buffers(latency);
+                every_frame_goes = all_go(skip);
             }
             self.write_planned(queue, &mut state, &ring_guard, burst, now_ns);
             drop(state);
