@@ -672,8 +672,8 @@ impl Nic {
 
 /// The accounting of a chunk of staged frames, added up as the chunk is laid out: its frames
 /// as runs of one class and arrival stamp, and their bytes on the wire. The run being
-/// added to is kept apart from the finished ones, so that in the layout loop it stays in
-/// registers: a frame of the same run costs a comparison and three additions.
+/// added to is kept apart from the finished ones: a frame of the same run costs a
+/// comparison and three additions, and only a new run touches the list.
 struct ChunkTally {
     runs: ArrayVec<WrittenRun, WRITE_CHUNK>,
     /// The run the next frame may extend; no frames yet at the start.
