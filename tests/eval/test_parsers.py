@@ -88,3 +88,11 @@ def test_outputs_without_results_say_which_tool():
 def test_a_sockperf_turn_without_any_reply_is_recognised():
     assert parsers.sockperf_no_reply(read("sockperf-no-reply.txt"))
     assert not parsers.sockperf_no_reply(read("sockperf.txt"))
+
+
+def test_a_sockperf_turn_whose_only_reply_came_in_the_warmup_is_one_without_latencies():
+    # Recorded in a full run (busy server, no steering, 8 bulk flows, sync): a request was
+    # lost, ping-pong waited for its reply until the turn ended, and sockperf wrote no log.
+    text = read("sockperf-no-valid-observation.txt")
+    assert "ReceivedMessages=1" in text
+    assert parsers.sockperf_no_reply(text)

@@ -161,5 +161,8 @@ def memcaslap(text: str) -> dict:
 
 
 def sockperf_no_reply(text: str) -> bool:
-    """Whether a sockperf client got no reply in its whole run (it then writes no log)."""
-    return "No messages were received from the server" in text
+    """Whether a sockperf client got no reply in the measured part of its run (it then
+    writes no log): none at all, or only to its warmup messages (ping-pong waits for the
+    reply to a lost request until the run ends)."""
+    return ("No messages were received from the server" in text
+            or "No valid observations found" in text)

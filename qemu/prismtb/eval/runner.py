@@ -602,8 +602,9 @@ def _probe(bed: Bed, cell: results.Cell, seconds: float, tag: str, raw_dir: Path
         (raw_dir / f"{tag}.sockperf.txt").write_text(out)
         raw["sockperf"] = f"raw/{tag}.sockperf.txt"
         if parsers.sockperf_no_reply(out):
-            # No reply in the whole turn: a turn without latencies (the analysis pairs the
-            # rounds that have them), counted, rather than the end of the run.
+            # No reply in the turn's measured part (none at all, or a request lost and
+            # ping-pong waiting for it to the end): a turn without latencies (the analysis
+            # pairs the rounds that have them), counted, rather than the end of the run.
             return {"no_reply": 1}, raw, samples
         try:
             samples = parsers.sockperf_full_log(client.read(log))
