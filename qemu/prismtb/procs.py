@@ -17,6 +17,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,12 +76,26 @@ def sigterm_exits() -> None:
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block is over: a resource made in it is recorded
-    before a Ctrl-C can abandon it."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    before a Ctrl-C can abandon it. Blocking them in this thread is not enough: the kernel
+    hands a process's signal to any thread that does not block it (a guest's console
+    reader), and Python then runs the handler in the main thread, inside the block. So the
+    handlers are swapped too, for ones that note the signal, which is raised again once the
+    block is over. Children spawned in the block inherit the mask (procs.default_signals)."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs Python's handlers, or may set them
+        return
+    pending: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in sigs}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(sigs))
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def cpu_seconds(pid: int) -> float:

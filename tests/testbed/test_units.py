@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -427,3 +428,31 @@ def test_testpmd_without_its_backend_fails_start_with_the_reason_and_leaves_no_r
         "dpdk-testpmd probed 0 of its 1 ports: vhost_user_setup(): connect error, No such file "
         f"or directory (log {tmp_path}/fe-unit.log)")
     assert not fe.alive() and not dpdk.runtime_dir(fe.prefix).exists()
+
+
+def test_a_ctrl_c_inside_signals_deferred_waits_for_the_block_whatever_thread_takes_it():
+    """The kernel gives a process's signal to any thread that does not block it: with a
+    console reader thread running (every booted guest has one), a SIGINT sent while the
+    main thread blocked it reached that thread, and Python raised KeyboardInterrupt in the
+    main thread inside the block, between a spawn and its record."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    where = None
+    try:
+        try:
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                try:
+                    deadline = time.monotonic() + 2.0
+                    while time.monotonic() < deadline:  # Python runs: a handler would too
+                        sum(range(1000))
+                except KeyboardInterrupt:
+                    where = "inside the block"
+                    raise
+        except KeyboardInterrupt:
+            where = where or "after the block"
+    finally:
+        stop.set()
+        other.join()
+    assert where == "after the block"
