@@ -22,9 +22,16 @@ HOST_TOOLS = {
 }
 
 # The evaluation's host-client setup: the client in a host namespace (ip, taskset), its
-# reachability check across the overlay (ping), and the clients of experiments a to d
-# (memcaslap and wrk only where c and d run).
-EVAL_HOST_CLIENT = ("ip", "taskset", "ping", "sockperf", "iperf3", "memcaslap", "wrk")
+# reachability check across the overlay (ping), the clients of experiments a, b and cal,
+# and those of c and d where they run.
+EVAL_HOST_CLIENT = ("ip", "taskset", "ping", "sockperf", "iperf3")
+EVAL_HOST_CLIENT_APPS = {"c": "memcaslap", "d": "wrk"}
+
+
+def eval_host_client(experiments) -> list[str]:
+    """The host tools the host-client setup needs for these experiments."""
+    return [*EVAL_HOST_CLIENT, *(EVAL_HOST_CLIENT_APPS[e] for e in experiments
+                                 if e in EVAL_HOST_CLIENT_APPS)]
 
 
 def missing(tools, path: str | None = None) -> list[str]:

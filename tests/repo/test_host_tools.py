@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from prismtb import REPO
-from prismtb.hosttools import EVAL_HOST_CLIENT, HOST_TOOLS, missing
+from prismtb.hosttools import HOST_TOOLS, eval_host_client, missing
 
 
 def install_deps_packages() -> set[str]:
@@ -34,8 +34,10 @@ def test_install_deps_installs_the_package_of_every_host_tool():
 
 
 def test_the_host_client_setup_needs_the_overlay_check_and_the_clients():
-    assert {"ping", "sockperf", "iperf3", "ip", "taskset"} <= set(EVAL_HOST_CLIENT)
-    assert set(EVAL_HOST_CLIENT) <= set(HOST_TOOLS)
+    assert {"ping", "sockperf", "iperf3", "ip", "taskset"} <= set(eval_host_client("ab"))
+    assert not {"memcaslap", "wrk"} & set(eval_host_client(["a", "b", "cal"]))
+    assert {"memcaslap", "wrk"} <= set(eval_host_client(["c", "d"]))
+    assert set(eval_host_client(["a", "b", "c", "d", "cal"])) <= set(HOST_TOOLS)
 
 
 def test_missing_names_each_absent_tool_with_its_package(tmp_path):

@@ -1069,10 +1069,8 @@ def run_from_args(args) -> int:
                   f"{vanilla} vanilla turns per round; boots {boot_plan(profile)}")
         return 0
     if "host-client" in profile.setups:
-        from ..hosttools import EVAL_HOST_CLIENT, missing
-        apps = {"c": "memcaslap", "d": "wrk"}
-        lacking = missing([t for t in EVAL_HOST_CLIENT if t not in apps.values()]
-                          + [apps[e] for e in profile.experiments if e in apps])
+        from ..hosttools import eval_host_client, missing
+        lacking = missing(eval_host_client(profile.experiments))
         if lacking:
             print(f"benches/eval: the host-client setup runs these on the host, which lacks "
                   f"{', '.join(lacking)}: run .ci/install-deps", file=sys.stderr)
